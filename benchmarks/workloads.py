@@ -1,0 +1,280 @@
+"""The cross-device benchmark workload: data, model, local training, Flower apps.
+
+This module owns everything the cross-device benchmark runs, in an importable place (never
+``__main__``) so that Ray workers can import the ClientApp by reference:
+
+* data: scikit-learn ``load_digits`` (1,797 real 8x8 digits) upsampled to 1x28x28, shared by
+  all clients; client ``i`` of ``n`` holds 1-2 images chosen by index arithmetic, so nothing
+  per client lives in memory (1,000 or 10,000 clients cost the same);
+* model: CNN conv32-conv64-fc128-fc10 (421,642 parameters, no normalization);
+* local training: SGD (lr 0.05), batch size 1, one local epoch — one function used by the bare
+  PyTorch loop *and* by the ClientApp, so the benchmark compares engines, not training code;
+* ``client_app``: a tutorial-style Flower ClientApp (``@app.train()``/``@app.evaluate()``,
+  model and data cached per process, ``ArrayRecord(model.state_dict())`` /
+  ``.to_torch_state_dict()``);
+* ``make_server_app``: a Flower ServerApp running Flower's own FedAvg (Message API), timing
+  each round through ``evaluate_fn`` (called before round 1 and after every round).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+NUM_CLIENTS = 1_000
+CLIENTS_PER_ROUND = 10
+LR = 0.05
+LOCAL_EPOCHS = 1
+SEED = 0
+
+
+# ---- data -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def digits_28() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1,797 scikit-learn digits as (N,1,28,28) float32 in [-1, 1] and int64 labels.
+
+    Cached per process: every client of this process shares these two tensors.
+    """
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (slow import, only when used)
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    x = (x - 0.5) / 0.5
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    return x.contiguous(), y
+
+
+@functools.lru_cache(maxsize=1)
+def _permutation(n: int) -> np.ndarray:
+    """A fixed shuffle of the data set so that neighbouring clients get unrelated images."""
+    return np.random.default_rng(SEED).permutation(n)
+
+
+def partition_indices(partition_id: int, num_partitions: int) -> list[int]:
+    """Indices of client ``partition_id``'s 1-2 images, computed, never stored.
+
+    Sizes alternate pseudo-randomly between 1 and 2 (a multiplicative hash of the id); images
+    are taken round-robin from a fixed permutation, so any number of clients is supported.
+    """
+    del num_partitions  # the split does not depend on the population size
+    n_data = digits_28()[1].shape[0]
+    perm = _permutation(n_data)
+    size = 1 + ((partition_id * 2654435761) >> 16) % 2
+    start = 2 * partition_id
+    return [int(perm[(start + k) % n_data]) for k in range(size)]
+
+
+def client_data(partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The client's images and labels (views gathered from the shared tensors)."""
+    x, y = digits_28()
+    idx = torch.tensor(partition_indices(partition_id, num_partitions))
+    return x[idx], y[idx]
+
+
+# ---- model and local training ---------------------------------------------------------
+
+
+class Net(nn.Module):
+    """CNN conv32-conv64-fc128-fc10 (421,642 parameters), no normalization layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """28x28 -> pool -> 14x14 -> pool -> 7x7 -> fc128 -> logits."""
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+def make_model(seed: int = SEED) -> Net:
+    """The initial global model, identical for every engine given the same seed."""
+    torch.manual_seed(seed)
+    return Net()
+
+
+def train_local(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = LR, epochs: int = LOCAL_EPOCHS
+) -> float:
+    """Plain SGD, batch size 1, in data order; returns the mean training loss.
+
+    Shared by the bare loop and the ClientApp so both do exactly the same arithmetic.
+    """
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    total = 0.0
+    for _ in range(epochs):
+        for i in range(x.shape[0]):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+    return total / max(1, epochs * x.shape[0])
+
+
+@torch.no_grad()
+def evaluate_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Loss and accuracy of ``model`` on (x, y)."""
+    model.eval()
+    logits = model(x)
+    loss = float(F.cross_entropy(logits, y))
+    acc = float((logits.argmax(1) == y).float().mean())
+    return loss, acc
+
+
+# ---- the bare PyTorch FedAvg loop (the speed limit) ------------------------------------
+
+
+def bare_fedavg(
+    num_rounds: int,
+    num_clients: int = NUM_CLIENTS,
+    clients_per_round: int = CLIENTS_PER_ROUND,
+    seed: int = SEED,
+    round_times: list[float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """FedAvg in one process: copy global -> local, local SGD, weighted average.
+
+    Appends a timestamp after every round to ``round_times`` (first entry: the start).
+    """
+    global_model = make_model(seed)
+    local = Net()
+    rng = random.Random(seed)
+    if round_times is not None:
+        round_times.append(time.perf_counter())
+    for _ in range(num_rounds):
+        updates: list[tuple[dict[str, torch.Tensor], int]] = []
+        for pid in rng.sample(range(num_clients), clients_per_round):
+            local.load_state_dict(global_model.state_dict())
+            x, y = client_data(pid, num_clients)
+            train_local(local, x, y)
+            updates.append(({k: v.clone() for k, v in local.state_dict().items()}, len(y)))
+        total = sum(n for _, n in updates)
+        new_state = {
+            k: sum(sd[k] * (n / total) for sd, n in updates) for k in global_model.state_dict()
+        }
+        global_model.load_state_dict(new_state)
+        if round_times is not None:
+            round_times.append(time.perf_counter())
+    return global_model.state_dict()
+
+
+# ---- the tutorial-style Flower ClientApp ----------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_model() -> Net:
+    """One model object per process, reused by every client this process runs."""
+    return Net()
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the global arrays, train on this node's partition, reply with the new arrays."""
+    model = _cached_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    pid = int(context.node_config["partition-id"])
+    num = int(context.node_config["num-partitions"])
+    x, y = client_data(pid, num)
+    lr = float(context.run_config.get("lr", LR))
+    loss = train_local(model, x, y, lr=lr)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global arrays on this node's partition."""
+    model = _cached_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    x, y = client_data(int(context.node_config["partition-id"]), 1)
+    loss, acc = evaluate_local(model, x, y)
+    metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(y)})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+# ---- the ServerApp -----------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """What a benchmark ServerApp run leaves behind for the caller."""
+
+    round_times: list[float] = field(default_factory=list)
+    final_state: dict[str, torch.Tensor] | None = None
+
+
+def make_server_app(
+    num_rounds: int,
+    num_clients: int = NUM_CLIENTS,
+    clients_per_round: int = CLIENTS_PER_ROUND,
+    seed: int = SEED,
+    record: RunRecord | None = None,
+) -> ServerApp:
+    """A ServerApp running Flower's FedAvg (train only: ``fraction_evaluate=0``).
+
+    ``record`` (filled in place) gets a timestamp before round 1 and after every round, and
+    the final weights; the ServerApp runs in the driver process, so a closure is fine here.
+    """
+    rec = record if record is not None else RunRecord()
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        random.seed(seed)
+        strategy = FedAvg(
+            fraction_train=clients_per_round / num_clients,
+            fraction_evaluate=0.0,
+            min_train_nodes=clients_per_round,
+            min_available_nodes=clients_per_round,
+        )
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(make_model(seed).state_dict()),
+            num_rounds=num_rounds,
+            train_config=ConfigRecord({"lr": LR}),
+            evaluate_fn=_timestamp_fn(rec.round_times),
+        )
+        rec.final_state = result.arrays.to_torch_state_dict()
+        context.state["final"] = result.arrays
+
+    return app
+
+
+def _timestamp_fn(times: list[float]) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+    """``evaluate_fn`` that only records when each round ended (no evaluation)."""
+
+    def fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        del server_round, arrays
+        times.append(time.perf_counter())
+        return None
+
+    return fn

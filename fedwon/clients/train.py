@@ -1,0 +1,83 @@
+"""The local training and evaluation loop: plain PyTorch, short enough to read top to bottom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedwon.nn import adaptive_clip_grad
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float  # mean training loss over all steps
+    num_examples: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def clipped_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters AGC applies to: all but the final classifier, as in NFNets (Brock et al.)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    head = {id(p) for p in linears[-1].parameters()} if linears else set()
+    return [p for p in model.parameters() if id(p) not in head]
+
+
+def train_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    agc_clip: float,
+    generator: torch.Generator,
+) -> TrainStats:
+    """SGD over ``(x, y)`` for ``epochs`` passes in shuffled mini-batches.
+
+    ``x`` and ``y`` already live on the model's device (moved once per client, not per batch).
+    The last partial batch is kept: with batch size 1 and one or two examples per client
+    (cross-device) dropping it would drop the client. A batch of one example with BatchNorm is
+    refused by the model with a clear error.
+    """
+    model.train()
+    agc_params = clipped_parameters(model) if agc_clip > 0 else []
+    n = len(y)
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(y.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            if agc_params:
+                adaptive_clip_grad(agc_params, clip_factor=agc_clip)
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+    return TrainStats(loss=total / max(steps, 1), num_examples=n, steps=steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> EvalStats:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode (BN uses running statistics)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    n = len(y)
+    return EvalStats(loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)

@@ -1,0 +1,244 @@
+"""``load_federation(spec)``: the per-process cached, partitioned data set clients read from.
+
+Building a :class:`Federation` loads (or builds) every selected domain once, pools the domains,
+runs the partitioner and then lays the pooled train and test images out *client by client* in one
+float32 tensor each (normalized, NCHW). A client's data is then a slice of that tensor — a view,
+no copy — so ``train_data(pid)`` costs microseconds however often a cross-device run asks. The
+whole object is cached per process by :func:`load_federation` (``functools.lru_cache`` on the
+frozen :class:`DataSpec`).
+
+The returned tensors are shared by every caller in the process: treat them as read-only (copy
+before modifying in place).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedwon.datasets.base import DatasetInfo, DomainArrays
+from fedwon.datasets.errors import DataError, PartitionIdError
+from fedwon.datasets.images import normalize
+from fedwon.datasets.partition import (
+    DIRICHLET_SCOPES,
+    PARTITIONERS,
+    Assignment,
+    PartitionOptions,
+    Pool,
+    clients_per_domain,
+)
+from fedwon.datasets.registry import dataset_info, select_domains
+from fedwon.datasets.spec import DataSpec, check_fields
+
+FEDERATION_CACHE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated spec with its defaults filled in."""
+
+    info: DatasetInfo
+    domains: tuple[str, ...]
+    image_size: int
+
+
+def validate_spec(spec: DataSpec) -> Resolved:
+    """Check everything about ``spec`` that can be checked without reading data.
+
+    Raises :class:`DataError` with a one-line message naming the bad value and the valid choices.
+    """
+    if not isinstance(spec, DataSpec):
+        raise DataError(f"expected a DataSpec, got {type(spec).__name__}")
+    check_fields(spec)
+    info = dataset_info(spec.dataset)
+    domains = select_domains(info, spec.domains)
+    if spec.partition not in PARTITIONERS:
+        raise DataError(f"unknown partition {spec.partition!r}; valid: {list(PARTITIONERS)}")
+    if spec.dirichlet_scope not in DIRICHLET_SCOPES:
+        raise DataError(
+            f"unknown dirichlet_scope {spec.dirichlet_scope!r}; valid: {list(DIRICHLET_SCOPES)}"
+        )
+    per_domain = spec.partition == "domain" or (
+        spec.partition == "dirichlet" and spec.dirichlet_scope == "domain"
+    )
+    if per_domain:
+        clients_per_domain(spec.num_clients, domains, spec.partition)
+    if info.needs_root and not spec.data_root:
+        raise DataError(f"dataset {info.name!r} needs data_root; expected layout: {info.layout}")
+    return Resolved(info, domains, spec.image_size or info.default_image_size)
+
+
+def load_domain_arrays(spec: DataSpec) -> dict[str, DomainArrays]:
+    """Load the selected domains of ``spec`` (``uint8`` arrays, before partitioning)."""
+    resolved = validate_spec(spec)
+    arrays = resolved.info.loader(spec, resolved.domains, resolved.image_size)
+    for name in resolved.domains:
+        if len(arrays[name].train_y) == 0:
+            raise DataError(f"dataset {spec.dataset!r}: domain {name!r} has no training images")
+    return arrays
+
+
+def make_pool(arrays: dict[str, DomainArrays], domains: tuple[str, ...], classes: int) -> Pool:
+    def ids(split: str) -> np.ndarray:
+        sizes = [len(getattr(arrays[d], f"{split}_y")) for d in domains]
+        return np.repeat(np.arange(len(domains)), sizes)
+
+    return Pool(
+        train_y=np.concatenate([arrays[d].train_y for d in domains]),
+        train_d=ids("train"),
+        test_y=np.concatenate([arrays[d].test_y for d in domains]),
+        test_d=ids("test"),
+        domains=domains,
+        num_classes=classes,
+    )
+
+
+def _client_major(pooled: np.ndarray, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``pooled`` reordered client by client, and the clients' start offsets."""
+    order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+    return pooled[order], offsets
+
+
+class Federation:
+    """Partitioned data of one :class:`DataSpec`; client ``pid`` is partition id ``pid``.
+
+    Attributes: ``spec``, ``domains`` (selected, in client order), ``num_clients``,
+    ``num_classes``, ``in_channels``, ``image_size``.
+    """
+
+    def __init__(self, spec: DataSpec, resolved: Resolved, arrays: dict[str, DomainArrays]) -> None:
+        self.spec = spec
+        self.domains: list[str] = list(resolved.domains)
+        self.num_clients: int = spec.num_clients
+        self.num_classes: int = resolved.info.num_classes
+        self.in_channels: int = 3
+        self.image_size: int = resolved.image_size
+        pool = make_pool(arrays, resolved.domains, self.num_classes)
+        options = PartitionOptions(
+            num_clients=spec.num_clients,
+            alpha=float(spec.alpha),
+            dirichlet_scope=spec.dirichlet_scope,
+            seed=spec.seed,
+        )
+        self.assignment: Assignment = PARTITIONERS[spec.partition](pool, options)
+        self.pool = pool
+        train_u8, self._train_offsets = _client_major(
+            np.concatenate([arrays[d].train_x for d in resolved.domains]), self.assignment.train
+        )
+        test_u8, self._test_offsets = _client_major(
+            np.concatenate([arrays[d].test_x for d in resolved.domains]), self.assignment.test
+        )
+        self._train_x = normalize(train_u8)
+        self._test_x = normalize(test_u8)
+        self._train_y = torch.from_numpy(pool.train_y[np.concatenate(self.assignment.train)])
+        test_order = np.concatenate(self.assignment.test)
+        self._test_y = torch.from_numpy(pool.test_y[test_order])
+        self._test_row_domain = pool.test_d[test_order]
+        self._domain_test: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _check_pid(self, pid: int) -> int:
+        if isinstance(pid, bool) or not isinstance(pid, (int, np.integer)):
+            raise PartitionIdError(
+                f"partition id must be an integer, got {pid!r} (num_clients={self.num_clients})"
+            )
+        if not 0 <= int(pid) < self.num_clients:
+            raise PartitionIdError(
+                f"partition id {pid} out of range: num_clients={self.num_clients} "
+                f"(valid ids 0..{self.num_clients - 1})"
+            )
+        return int(pid)
+
+    def client_domain(self, pid: int) -> str:
+        """The client's domain (for ``iid``/global ``dirichlet``: the domain of most of its
+        training samples)."""
+        return self.domains[self.assignment.domain_of[self._check_pid(pid)]]
+
+    def clients_of_domain(self, domain: str) -> list[int]:
+        """Partition ids whose :meth:`client_domain` is ``domain``."""
+        d = self._domain_index(domain)
+        return [pid for pid, dom in enumerate(self.assignment.domain_of) if dom == d]
+
+    def train_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x float32 (N, C, H, W) normalized, y int64 (N,))`` — views, do not modify."""
+        p = self._check_pid(pid)
+        a, b = int(self._train_offsets[p]), int(self._train_offsets[p + 1])
+        return self._train_x[a:b], self._train_y[a:b]
+
+    def test_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client's share of the test set (see :mod:`fedwon.datasets.partition`)."""
+        p = self._check_pid(pid)
+        a, b = int(self._test_offsets[p]), int(self._test_offsets[p + 1])
+        return self._test_x[a:b], self._test_y[a:b]
+
+    def num_train(self, pid: int) -> int:
+        p = self._check_pid(pid)
+        return int(self._train_offsets[p + 1] - self._train_offsets[p])
+
+    def num_test(self, pid: int) -> int:
+        p = self._check_pid(pid)
+        return int(self._test_offsets[p + 1] - self._test_offsets[p])
+
+    def label_counts(self, pid: int, split: str = "train") -> np.ndarray:
+        """Per-class sample counts of a client's ``"train"`` or ``"test"`` data."""
+        _, y = self.train_data(pid) if split == "train" else self.test_data(pid)
+        return np.bincount(y.numpy(), minlength=self.num_classes)
+
+    # -- domains -------------------------------------------------------------------------------
+
+    def _domain_index(self, domain: str) -> int:
+        if domain not in self.domains:
+            raise DataError(f"unknown domain {domain!r}; this federation has {self.domains}")
+        return self.domains.index(domain)
+
+    def domain_test_data(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole test set of ``domain`` (order unspecified; a view when contiguous)."""
+        if domain not in self._domain_test:
+            rows = np.flatnonzero(self._test_row_domain == self._domain_index(domain))
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+                a, b = int(rows[0]), int(rows[-1]) + 1
+                self._domain_test[domain] = (self._test_x[a:b], self._test_y[a:b])
+            else:
+                index = torch.from_numpy(rows)
+                self._domain_test[domain] = (self._test_x[index], self._test_y[index])
+        return self._domain_test[domain]
+
+    def describe(self) -> str:
+        """One line: data set, partition and client sizes."""
+        sizes = np.diff(self._train_offsets)
+        return (
+            f"{self.spec.dataset} {self.domains} partition={self.spec.partition} "
+            f"clients={self.num_clients} train/client min={sizes.min()} "
+            f"median={int(np.median(sizes))} max={sizes.max()} test={len(self._test_y)} "
+            f"image={self.in_channels}x{self.image_size}x{self.image_size}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Federation({self.describe()})"
+
+
+def build_federation(spec: DataSpec) -> Federation:
+    """Build a :class:`Federation` without the per-process cache."""
+    resolved = validate_spec(spec)
+    return Federation(spec, resolved, load_domain_arrays(spec))
+
+
+@functools.lru_cache(maxsize=FEDERATION_CACHE_SIZE)
+def _cached_federation(spec: DataSpec) -> Federation:
+    return build_federation(spec)
+
+
+def load_federation(spec: DataSpec) -> Federation:
+    """The :class:`Federation` for ``spec``, built once per process and then reused."""
+    validate_spec(spec)  # also rejects unhashable field values before the cache sees them
+    return _cached_federation(spec)
+
+
+def clear_federation_cache() -> None:
+    """Forget every cached :class:`Federation` of this process."""
+    _cached_federation.cache_clear()

@@ -1,0 +1,162 @@
+"""Running ClientApp messages inside one process (the driver or a Ray actor).
+
+This module owns what happens to a message once it has reached a process that holds the
+ClientApp: loading the ClientApp by reference (``"module:attr"``), giving Flower's
+``TaskIdentity`` the values Flower's runtime would set (so ``Message(...)`` works in user
+code), calling the ClientApp, and turning any exception into the error reply Flower sends
+(``Error(CLIENT_APP_RAISED_EXCEPTION)``), so a faulty client never hangs or kills a run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+from flwr.clientapp.client_app import ClientAppException
+from flwr.common.constant import ErrorCode
+from flwr.supercore.task_identity import TaskIdentity
+
+logger = logging.getLogger(__name__)
+
+ClientAppRef = ClientApp | str
+
+
+class ClientAppLoadError(ImportError):
+    """The ``client_app`` reference cannot be imported or is not a ``ClientApp``."""
+
+
+@dataclass(slots=True)
+class Job:
+    """One instruction message and the destination node's context."""
+
+    message: Message
+    context: Context
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one job produced: the reply, and the updated context (None if the app raised)."""
+
+    reply: Message
+    context: Context | None
+
+
+def load_client_app(ref: ClientAppRef) -> ClientApp:
+    """Resolve ``"package.module:attr"`` (or pass a ``ClientApp`` through), clearly failing.
+
+    Ray workers import the ClientApp this way instead of unpickling closures from the
+    driver's ``__main__``, which is what breaks Flower runs started from scripts.
+    """
+    if isinstance(ref, ClientApp):
+        return ref
+    if not isinstance(ref, str) or ref.count(":") != 1:
+        raise ClientAppLoadError(
+            f"client_app must be a ClientApp or a 'module:attribute' string, got {ref!r}"
+        )
+    module_name, attr_path = ref.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as ex:
+        raise ClientAppLoadError(
+            f"Cannot import module {module_name!r} of client_app {ref!r}: {ex}"
+        ) from ex
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise ClientAppLoadError(f"Module {module_name!r} has no attribute {attr_path!r}")
+        obj = getattr(obj, attr)
+    if not isinstance(obj, ClientApp):
+        raise ClientAppLoadError(f"{ref!r} is a {type(obj).__name__}, not a flwr ClientApp")
+    return obj
+
+
+def find_app_reference(app: ClientApp) -> str | None:
+    """The ``"module:attr"`` under which ``app`` is importable, if any (not ``__main__``).
+
+    Lets ``run_fast`` accept a ClientApp object and still have Ray workers import it by
+    reference; the defining module is found through the app's registered functions.
+    """
+    funcs: dict[str, Any] = getattr(app, "_registered_funcs", {})
+    modules = {getattr(fn, "__module__", None) for fn in funcs.values()}
+    for module_name in sorted(m for m in modules if m and m != "__main__"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name, value in vars(module).items():
+            if value is app:
+                return f"{module_name}:{name}"
+    return None
+
+
+@contextmanager
+def task_identity(run_id: int, node_id: int, task_id: int = 1) -> Iterator[None]:
+    """Set Flower's process-wide ``TaskIdentity`` for the duration of a task, then restore.
+
+    Outside Flower's runtime these are unset and ``Message(...)`` raises; the engine sets
+    them for the ServerApp (node ``SUPERLINK_NODE_ID``) and for every client message.
+    """
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task_id, run_id, node_id
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def error_reply(message: Message, code: int, ex: BaseException) -> Message:
+    """An error reply worded like Flower's simulation engine words it."""
+    reason = str(type(ex)) + ":<'" + str(ex) + "'>"
+    return Message(Error(code=code, reason=reason), reply_to=message)
+
+
+class ClientRunner:
+    """Runs jobs one after the other with one loaded ClientApp.
+
+    Lives in the driver (in-process executor) or in a long-lived Ray actor, so the
+    ClientApp's per-process caches (model, data) are built once and reused by every client.
+    """
+
+    def __init__(self, app: ClientAppRef) -> None:
+        self.app = load_client_app(app)
+
+    def run_one(self, job: Job) -> Outcome:
+        """Call the ClientApp on one message; exceptions become error replies."""
+        msg, ctx = job.message, job.context
+        try:
+            with task_identity(msg.metadata.run_id, msg.metadata.dst_node_id):
+                reply = self.app(msg, ctx)
+            if not isinstance(reply, Message):
+                raise TypeError(f"ClientApp returned {type(reply).__name__}, not a Message")
+        except Exception as ex:  # noqa: BLE001 - any client fault becomes an error reply
+            logger.error(
+                "ClientApp raised on node %s (%s):\n%s",
+                ctx.node_id,
+                msg.metadata.message_type,
+                traceback.format_exc(),
+            )
+            wrapped = ClientAppException(str(ex))
+            return Outcome(error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, wrapped), None)
+        return Outcome(reply, ctx)
+
+    def run_batch(self, jobs: Sequence[Job], time_budget: float | None) -> list[Outcome | None]:
+        """Run jobs in order until ``time_budget`` seconds have passed (None: no limit).
+
+        Jobs not started before the budget ran out get ``None`` (no reply, like a Flower
+        message that timed out); a job that finishes late is still returned.
+        """
+        deadline = None if time_budget is None else time.monotonic() + time_budget
+        out: list[Outcome | None] = []
+        for job in jobs:
+            if deadline is not None and time.monotonic() >= deadline:
+                out.append(None)
+                continue
+            out.append(self.run_one(job))
+        return out

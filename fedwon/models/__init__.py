@@ -1,0 +1,31 @@
+"""Model families with a selectable normalization: ``build_model(name, norm=...)``.
+
+``MODELS`` maps names to factories: ``cnn`` (FedBN's DigitModel), ``alexnet`` (FedBN's
+AlexNet), ``resnet18`` (ImageNet stem), ``resnet18-cifar`` (CIFAR stem), ``mobilenetv2``,
+and a ``-tiny`` variant of each family for fast tests. ``norm="ws"`` gives FedWon's
+normalization-free model (WSConv2d everywhere, no normalization layer).
+"""
+
+# Importing the family modules registers their models in MODELS.
+from fedwon.models import alexnet, cnn, mobilenetv2, resnet
+from fedwon.models.alexnet import AlexNet
+from fedwon.models.cnn import DigitCNN
+from fedwon.models.mobilenetv2 import MobileNetV2
+from fedwon.models.registry import MODELS, NormModel, build_model, init_weights, register_model
+from fedwon.models.resnet import ResNet
+
+__all__ = [
+    "MODELS",
+    "AlexNet",
+    "DigitCNN",
+    "MobileNetV2",
+    "NormModel",
+    "ResNet",
+    "alexnet",
+    "build_model",
+    "cnn",
+    "init_weights",
+    "mobilenetv2",
+    "register_model",
+    "resnet",
+]

@@ -1,0 +1,255 @@
+"""A run directory: resolved config, per-round metrics, summary, table, plot, checkpoints.
+
+Layout (the contract of DESIGN.md)::
+
+    DIR/config.toml        fully resolved config
+    DIR/metrics.jsonl      one JSON object per round: round, train_loss, accuracy, accuracy/<domain>
+    DIR/summary.json       {"strategy", "final": {"accuracy", "per_domain"}, ...}
+    DIR/per_domain.csv     final accuracy per domain
+    DIR/accuracy.png       accuracy per round, overall and per domain
+    DIR/checkpoint/        global arrays + round (+ clients' local layers) for --resume
+    DIR/client_state/      clients' local layers (FedBN) during a simulation
+
+:class:`RunRecorder` is the callback the server calls after each round; the writing is here, not
+in the round loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord
+
+from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
+
+Row = dict[str, Any]
+CHECKPOINT = "checkpoint"
+CLIENT_STATE = "client_state"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: NaN/Inf become null rather than invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def round_row(
+    server_round: int,
+    train: MetricRecord | None,
+    evaluate: MetricRecord | None,
+    elapsed: float,
+    dropped: int,
+) -> Row:
+    """The metrics.jsonl object of one round (``accuracy`` is null on rounds not evaluated)."""
+    row: Row = {"round": server_round, "train_loss": None, "accuracy": None}
+    if train is not None:
+        row["train_loss"] = _clean(float(train.get("train_loss", math.nan)))  # type: ignore[arg-type]
+        row["clients"] = int(train.get("clients", 0))  # type: ignore[call-overload]
+    if evaluate is not None:
+        for key, value in evaluate.items():
+            if key != "num-examples" and not isinstance(value, list):
+                row[key] = _clean(float(value))
+    row["dropped"] = dropped
+    row["time_s"] = round(elapsed, 4)
+    return row
+
+
+def read_metrics(run_dir: str | Path) -> list[Row]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a fedwon run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    return make_config(read_recipe(Path(run_dir) / "config.toml"))
+
+
+def final_metrics(rows: Sequence[Row]) -> Row:
+    """The last evaluated round's metrics (the run's result)."""
+    evaluated = [r for r in rows if r.get("accuracy") is not None]
+    return evaluated[-1] if evaluated else {}
+
+
+def per_domain(row: Row) -> dict[str, float]:
+    return {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("accuracy/")}
+
+
+def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def numpy_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    arrays: ArrayRecord
+    rows: list[Row] = field(default_factory=list)
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
+    """Write arrays, rows and a snapshot of clients' local layers; replace the old one atomically."""
+    tmp = run_dir / f"{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.savez(tmp / "arrays.npz", **arrays_to_numpy(ckpt.arrays))  # type: ignore[arg-type]
+    (tmp / "state.json").write_text(json.dumps({"round": ckpt.round, "rows": ckpt.rows}))
+    if (run_dir / CLIENT_STATE).is_dir():
+        shutil.copytree(run_dir / CLIENT_STATE, tmp / CLIENT_STATE)
+    old = run_dir / f"{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if (run_dir / CHECKPOINT).exists():
+        (run_dir / CHECKPOINT).rename(old)
+    tmp.rename(run_dir / CHECKPOINT)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read the checkpoint and put the clients' local layers back where clients look for them."""
+    path = run_dir / CHECKPOINT
+    if not (path / "state.json").exists():
+        raise ConfigError(f"cannot resume: {path} holds no checkpoint")
+    state = json.loads((path / "state.json").read_text())
+    with np.load(path / "arrays.npz") as npz:
+        arrays = numpy_to_arrays({k: npz[k] for k in npz.files})
+    shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)
+    if (path / CLIENT_STATE).is_dir():
+        shutil.copytree(path / CLIENT_STATE, run_dir / CLIENT_STATE)
+    return Checkpoint(round=int(state["round"]), arrays=arrays, rows=list(state["rows"]))
+
+
+class RunRecorder:
+    """Writes a run directory as rounds complete. ``run_dir=None`` records in memory only."""
+
+    def __init__(self, run_dir: str | Path | None, cfg: RunConfig, domains: Sequence[str]) -> None:
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.cfg = cfg
+        self.domains = list(domains)
+        self.rows: list[Row] = []
+        self.start_round = 0
+        self.arrays: ArrayRecord | None = None
+        self._t0 = time.perf_counter()
+        if self.run_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(cfg.to_toml())
+
+    @property
+    def client_state_dir(self) -> str:
+        return str(self.run_dir / CLIENT_STATE) if self.run_dir else ""
+
+    def resume(self) -> Checkpoint:
+        """Continue from the run directory's checkpoint (rows after it are discarded)."""
+        if self.run_dir is None:
+            raise ConfigError("cannot resume a run that has no output directory")
+        ckpt = load_checkpoint(self.run_dir)
+        if ckpt.round > self.cfg.num_rounds:
+            raise ConfigError(
+                f"cannot resume: the checkpoint is at round {ckpt.round}, beyond "
+                f"num_rounds={self.cfg.num_rounds}"
+            )
+        self.rows = list(ckpt.rows)
+        self.start_round = ckpt.round
+        self.arrays = ckpt.arrays
+        self._rewrite_metrics()
+        return ckpt
+
+    def _rewrite_metrics(self) -> None:
+        if self.run_dir:
+            text = "".join(json.dumps(r) + "\n" for r in self.rows)
+            (self.run_dir / "metrics.jsonl").write_text(text)
+
+    def record(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        train: MetricRecord | None,
+        evaluate: MetricRecord | None,
+        dropped: int = 0,
+    ) -> Row:
+        """Append a round's row; checkpoint every ``checkpoint_every`` rounds."""
+        row = round_row(server_round, train, evaluate, time.perf_counter() - self._t0, dropped)
+        self._t0 = time.perf_counter()
+        self.rows.append(row)
+        self.arrays = arrays
+        if self.run_dir:
+            with (self.run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            every = self.cfg.checkpoint_every
+            if server_round == self.cfg.num_rounds or (every and server_round % every == 0):
+                save_checkpoint(self.run_dir, Checkpoint(server_round, arrays, self.rows))
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        final = final_metrics(self.rows)
+        times = [r["time_s"] for r in self.rows]
+        return {
+            "strategy": self.cfg.strategy,
+            "model": self.cfg.model,
+            "norm": self.cfg.resolved_norm,
+            "dataset": self.cfg.dataset,
+            "rounds": len(self.rows),
+            "final": {
+                "round": final.get("round"),
+                "accuracy": final.get("accuracy"),
+                "loss": final.get("loss"),
+                "per_domain": per_domain(final),
+            },
+            "best_accuracy": max(
+                (r["accuracy"] for r in self.rows if r.get("accuracy") is not None),
+                default=None,
+            ),
+            "seconds_per_round": float(np.median(times)) if times else None,
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Write summary.json, per_domain.csv and accuracy.png; return the summary."""
+        summary = self.summary()
+        if self.run_dir:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            with (self.run_dir / "per_domain.csv").open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["domain", "accuracy"])
+                for domain, acc in summary["final"]["per_domain"].items():
+                    writer.writerow([domain, acc])
+                writer.writerow(["all", summary["final"]["accuracy"]])
+            plot_accuracy(self.rows, self.run_dir / "accuracy.png", title=self.cfg.strategy)
+        return summary
+
+
+def plot_accuracy(rows: Sequence[Row], path: Path, title: str = "") -> None:
+    """Accuracy per round: overall (bold) and each domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluated = [r for r in rows if r.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = sorted({k for r in evaluated for k in r if k.startswith("accuracy/")})
+    for key in keys:
+        xs = [r["round"] for r in evaluated if r.get(key) is not None]
+        ax.plot(xs, [r[key] for r in evaluated if r.get(key) is not None], label=key[9:], lw=1)
+    ax.plot([r["round"] for r in evaluated], [r["accuracy"] for r in evaluated], "k-", lw=2.5,
+            label="all")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,123 @@
+"""Running a simulation: client resources from the machine, and the engine that delivers messages.
+
+Two engines run the same ServerApp/ClientApp:
+- ``flower``: Flower's own simulation engine (``flwr.simulation.run_simulation``, Ray actors);
+- ``fast``: :mod:`fedwon.engine`, a Grid that hands each round's messages straight to
+  long-lived workers (see docs/scaling.md).
+
+Resources: with G GPUs each client actor gets ``gpus_per_client`` of one (default a whole GPU, so
+each client trains on its own GPU); without GPUs it asks for none. Asking Ray for a GPU that does
+not exist leaves Flower waiting forever ("ActorPool is empty"), so it is never done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedwon.config import ConfigError, RunConfig
+from fedwon.results import Row
+from fedwon.server_app import RunOutcome, make_server_app
+
+log = logging.getLogger(__name__)
+
+CLIENT_APP = "fedwon.client_app:app"
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float  # per client actor
+    num_gpus: float  # per client actor; 0 without GPUs
+    num_actors: int  # concurrent clients the machine fits
+
+    def as_flower(self) -> dict[str, float]:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+
+def visible_gpus() -> int:
+    """GPUs this process can use (0 when torch has no CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def client_resources(
+    cfg: RunConfig, num_gpus: int | None = None, num_cpus: int | None = None
+) -> Resources:
+    """Per-client resources and how many clients run at once, from the machine and the config.
+
+    ``num_gpus``/``num_cpus`` default to what this machine has; tests pass fake counts.
+    """
+    gpus = visible_gpus() if num_gpus is None else num_gpus
+    cpus = (os.cpu_count() or 1) if num_cpus is None else num_cpus
+    if cfg.device == "cuda" and gpus == 0:
+        raise ConfigError("device='cuda' but no GPU is visible; use device='auto' or 'cpu'")
+    cpu_share = min(cfg.cpus_per_client, float(cpus))
+    cpu_slots = max(1, int(cpus // cpu_share))
+    if cfg.device == "cpu" or gpus == 0:
+        return Resources(num_cpus=cpu_share, num_gpus=0.0, num_actors=cpu_slots)
+    if not 0 < cfg.gpus_per_client <= gpus:
+        raise ConfigError(
+            f"gpus_per_client={cfg.gpus_per_client} must be in (0, {gpus}] on this machine "
+            f"({gpus} GPU{'s' if gpus != 1 else ''})"
+        )
+    gpu_slots = int(gpus // cfg.gpus_per_client)
+    return Resources(
+        num_cpus=cpu_share, num_gpus=cfg.gpus_per_client, num_actors=min(cpu_slots, gpu_slots)
+    )
+
+
+def _quiet_flower(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("flwr").setLevel(level)
+
+
+def run_simulation(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    on_round: Callable[[Row], None] | None = None,
+    verbose: bool = False,
+) -> RunOutcome:
+    """Run ``cfg`` on this machine with the engine it names; return the run's outcome."""
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    _quiet_flower(verbose)
+    resources = client_resources(cfg)
+    outcome: list[RunOutcome] = []
+    server_app = make_server_app(cfg, out_dir, resume=resume, on_round=on_round, outcome=outcome)
+    if cfg.engine == "fast":
+        from fedwon.engine import run_fast
+
+        workers = resources.num_actors if cfg.num_workers < 0 else cfg.num_workers
+        run_fast(
+            server_app,
+            CLIENT_APP,
+            cfg.num_clients,
+            num_workers=min(workers, cfg.num_clients),
+            cpus_per_client=resources.num_cpus,
+            gpus_per_client=resources.num_gpus,
+        )
+    else:
+        from flwr.clientapp import ClientApp
+        from flwr.simulation import run_simulation as flower_run_simulation
+
+        from fedwon.client_app import app as client_app
+
+        assert isinstance(client_app, ClientApp)
+        flower_run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=cfg.num_clients,
+            backend_config={
+                "client_resources": resources.as_flower(),
+                "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+            },
+            verbose_logging=verbose,
+        )
+    if not outcome:
+        raise RuntimeError("the simulation ended without a result; see the log above")
+    return outcome[0]

@@ -1,0 +1,77 @@
+"""RunConfig: recipes, overrides, validation messages."""
+
+from pathlib import Path
+
+import pytest
+
+from fedwon.config import ConfigError, load_config, make_config, parse_override
+
+SIMS = Path(__file__).resolve().parent.parent / "sims"
+
+
+@pytest.mark.parametrize("recipe", sorted(SIMS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe: Path) -> None:
+    cfg = load_config(recipe)
+    assert cfg.num_rounds >= 1
+
+
+def test_overrides_are_typed_and_applied_over_the_recipe() -> None:
+    cfg = load_config(SIMS / "cross_silo.toml", ["strategy=fedbn", "lr=0.1", "num_rounds=3"])
+    assert (cfg.strategy, cfg.lr, cfg.num_rounds) == ("fedbn", 0.1, 3)
+    assert cfg.resolved_norm == "bn"
+
+
+def test_norm_follows_the_strategy_unless_set() -> None:
+    assert make_config({"strategy": "fedwon"}).resolved_norm == "ws"
+    assert make_config({"strategy": "fedavg"}).resolved_norm == "bn"
+    assert make_config({"strategy": "fedavg", "norm": "gn"}).resolved_norm == "gn"
+
+
+def test_unknown_key_is_refused_with_the_valid_keys() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'lrr'.*valid keys: .*\blr\b"):
+        make_config({"lrr": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"strategy": "fedprox"}, r"strategy: Input should be 'fedavg', 'fedbn' or 'fedwon'"),
+        ({"model": "vgg"}, r"model: unknown model 'vgg'; choose one of \[.*'cnn'"),
+        ({"norm": "batch"}, r"norm: unknown norm 'batch'"),
+        ({"dataset": "mnist"}, r"dataset: unknown dataset 'mnist'"),
+        ({"lr": 0}, r"lr: must be > 0"),
+        ({"fraction_train": 1.5}, r"fraction_train: must be in \(0, 1\]"),
+        ({"num_clients": 5, "clients_per_round": 6}, r"clients_per_round=6 exceeds"),
+        ({"strategy": "fedwon", "norm": "bn"}, r"fedwon' trains a normalization-free model"),
+        ({"strategy": "fedbn", "norm": "ws"}, r"fedbn' keeps normalization layers local"),
+        ({"batch_size": 1, "strategy": "fedavg"}, r"batch_size=1 cannot train with norm='bn'"),
+        ({"num_rounds": "ten"}, r"num_rounds: Input should be a valid integer"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config(values)
+
+
+def test_override_parsing() -> None:
+    assert parse_override("lr=0.5") == ("lr", 0.5)
+    assert parse_override("strategy=fedbn") == ("strategy", "fedbn")
+    assert parse_override('domains="mnist,usps"') == ("domains", "mnist,usps")
+    assert parse_override("dp.enabled=true") == ("dp.enabled", True)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("lr")
+
+
+def test_missing_and_broken_recipes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("strategy = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_flat_round_trip() -> None:
+    cfg = make_config({"strategy": "fedbn", "domains": "mnist,svhn", "lr": 0.02})
+    assert make_config(cfg.to_flat()) == cfg
+    assert cfg.domain_list == ("mnist", "svhn")
