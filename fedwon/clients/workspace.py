@@ -75,7 +75,13 @@ class Workspace:
 
 @lru_cache(maxsize=4)
 def workspace(cfg: RunConfig, data_root: str | None = None) -> Workspace:
-    """The cached workspace for a run config (one per process in practice)."""
+    """The cached workspace for a run config (one per process in practice).
+
+    Torch's intra-op threads are set to the client's CPU share (``cpus_per_client``, what Ray
+    also gives an actor): float results depend on the thread count, and pinning it makes the
+    in-process engine, Ray actors and Flower's engine compute bit-identical updates.
+    """
+    torch.set_num_threads(max(1, int(cfg.cpus_per_client)))
     federation = load_federation(data_spec(cfg, data_root))
     device = resolve_device(cfg.device)
     model = initial_model(cfg, federation.num_classes, federation.in_channels).to(device)

@@ -9,18 +9,19 @@ distinct domains of the ten digit classes, in the spirit of Digits-5 (all ``3×2
              28×28 frame (as MNIST), random affine (rotation, scale, shear, shift) and stroke
              thickness (soft dilation/erosion).
 ``mnist_m``  handwritten blended with photo texture, MNIST-M's ``|patch − digit|`` rule; patches
-             are random crops (28–110 px, flipped) of the photographs.
+             are random crops (28–84 px, flipped) of the photographs.
 ``svhn``     house-number look: large digit, random background and contrasting foreground colours,
              fragments of neighbouring digits left and right, lighting gradient, blur, noise.
 ``usps``     low resolution: thicker digits filling the frame, downsampled to 16×16 and back.
-``synth``    printed digits rendered from 17 matplotlib fonts at 7 rotation angles, two-colour
+``synth``    printed digits rendered from 21 matplotlib fonts at 7 rotation angles, two-colour
              gradient backgrounds, contrasting foreground, slight blur and noise.
 
 Train/test independence: for each domain the *sources* are split (class-stratified, 70 % / 30 %)
 before any augmentation — scikit-learn digits by index, printed digits by ``(font, rotation)``
-pair, photographs by region (left 70 % / right 30 % of each photo) — and each split's images (and
-the neighbouring-digit clutter) are drawn only from its own sources. Classes are balanced (counts
-differ by at most one). Everything is drawn from generators seeded by ``(seed, domain, split)``.
+pair, photographs by region (a 4×5 grid of blocks, 7 of 20 for test) — and each split's images
+(and the neighbouring-digit clutter) are drawn only from its own sources. Classes are balanced
+(counts differ by at most one). Everything is drawn from generators seeded by
+``(seed, domain, split)``.
 
 The build (all five domains, default 743 train + 400 test each) takes about a second and is cached
 on disk (:mod:`fedwon.datasets.cache`), keyed by :data:`BUILDER_VERSION`, the sizes, the seed and
@@ -47,7 +48,7 @@ SIZE = 28
 DEFAULT_TRAIN_PER_DOMAIN = 743
 DEFAULT_TEST_PER_DOMAIN = 400
 TEST_SOURCE_FRACTION = 0.3
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 FONT_FILES: tuple[str, ...] = (
     "DejaVuSans.ttf",
@@ -73,7 +74,7 @@ FONT_FILES: tuple[str, ...] = (
     "cmti10.ttf",
 )
 SYNTH_ANGLES: tuple[float, ...] = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
-PHOTO_TRAIN_FRACTION = 0.7
+PHOTO_BLOCKS = (4, 5)  # rows, cols of the grid that splits each photo into train/test blocks
 
 Rendered = tuple[np.ndarray, np.ndarray]
 """``(uint8 images (N, 3, 28, 28), int64 labels)``"""
@@ -280,29 +281,44 @@ def grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def photo_patches(n: int, split: str, rng: np.random.Generator) -> torch.Tensor:
-    """``n`` random square crops (28–110 px, random flips) resized to 28×28, ``(n, 3, 28, 28)``.
+def photo_blocks(split: str) -> list[tuple[int, int, int]]:
+    """``(photo, row, col)`` blocks of the :data:`PHOTO_BLOCKS` grid that ``split`` crops from.
 
-    Train crops come from the left 70 % of each photograph, test crops from the right 30 %.
+    Blocks with ``(row + col) % 3 == 0`` (7 of 20 per photo) are the test region, so both
+    splits see every part of both photographs but never the same pixels.
+    """
+    rows, cols = PHOTO_BLOCKS
+    want_test = split == "test"
+    return [
+        (pi, r, c)
+        for pi in range(len(photos()))
+        for r in range(rows)
+        for c in range(cols)
+        if ((r + c) % 3 == 0) == want_test
+    ]
+
+
+def photo_patches(n: int, split: str, rng: np.random.Generator) -> torch.Tensor:
+    """``n`` random square crops (28–84 px, random flips) resized to 28×28, ``(n, 3, 28, 28)``.
+
+    Each crop lies inside one block of its split (:func:`photo_blocks`).
     """
     pics = photos()
-    which = rng.integers(len(pics), size=n)
+    blocks = photo_blocks(split)
+    chosen = rng.integers(len(blocks), size=n)
     out = torch.empty(n, 3, SIZE, SIZE)
     u = (2 * torch.arange(SIZE, dtype=torch.float64) + 1) / SIZE - 1  # pixel centres in [-1, 1]
     for pi, pic in enumerate(pics):
-        idx = np.flatnonzero(which == pi)
+        idx = np.flatnonzero([blocks[b][0] == pi for b in chosen])
         if len(idx) == 0:
             continue
         _, h, w = pic.shape
-        lo, hi = (
-            (0.0, w * PHOTO_TRAIN_FRACTION)
-            if split == "train"
-            else (w * PHOTO_TRAIN_FRACTION, float(w))
-        )
-        half = rng.uniform(14, 55, size=len(idx))
-        half = np.minimum(half, (hi - lo) / 2 - 1)
-        cx = rng.uniform(lo + half, hi - half)
-        cy = rng.uniform(half, h - half)
+        bh, bw = h / PHOTO_BLOCKS[0], w / PHOTO_BLOCKS[1]
+        r = np.array([blocks[b][1] for b in chosen[idx]])
+        c = np.array([blocks[b][2] for b in chosen[idx]])
+        half = np.minimum(rng.uniform(14, 42, size=len(idx)), min(bh, bw) / 2 - 1)
+        cx = c * bw + rng.uniform(half, bw - half)
+        cy = r * bh + rng.uniform(half, bh - half)
         flip_x = rng.choice([-1.0, 1.0], size=len(idx))
         flip_y = rng.choice([-1.0, 1.0], size=len(idx))
         hx = torch.from_numpy(half * flip_x).view(-1, 1, 1)
@@ -465,19 +481,25 @@ def build_embedded_digits(
 
 
 def cache_params(train_per_domain: int, test_per_domain: int, seed: int) -> dict[str, object]:
-    import matplotlib
-    import sklearn
-
+    """Everything the built arrays depend on (package versions read without importing them)."""
     return {
         "version": BUILDER_VERSION,
         "train": train_per_domain,
         "test": test_per_domain,
         "seed": seed,
-        "torch": torch.__version__.split("+")[0],
-        "numpy": np.__version__,
-        "sklearn": sklearn.__version__,
-        "matplotlib": matplotlib.__version__,
+        **{
+            pkg: _version(pkg) for pkg in ("torch", "numpy", "scikit-learn", "matplotlib", "pillow")
+        },
     }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package).split("+")[0]
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def cached_embedded_digits(

@@ -124,9 +124,11 @@ class _RayWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
-    def run(self, jobs: list[Job], time_budget: float | None) -> Results:
-        """Run one batch (one remote call per actor and batch)."""
-        return self._runner.run_batch(jobs, time_budget)
+    def run(self, jobs: list[Job], time_budget: float | None) -> tuple[Results, float]:
+        """Run one batch (one remote call per actor and batch); also return busy seconds."""
+        t0 = time.perf_counter()
+        out = self._runner.run_batch(jobs, time_budget)
+        return out, time.perf_counter() - t0
 
 
 @functools.lru_cache(maxsize=1)
@@ -198,6 +200,7 @@ class RayExecutor(Executor):
         self._owns_ray = False
         self._actors: list[Any] = []
         self._failures: list[int] = []
+        self.busy_s: list[float] = []  # seconds each actor spent running ClientApps
         self.actor_info: list[dict[str, Any]] = []
 
     @property
@@ -224,6 +227,7 @@ class RayExecutor(Executor):
             wanted = fit
         self._actors = [self._new_actor(ray) for _ in range(wanted)]
         self._failures = [0] * wanted
+        self.busy_s = [0.0] * wanted
         self.actor_info = ray.get([a.ready.remote() for a in self._actors])
         logger.info("Ray executor: %d actors ready", wanted)
 
@@ -244,7 +248,9 @@ class RayExecutor(Executor):
         for ref in ready:
             actor = refs[ref]
             try:
-                outs: Results = ray.get(ref)
+                outs: Results
+                outs, busy = ray.get(ref)
+                self.busy_s[actor] += busy
                 self._failures[actor] = 0
             except ray.exceptions.RayError as ex:
                 batch = [jobs[i] for i in plan[actor]]

@@ -10,13 +10,26 @@ per output channel i, with fan-in N = in_channels/groups · kh · kw,
 from the *weights*, not the batch, the layer behaves identically at batch size 1 and on
 every client's data distribution — the property multi-domain and cross-device FL need.
 
-Implementation: the standardization is a few vectorized passes over the weight tensor per
-forward and backward (a custom autograd Function, see ``_StandardizeWeight``), so its
-cost is independent of the batch size; ``benchmarks/layer_bench.py`` measures it.
+Speed. Ŵ is recomputed every forward, a cost independent of the batch size that matters
+when the convs themselves are cheap (batch 1, depthwise convs). Plain autograd of the
+formula (:func:`standardize_weight`) is slow — ``torch.var_mean`` is a scalar Welford
+loop on CPU and its backward is ~30 small ops — so ``WSConv2d`` uses custom autograd
+Functions with the same values and gradients:
+
+* ``_StandardizeWeightBN`` (CPU): standardization *is* batch norm of the weight viewed as
+  a (1, out_channels, N) batch — one fused ATen kernel forward, one backward (the trick
+  timm's ``ScaledStdConv2d`` uses). BN's ``var + eps`` is not ``max(N·var, eps)``, so it
+  runs with eps 0 and, if any filter is (near-)constant, falls back to the explicit path.
+* ``_StandardizeWeight``: explicit formulas, sync-free and vmap-able; used on GPUs (the
+  clamp check above would synchronize) and under torch.func transforms (Opacus'
+  per-sample gradients), where an eager data-dependent branch is not allowed.
+
+``benchmarks/layer_bench.py`` measures what is left.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,7 +45,7 @@ def standardize_weight(
 ) -> Tensor:
     """Reference implementation: the scaled-standardized copy of a conv ``weight``.
 
-    Plain autograd ops that spell out the formula; tests check the fast path against
+    Plain autograd ops that spell out the formula; tests check the fast paths against
     it. ``max(N·var, eps)`` rather than ``N·var + eps``: the clamp only matters for
     (near-)constant filters and then keeps Ŵ finite, exactly as in the NFNets code.
     """
@@ -42,21 +55,61 @@ def standardize_weight(
     return (weight - mean) * scale
 
 
+# -- explicit formulas ------------------------------------------------------------------
+#   x = W − μ,  r = 1 / max(‖x‖, √eps)   (‖x‖ = sqrt(N·var)),  s = gain·γ,  Ŵ = s·r·x
+#   ∂L/∂gain = γ·r·Σ G·x
+#   ∂L/∂W    = s·r·(G − mean(G)) − s·r³·(Σ G·x)·x      (last term 0 where clamped)
+
+
+def _ws_forward(
+    weight: Tensor, gain: Tensor, gamma: float, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Ŵ plus the statistics the backward needs: (Ŵ, x, r, s·r) with x, r, s·r as rows."""
+    w = weight.reshape(weight.shape[0], -1)
+    centered = w - w.mean(dim=1, keepdim=True)
+    inv = torch.linalg.vector_norm(centered, dim=1, keepdim=True)
+    inv = inv.clamp_(min=eps**0.5).reciprocal_()
+    scale = gain.reshape(-1, 1) * inv
+    if gamma != 1.0:
+        scale = scale.mul_(gamma)
+    return (centered * scale).reshape(weight.shape), centered, inv, scale
+
+
+def _ws_backward(
+    grad_out: Tensor,
+    centered: Tensor,
+    inv: Tensor,
+    scale: Tensor,
+    gamma: float,
+    eps: float,
+    needs_weight: bool,
+    needs_gain: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients w.r.t. weight and gain for :func:`_ws_forward` (formulas above)."""
+    g = grad_out.reshape(centered.shape)
+    sum_gx = (g * centered).sum(dim=1, keepdim=True)
+    grad_gain = None
+    if needs_gain:
+        grad_gain = sum_gx * inv
+        if gamma != 1.0:
+            grad_gain = grad_gain.mul_(gamma)
+        grad_gain = grad_gain.reshape(-1, 1, 1, 1)
+    grad_weight = None
+    if needs_weight:
+        # ∂r/∂W only where max(‖x‖, √eps) picked ‖x‖, i.e. r < 1/√eps.
+        coef = (scale * inv).mul_(inv).mul_(sum_gx).mul_(inv < eps**-0.5)
+        grad_weight = g - g.mean(dim=1, keepdim=True)
+        grad_weight = grad_weight.mul_(scale).addcmul_(centered, coef, value=-1.0)
+        grad_weight = grad_weight.reshape(grad_out.shape)
+    return grad_weight, grad_gain
+
+
 class _StandardizeWeight(torch.autograd.Function):
-    """Fused scaled weight standardization with a hand-written backward.
+    """Explicit-formula path: sync-free, vmap-able (``generate_vmap_rule``).
 
-    Why not plain autograd of :func:`standardize_weight`: on CPU ``torch.var_mean`` is
-    ~50x slower than ``mean`` (a Welford loop) and autograd's generic backward of
-    mean → sub → var → clamp → mul takes ~30 ops and ~10 passes over the weight. Here
-    ‖W_i − μ_i‖ = sqrt(N·var_i) comes from one ``vector_norm`` and the backward is two
-    reductions and three elementwise passes (≈5x faster on ResNet-18's weights):
-
-        x = W − μ,  r = 1 / max(‖x‖, √eps),  s = gain·γ,  Ŵ = s·r·x
-        ∂L/∂gain = γ·r·Σ G·x
-        ∂L/∂W    = s·r·(G − mean(G)) − s·r³·(Σ G·x)·x      (last term 0 where clamped)
-
-    Every op is vmap-able (``generate_vmap_rule``), so torch.func / Opacus' functorch
-    per-sample gradients work; double backward is not supported (nothing here needs it).
+    Forward returns the statistics as extra, non-differentiable outputs instead of
+    stashing them on ctx because torch.func's generated vmap rule needs a ctx-free
+    forward. Double backward is not supported (nothing here needs it).
     """
 
     generate_vmap_rule = True
@@ -65,17 +118,7 @@ class _StandardizeWeight(torch.autograd.Function):
     def forward(  # type: ignore[override]
         weight: Tensor, gain: Tensor, gamma: float, eps: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        w = weight.reshape(weight.shape[0], -1)
-        centered = w - w.mean(dim=1, keepdim=True)
-        # ‖x‖ = sqrt(N·var), so max(‖x‖, √eps) = sqrt(max(N·var, eps)).
-        inv = torch.linalg.vector_norm(centered, dim=1, keepdim=True)
-        inv = inv.clamp_(min=eps**0.5).reciprocal_()
-        scale = gain.reshape(-1, 1) * inv
-        if gamma != 1.0:
-            scale = scale.mul_(gamma)
-        # The statistics are returned (as non-differentiable outputs) rather than stored
-        # on ctx so forward() stays ctx-free, as torch.func's generated vmap rule needs.
-        return (centered * scale).reshape(weight.shape), centered, inv, scale
+        return _ws_forward(weight, gain, gamma, eps)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -93,23 +136,83 @@ class _StandardizeWeight(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, None, None]:
         if grad_out is None:
             return None, None, None, None
-        centered, inv, scale = ctx.saved_tensors
-        g = grad_out.reshape(centered.shape)
-        sum_gx = (g * centered).sum(dim=1, keepdim=True)
-        grad_gain = None
-        if ctx.needs_input_grad[1]:
-            grad_gain = sum_gx * inv
-            if ctx.gamma != 1.0:
-                grad_gain = grad_gain.mul_(ctx.gamma)
-            grad_gain = grad_gain.reshape(-1, 1, 1, 1)
-        grad_weight = None
-        if ctx.needs_input_grad[0]:
-            # ∂r/∂W only where max(‖x‖, √eps) picked ‖x‖, i.e. r < 1/√eps.
-            coef = (scale * inv).mul_(inv).mul_(sum_gx).mul_(inv < ctx.eps**-0.5)
-            grad_weight = g - g.mean(dim=1, keepdim=True)
-            grad_weight = grad_weight.mul_(scale).addcmul_(centered, coef, value=-1.0)
-            grad_weight = grad_weight.reshape(grad_out.shape)
+        grad_weight, grad_gain = _ws_backward(
+            grad_out, *ctx.saved_tensors, ctx.gamma, ctx.eps, *ctx.needs_input_grad[:2]
+        )
         return grad_weight, grad_gain, None, None
+
+
+class _StandardizeWeightBN(torch.autograd.Function):
+    """CPU path: the weight rows as batch-norm channels, fused ATen kernels both ways.
+
+    With ``bn_weight = gain·γ/√N`` and eps 0, BN gives gain·γ·(W − μ)/sqrt(N·var),
+    i.e. the formula wherever N·var >= eps. If a filter is below the clamp (BN's
+    1/sqrt(var) would be huge or inf), the whole call switches to the explicit path.
+    Old-style ``forward(ctx, ...)``: about half the Python overhead of setup_context,
+    which matters with ~50 small convs per step.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, weight: Tensor, gain: Tensor, gamma: float, eps: float
+    ) -> Tensor:
+        out_channels, fan_in = weight.shape[0], weight[0].numel()
+        ctx.gamma, ctx.eps = gamma, eps
+        ctx.factor = gamma / math.sqrt(fan_in)
+        w3 = weight.reshape(1, out_channels, fan_in)
+        bn_weight = gain.reshape(out_channels) * ctx.factor
+        out, mean, invstd = torch.native_batch_norm(w3, bn_weight, None, None, None, True, 0.0, 0.0)
+        # invstd = 1/sqrt(var); clamped where N·var < eps  <=>  invstd > sqrt(N/eps).
+        ctx.explicit = bool((invstd > math.sqrt(fan_in / eps)).any())
+        if ctx.explicit:
+            out, centered, inv, scale = _ws_forward(weight, gain, gamma, eps)
+            ctx.save_for_backward(centered, inv, scale)
+            return out
+        ctx.save_for_backward(w3, bn_weight, mean, invstd)
+        return out.reshape(weight.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_out: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None]:
+        needs_weight, needs_gain = ctx.needs_input_grad[:2]
+        if ctx.explicit:
+            grad_weight, grad_gain = _ws_backward(
+                grad_out, *ctx.saved_tensors, ctx.gamma, ctx.eps, needs_weight, needs_gain
+            )
+            return grad_weight, grad_gain, None, None
+        w3, bn_weight, mean, invstd = ctx.saved_tensors
+        grad_in, grad_bn_weight, _ = torch.ops.aten.native_batch_norm_backward(
+            grad_out.reshape(w3.shape),
+            w3,
+            bn_weight,
+            None,
+            None,
+            mean,
+            invstd,
+            True,
+            0.0,
+            [needs_weight, needs_gain, False],
+        )
+        grad_weight = grad_in.reshape(grad_out.shape) if needs_weight else None
+        grad_gain = (grad_bn_weight * ctx.factor).reshape(-1, 1, 1, 1) if needs_gain else None
+        return grad_weight, grad_gain, None, None
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (vmap/grad) is running: eager branches not allowed."""
+    probe = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if probe is None else bool(probe())
+
+
+def standardized_weight_fast(weight: Tensor, gain: Tensor, gamma: float, eps: float) -> Tensor:
+    """Same value and gradient as :func:`standardize_weight`, by the fastest valid path."""
+    if weight.device.type == "cpu" and not _functorch_active():
+        out: Tensor = _StandardizeWeightBN.apply(weight, gain, gamma, eps)
+        return out
+    out = _StandardizeWeight.apply(weight, gain, gamma, eps)[0]
+    return out
 
 
 class WSConv2d(nn.Conv2d):
@@ -173,8 +276,7 @@ class WSConv2d(nn.Conv2d):
 
     def standardized_weight(self) -> Tensor:
         """The effective kernel Ŵ used by :meth:`forward` (differentiable)."""
-        weight: Tensor = _StandardizeWeight.apply(self.weight, self.gain, self.gamma, self.eps)[0]
-        return weight
+        return standardized_weight_fast(self.weight, self.gain, self.gamma, self.eps)
 
     def forward(self, input: Tensor) -> Tensor:
         weight = self.standardized_weight()

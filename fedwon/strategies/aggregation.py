@@ -45,7 +45,8 @@ def split_usable(replies: Iterable[Message]) -> tuple[list[Message], list[str]]:
     for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            problems.append(f"node {node} failed: {msg.error.reason}")
+            reason = " ".join(str(msg.error.reason).split())  # one line, whatever the engine
+            problems.append(f"node {node} failed: {reason}")
             continue
         bad = non_finite_arrays(msg.content) + non_finite_metrics(msg.content)
         if bad:

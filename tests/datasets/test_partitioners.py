@@ -88,7 +88,10 @@ def test_domain_partition_is_stratified_and_per_domain() -> None:
         assert set(pool.test_d[a.test[pid]]) == {d}
     for d in range(3):
         clients = range(d * k, (d + 1) * k)
-        for split, parts, labels in (("train", a.train, pool.train_y), ("test", a.test, pool.test_y)):
+        for split, parts, labels in (
+            ("train", a.train, pool.train_y),
+            ("test", a.test, pool.test_y),
+        ):
             counts = np.stack([np.bincount(labels[parts[c]], minlength=10) for c in clients])
             assert (counts.max(0) - counts.min(0)).max() <= 1, split
             sizes = counts.sum(1)
@@ -115,8 +118,11 @@ def test_dirichlet_alpha_controls_label_skew() -> None:
     pool = make_pool(train=600)
     skewed = PARTITIONERS["dirichlet"](pool, PartitionOptions(num_clients=9, alpha=0.05))
     mild = PARTITIONERS["dirichlet"](pool, PartitionOptions(num_clients=9, alpha=100.0))
-    assert _skew(mild, pool.train_y) < 0.2 < _skew(mild, pool.train_y) + 0.15 < _skew(
-        skewed, pool.train_y
+    assert (
+        _skew(mild, pool.train_y)
+        < 0.2
+        < _skew(mild, pool.train_y) + 0.15
+        < _skew(skewed, pool.train_y)
     )
 
 

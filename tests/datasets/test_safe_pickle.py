@@ -94,7 +94,7 @@ def test_malicious_payload_inside_npy_refused(tmp_path: Path) -> None:
     evil[0], evil[1] = np.zeros(2), _CreatesFile(target)
     path = tmp_path / "evil.npy"
     np.save(path, evil, allow_pickle=True)
-    with pytest.raises(UnsafePickleError, match="evil.npy"):
+    with pytest.raises(UnsafePickleError, match=r"evil\.npy"):
         load_pickle_file(path)
     assert not target.exists()
 
@@ -107,9 +107,9 @@ def test_other_classes_refused() -> None:
 
 
 def test_missing_and_corrupt_files(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="missing file .*nothing.pkl"):
+    with pytest.raises(DataError, match=r"missing file .*nothing\.pkl"):
         load_pickle_file(tmp_path / "nothing.pkl")
     broken = tmp_path / "broken.pkl"
     broken.write_bytes(pickle.dumps((np.zeros(100), 1))[:40])
-    with pytest.raises(DataError, match="broken.pkl: not a readable pickle"):
+    with pytest.raises(DataError, match=r"broken\.pkl: not a readable pickle"):
         load_pickle_file(broken)

@@ -1,0 +1,180 @@
+"""Train-step time of FedWon's WS models vs their normalized baselines (``ws``/``bn`` ratio).
+
+What it measures: one SGD train step (forward + backward + ``optimizer.step``) of each
+model family, built with ``norm="ws"`` (FedWon: WSConv2d, no norm layers) and with
+``norm="bn"`` at batch 32. At batch 1 BatchNorm cannot train (batch statistics are
+undefined, ``build_model`` refuses it), so there the baseline is GroupNorm — the usual
+batch-independent alternative — and the ratio is ws/gn.
+
+Why it can miss: weight standardization costs a few passes over the *weights* per step,
+independent of the batch, while BN/GN cost passes over the *activations*. At batch 32
+the activations dominate and WS is about free; at batch 1 the convs themselves are cheap,
+so WS's fixed per-layer cost (a few small ops per conv, ~50 convs in MobileNetV2) shows.
+
+Methodology: ``torch`` thread settings as found, fixed random data, warm-up steps, then
+the norms are timed *interleaved* (one step of each in turn per repeat) so load changes
+on a shared machine hit both alike, and the median is reported.
+
+    python -m benchmarks.layer_bench [--quick] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedwon.models import build_model
+
+TARGET_RATIO = 1.15
+"""ws/baseline step-time ratio we aim to stay under."""
+
+# (registry name, input side) — sizes chosen so the whole run is well under a minute on
+# 2 CPU cores: the real FedBN digits CNN, and the larger families at CIFAR-like sizes
+# (AlexNet needs >= 63 px; 64 px keeps its 57M-parameter classifier as in FedBN).
+CONFIGS: tuple[tuple[str, int], ...] = (
+    ("cnn", 28),
+    ("alexnet", 64),
+    ("resnet18-cifar", 32),
+    ("mobilenetv2", 32),
+)
+
+MARK_START = "<!-- layer_bench:start -->"
+MARK_END = "<!-- layer_bench:end -->"
+DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _train_step_fn(name: str, norm: str, size: int, batch: int, seed: int = 0) -> Callable[[], None]:
+    """A closure running one SGD train step of ``name``/``norm`` on fixed random data."""
+    torch.manual_seed(seed)
+    model = build_model(name, norm=norm)
+    model.train()
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def time_steps(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each step function, timed interleaved."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            samples[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure every config at batch 32 (ws vs bn) and batch 1 (ws vs gn).
+
+    Returns one row per (model, batch): ``model``, ``input``, ``batch``, ``ws_ms``,
+    ``bn_ms`` (None at batch 1), ``gn_ms`` (None at batch 32), ``baseline``, ``ratio``
+    (ws / baseline), ``target`` and ``ok`` (ratio <= target).
+    """
+    warmup, repeats = (1, 3) if quick else (2, 7)
+    rows: list[dict[str, Any]] = []
+    for name, size in CONFIGS:
+        for batch, baseline in ((32, "bn"), (1, "gn")):
+            steps = {norm: _train_step_fn(name, norm, size, batch) for norm in ("ws", baseline)}
+            times = time_steps(steps, warmup, repeats)
+            ratio = times["ws"] / times[baseline]
+            rows.append(
+                {
+                    "model": name,
+                    "input": f"3x{size}x{size}",
+                    "batch": batch,
+                    "ws_ms": times["ws"] * 1e3,
+                    "bn_ms": times["bn"] * 1e3 if baseline == "bn" else None,
+                    "gn_ms": times["gn"] * 1e3 if baseline == "gn" else None,
+                    "baseline": baseline,
+                    "ratio": ratio,
+                    "target": TARGET_RATIO,
+                    "ok": ratio <= TARGET_RATIO,
+                }
+            )
+    return rows
+
+
+def _ms(value: float | None, missing: str) -> str:
+    return missing if value is None else f"{value:.1f}"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """Render :func:`run`'s rows as a markdown table (+ a one-line legend)."""
+    lines = [
+        "| model | input | batch | ws ms/step | bn ms/step | gn ms/step | ratio | ≤ 1.15x |",
+        "|---|---|---:|---:|---:|---:|---|:-:|",
+    ]
+    for r in rows:
+        bn = _ms(r["bn_ms"], "n/a (bn undefined)" if r["batch"] == 1 else "–")
+        gn = _ms(r["gn_ms"], "–")
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['batch']} | {r['ws_ms']:.1f} | {bn} | {gn} "
+            f"| ws/{r['baseline']} {r['ratio']:.2f}x | {'yes' if r['ok'] else 'no'} |"
+        )
+    lines.append("")
+    lines.append(
+        "Train step = forward + backward + SGD step, median of interleaved repeats. "
+        "At batch 1 BatchNorm cannot train, so ws is compared with GroupNorm."
+    )
+    return "\n".join(lines)
+
+
+def machine_info() -> str:
+    """One line naming the machine and software the numbers came from."""
+    return (
+        f"{platform.platform()}, processor {platform.processor() or platform.machine()!r}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+
+
+def write_docs(table: str, command: str, path: Path = DOCS_PATH) -> None:
+    """Replace the layer_bench section of ``docs/benchmarks.md`` (create it if missing)."""
+    section = (
+        f"{MARK_START}\n## WS vs BN layer cost (`benchmarks/layer_bench.py`)\n\n"
+        f"Machine: {machine_info()}  \nCommand: `{command}`\n\n{table}\n{MARK_END}"
+    )
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args()
+    table = to_markdown(run(quick=args.quick))
+    print(table)  # noqa: T201 - a CLI report
+    if not args.no_write:
+        command = "python -m benchmarks.layer_bench" + (" --quick" if args.quick else "")
+        write_docs(table, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Whole runs on the embedded digits with tiny models: learning, engines, FedBN state, faults,
+resume. The Flower-engine runs start Ray (a few seconds each) and are marked ``ray``."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fedwon.config import RunConfig, make_config
+from fedwon.engine import run_fast
+from fedwon.results import read_metrics
+from fedwon.server_app import RunOutcome, make_server_app
+from fedwon.simulation import run_simulation
+from fedwon.strategies import RoundFailedError, norm_state_keys
+from fedwon.models import build_model
+
+SMALL: dict[str, Any] = {
+    "model": "cnn-tiny",
+    "train_per_domain": 200,
+    "test_per_domain": 100,
+    "local_epochs": 2,
+    "num_rounds": 2,
+    "checkpoint_every": 0,
+}
+LR = {"fedavg": 0.05, "fedbn": 0.05, "fedwon": 0.1}
+
+
+def small(strategy: str, **extra: Any) -> RunConfig:
+    return make_config({**SMALL, "strategy": strategy, "lr": LR[strategy], **extra})
+
+
+def arrays_of(outcome: RunOutcome) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in outcome.arrays.items()}
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("strategy", ["fedavg", "fedbn", "fedwon"])
+def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_path: Path) -> None:
+    flower = run_simulation(small(strategy, engine="flower"), tmp_path / "flower")
+    fast = run_simulation(small(strategy, engine="fast", num_workers=0), tmp_path / "fast")
+    accuracy = [r["accuracy"] for r in read_metrics(tmp_path / "flower")]
+    assert accuracy[-1] > 0.2, accuracy  # chance is 0.1
+    assert flower.summary["final"]["per_domain"].keys() == {
+        "mnist", "mnist_m", "svhn", "usps", "synth"
+    }
+    a, b = arrays_of(flower), arrays_of(fast)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "per_domain.csv", "accuracy.png"):
+        assert (tmp_path / "flower" / name).stat().st_size > 0
+
+
+def test_fedbn_keeps_distinct_norm_layers_on_each_client(tmp_path: Path) -> None:
+    outcome = run_simulation(small("fedbn", engine="fast", num_workers=0), tmp_path)
+    local_keys = set(norm_state_keys(build_model("cnn-tiny", norm="bn")))
+    assert not set(outcome.arrays.keys()) & local_keys  # the server never held them
+    states = [torch.load(tmp_path / "client_state" / f"client_{i}.pt") for i in range(5)]
+    for state in states:
+        assert set(state) == local_keys
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert not torch.equal(states[i]["bn1.running_mean"], states[j]["bn1.running_mean"])
+            assert not torch.equal(states[i]["bn1.weight"], states[j]["bn1.weight"])
+
+
+def test_fedwon_model_has_no_normalization(tmp_path: Path) -> None:
+    outcome = run_simulation(small("fedwon", engine="fast", num_workers=0, num_rounds=1), None)
+    assert not any("bn" in k and "running" in k for k in outcome.arrays.keys())
+    assert all(k.startswith(("conv", "fc")) for k in outcome.arrays.keys())
+
+
+def _faulty_run(cfg: RunConfig) -> RunOutcome:
+    import faulty_client
+
+    result: list[RunOutcome] = []
+    run_fast(make_server_app(cfg, None, outcome=result), faulty_client.app, cfg.num_clients,
+             num_workers=0)
+    return result[0]
+
+
+def test_a_raising_client_and_a_nan_update_are_survived() -> None:
+    outcome = _faulty_run(small("fedwon", engine="fast", min_clients=3))
+    assert [r["dropped"] for r in outcome.rows] == [2, 2]  # client 1 raised, client 2 sent NaN
+    assert [r["clients"] for r in outcome.rows] == [3, 3]
+    for value in outcome.arrays.values():
+        assert np.isfinite(value.numpy()).all()
+    assert outcome.rows[-1]["accuracy"] > 0.1
+
+
+def test_too_many_failures_stop_the_run_with_a_clear_message() -> None:
+    with pytest.raises(RoundFailedError, match=r"3 of 5 clients .* min_clients=4.*simulated client"):
+        _faulty_run(small("fedwon", engine="fast", min_clients=4))
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    cfg = small("fedbn", engine="fast", num_workers=0, num_rounds=4, checkpoint_every=2)
+    full = run_simulation(cfg, tmp_path / "full")
+    part = tmp_path / "part"
+    run_simulation(cfg.replace(num_rounds=2), part)
+    resumed = run_simulation(cfg, part, resume=True)
+    a, b = arrays_of(full), arrays_of(resumed)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+    assert strip(read_metrics(part)) == strip(read_metrics(tmp_path / "full"))
