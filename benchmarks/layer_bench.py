@@ -52,7 +52,9 @@ MARK_END = "<!-- layer_bench:end -->"
 DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
-def _train_step_fn(name: str, norm: str, size: int, batch: int, seed: int = 0) -> Callable[[], None]:
+def _train_step_fn(
+    name: str, norm: str, size: int, batch: int, seed: int = 0
+) -> Callable[[], None]:
     """A closure running one SGD train step of ``name``/``norm`` on fixed random data."""
     torch.manual_seed(seed)
     model = build_model(name, norm=norm)
@@ -170,7 +172,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
     table = to_markdown(run(quick=args.quick))
-    print(table)  # noqa: T201 - a CLI report
+    print(table)
     if not args.no_write:
         command = "python -m benchmarks.layer_bench" + (" --quick" if args.quick else "")
         write_docs(table, command)

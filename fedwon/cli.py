@@ -14,10 +14,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
+from fedwon.datasets import DataError
 from fedwon.results import Row, final_metrics, per_domain, read_metrics, read_run_config
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error
+
+
+def fail(err: Exception) -> typer.Exit:
+    """Print ``err`` as one line and return the exit (code 2: bad input) to raise."""
+    errors.print(f"[red]error:[/red] {err}", highlight=False)
+    return typer.Exit(2)
 
 
 def _fmt(value: Any) -> str:
@@ -74,8 +82,7 @@ def run(
         else:
             cfg = load_config(recipe, overrides)
     except (ConfigError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        raise fail(err) from None
     out = out or default_out(recipe, cfg)
     console.print(
         f"[bold]{cfg.strategy}[/bold] · {cfg.model}/{cfg.resolved_norm} · {cfg.dataset} · "
@@ -96,11 +103,11 @@ def run(
             progress.update(task, completed=row["round"], description=f"round {row['round']}{note}")
 
         try:
-            outcome = run_simulation(cfg, out, resume=resume is not None, on_round=on_round,
-                                     verbose=verbose)
-        except ConfigError as err:
-            console.print(f"[red]error:[/red] {err}")
-            raise typer.Exit(2) from None
+            outcome = run_simulation(
+                cfg, out, resume=resume is not None, on_round=on_round, verbose=verbose
+            )
+        except (ConfigError, DataError) as err:
+            raise fail(err) from None
     console.print(results_table({cfg.strategy: final_metrics(outcome.rows)}))
     console.print(f"wrote {out}")
 
@@ -146,8 +153,7 @@ def report(
     try:
         runs = load_runs(dirs)
     except (FileNotFoundError, json.JSONDecodeError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        raise fail(err) from None
     console.print(results_table(runs))
     if plot is not None:
         plot_runs(dirs, plot)

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from fedwon.clients import evaluate, local_store, train_epochs, workspace
 from fedwon.clients.workspace import Workspace
 from fedwon.config import RunConfig, make_config
-from fedwon.strategies.aggregation import DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
+from fedwon.strategies.aggregation import DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY, as_number
 
 app = ClientApp()
 
@@ -39,17 +39,19 @@ def _client_seed(cfg: RunConfig, server_round: int, partition_id: int) -> int:
     return (cfg.seed * 1_000_003 + server_round) * 1_000_003 + partition_id
 
 
-def _prepare(msg: Message, context: Context) -> tuple[RunConfig, Workspace, int, dict[str, torch.Tensor]]:
-    record = msg.content["config"]
+def _prepare(
+    msg: Message, context: Context
+) -> tuple[RunConfig, Workspace, int, dict[str, torch.Tensor]]:
+    record = msg.content.config_records["config"]
     cfg = run_config_of(record)
-    partition_id = int(context.node_config["partition-id"])
+    partition_id = int(as_number(context.node_config["partition-id"]))
     data_root = str(context.node_config.get("data-root", "")) or None
     ws = workspace(cfg, data_root)
     if not 0 <= partition_id < ws.federation.num_clients:
         raise ValueError(
             f"partition-id {partition_id} is out of range for num_clients={cfg.num_clients}"
         )
-    received = dict(msg.content["arrays"].to_torch_state_dict())
+    received = dict(msg.content.array_records["arrays"].to_torch_state_dict())
     store = local_store(context, partition_id, str(record.get("state-dir", "")))
     ws.reset(received, store.load())
     return cfg, ws, partition_id, received
@@ -64,7 +66,7 @@ def _identity(partition_id: int) -> ConfigRecord:
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on this client's partition; reply with the same keys."""
     cfg, ws, pid, received = _prepare(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = int(as_number(msg.content.config_records["config"]["server-round"]))
     seed = _client_seed(cfg, server_round, pid)
     torch.manual_seed(seed)
     x, y = ws.federation.train_data(pid)
@@ -81,7 +83,8 @@ def train(msg: Message, context: Context) -> Message:
     state = ws.model.state_dict()
     local = {k: v for k, v in state.items() if k not in received}
     if local:
-        store = local_store(context, pid, str(msg.content["config"].get("state-dir", "")))
+        state_dir = str(msg.content.config_records["config"].get("state-dir", ""))
+        store = local_store(context, pid, state_dir)
         store.save(local)
     arrays = ArrayRecord({k: state[k].detach().cpu() for k in received})
     metrics = MetricRecord({"train_loss": stats.loss, WEIGHT_KEY: stats.num_examples})

@@ -8,11 +8,11 @@ all read exactly the same values. Nothing downstream re-parses strings.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 Scalar = bool | int | float | str
@@ -61,7 +61,7 @@ class RunConfig(BaseModel):
     agc_clip: float = 0.0  # adaptive gradient clipping factor; 0 = off
     seed: int = 0
     # where it runs
-    engine: Literal["fast", "flower"] = "flower"
+    engine: Literal["fast", "flower"] = "fast"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_client: float = 1.0
     cpus_per_client: float = 1.0
@@ -147,8 +147,7 @@ class RunConfig(BaseModel):
             )
         if self.clients_per_round > self.num_clients:
             raise ValueError(
-                f"clients_per_round={self.clients_per_round} exceeds "
-                f"num_clients={self.num_clients}"
+                f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
             )
         if self.min_clients > self.sampled_per_round:
             raise ValueError(

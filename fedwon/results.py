@@ -30,6 +30,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
 
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
+from fedwon.strategies.aggregation import as_number
 
 Row = dict[str, Any]
 CHECKPOINT = "checkpoint"
@@ -53,12 +54,12 @@ def round_row(
     """The metrics.jsonl object of one round (``accuracy`` is null on rounds not evaluated)."""
     row: Row = {"round": server_round, "train_loss": None, "accuracy": None}
     if train is not None:
-        row["train_loss"] = _clean(float(train.get("train_loss", math.nan)))  # type: ignore[arg-type]
-        row["clients"] = int(train.get("clients", 0))  # type: ignore[call-overload]
+        row["train_loss"] = _clean(as_number(train.get("train_loss", math.nan)))
+        row["clients"] = int(as_number(train.get("clients", 0)))
     if evaluate is not None:
         for key, value in evaluate.items():
             if key != "num-examples" and not isinstance(value, list):
-                row[key] = _clean(float(value))
+                row[key] = _clean(as_number(value))
     row["dropped"] = dropped
     row["time_s"] = round(elapsed, 4)
     return row
@@ -101,7 +102,7 @@ class Checkpoint:
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
-    """Write arrays, rows and a snapshot of clients' local layers; replace the old one atomically."""
+    """Write arrays, rows and a snapshot of clients' local layers; swap it in atomically."""
     tmp = run_dir / f"{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -242,8 +243,13 @@ def plot_accuracy(rows: Sequence[Row], path: Path, title: str = "") -> None:
     for key in keys:
         xs = [r["round"] for r in evaluated if r.get(key) is not None]
         ax.plot(xs, [r[key] for r in evaluated if r.get(key) is not None], label=key[9:], lw=1)
-    ax.plot([r["round"] for r in evaluated], [r["accuracy"] for r in evaluated], "k-", lw=2.5,
-            label="all")
+    ax.plot(
+        [r["round"] for r in evaluated],
+        [r["accuracy"] for r in evaluated],
+        "k-",
+        lw=2.5,
+        label="all",
+    )
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)

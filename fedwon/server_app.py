@@ -84,7 +84,7 @@ def run_server(
             num_rounds=cfg.num_rounds - start_round,
             train_config=record,
             evaluate_config=ConfigRecord(dict(record)),
-            evaluate_fn=after_round,  # type: ignore[arg-type]
+            evaluate_fn=after_round,
         )
     summary = recorder.finish()
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)

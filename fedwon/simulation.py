@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedwon.clients.workspace import data_spec
 from fedwon.config import ConfigError, RunConfig
+from fedwon.datasets import load_federation
 from fedwon.results import Row
 from fedwon.server_app import RunOutcome, make_server_app
 
@@ -33,7 +36,7 @@ class Resources:
     num_gpus: float  # per client actor; 0 without GPUs
     num_actors: int  # concurrent clients the machine fits
 
-    def as_flower(self) -> dict[str, float]:
+    def as_flower(self) -> dict[str, int | float]:
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
 
@@ -71,8 +74,10 @@ def client_resources(
 
 
 def _quiet_flower(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    logging.getLogger("flwr").setLevel(level)
+    """Flower logs every round at INFO and warns that ``run_simulation`` is deprecated (we
+    use it deliberately); keep only its errors unless asked. Our own warnings still show."""
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray\..*")
 
 
 def run_simulation(
@@ -87,6 +92,7 @@ def run_simulation(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     _quiet_flower(verbose)
     resources = client_resources(cfg)
+    load_federation(data_spec(cfg))  # bad data settings fail here, before any engine starts
     outcome: list[RunOutcome] = []
     server_app = make_server_app(cfg, out_dir, resume=resume, on_round=on_round, outcome=outcome)
     if cfg.engine == "fast":
@@ -113,7 +119,7 @@ def run_simulation(
             client_app=client_app,
             num_supernodes=cfg.num_clients,
             backend_config={
-                "client_resources": resources.as_flower(),
+                "client_resources": dict(resources.as_flower()),
                 "init_args": {"include_dashboard": False, "log_to_driver": verbose},
             },
             verbose_logging=verbose,

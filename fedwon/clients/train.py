@@ -70,7 +70,9 @@ def train_epochs(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> EvalStats:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> EvalStats:
     """Mean cross-entropy and accuracy of ``model`` in eval mode (BN uses running statistics)."""
     model.eval()
     loss_sum, correct = 0.0, 0

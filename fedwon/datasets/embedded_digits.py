@@ -404,7 +404,7 @@ def render_synth(src: np.ndarray, angle: np.ndarray, rng: np.random.Generator) -
     n = len(src)
     glyphs = font_glyphs()[0][torch.from_numpy(src)]
     rot = np.asarray(SYNTH_ANGLES)[angle]
-    # rotate by the source's angle bin, plus jitter, via two warps folded into one range each
+    # each source has a base angle (its rotation bin); jitter ±2° around it
     mask = torch.empty_like(glyphs)
     for a in np.unique(rot):
         sel = np.flatnonzero(rot == a)

@@ -107,7 +107,9 @@ class Federation:
     """Partitioned data of one :class:`DataSpec`; client ``pid`` is partition id ``pid``.
 
     Attributes: ``spec``, ``domains`` (selected, in client order), ``num_clients``,
-    ``num_classes``, ``in_channels``, ``image_size``.
+    ``num_classes``, ``in_channels``, ``image_size``; for inspection, ``pool`` (pooled labels and
+    domain ids) and ``assignment`` (each client's pool indices, see
+    :mod:`fedwon.datasets.partition`).
     """
 
     def __init__(self, spec: DataSpec, resolved: Resolved, arrays: dict[str, DomainArrays]) -> None:

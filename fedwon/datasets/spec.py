@@ -37,6 +37,11 @@ class DataSpec:
     image_size: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # recipes (TOML/JSON) give lists; keep the spec hashable
+        if isinstance(self.domains, list):
+            object.__setattr__(self, "domains", tuple(self.domains))
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

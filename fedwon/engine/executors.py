@@ -31,6 +31,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
+from . import fastarrays
 from .worker import ClientAppRef, ClientRunner, Job, Outcome, error_reply, find_app_reference
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def isolated_message(message: Message) -> Message:
             content[key] = ConfigRecord(dict(record))
         else:  # pragma: no cover - RecordDict admits only the three record types
             content[key] = copy.deepcopy(record)
-    return Message(content=content, metadata=copy.copy(message.metadata))
+    # ``metadata=`` is Flower's internal constructor path (not in its typing overloads).
+    return Message(content=content, metadata=copy.copy(message.metadata))  # type: ignore[call-overload]
 
 
 def remaining(deadline: float | None) -> float | None:
@@ -113,8 +115,10 @@ class InProcessExecutor(Executor):
 class _RayWorker:
     """Body of a Ray actor: a ``ClientRunner`` that stays alive for the whole run."""
 
-    def __init__(self, client_app: ClientAppRef, log_level: int) -> None:
+    def __init__(self, client_app: ClientAppRef, log_level: int, fast_arrays: bool) -> None:
         logging.getLogger("fedwon").setLevel(log_level)
+        if fast_arrays:
+            fastarrays.install()  # this process is ours for its whole life
         self._runner = ClientRunner(client_app)
 
     def ready(self) -> dict[str, Any]:
@@ -134,7 +138,7 @@ class _RayWorker:
 @functools.lru_cache(maxsize=1)
 def _ray_actor_class() -> Any:
     """The Ray actor class, built once (Ray exports a class definition per ``ray.remote``)."""
-    import ray  # noqa: PLC0415
+    import ray
 
     return ray.remote(_RayWorker)
 
@@ -170,7 +174,8 @@ class RayExecutor(Executor):
 
     ``num_actors=None`` starts as many actors as fit ``cpus_per_client``/``gpus_per_client``
     (one per CPU by default). Ray is initialised only if needed and shut down only if this
-    executor initialised it.
+    executor initialised it. ``fast_arrays`` installs the byte-identical fast ``Array``
+    codec in the actors (see ``fastarrays``).
     """
 
     def __init__(
@@ -181,8 +186,10 @@ class RayExecutor(Executor):
         cpus_per_client: float = 1.0,
         gpus_per_client: float = 0.0,
         ray_init_args: dict[str, Any] | None = None,
+        fast_arrays: bool = True,
     ) -> None:
         self._app_ref: ClientAppRef = client_app
+        self._fast_arrays = fast_arrays
         if not isinstance(client_app, str):
             ref = find_app_reference(client_app)
             if ref is None:
@@ -210,7 +217,7 @@ class RayExecutor(Executor):
 
     def start(self) -> None:
         """Initialise Ray if needed, create the actors and wait until they have the app."""
-        import ray  # noqa: PLC0415 - Ray is imported only when this executor is used
+        import ray
 
         if not ray.is_initialized():
             self._init_ray(ray)
@@ -233,7 +240,7 @@ class RayExecutor(Executor):
 
     def execute(self, jobs: Sequence[Job], deadline: float | None) -> Results:
         """Split the jobs over the actors, one remote call each, and gather in job order."""
-        import ray  # noqa: PLC0415
+        import ray
 
         if not self._actors:
             raise RuntimeError("RayExecutor.execute called before start()")
@@ -241,8 +248,7 @@ class RayExecutor(Executor):
         plan = self._assign(jobs)
         budget = remaining(deadline)
         refs = {
-            self._actors[a].run.remote([jobs[i] for i in idx], budget): a
-            for a, idx in plan.items()
+            self._actors[a].run.remote([jobs[i] for i in idx], budget): a for a, idx in plan.items()
         }
         ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=budget)
         for ref in ready:
@@ -265,7 +271,7 @@ class RayExecutor(Executor):
         """Kill the actors; shut Ray down only if this executor started it."""
         if not self._actors and not self._owns_ray:
             return
-        import ray  # noqa: PLC0415
+        import ray
 
         for actor in self._actors:
             ray.kill(actor)
@@ -296,7 +302,7 @@ class RayExecutor(Executor):
         actor_cls = _ray_actor_class()
         level = logging.getLogger("fedwon").getEffectiveLevel()
         return actor_cls.options(num_cpus=self._cpus, num_gpus=self._gpus).remote(
-            self._app_ref, level
+            self._app_ref, level, self._fast_arrays
         )
 
     def _assign(self, jobs: Sequence[Job]) -> dict[int, list[int]]:

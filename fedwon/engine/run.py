@@ -23,6 +23,7 @@ from flwr.serverapp import ServerApp
 from flwr.supercore.run import Run
 
 from .executors import Executor, InProcessExecutor, RayExecutor
+from .fastarrays import fast_array_codec
 from .grid import FastGrid
 from .worker import ClientAppRef, load_client_app, task_identity
 
@@ -36,6 +37,7 @@ def make_executor(
     cpus_per_client: float = 1.0,
     gpus_per_client: float = 0.0,
     ray_init_args: dict[str, Any] | None = None,
+    fast_arrays: bool = True,
 ) -> Executor:
     """The executor ``run_fast`` would use for these arguments.
 
@@ -58,6 +60,7 @@ def make_executor(
         cpus_per_client=cpus_per_client,
         gpus_per_client=gpus_per_client,
         ray_init_args=ray_init_args,
+        fast_arrays=fast_arrays,
     )
 
 
@@ -66,7 +69,7 @@ def _ray_helps(cpus: float, gpus: float, ray_init_args: dict[str, Any] | None) -
     if gpus > 0 or (ray_init_args or {}).get("address"):
         return True
     try:
-        import ray  # noqa: PLC0415
+        import ray
 
         if ray.is_initialized():
             return True
@@ -88,6 +91,7 @@ def run_fast(
     ray_init_args: dict[str, Any] | None = None,
     state_budget_bytes: int | None = None,
     spill_dir: str | None = None,
+    fast_arrays: bool = True,
 ) -> Context:
     """Run ``server_app`` against ``num_supernodes`` virtual nodes running ``client_app``.
 
@@ -98,7 +102,8 @@ def run_fast(
     ``make_executor``). ``cpus_per_client``/``gpus_per_client`` size each actor; the caller
     sets ``gpus_per_client > 0`` only when GPUs exist. ``ray_init_args`` go to ``ray.init``
     (e.g. ``{"address": "auto"}``). Client states beyond ``state_budget_bytes`` are spilled
-    to ``spill_dir`` (a temporary directory by default).
+    to ``spill_dir`` (a temporary directory by default). ``fast_arrays`` speeds up Flower's
+    ``Array`` <-> numpy conversions for the run, producing identical bytes (``fastarrays``).
 
     Returns the server ``Context`` after the ServerApp's main returned; the ServerApp's
     exceptions propagate.
@@ -118,6 +123,7 @@ def run_fast(
         cpus_per_client=cpus_per_client,
         gpus_per_client=gpus_per_client,
         ray_init_args=ray_init_args,
+        fast_arrays=fast_arrays,
     )
     grid = FastGrid(
         executor,
@@ -136,7 +142,7 @@ def run_fast(
         logger.info(
             "Fast engine: %d nodes, %s", num_supernodes, _describe(executor, cpus_per_client)
         )
-        with task_identity(run.run_id, SUPERLINK_NODE_ID):
+        with task_identity(run.run_id, SUPERLINK_NODE_ID), fast_array_codec(fast_arrays):
             server_app(grid, context)
     finally:
         executor.shutdown()

@@ -135,7 +135,7 @@ class ClientRunner:
                 reply = self.app(msg, ctx)
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, not a Message")
-        except Exception as ex:  # noqa: BLE001 - any client fault becomes an error reply
+        except Exception as ex:
             logger.error(
                 "ClientApp raised on node %s (%s):\n%s",
                 ctx.node_id,

@@ -87,7 +87,9 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def build_model(name: str, norm: str = "bn", num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+def build_model(
+    name: str, norm: str = "bn", num_classes: int = 10, in_channels: int = 3
+) -> nn.Module:
     """Build model ``name`` (see :data:`MODELS`) with normalization kind ``norm``.
 
     ``norm="ws"`` gives FedWon's model: every conv a WSConv2d, no normalization layer.
@@ -97,5 +99,7 @@ def build_model(name: str, norm: str = "bn", num_classes: int = 10, in_channels:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
     check_norm_kind(norm)
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
+        raise ValueError(
+            f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}"
+        )
     return MODELS[name](norm=norm, num_classes=num_classes, in_channels=in_channels)

@@ -4,7 +4,8 @@ One string, ``norm``, selects a model's normalization scheme everywhere (config,
 ``build_model``):
 
 * ``bn``   BatchNorm (FedAvg / FedBN baselines; FedBN keeps these layers local),
-* ``gn``   GroupNorm with up to 32 groups (the FedWon paper's GN baseline),
+* ``gn``   GroupNorm with up to 32 groups (the FedWon paper's GN baseline; on fc features
+           at least 8 features per group),
 * ``ln``   LayerNorm (GroupNorm(1, C) on feature maps = LayerNorm over C, H, W),
 * ``in``   InstanceNorm (affine),
 * ``none`` no normalization, plain convolutions,
@@ -73,15 +74,21 @@ def check_norm_kind(kind: str) -> str:
     return kind
 
 
-def gn_groups(channels: int, max_groups: int = 32) -> int:
-    """Largest divisor of ``channels`` that is <= ``max_groups`` (32 for 64+ channels).
+def gn_groups(channels: int, max_groups: int = 32, min_group_size: int = 1) -> int:
+    """Largest divisor of ``channels`` <= ``max_groups`` leaving >= ``min_group_size`` per group.
 
     The FedWon paper's GN baseline uses 32 groups; narrow (tiny) layers cannot have 32,
-    so we take the closest valid count rather than failing.
+    so we take the closest valid count rather than failing. ``min_group_size`` matters for
+    fc features, which have no spatial extent: a group of one feature normalizes to 0.
     """
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
-    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+    limit = max(1, min(max_groups, channels // max(min_group_size, 1)))
+    return max(g for g in range(1, limit + 1) if channels % g == 0)
+
+
+_FC_MIN_GROUP_SIZE = 8
+"""GroupNorm on fc features: at least this many features per group (2048 -> 32 groups)."""
 
 
 def make_norm(kind: str, channels: int, dim: int = 2) -> nn.Module:
@@ -105,7 +112,8 @@ def make_norm(kind: str, channels: int, dim: int = 2) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(channels) if dim == 2 else nn.BatchNorm1d(channels)
     if kind == "gn":
-        return nn.GroupNorm(gn_groups(channels), channels)
+        min_size = 1 if dim == 2 else _FC_MIN_GROUP_SIZE
+        return nn.GroupNorm(gn_groups(channels, min_group_size=min_size), channels)
     if kind == "ln":
         return nn.GroupNorm(1, channels) if dim == 2 else nn.LayerNorm(channels)
     # kind == "in"

@@ -30,7 +30,7 @@ Functions with the same values and gradients:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,12 +67,13 @@ def _ws_forward(
     """Ŵ plus the statistics the backward needs: (Ŵ, x, r, s·r) with x, r, s·r as rows."""
     w = weight.reshape(weight.shape[0], -1)
     centered = w - w.mean(dim=1, keepdim=True)
-    inv = torch.linalg.vector_norm(centered, dim=1, keepdim=True)
-    inv = inv.clamp_(min=eps**0.5).reciprocal_()
-    scale = gain.reshape(-1, 1) * inv
-    if gamma != 1.0:
-        scale = scale.mul_(gamma)
+    inv = torch.linalg.vector_norm(centered, dim=1, keepdim=True).clamp(min=eps**0.5).reciprocal()
+    scale = gain.reshape(-1, 1) * inv if gamma == 1.0 else gain.reshape(-1, 1) * inv * gamma
     return (centered * scale).reshape(weight.shape), centered, inv, scale
+
+
+# Out-of-place ops only: under vmap the incoming gradient may be batched while the saved
+# statistics are not, and in-place ops on the unbatched side are then illegal.
 
 
 def _ws_backward(
@@ -90,16 +91,12 @@ def _ws_backward(
     sum_gx = (g * centered).sum(dim=1, keepdim=True)
     grad_gain = None
     if needs_gain:
-        grad_gain = sum_gx * inv
-        if gamma != 1.0:
-            grad_gain = grad_gain.mul_(gamma)
-        grad_gain = grad_gain.reshape(-1, 1, 1, 1)
+        grad_gain = (sum_gx * inv if gamma == 1.0 else sum_gx * inv * gamma).reshape(-1, 1, 1, 1)
     grad_weight = None
     if needs_weight:
         # ∂r/∂W only where max(‖x‖, √eps) picked ‖x‖, i.e. r < 1/√eps.
-        coef = (scale * inv).mul_(inv).mul_(sum_gx).mul_(inv < eps**-0.5)
-        grad_weight = g - g.mean(dim=1, keepdim=True)
-        grad_weight = grad_weight.mul_(scale).addcmul_(centered, coef, value=-1.0)
+        coef = scale * inv * inv * sum_gx * (inv < eps**-0.5)
+        grad_weight = (g - g.mean(dim=1, keepdim=True)) * scale - centered * coef
         grad_weight = grad_weight.reshape(grad_out.shape)
     return grad_weight, grad_gain
 
@@ -115,7 +112,7 @@ class _StandardizeWeight(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         weight: Tensor, gain: Tensor, gamma: float, eps: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return _ws_forward(weight, gain, gamma, eps)
@@ -131,13 +128,15 @@ class _StandardizeWeight(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_out: Tensor | None, *_stats_grads: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, None, None]:
         if grad_out is None:
             return None, None, None, None
+        centered, inv, scale = ctx.saved_tensors
+        needs_weight, needs_gain = ctx.needs_input_grad[:2]
         grad_weight, grad_gain = _ws_backward(
-            grad_out, *ctx.saved_tensors, ctx.gamma, ctx.eps, *ctx.needs_input_grad[:2]
+            grad_out, centered, inv, scale, ctx.gamma, ctx.eps, needs_weight, needs_gain
         )
         return grad_weight, grad_gain, None, None
 
@@ -153,9 +152,7 @@ class _StandardizeWeightBN(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, weight: Tensor, gain: Tensor, gamma: float, eps: float
-    ) -> Tensor:
+    def forward(ctx: Any, weight: Tensor, gain: Tensor, gamma: float, eps: float) -> Tensor:
         out_channels, fan_in = weight.shape[0], weight[0].numel()
         ctx.gamma, ctx.eps = gamma, eps
         ctx.factor = gamma / math.sqrt(fan_in)
@@ -173,13 +170,12 @@ class _StandardizeWeightBN(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_out: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         needs_weight, needs_gain = ctx.needs_input_grad[:2]
         if ctx.explicit:
+            centered, inv, scale = ctx.saved_tensors
             grad_weight, grad_gain = _ws_backward(
-                grad_out, *ctx.saved_tensors, ctx.gamma, ctx.eps, needs_weight, needs_gain
+                grad_out, centered, inv, scale, ctx.gamma, ctx.eps, needs_weight, needs_gain
             )
             return grad_weight, grad_gain, None, None
         w3, bn_weight, mean, invstd = ctx.saved_tensors
@@ -244,7 +240,7 @@ class WSConv2d(nn.Conv2d):
         bias: bool = True,
         gamma: float = 1.0,
         eps: float = 1e-4,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -281,7 +277,9 @@ class WSConv2d(nn.Conv2d):
     def forward(self, input: Tensor) -> Tensor:
         weight = self.standardized_weight()
         if self.padding_mode == "zeros":
-            return F.conv2d(input, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv2d(
+                input, weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+            )
         return self._conv_forward(input, weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -16,6 +16,13 @@ WEIGHT_KEY = "num-examples"
 PARTITION_KEY = "partition-id"  # in the reply's "client" ConfigRecord
 
 
+def as_number(value: object) -> float:
+    """A record value as a number (records type their values as unions of scalars and lists)."""
+    if isinstance(value, int | float):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}: {value!r}")
+
+
 def non_finite_arrays(content: RecordDict) -> list[str]:
     """Names of arrays in a reply holding NaN or Inf (an update that would poison the average)."""
     bad = []
@@ -60,7 +67,7 @@ def _reply_order(msg: Message) -> tuple[int, int]:
     """Aggregate in partition order: float sums then do not depend on arrival order or on the
     (random, per-run) node ids, so engines and resumed runs agree bit for bit."""
     client = msg.content.config_records.get("client")
-    partition = int(client[PARTITION_KEY]) if client and PARTITION_KEY in client else -1  # type: ignore[call-overload]
+    partition = int(as_number(client[PARTITION_KEY])) if client and PARTITION_KEY in client else -1
     return partition, msg.metadata.src_node_id
 
 
@@ -83,10 +90,10 @@ def per_domain_metrics(
     weights: dict[str, float] = {}
     for record in records:
         metrics = next(iter(record.metric_records.values()))
-        weight = float(metrics[weight_key])  # type: ignore[arg-type]
+        weight = as_number(metrics[weight_key])
         groups = [""]
         if DOMAIN_KEY in metrics:
-            index = int(metrics[DOMAIN_KEY])  # type: ignore[call-overload]
+            index = int(as_number(metrics[DOMAIN_KEY]))
             name = domains[index] if 0 <= index < len(domains) else f"domain-{index}"
             groups.append(f"/{name}")
         for key, value in metrics.items():
@@ -96,6 +103,7 @@ def per_domain_metrics(
                 totals[key + group] = totals.get(key + group, 0.0) + float(value) * weight
                 weights[key + group] = weights.get(key + group, 0.0) + weight
     result = MetricRecord({k: totals[k] / weights[k] for k in sorted(totals) if weights[k] > 0})
-    result[weight_key] = int(sum(float(next(iter(r.metric_records.values()))[weight_key])  # type: ignore[arg-type]
-                                 for r in records))
+    result[weight_key] = int(
+        sum(as_number(next(iter(r.metric_records.values()))[weight_key]) for r in records)
+    )
     return result

@@ -21,7 +21,12 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedwon.strategies.aggregation import WEIGHT_KEY, per_domain_metrics, split_usable
+from fedwon.strategies.aggregation import (
+    WEIGHT_KEY,
+    as_number,
+    per_domain_metrics,
+    split_usable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +98,11 @@ class RoundControl:
         usable = self._usable(server_round, replies, "train")
         arrays, metrics = super().aggregate_train(server_round, usable)  # type: ignore[misc]
         if metrics is not None:
-            metrics[WEIGHT_KEY] = sum(
-                int(next(iter(m.content.metric_records.values()))[WEIGHT_KEY])  # type: ignore[call-overload]
-                for m in usable
+            metrics[WEIGHT_KEY] = int(
+                sum(
+                    as_number(next(iter(m.content.metric_records.values()))[WEIGHT_KEY])
+                    for m in usable
+                )
             )
             metrics["clients"] = len(usable)
             self.train_metrics[server_round] = metrics

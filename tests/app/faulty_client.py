@@ -23,8 +23,11 @@ def train(msg: Message, context: Context) -> Message:
             {k: Array(np.full_like(v.numpy(), np.nan)) for k, v in arrays.items()}
         )
         content = RecordDict(
-            {"arrays": poisoned, "metrics": reply.content["metrics"],
-             "client": reply.content["client"]}
+            {
+                "arrays": poisoned,
+                "metrics": reply.content["metrics"],
+                "client": reply.content["client"],
+            }
         )
         return Message(content, reply_to=msg)
     return reply

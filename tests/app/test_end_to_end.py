@@ -7,14 +7,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fedwon.config import RunConfig, make_config
 from fedwon.engine import run_fast
+from fedwon.models import build_model
+from fedwon.nn import WSConv2d, has_norm_layers
 from fedwon.results import read_metrics
 from fedwon.server_app import RunOutcome, make_server_app
 from fedwon.simulation import run_simulation
 from fedwon.strategies import RoundFailedError, norm_state_keys
-from fedwon.models import build_model
 
 SMALL: dict[str, Any] = {
     "model": "cnn-tiny",
@@ -43,7 +45,11 @@ def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_pa
     accuracy = [r["accuracy"] for r in read_metrics(tmp_path / "flower")]
     assert accuracy[-1] > 0.2, accuracy  # chance is 0.1
     assert flower.summary["final"]["per_domain"].keys() == {
-        "mnist", "mnist_m", "svhn", "usps", "synth"
+        "mnist",
+        "mnist_m",
+        "svhn",
+        "usps",
+        "synth",
     }
     a, b = arrays_of(flower), arrays_of(fast)
     assert a.keys() == b.keys()
@@ -66,18 +72,25 @@ def test_fedbn_keeps_distinct_norm_layers_on_each_client(tmp_path: Path) -> None
             assert not torch.equal(states[i]["bn1.weight"], states[j]["bn1.weight"])
 
 
-def test_fedwon_model_has_no_normalization(tmp_path: Path) -> None:
+def test_fedwon_model_has_no_normalization() -> None:
     outcome = run_simulation(small("fedwon", engine="fast", num_workers=0, num_rounds=1), None)
-    assert not any("bn" in k and "running" in k for k in outcome.arrays.keys())
-    assert all(k.startswith(("conv", "fc")) for k in outcome.arrays.keys())
+    model = build_model("cnn-tiny", norm="ws")
+    assert not has_norm_layers(model)
+    assert all(isinstance(m, WSConv2d) for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert set(outcome.arrays) == set(model.state_dict())  # everything is shared
+    assert not any("running" in k for k in outcome.arrays)
 
 
 def _faulty_run(cfg: RunConfig) -> RunOutcome:
     import faulty_client
 
     result: list[RunOutcome] = []
-    run_fast(make_server_app(cfg, None, outcome=result), faulty_client.app, cfg.num_clients,
-             num_workers=0)
+    run_fast(
+        make_server_app(cfg, None, outcome=result),
+        faulty_client.app,
+        cfg.num_clients,
+        num_workers=0,
+    )
     return result[0]
 
 
@@ -91,7 +104,9 @@ def test_a_raising_client_and_a_nan_update_are_survived() -> None:
 
 
 def test_too_many_failures_stop_the_run_with_a_clear_message() -> None:
-    with pytest.raises(RoundFailedError, match=r"3 of 5 clients .* min_clients=4.*simulated client"):
+    with pytest.raises(
+        RoundFailedError, match=r"3 of 5 clients .* min_clients=4.*simulated client"
+    ):
         _faulty_run(small("fedwon", engine="fast", min_clients=4))
 
 

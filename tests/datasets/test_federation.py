@@ -126,6 +126,13 @@ def test_bad_partition_id(spec: DataSpec, pid: object) -> None:
     assert str(pid) in str(info.value) or repr(pid) in str(info.value)
 
 
+def test_domains_list_becomes_tuple() -> None:
+    spec = DataSpec(domains=["svhn", "usps"])  # type: ignore[arg-type]
+    assert spec.domains == ("svhn", "usps") and hash(spec) == hash(
+        DataSpec(domains=("svhn", "usps"))
+    )
+
+
 def test_numpy_integer_pid_accepted(spec: DataSpec) -> None:
     fed = load_federation(spec)
     assert fed.num_train(np.int64(2)) == fed.num_train(2)  # type: ignore[arg-type]
@@ -134,7 +141,7 @@ def test_numpy_integer_pid_accepted(spec: DataSpec) -> None:
 BAD_SPECS = [
     ({"dataset": "mnist"}, r"unknown dataset 'mnist'; valid: \['digits-embedded', 'digits5'"),
     ({"domains": ("mnist", "kmnist")}, r"unknown domain 'kmnist' .*valid: \['mnist', 'mnist_m'"),
-    ({"domains": ["mnist"]}, r"domains must be a tuple"),
+    ({"domains": "mnist"}, r"domains must be a tuple"),
     ({"domains": ()}, r"domains is empty"),
     ({"domains": ("mnist", "mnist")}, r"twice"),
     (

@@ -49,9 +49,7 @@ def test_output_matches_conv2d_with_hand_standardized_weight(kwargs: dict[str, o
     conv = make_conv(**kwargs)
     x = torch.randn(2, conv.in_channels, 9, 9, dtype=torch.float64)
     w_hat = hand_weight(conv.weight.detach(), conv.gain.detach(), conv.gamma, conv.eps)
-    expected = F.conv2d(
-        x, w_hat, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
-    )
+    expected = F.conv2d(x, w_hat, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     torch.testing.assert_close(conv(x), expected, rtol=1e-10, atol=1e-10)
     # Each standardized filter has zero mean and squared norm (gain·γ)².
     flat = conv.standardized_weight().detach().flatten(1)
@@ -90,22 +88,29 @@ def test_gamma_scales_output_and_weight_scale_is_irrelevant() -> None:
     torch.testing.assert_close(scaled(x), ACTIVATION_GAINS["relu"] * base(x), rtol=1e-4, atol=1e-5)
 
 
-def test_eps_clamp_on_constant_and_near_constant_filters() -> None:
-    conv = WSConv2d(2, 3, 3, bias=False, eps=1e-4).double()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_eps_clamp_on_constant_and_near_constant_filters(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    conv = WSConv2d(2, 3, 3, bias=False, eps=1e-4).to(dtype)
     n = 2 * 3 * 3
     with torch.no_grad():
         conv.weight[0].fill_(0.3)  # var = 0: Ŵ must be 0, not NaN
-        conv.weight[1] = 0.3 + 1e-5 * torch.randn(2, 3, 3, dtype=torch.float64)  # n·var << eps
-    w_hat = conv.standardized_weight().detach()
-    assert torch.isfinite(w_hat).all()
-    assert torch.equal(w_hat[0], torch.zeros_like(w_hat[0]))
+        conv.weight[1] = 0.3 + 1e-4 * torch.randn(2, 3, 3, dtype=dtype)  # n·var << eps
     row = conv.weight[1].detach()
-    # clamped: divided by sqrt(eps), not by its own tiny std
-    torch.testing.assert_close(w_hat[1], (row - row.mean()) / 1e-2)
-    assert w_hat[1].norm() < 1e-2  # an unclamped filter would have norm 1
-    torch.testing.assert_close(w_hat[2].norm(), torch.tensor(1.0, dtype=torch.float64))
-    torch.testing.assert_close(w_hat, hand_weight(conv.weight.detach(), conv.gain.detach(), 1.0, 1e-4))
     assert n * row.var(correction=0) < 1e-4
+    w_hat = conv.standardized_weight()
+    w_hat.sum().backward()
+    assert torch.isfinite(conv.weight.grad).all() and torch.isfinite(conv.gain.grad).all()
+    w_hat = w_hat.detach()
+    # (mean rounding of 0.3 leaves ~1e-8 per entry, divided by sqrt(eps))
+    torch.testing.assert_close(w_hat[0], torch.zeros_like(w_hat[0]), rtol=0, atol=1e-5)
+    # clamped: divided by sqrt(eps) = 1e-2, not by its own tiny std (norm would be 1)
+    torch.testing.assert_close(w_hat[1], (row - row.mean()) / 1e-2)
+    assert w_hat[1].norm() < 0.1
+    torch.testing.assert_close(w_hat[2].norm(), torch.tensor(1.0, dtype=dtype))
+    torch.testing.assert_close(
+        w_hat, hand_weight(conv.weight.detach(), conv.gain.detach(), 1.0, 1e-4)
+    )
 
 
 @pytest.mark.parametrize("clamped", [False, True])
@@ -142,7 +147,9 @@ def test_fast_paths_match_reference_values_and_gradients(clamped: bool, gamma: f
     scale=st.floats(1e-3, 1e3),
     gamma=st.floats(0.5, 2.0),
 )
-def test_standardization_property(out_ch: int, in_ch: int, k: int, scale: float, gamma: float) -> None:
+def test_standardization_property(
+    out_ch: int, in_ch: int, k: int, scale: float, gamma: float
+) -> None:
     """Any shape and weight scale: zero-mean filters of norm gain·γ (unless clamped)."""
     w = scale * torch.randn(out_ch, in_ch, k, k, dtype=torch.float64)
     gain = torch.rand(out_ch, 1, 1, 1, dtype=torch.float64) + 0.5
@@ -177,6 +184,7 @@ def test_depthwise_and_padding_mode() -> None:
     torch.testing.assert_close(conv(x), expected)
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_per_sample_gradients_under_torch_func_and_opacus() -> None:
     """Opacus dispatches by exact class; WSConv2d goes through its functorch path."""
     from opacus import GradSampleModule

@@ -56,8 +56,9 @@ def test_per_domain_metrics_are_example_weighted() -> None:
         m = MetricRecord({"accuracy": acc, "loss": 1 - acc, "num-examples": n, "domain-index": dom})
         return RecordDict({"metrics": m})
 
-    out = per_domain_metrics([rec(1.0, 10, 0), rec(0.5, 30, 0), rec(0.0, 20, 1)], "num-examples",
-                             ["a", "b"])
+    out = per_domain_metrics(
+        [rec(1.0, 10, 0), rec(0.5, 30, 0), rec(0.0, 20, 1)], "num-examples", ["a", "b"]
+    )
     assert out["accuracy/a"] == pytest.approx((10 + 15) / 40)
     assert out["accuracy/b"] == 0.0
     assert out["accuracy"] == pytest.approx(25 / 60)
@@ -77,5 +78,5 @@ def test_fedbn_local_keys_are_exactly_the_norm_layers() -> None:
 
 def test_fedwon_refuses_a_model_with_normalization() -> None:
     check_normalization_free(build_model("cnn-tiny", norm="ws"))
-    with pytest.raises(ValueError, match="normalization layers.*norm='ws'"):
+    with pytest.raises(ValueError, match=r"normalization layers.*norm='ws'"):
         check_normalization_free(build_model("cnn-tiny", norm="gn"))

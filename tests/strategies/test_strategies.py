@@ -65,7 +65,8 @@ def test_evaluation_runs_every_eval_every_rounds_and_on_the_last() -> None:
     model = build_model("cnn-tiny", norm="bn")
     strategy = build_strategy(cfg, model)
     evaluated = [
-        r for r in range(1, 8)
+        r
+        for r in range(1, 8)
         if list(strategy.configure_evaluate(r, full_state(model), ConfigRecord(), StubGrid(2)))  # type: ignore[arg-type]
     ]
     assert evaluated == [3, 6, 7]
@@ -86,8 +87,10 @@ def _reply(node: int, value: float, n: int = 10) -> Message:
 def test_bad_replies_are_dropped_and_the_rest_averaged() -> None:
     cfg = make_config({"model": "cnn-tiny", "num_clients": 4, "min_clients": 2})
     strategy = build_strategy(cfg, build_model("cnn-tiny"))
-    failed = Message(Error(code=0, reason="client exploded"),
-                     reply_to=Message(RecordDict(), dst_node_id=9, message_type="train"))
+    failed = Message(
+        Error(code=0, reason="client exploded"),
+        reply_to=Message(RecordDict(), dst_node_id=9, message_type="train"),
+    )
     arrays, metrics = strategy.aggregate_train(
         1, [_reply(1, 1.0, 10), _reply(2, float("nan")), failed, _reply(3, 4.0, 30)]
     )
@@ -100,7 +103,9 @@ def test_bad_replies_are_dropped_and_the_rest_averaged() -> None:
 def test_too_few_usable_replies_stop_the_run_with_the_reasons() -> None:
     cfg = make_config({"model": "cnn-tiny", "num_clients": 4, "min_clients": 2})
     strategy = build_strategy(cfg, build_model("cnn-tiny"))
-    with pytest.raises(RoundFailedError, match=r"round 1 train: 1 of 2 .*min_clients=2.*non-finite"):
+    with pytest.raises(
+        RoundFailedError, match=r"round 1 train: 1 of 2 .*min_clients=2.*non-finite"
+    ):
         strategy.aggregate_train(1, [_reply(1, 1.0), _reply(2, float("inf"))])
     with pytest.raises(RoundFailedError, match="0 of 0"):
         strategy.aggregate_train(2, [])

@@ -1,0 +1,68 @@
+"""``flwr run .`` runs a recipe through Flower's own CLI and SuperLink (slow: ~40 s)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedwon.results import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kill_processes_with_env(entry: str) -> None:
+    """Stop the processes started with this environment entry (and only those)."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if entry.encode() in environ.read_bytes().split(b"\0"):
+                os.kill(int(environ.parent.name), signal.SIGTERM)
+        except (OSError, ValueError):
+            continue
+
+
+@pytest.mark.slow
+def test_flwr_run_writes_a_run_directory(tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    out = tmp_path / "run"
+    overrides = "model=cnn-tiny num_rounds=2 train_per_domain=100 test_per_domain=50 lr=0.1"
+    cmd = [
+        str(bin_dir / "flwr"),
+        "run",
+        ".",
+        "--stream",
+        "--federation-config",
+        "num-supernodes=5",
+        "--run-config",
+        f"set='{overrides}' out='{out}'",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        # the local SuperLink `flwr run` starts keeps running in the background: stop it
+        kill_processes_with_env(f"FLWR_HOME={tmp_path / 'flwr-home'}")
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.returncode == 0, output[-3000:]
+    rows = read_metrics(out)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert (out / "summary.json").exists()
+    shutil.rmtree(tmp_path / "flwr-home", ignore_errors=True)

@@ -1,0 +1,115 @@
+"""A toy, exactly deterministic Flower app for the engine tests (importable by Ray workers).
+
+The "model" is a few float64 numpy arrays holding dyadic rationals; clients move them half
+way towards a target that depends on their partition and on a counter kept in
+``context.state``, and all nodes report one example each. Every sum FedAvg computes is then
+exact, so results are bit-identical whatever order replies arrive in — which lets the tests
+compare engines (Flower's replies arrive in completion order) with ``==``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+client_app = ClientApp()
+
+
+def initial_arrays() -> ArrayRecord:
+    """The global model before round 1 (small dyadic values)."""
+    return ArrayRecord(
+        [np.arange(6, dtype=np.float64).reshape(2, 3) / 4, np.array([1.0, -0.5, 0.25])]
+    )
+
+
+def _bump_counter(context: Context) -> int:
+    """Count this node's train messages in ``context.state`` (persists across rounds)."""
+    n = int(context.state["counter"]["n"]) + 1 if "counter" in context.state else 1
+    context.state["counter"] = MetricRecord({"n": n})
+    return n
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Move each array half way towards a partition- and counter-dependent target."""
+    pid = int(context.node_config["partition-id"])
+    if pid == context.run_config.get("fail-partition", -1):
+        raise RuntimeError(f"partition {pid} fails on purpose")
+    delay = float(context.run_config.get("sleep-s", 0.0))
+    if delay > 0:
+        time.sleep(delay)
+    n = _bump_counter(context)
+    context.state["local"] = ArrayRecord([np.full(2, pid + n / 8, dtype=np.float64)])
+    target = (pid + 1) / 4 + n / 8
+    arrays = msg.content["arrays"].to_numpy_ndarrays()
+    new = [a + (target - a) / 2 for a in arrays]
+    metrics = MetricRecord({"num-examples": 1, "target": target, "count": n})
+    return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=msg)
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Report an exact function of the received arrays and the node's partition."""
+    pid = int(context.node_config["partition-id"])
+    first = msg.content["arrays"].to_numpy_ndarrays()[0]
+    score = float(first.sum()) / 8 + pid / 4
+    metrics = MetricRecord({"num-examples": 1, "score": score})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@client_app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Echo this node's identity and stored state (used to inspect contexts in tests)."""
+    counter = int(context.state["counter"]["n"]) if "counter" in context.state else 0
+    info = ConfigRecord(
+        {
+            "node-id": context.node_id,
+            "partition-id": int(context.node_config["partition-id"]),
+            "counter": counter,
+            "has-local": "local" in context.state,
+        }
+    )
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+def make_server_app(num_rounds: int, num_nodes: int, sink: dict[str, Any]) -> ServerApp:
+    """A ServerApp running Flower's FedAvg on every node; results land in ``sink``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=num_nodes,
+            min_evaluate_nodes=num_nodes,
+            min_available_nodes=num_nodes,
+        )
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays(),
+            num_rounds=num_rounds,
+            train_config=ConfigRecord({"lr": 0.5}),
+        )
+        sink["arrays"] = result.arrays
+        sink["train"] = {r: dict(m) for r, m in result.train_metrics_clientapp.items()}
+        sink["evaluate"] = {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}
+        context.state["final"] = result.arrays
+
+    return app
+
+
+def summary(sink: dict[str, Any]) -> dict[str, Any]:
+    """What two engines must agree on exactly: arrays as raw bytes, and all metrics."""
+    arrays: ArrayRecord = sink["arrays"]
+    return {
+        "arrays": {k: (a.dtype, a.shape, a.data) for k, a in arrays.items()},
+        "train": sink["train"],
+        "evaluate": sink["evaluate"],
+    }
