@@ -30,24 +30,15 @@ class DomainArrays:
     test_y: np.ndarray
 
     def select(self, train_idx: np.ndarray | None, test_idx: np.ndarray | None) -> DomainArrays:
-        """A copy restricted to the given train/test indices (``None`` keeps a split whole)."""
-        tx, ty = (
-            (self.train_x, self.train_y)
-            if train_idx is None
-            else (
-                self.train_x[train_idx],
-                self.train_y[train_idx],
-            )
+        """Restricted to the given train/test indices (``None`` keeps a split whole)."""
+        keep_train = slice(None) if train_idx is None else train_idx
+        keep_test = slice(None) if test_idx is None else test_idx
+        return DomainArrays(
+            self.train_x[keep_train],
+            self.train_y[keep_train],
+            self.test_x[keep_test],
+            self.test_y[keep_test],
         )
-        ex, ey = (
-            (self.test_x, self.test_y)
-            if test_idx is None
-            else (
-                self.test_x[test_idx],
-                self.test_y[test_idx],
-            )
-        )
-        return DomainArrays(tx, ty, ex, ey)
 
 
 Loader = Callable[["DataSpec", tuple[str, ...], int], dict[str, DomainArrays]]

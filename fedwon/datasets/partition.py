@@ -80,26 +80,63 @@ def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def stratified_split(labels: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Split ``range(len(labels))`` into ``k`` disjoint, covering, class-stratified shares.
+def to_parts(owner: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per client ``j`` the sorted indices ``i`` with ``owner[i] == j``."""
+    order = np.argsort(owner, kind="stable").astype(np.int64)
+    bounds = np.cumsum(np.bincount(owner, minlength=k))[:-1]
+    return np.split(order, bounds)
+
+
+def to_owner(parts: list[np.ndarray], n: int) -> np.ndarray:
+    """Inverse of :func:`to_parts` (every index must belong to exactly one part)."""
+    owner = np.full(n, -1, dtype=np.int64)
+    for j, p in enumerate(parts):
+        owner[p] = j
+    return owner
+
+
+def stratified_owner(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Client id per sample for ``k`` disjoint, covering, class-stratified shares.
 
     Classes are dealt out round-robin with a pointer carried from class to class, so both the
     per-class counts and the share sizes differ by at most one.
     """
-    buckets: list[list[np.ndarray]] = [[] for _ in range(k)]
+    owner = np.empty(len(labels), dtype=np.int64)
     pointer = 0
     for c in rng.permutation(np.unique(labels)):
         members = rng.permutation(np.flatnonzero(labels == c))
-        owners = (pointer + np.arange(len(members))) % k
-        for j in range(k):
-            buckets[j].append(members[owners == j])
+        owner[members] = (pointer + np.arange(len(members))) % k
         pointer = (pointer + len(members)) % k
-    return [_sorted_concat(b) for b in buckets]
+    return owner
+
+
+def stratified_split(labels: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """:func:`stratified_owner` as index lists."""
+    return to_parts(stratified_owner(labels, k, rng), k)
 
 
 def iid_split(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle ``range(n)`` and cut it into ``k`` near-equal parts."""
     return [np.sort(p) for p in np.array_split(rng.permutation(n), k)]
+
+
+def dirichlet_owner(
+    labels: np.ndarray,
+    k: int,
+    alpha: float,
+    rng: np.random.Generator,
+    max_tries: int = DIRICHLET_MAX_TRIES,
+) -> np.ndarray:
+    """Client id per sample for a label-skewed split into ``k`` non-empty shares (module doc)."""
+    if len(labels) < k:
+        raise DataError(f"cannot give {k} clients a sample each from only {len(labels)} samples")
+    classes = np.unique(labels)
+    owner = np.zeros(len(labels), dtype=np.int64)
+    for _ in range(max_tries):
+        owner = _dirichlet_draw(labels, classes, k, alpha, rng)
+        if np.bincount(owner, minlength=k).min() > 0:
+            return owner
+    return _fill_empty(owner, k)
 
 
 def dirichlet_split(
@@ -109,40 +146,32 @@ def dirichlet_split(
     rng: np.random.Generator,
     max_tries: int = DIRICHLET_MAX_TRIES,
 ) -> list[np.ndarray]:
-    """Label-skewed split of ``range(len(labels))`` into ``k`` non-empty shares (see module doc)."""
-    if len(labels) < k:
-        raise DataError(f"cannot give {k} clients a sample each from only {len(labels)} samples")
-    classes = np.unique(labels)
-    parts: list[np.ndarray] = []
-    for _ in range(max_tries):
-        parts = _dirichlet_draw(labels, classes, k, alpha, rng)
-        if min(len(p) for p in parts) > 0:
-            return parts
-    return _fill_empty(parts)
+    """:func:`dirichlet_owner` as index lists."""
+    return to_parts(dirichlet_owner(labels, k, alpha, rng, max_tries), k)
 
 
 def _dirichlet_draw(
     labels: np.ndarray, classes: np.ndarray, k: int, alpha: float, rng: np.random.Generator
-) -> list[np.ndarray]:
-    buckets: list[list[np.ndarray]] = [[] for _ in range(k)]
+) -> np.ndarray:
+    owner = np.empty(len(labels), dtype=np.int64)
     for c in classes:
         members = rng.permutation(np.flatnonzero(labels == c))
         proportions = rng.dirichlet(np.full(k, alpha))
         cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(np.int64)
-        for j, chunk in enumerate(np.split(members, cuts)):
-            buckets[j].append(chunk)
-    return [_sorted_concat(b) for b in buckets]
+        owner[members] = np.searchsorted(cuts, np.arange(len(members)), side="right")
+    return owner
 
 
-def _fill_empty(parts: list[np.ndarray]) -> list[np.ndarray]:
-    """Give each empty part one element taken from the currently largest part (deterministic)."""
-    parts = [p.copy() for p in parts]
-    for j in range(len(parts)):
-        if len(parts[j]) == 0:
-            donor = int(np.argmax([len(p) for p in parts]))
-            parts[j] = parts[donor][-1:]
-            parts[donor] = parts[donor][:-1]
-    return parts
+def _fill_empty(owner: np.ndarray, k: int) -> np.ndarray:
+    """Give each empty client one sample taken from the currently largest one (deterministic)."""
+    owner = owner.copy()
+    sizes = np.bincount(owner, minlength=k)
+    for j in np.flatnonzero(sizes == 0):
+        donor = int(np.argmax(sizes))
+        owner[np.flatnonzero(owner == donor)[-1]] = j
+        sizes[donor] -= 1
+        sizes[j] += 1
+    return owner
 
 
 def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
@@ -157,80 +186,78 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     return alloc
 
 
+def cell_counts(owner: np.ndarray, cell_idx: np.ndarray, k: int, n_cells: int) -> np.ndarray:
+    """``(k, n_cells)`` matrix: how many samples of each cell each client holds."""
+    flat = np.bincount(owner * n_cells + cell_idx, minlength=k * n_cells)
+    return flat.reshape(k, n_cells)
+
+
+def proportional_test_owner(
+    train_owner: np.ndarray,
+    train_cells: np.ndarray,
+    test_cells: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Client id per test sample, dividing each test cell in proportion to the clients' train
+    counts in that cell (cells are integer codes, e.g. ``domain * num_classes + label``).
+
+    A test cell no client trains on is split evenly; afterwards :func:`_ensure_test_nonempty`.
+    """
+    cells, inverse = np.unique(np.concatenate([train_cells, test_cells]), return_inverse=True)
+    train_idx, test_idx = inverse[: len(train_cells)], inverse[len(train_cells) :]
+    held = cell_counts(train_owner, train_idx, k, len(cells))
+    owner = np.empty(len(test_cells), dtype=np.int64)
+    for ci in range(len(cells)):
+        members = rng.permutation(np.flatnonzero(test_idx == ci))
+        if len(members) == 0:
+            continue
+        weights = held[:, ci].astype(np.float64)
+        if weights.sum() == 0:
+            weights = np.ones(k)
+        owner[members] = np.repeat(np.arange(k), largest_remainder(weights, len(members)))
+    return _ensure_test_nonempty(owner, held, test_idx, k)
+
+
 def proportional_test_split(
     train_parts: list[np.ndarray],
     train_cells: np.ndarray,
     test_cells: np.ndarray,
     rng: np.random.Generator,
 ) -> list[np.ndarray]:
-    """Divide ``range(len(test_cells))`` among clients following their train cell counts.
-
-    ``train_parts`` index into ``train_cells``; cells are arbitrary integer codes (e.g.
-    ``domain * num_classes + label``). A test cell no client trains on is split evenly.
-    """
+    """:func:`proportional_test_owner` with index lists in and out."""
     k = len(train_parts)
-    cells = np.unique(np.concatenate([train_cells, test_cells]))
-    held = np.stack([_cell_counts(train_cells[p], cells) for p in train_parts])  # (k, cells)
-    buckets: list[list[np.ndarray]] = [[] for _ in range(k)]
-    for ci, cell in enumerate(cells):
-        members = rng.permutation(np.flatnonzero(test_cells == cell))
-        if len(members) == 0:
-            continue
-        weights = held[:, ci].astype(np.float64)
-        if weights.sum() == 0:
-            weights = np.ones(k)
-        alloc = largest_remainder(weights, len(members))
-        for j, chunk in enumerate(np.split(members, np.cumsum(alloc)[:-1])):
-            buckets[j].append(chunk)
-    parts = [_sorted_concat(b) for b in buckets]
-    return _ensure_test_nonempty(parts, held, test_cells, cells)
+    owner = proportional_test_owner(
+        to_owner(train_parts, len(train_cells)), train_cells, test_cells, k, rng
+    )
+    return to_parts(owner, k)
 
 
 def _ensure_test_nonempty(
-    parts: list[np.ndarray], held: np.ndarray, test_cells: np.ndarray, cells: np.ndarray
-) -> list[np.ndarray]:
-    if sum(len(p) for p in parts) < len(parts):
-        return parts
-    parts = [p.copy() for p in parts]
-    for j in range(len(parts)):
-        if len(parts[j]) > 0:
-            continue
-        taken = _take_from_shared_cell(parts, j, held, test_cells, cells)
-        if not taken:
-            donor = int(np.argmax([len(p) for p in parts]))
-            parts[j] = parts[donor][-1:]
-            parts[donor] = parts[donor][:-1]
-    return parts
-
-
-def _take_from_shared_cell(
-    parts: list[np.ndarray], j: int, held: np.ndarray, test_cells: np.ndarray, cells: np.ndarray
-) -> bool:
-    """Move one test sample of a cell client ``j`` trains on from the client with the most test
-    samples of that cell (keeping the donor non-empty); report whether it worked."""
-    best: tuple[int, int, int] | None = None  # (count, donor, position)
-    for ci in np.flatnonzero(held[j] > 0):
-        for d, part in enumerate(parts):
-            in_cell = np.flatnonzero(test_cells[part] == cells[ci])
-            better = best is None or len(in_cell) > best[0]
-            if d != j and len(part) > 1 and len(in_cell) > 0 and better:
-                best = (len(in_cell), d, int(in_cell[-1]))
-    if best is None:
-        return False
-    _, donor, pos = best
-    parts[j] = parts[donor][pos : pos + 1]
-    parts[donor] = np.delete(parts[donor], pos)
-    return True
-
-
-def _cell_counts(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    return np.array([(values == c).sum() for c in cells], dtype=np.int64)
-
-
-def _sorted_concat(chunks: list[np.ndarray]) -> np.ndarray:
-    if not chunks:
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate(chunks)).astype(np.int64)
+    owner: np.ndarray, held: np.ndarray, test_idx: np.ndarray, k: int
+) -> np.ndarray:
+    """Give each client without test samples one sample of a cell it trains on, taken from the
+    client holding most of that cell (and more than one sample in total); failing that, one
+    sample from the largest client. Skipped when there are fewer test samples than clients."""
+    if len(owner) < k:
+        return owner
+    owner = owner.copy()
+    n_cells = held.shape[1]
+    have = cell_counts(owner, test_idx, k, n_cells)
+    for j in np.flatnonzero(have.sum(1) == 0):
+        totals = have.sum(1)
+        candidates = have * (held[j] > 0)[None, :] * (totals > 1)[:, None]
+        if candidates.max() > 0:
+            donor, cell = divmod(int(np.argmax(candidates)), n_cells)
+            pos = int(np.flatnonzero((owner == donor) & (test_idx == cell))[-1])
+        else:
+            donor = int(np.argmax(totals))
+            pos = int(np.flatnonzero(owner == donor)[-1])
+            cell = int(test_idx[pos])
+        owner[pos] = j
+        have[donor, cell] -= 1
+        have[j, cell] += 1
+    return owner
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,8 +388,9 @@ def _dirichlet_group(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     train_cells = pool.cells("train")[train_idx]
     test_cells = pool.cells("test")[test_idx]
-    local_train = dirichlet_split(train_cells, k, opts.alpha, rng)
-    local_test = proportional_test_split(local_train, train_cells, test_cells, rng)
+    train_owner = dirichlet_owner(train_cells, k, opts.alpha, rng)
+    test_owner = proportional_test_owner(train_owner, train_cells, test_cells, k, rng)
+    local_train, local_test = to_parts(train_owner, k), to_parts(test_owner, k)
     return [train_idx[p] for p in local_train], [test_idx[p] for p in local_test]
 
 

@@ -4,7 +4,8 @@ As in med-air/FedBN ``nets/models.py``: five convs (11/5/3/3/3), three 3×3/2 ma
 a norm after every conv and hidden fc, ``AdaptiveAvgPool2d((6, 6))`` and a three-layer
 classifier; same submodule names (``features.conv1`` … ``classifier.fc3``). FedBN feeds
 256×256 images; the stride-4 stem and three max-pools need at least 63×63 (smaller
-inputs are refused with a clear error instead of a shape error inside torch).
+inputs are refused with a clear error instead of a shape error inside torch). With ``ws``
+every conv is a WSConv2d (γ_ReLU, γ = 1 for conv1) and the classifier is plain linear.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class AlexNet(NormModel):
 
 @register_model("alexnet")
 def alexnet(norm: str = "bn", num_classes: int = 10, in_channels: int = 3) -> AlexNet:
-    """FedBN's AlexNet (≈ 58M parameters with ``bn``)."""
+    """FedBN's AlexNet (57,063,498 parameters with ``bn`` and 10 classes)."""
     return AlexNet(num_classes, in_channels, norm)
 
 

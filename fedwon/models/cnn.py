@@ -4,7 +4,9 @@ Layer for layer as in med-air/FedBN ``nets/models.py`` — three 5×5 convs, two
 three fc layers, a norm after every conv and hidden fc — and with the same attribute
 names (conv1, bn1, …, fc3) so FedBN-format checkpoints map one to one. ``bn*`` hold
 whatever ``norm`` selects (Identity for ``ws``/``none``). Conv biases stay on, as in the
-reference, so the ``bn`` model's parameter count equals DigitModel's exactly.
+reference, so the ``bn`` model's parameter count equals DigitModel's exactly. With ``ws``
+conv2/conv3 are WSConv2d with γ_ReLU and conv1 (fed raw pixels) has γ = 1; the fc layers
+stay plain ``nn.Linear`` as in FedWon.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class DigitCNN(NormModel):
 
 @register_model("cnn")
 def cnn(norm: str = "bn", num_classes: int = 10, in_channels: int = 3) -> DigitCNN:
-    """FedBN's DigitModel (≈ 16.1M parameters with ``bn``)."""
+    """FedBN's DigitModel (14,219,210 parameters with ``bn`` and 10 classes)."""
     return DigitCNN(num_classes, in_channels, norm)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -182,6 +184,19 @@ def test_stratified_split_and_largest_remainder() -> None:
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
     assert largest_remainder(np.array([1.0, 1.0, 1.0]), 10).tolist() == [4, 3, 3]
     assert largest_remainder(np.array([0.0, 2.0, 1.0]), 7).sum() == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "scope"), [("domain", "domain"), ("dirichlet", "domain"), ("dirichlet", "global")]
+)
+def test_a_thousand_clients_partition_quickly(name: str, scope: str) -> None:
+    pool = make_pool(train=1300, test=700)
+    start = time.perf_counter()
+    a = PARTITIONERS[name](pool, PartitionOptions(999, alpha=0.3, dirichlet_scope=scope))
+    assert time.perf_counter() - start < 10.0
+    assert_disjoint_complete(a.train, len(pool.train_y))
+    assert_disjoint_complete(a.test, len(pool.test_y))
+    assert min(len(p) for p in a.train) >= 1 and min(len(p) for p in a.test) >= 1
 
 
 def test_partition_errors_are_clear() -> None:

@@ -9,6 +9,7 @@ compare engines (Flower's replies arrive in completion order) with ``==``.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -41,6 +42,8 @@ def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     if pid == context.run_config.get("fail-partition", -1):
         raise RuntimeError(f"partition {pid} fails on purpose")
+    if pid == context.run_config.get("crash-partition", -1):
+        os._exit(1)  # simulates a worker process dying (segfault, OOM kill)
     delay = float(context.run_config.get("sleep-s", 0.0))
     if delay > 0:
         time.sleep(delay)
@@ -61,6 +64,31 @@ def evaluate(msg: Message, context: Context) -> Message:
     score = float(first.sum()) / 8 + pid / 4
     metrics = MetricRecord({"num-examples": 1, "score": score})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@client_app.train("mutate")
+def mutate(msg: Message, context: Context) -> Message:
+    """Tamper with the received message; report whether an earlier client's tampering showed."""
+    seen = "poison" in msg.content["config"]
+    msg.content["config"]["poison"] = 1
+    del msg.content["arrays"]
+    return Message(RecordDict({"seen": ConfigRecord({"poison-seen": seen})}), reply_to=msg)
+
+
+@client_app.train("mutate_config")
+def mutate_config(msg: Message, context: Context) -> Message:
+    """Change ``run_config``, which Flower forbids (the reply must become an error)."""
+    context.run_config["tampered"] = True
+    context.state["counter"] = MetricRecord({"n": 99})
+    return Message(RecordDict(), reply_to=msg)
+
+
+@client_app.query("new_message")
+def new_message(msg: Message, context: Context) -> Message:
+    """Build a non-reply ``Message`` (needs ``TaskIdentity``), then reply with its metadata."""
+    made = Message(RecordDict(), dst_node_id=1, message_type="query")
+    info = ConfigRecord({"run-id": made.metadata.run_id, "src": made.metadata.src_node_id})
+    return Message(RecordDict({"info": info}), reply_to=msg)
 
 
 @client_app.query()
