@@ -94,9 +94,7 @@ def bench_bare(rounds: int) -> tuple[Row, dict[str, torch.Tensor]]:
     return _row("bare PyTorch loop (1 process)", stamps, t0, time.perf_counter()), final
 
 
-def bench_fast(
-    rounds: int, num_workers: int, bare_final: dict[str, torch.Tensor] | None
-) -> Row:
+def bench_fast(rounds: int, num_workers: int, bare_final: dict[str, torch.Tensor] | None) -> Row:
     """(b) the fast engine with the tutorial ClientApp (``num_workers`` 0 = in-process)."""
     from fedwon.engine import run_fast  # noqa: PLC0415
 
@@ -105,7 +103,9 @@ def bench_fast(
     t0 = time.perf_counter()
     run_fast(app, CLIENT_APP_REF, w.NUM_CLIENTS, num_workers=num_workers)
     t1 = time.perf_counter()
-    name = "fast engine, in-process" if num_workers == 0 else f"fast engine, {num_workers} Ray actors"
+    name = (
+        "fast engine, in-process" if num_workers == 0 else f"fast engine, {num_workers} Ray actors"
+    )
     equal = None
     if bare_final is not None and rec.final_state is not None:
         equal = all(torch.equal(bare_final[k], rec.final_state[k]) for k in bare_final)

@@ -3,13 +3,13 @@
 This module owns the two ways a batch of jobs (message + node context) is executed:
 
 * ``InProcessExecutor`` runs them one after the other in the calling process — no Ray, no
-  serialization; each client gets its own shallow copy of the message so one ClientApp
-  cannot change what the next one receives (Flower guarantees this by serializing).
+  serialization.
 * ``RayExecutor`` keeps a few long-lived Ray actors (one per ``cpus_per_client`` CPUs /
   ``gpus_per_client`` GPUs); each imports the ClientApp by reference once and runs many
   clients sequentially, so model, optimizer and data caches live as long as the actor. A
-  batch costs *one* remote call per actor (the shared message content is pickled once per
-  call thanks to pickle's memo), not one per message; there is no polling anywhere.
+  batch costs *one* remote call per actor, not one per message, and content shared by many
+  messages (the global model) is put in Ray's object store once per batch, not once per
+  actor or message; there is no polling anywhere.
 
 Contexts travel with the jobs and come back updated, so the driver stays the single owner of
 client state: any actor can serve any node (balanced batches), and an actor that dies loses
@@ -18,17 +18,18 @@ nothing but the replies of the batch it was running (they become error replies).
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import os
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, Metadata, RecordDict
 from flwr.common.constant import ErrorCode
 
 from . import fastarrays
@@ -64,29 +65,6 @@ class Executor(ABC):
 # ---- in-process -------------------------------------------------------------------------
 
 
-def isolated_message(message: Message) -> Message:
-    """A copy of ``message`` whose records can be mutated without touching the original.
-
-    Strategies send one shared ``RecordDict`` to every node. Records are copied one level
-    deep (``Array`` payloads are immutable ``bytes`` and stay shared), which costs
-    microseconds instead of a 1.7 MB deep copy per client.
-    """
-    if not message.has_content():
-        return message
-    content = RecordDict()
-    for key, record in message.content.items():
-        if isinstance(record, ArrayRecord):
-            content[key] = ArrayRecord(dict(record))
-        elif isinstance(record, MetricRecord):
-            content[key] = MetricRecord(dict(record))
-        elif isinstance(record, ConfigRecord):
-            content[key] = ConfigRecord(dict(record))
-        else:  # pragma: no cover - RecordDict admits only the three record types
-            content[key] = copy.deepcopy(record)
-    # ``metadata=`` is Flower's internal constructor path (not in its typing overloads).
-    return Message(content=content, metadata=copy.copy(message.metadata))  # type: ignore[call-overload]
-
-
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (never negative), or None for no deadline."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -105,11 +83,46 @@ class InProcessExecutor(Executor):
 
     def execute(self, jobs: Sequence[Job], deadline: float | None) -> Results:
         """Run the jobs in order; stop starting new ones once the deadline has passed."""
-        isolated = [Job(isolated_message(j.message), j.context) for j in jobs]
-        return self._runner.run_batch(isolated, remaining(deadline))
+        return self._runner.run_batch(jobs, remaining(deadline))
 
 
 # ---- Ray --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WireJob:
+    """A job as sent to an actor: the message without its content when the content is one
+    of the batch's shared ``RecordDict`` objects (sent separately, once)."""
+
+    metadata: Metadata
+    slot: int  # index into the contents sent with the batch; -1: ``message`` is complete
+    message: Message | None
+    context: Context
+
+    def to_job(self, contents: Sequence[RecordDict]) -> Job:
+        """Rebuild the job on the actor side."""
+        if self.slot < 0:
+            assert self.message is not None
+            return Job(self.message, self.context)
+        msg = Message(content=contents[self.slot], metadata=self.metadata)  # type: ignore[call-overload]
+        return Job(msg, self.context)
+
+
+def to_wire(jobs: Sequence[Job]) -> tuple[list[WireJob], list[RecordDict]]:
+    """Split jobs into wire jobs and the distinct contents they share (by identity)."""
+    contents: list[RecordDict] = []
+    slots: dict[int, int] = {}
+    wire: list[WireJob] = []
+    for job in jobs:
+        msg = job.message
+        if not msg.has_content():
+            wire.append(WireJob(msg.metadata, -1, msg, job.context))
+            continue
+        slot = slots.setdefault(id(msg.content), len(contents))
+        if slot == len(contents):
+            contents.append(msg.content)
+        wire.append(WireJob(msg.metadata, slot, None, job.context))
+    return wire, contents
 
 
 class _RayWorker:
@@ -128,10 +141,15 @@ class _RayWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
-    def run(self, jobs: list[Job], time_budget: float | None) -> tuple[Results, float]:
-        """Run one batch (one remote call per actor and batch); also return busy seconds."""
+    def run(
+        self, wire: list[WireJob], time_budget: float | None, *contents: RecordDict
+    ) -> tuple[Results, float]:
+        """Run one batch (one remote call per actor and batch); also return busy seconds.
+
+        ``contents`` arrive resolved from Ray's object store (top-level arguments).
+        """
         t0 = time.perf_counter()
-        out = self._runner.run_batch(jobs, time_budget)
+        out = self._runner.run_batch([w.to_job(contents) for w in wire], time_budget)
         return out, time.perf_counter() - t0
 
 
@@ -235,7 +253,14 @@ class RayExecutor(Executor):
         self._actors = [self._new_actor(ray) for _ in range(wanted)]
         self._failures = [0] * wanted
         self.busy_s = [0.0] * wanted
-        self.actor_info = ray.get([a.ready.remote() for a in self._actors])
+        try:
+            self.actor_info = ray.get([a.ready.remote() for a in self._actors])
+        except ray.exceptions.RayError as ex:
+            raise RuntimeError(
+                f"Ray actors could not load the ClientApp {self._app_ref!r}; its module must "
+                "be importable on every Ray node (PYTHONPATH or runtime_env). Cause: "
+                f"{ex}"
+            ) from ex
         logger.info("Ray executor: %d actors ready", wanted)
 
     def execute(self, jobs: Sequence[Job], deadline: float | None) -> Results:
@@ -247,9 +272,15 @@ class RayExecutor(Executor):
         results: Results = [None] * len(jobs)
         plan = self._assign(jobs)
         budget = remaining(deadline)
-        refs = {
-            self._actors[a].run.remote([jobs[i] for i in idx], budget): a for a, idx in plan.items()
-        }
+        stored: dict[int, Any] = {}  # id(content) -> ObjectRef: each content put once
+        refs = {}
+        for a, idx in plan.items():
+            wire, contents = to_wire([jobs[i] for i in idx])
+            for c in contents:
+                if id(c) not in stored:
+                    stored[id(c)] = ray.put(c)
+            content_refs = [stored[id(c)] for c in contents]
+            refs[self._actors[a].run.remote(wire, budget, *content_refs)] = a
         ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=budget)
         for ref in ready:
             actor = refs[ref]
@@ -294,7 +325,9 @@ class RayExecutor(Executor):
         env_vars = dict(runtime_env.get("env_vars", {}))
         env_vars.setdefault("PYTHONPATH", ray_pythonpath())
         runtime_env["env_vars"] = env_vars
-        ray.init(runtime_env=runtime_env, **args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # Ray's accelerator env-var tip
+            ray.init(runtime_env=runtime_env, **args)
         self._owns_ray = True
 
     def _new_actor(self, ray: Any) -> Any:

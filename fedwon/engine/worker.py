@@ -3,12 +3,15 @@
 This module owns what happens to a message once it has reached a process that holds the
 ClientApp: loading the ClientApp by reference (``"module:attr"``), giving Flower's
 ``TaskIdentity`` the values Flower's runtime would set (so ``Message(...)`` works in user
-code), calling the ClientApp, and turning any exception into the error reply Flower sends
+code), giving each client its own copy of the message's records (Flower serializes every
+message, so one client never sees another's tampering), calling the ClientApp, and turning
+any exception into the error reply Flower sends
 (``Error(CLIENT_APP_RAISED_EXCEPTION)``), so a faulty client never hangs or kills a run.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import time
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import Context, Error, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import ErrorCode
@@ -111,6 +114,29 @@ def task_identity(run_id: int, node_id: int, task_id: int = 1) -> Iterator[None]
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
+def isolated_message(message: Message) -> Message:
+    """A copy of ``message`` whose records can be mutated without touching the original.
+
+    Strategies send one shared ``RecordDict`` to every node. Records are copied one level
+    deep (``Array`` payloads are immutable ``bytes`` and stay shared), which costs
+    microseconds instead of a 1.7 MB deep copy per client.
+    """
+    if not message.has_content():
+        return message
+    content = RecordDict()
+    for key, record in message.content.items():
+        if isinstance(record, ArrayRecord):
+            content[key] = ArrayRecord(dict(record))
+        elif isinstance(record, MetricRecord):
+            content[key] = MetricRecord(dict(record))
+        elif isinstance(record, ConfigRecord):
+            content[key] = ConfigRecord(dict(record))
+        else:  # pragma: no cover - RecordDict admits only the three record types
+            content[key] = copy.deepcopy(record)
+    # ``metadata=`` is Flower's internal constructor path (not in its typing overloads).
+    return Message(content=content, metadata=copy.copy(message.metadata))  # type: ignore[call-overload]
+
+
 def error_reply(message: Message, code: int, ex: BaseException) -> Message:
     """An error reply worded like Flower's simulation engine words it."""
     reason = str(type(ex)) + ":<'" + str(ex) + "'>"
@@ -129,7 +155,7 @@ class ClientRunner:
 
     def run_one(self, job: Job) -> Outcome:
         """Call the ClientApp on one message; exceptions become error replies."""
-        msg, ctx = job.message, job.context
+        msg, ctx = isolated_message(job.message), job.context
         try:
             with task_identity(msg.metadata.run_id, msg.metadata.dst_node_id):
                 reply = self.app(msg, ctx)

@@ -2,9 +2,10 @@
 
 The "model" is a few float64 numpy arrays holding dyadic rationals; clients move them half
 way towards a target that depends on their partition and on a counter kept in
-``context.state``, and all nodes report one example each. Every sum FedAvg computes is then
-exact, so results are bit-identical whatever order replies arrive in — which lets the tests
-compare engines (Flower's replies arrive in completion order) with ``==``.
+``context.state``, and all nodes report one example each. With a power-of-two number of nodes
+every sum FedAvg computes is then exact, so results are bit-identical whatever order replies
+arrive in — which lets the tests compare engines (Flower's replies arrive in completion order)
+with ``==``.
 """
 
 from __future__ import annotations

@@ -113,17 +113,20 @@ def test_eps_clamp_on_constant_and_near_constant_filters(dtype: torch.dtype) -> 
     )
 
 
+@pytest.mark.parametrize("shape", [(6, 3, 3, 3), (40, 32, 3, 3)])  # BN / explicit forward
 @pytest.mark.parametrize("clamped", [False, True])
 @pytest.mark.parametrize("gamma", [1.0, 1.7139588594436646])
-def test_fast_paths_match_reference_values_and_gradients(clamped: bool, gamma: float) -> None:
+def test_fast_paths_match_reference_values_and_gradients(
+    shape: tuple[int, int, int, int], clamped: bool, gamma: float
+) -> None:
     torch.manual_seed(1)
-    w = torch.randn(6, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    gain = torch.rand(6, 1, 1, 1, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    gain = torch.rand(shape[0], 1, 1, 1, dtype=torch.float64, requires_grad=True)
     if clamped:
         with torch.no_grad():
             w[0] = 0.5
-            w[1] = 0.5 + 1e-4 * torch.randn(3, 3, 3, dtype=torch.float64)
-    grad_out = torch.randn(6, 3, 3, 3, dtype=torch.float64)
+            w[1] = 0.5 + 1e-5 * torch.randn(shape[1:], dtype=torch.float64)
+    grad_out = torch.randn(shape, dtype=torch.float64)
     ref = standardize_weight(w, gain, gamma, 1e-4)
     ref_grads = torch.autograd.grad((ref * grad_out).sum(), (w, gain))
     paths = {
@@ -136,7 +139,8 @@ def test_fast_paths_match_reference_values_and_gradients(clamped: bool, gamma: f
         grads = torch.autograd.grad((out * grad_out).sum(), (w, gain))
         for got, want in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=name)
-        assert torch.autograd.gradcheck(fn, (w, gain)), name
+        if w.numel() < 1000:
+            assert torch.autograd.gradcheck(fn, (w, gain)), name
 
 
 @settings(max_examples=25, deadline=None)

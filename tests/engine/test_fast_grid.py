@@ -1,0 +1,446 @@
+"""Tests of the fast engine: FastGrid delivery, contexts, faults, timeouts, run_fast, Ray.
+
+Everything runs in-process except ``test_ray_executor_and_flower_engine_agree`` (the one test
+that starts Ray), which checks the Ray executor and Flower's own ``run_simulation`` against
+the in-process result, bit for bit, and the Ray executor's fault handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import engine_toy_app as toy
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedwon.engine import (
+    NODE_ID_BASE,
+    ClientAppLoadError,
+    ContextStore,
+    FastGrid,
+    InProcessExecutor,
+    RayExecutor,
+    load_client_app,
+    make_executor,
+    run_fast,
+)
+from fedwon.engine.executors import Executor, actors_that_fit
+from fedwon.engine.worker import task_identity
+
+APP = "engine_toy_app:client_app"
+RUN_ID = 4242
+
+
+@pytest.fixture(autouse=True)
+def _quiet_flower() -> None:
+    """Flower logs every round at INFO; keep test output short."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+@contextmanager
+def server_identity() -> Iterator[None]:
+    """What run_fast sets before a ServerApp runs (needed to build ``Message``s here)."""
+    with task_identity(RUN_ID, SUPERLINK_NODE_ID):
+        yield
+
+
+def make_grid(
+    num_nodes: int, run_config: dict[str, Any] | None = None, executor: Executor | None = None
+) -> FastGrid:
+    """A FastGrid over the toy app, in-process unless an executor is given."""
+    return FastGrid(
+        executor or InProcessExecutor(APP),
+        num_nodes,
+        run=Run.create_empty(RUN_ID),
+        run_config=run_config or {},
+    )
+
+
+def train_msg(node_id: int, action: str = "") -> Message:
+    """A train message carrying the toy model."""
+    content = RecordDict({"arrays": toy.initial_arrays(), "config": ConfigRecord({"lr": 0.5})})
+    return Message(content, node_id, "train" + (f".{action}" if action else ""))
+
+
+def reference_fedavg(num_rounds: int, num_nodes: int) -> dict[str, Any]:
+    """The toy federation computed by hand (exact dyadic arithmetic, any order)."""
+    arrays = toy.initial_arrays().to_numpy_ndarrays()
+    train: dict[int, dict[str, float]] = {}
+    evaluate: dict[int, dict[str, float]] = {}
+    for rnd in range(1, num_rounds + 1):
+        targets = [(pid + 1) / 4 + rnd / 8 for pid in range(num_nodes)]
+        updates = [[a + (t - a) / 2 for a in arrays] for t in targets]
+        arrays = [sum(u[i] for u in updates) / num_nodes for i in range(len(arrays))]
+        train[rnd] = {"target": sum(targets) / num_nodes, "count": float(rnd)}
+        scores = [float(arrays[0].sum()) / 8 + pid / 4 for pid in range(num_nodes)]
+        evaluate[rnd] = {"score": sum(scores) / num_nodes}
+    return {"arrays": arrays, "train": train, "evaluate": evaluate}
+
+
+# ---- results -----------------------------------------------------------------------------
+
+
+def test_in_process_run_matches_hand_computed_fedavg() -> None:
+    sink: dict[str, Any] = {}
+    context = run_fast(toy.make_server_app(3, 4, sink), APP, 4, num_workers=0)
+    ref = reference_fedavg(3, 4)
+    got = sink["arrays"].to_numpy_ndarrays()
+    assert all(np.array_equal(a, b) for a, b in zip(got, ref["arrays"], strict=True))
+    assert sink["train"] == ref["train"]
+    assert sink["evaluate"] == ref["evaluate"]
+    assert isinstance(context, Context) and "final" in context.state
+
+
+def test_client_app_object_and_string_give_identical_results() -> None:
+    by_ref: dict[str, Any] = {}
+    by_obj: dict[str, Any] = {}
+    run_fast(toy.make_server_app(2, 4, by_ref), APP, 4, num_workers=0)
+    run_fast(toy.make_server_app(2, 4, by_obj), toy.client_app, 4, num_workers=0)
+    assert toy.summary(by_ref) == toy.summary(by_obj)
+
+
+def test_replies_follow_send_order_and_carry_ids() -> None:
+    grid = make_grid(6)
+    nodes = list(grid.get_node_ids())
+    random.Random(1).shuffle(nodes)
+    with server_identity():
+        msgs = [train_msg(n) for n in nodes]
+        replies = list(grid.send_and_receive(msgs))
+    assert [r.metadata.src_node_id for r in replies] == nodes
+    assert [r.metadata.reply_to_message_id for r in replies] == [
+        m.metadata.message_id for m in msgs
+    ]
+    ids = {r.metadata.message_id for r in replies}
+    assert len(ids) == len(replies) and "" not in ids
+
+
+# ---- nodes and contexts ----------------------------------------------------------------
+
+
+def test_node_ids_partitions_and_sampling() -> None:
+    grid = make_grid(10)
+    ids = list(grid.get_node_ids())
+    assert len(ids) == len(set(ids)) == 10
+    assert [grid.partition_of(n) for n in ids] == list(range(10))
+    with server_identity():
+        strategy = FedAvg(fraction_train=0.5, min_available_nodes=10)
+        msgs = list(strategy.configure_train(1, toy.initial_arrays(), ConfigRecord(), grid))
+        assert len({m.metadata.dst_node_id for m in msgs}) == 5
+        assert {m.metadata.dst_node_id for m in msgs} <= set(ids)
+        replies = list(grid.send_and_receive([Message(RecordDict(), n, "query") for n in ids]))
+    infos = [r.content["info"] for r in replies]
+    assert [i["partition-id"] for i in infos] == list(range(10))
+    assert [i["node-id"] for i in infos] == ids
+
+
+def test_custom_node_configs_reach_clients() -> None:
+    configs = [{"partition-id": 100 + i, "num-partitions": 3, "domain": "x"} for i in range(3)]
+    grid = FastGrid(InProcessExecutor(APP), 3, run=Run.create_empty(RUN_ID), node_configs=configs)
+    with server_identity():
+        replies = grid.send_and_receive(
+            [Message(RecordDict(), n, "query") for n in grid.get_node_ids()]
+        )
+    assert [r.content["info"]["partition-id"] for r in replies] == [100, 101, 102]
+
+
+def test_context_state_persists_per_node_and_differs_between_nodes() -> None:
+    grid = make_grid(3)
+    n0, n1, n2 = grid.get_node_ids()
+    with server_identity():
+        for _ in range(3):
+            grid.send_and_receive([train_msg(n0), train_msg(n1)])
+        grid.send_and_receive([train_msg(n0)])
+        replies = grid.send_and_receive([Message(RecordDict(), n, "query") for n in (n0, n1, n2)])
+    info = [r.content["info"] for r in replies]
+    assert [i["counter"] for i in info] == [4, 3, 0]
+    assert [i["has-local"] for i in info] == [True, True, False]
+    local0 = grid.contexts.get(n0).state["local"].to_numpy_ndarrays()[0]
+    local1 = grid.contexts.get(n1).state["local"].to_numpy_ndarrays()[0]
+    assert not np.array_equal(local0, local1)
+    assert len(grid.contexts) == 2  # node 2 never stored anything: no context kept
+
+
+def test_messages_to_one_node_in_one_batch_see_each_others_state() -> None:
+    grid = make_grid(2)
+    node = next(iter(grid.get_node_ids()))
+    with server_identity():
+        grid.send_and_receive([train_msg(node), train_msg(node)])
+        (reply,) = grid.send_and_receive([Message(RecordDict(), node, "query")])
+    assert reply.content["info"]["counter"] == 2
+
+
+def test_context_store_is_lazy_drops_empty_states_and_spills(tmp_path: Path) -> None:
+    store = ContextStore(
+        1, {"k": 1}, lambda n: {"partition-id": n}, budget_bytes=400, spill_dir=tmp_path
+    )
+    ctx = store.get(7)
+    assert ctx.node_config == {"partition-id": 7} and ctx.run_config == {"k": 1}
+    store.put(7, ctx)
+    assert len(store) == 0  # empty state: nothing kept
+    for node in (1, 2, 3):
+        c = store.get(node)
+        c.state["w"] = ArrayRecord([np.full(8, float(node))])  # 192 bytes of .npy each
+        store.put(node, c)
+    assert store.num_spilled == 1 and len(store) == 2 and store.bytes_in_memory <= 400
+    assert len(list(tmp_path.rglob("*.pkl"))) == 1
+    back = store.get(1).state["w"].to_numpy_ndarrays()[0]
+    assert np.array_equal(back, np.full(8, 1.0))
+    store.close()
+    assert store.num_spilled == 0
+
+
+# ---- faults --------------------------------------------------------------------------------
+
+
+def test_raising_client_yields_error_reply_and_others_succeed() -> None:
+    grid = make_grid(3, run_config={"fail-partition": 1})
+    n0, n1, n2 = grid.get_node_ids()
+    with server_identity():
+        replies = list(grid.send_and_receive([train_msg(n) for n in (n0, n1, n2)]))
+    assert [r.has_error() for r in replies] == [False, True, False]
+    err = replies[1].error
+    assert err.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert "partition 1 fails on purpose" in err.reason
+    assert replies[1].metadata.reply_to_message_id != ""
+    assert grid.contexts.get(n1).state.get("counter") is None  # failed run: state untouched
+
+
+def test_run_continues_when_a_client_raises() -> None:
+    sink: dict[str, Any] = {}
+    run_fast(
+        toy.make_server_app(2, 3, sink), APP, 3, num_workers=0, run_config={"fail-partition": 0}
+    )
+    assert sorted(sink["train"]) == [1, 2]  # both rounds aggregated from the 2 good nodes
+    assert sink["train"][2]["count"] == 2.0
+
+
+def test_run_config_modification_is_refused_like_flower() -> None:
+    grid = make_grid(1)
+    node = next(iter(grid.get_node_ids()))
+    with server_identity():
+        (reply,) = grid.send_and_receive([train_msg(node, "mutate_config")])
+    assert reply.has_error() and reply.error.code == ErrorCode.UNKNOWN
+    assert len(grid.contexts) == 0
+
+
+def test_clients_cannot_see_each_others_message_tampering() -> None:
+    grid = make_grid(3)
+    with server_identity():
+        shared = RecordDict({"arrays": toy.initial_arrays(), "config": ConfigRecord()})
+        msgs = [Message(shared, n, "train.mutate") for n in grid.get_node_ids()]
+        replies = list(grid.send_and_receive(msgs))
+    assert [r.content["seen"]["poison-seen"] for r in replies] == [False] * 3
+    assert "poison" not in shared["config"] and "arrays" in shared
+
+
+def test_server_app_exception_propagates_and_identity_is_restored() -> None:
+    before = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        raise ValueError("server failed")
+
+    with pytest.raises(ValueError, match="server failed"):
+        run_fast(app, APP, 2, num_workers=0)
+    assert (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id) == before
+
+
+def test_client_code_can_build_messages_and_sees_run_config() -> None:
+    seen: dict[str, Any] = {}
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        node = next(iter(grid.get_node_ids()))
+        (reply,) = grid.send_and_receive([Message(RecordDict(), node, "query.new_message")])
+        seen.update(reply.content["info"])
+        seen["server-run-config"] = dict(context.run_config)
+        seen["grid-run-id"] = grid.run.run_id
+
+    run_fast(app, APP, 1, num_workers=0, run_config={"alpha": 0.5})
+    assert seen["server-run-config"] == {"alpha": 0.5}
+    assert seen["src"] == NODE_ID_BASE and seen["run-id"] == seen["grid-run-id"]
+
+
+# ---- timeouts, push/pull, bad input --------------------------------------------------------
+
+
+def test_send_and_receive_honours_timeout() -> None:
+    grid = make_grid(4, run_config={"sleep-s": 0.1})
+    with server_identity():
+        t0 = time.monotonic()
+        batch = [train_msg(n) for n in grid.get_node_ids()]
+        partial = list(grid.send_and_receive(batch, timeout=0.15))
+        elapsed = time.monotonic() - t0
+        full = list(grid.send_and_receive([train_msg(n) for n in grid.get_node_ids()]))
+    assert 1 <= len(partial) < 4 and elapsed < 0.4  # not 4 x 0.1 s
+    assert len(full) == 4
+
+
+def test_push_then_pull_returns_each_reply_once_and_drops_unknown_nodes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grid = make_grid(2)
+    n0, n1 = grid.get_node_ids()
+    with server_identity(), caplog.at_level(logging.ERROR, logger="fedwon"):
+        ids = list(grid.push_messages([train_msg(n0), train_msg(n1), train_msg(123)]))
+    assert len(ids) == 2 and "Invalid destination node ID" in caplog.text
+    replies = list(grid.pull_messages(ids))
+    assert {r.metadata.reply_to_message_id for r in replies} == set(ids)
+    assert list(grid.pull_messages(ids)) == []
+
+
+def test_reply_messages_are_refused_as_input() -> None:
+    grid = make_grid(1)
+    node = next(iter(grid.get_node_ids()))
+    with server_identity():
+        (reply,) = grid.send_and_receive([train_msg(node)])
+        with pytest.raises(ValueError, match="Invalid message"):
+            grid.send_and_receive([reply])
+
+
+@pytest.mark.parametrize(
+    ("ref", "match"),
+    [
+        ("no_such_module_xyz:app", "Cannot import module 'no_such_module_xyz'"),
+        ("engine_toy_app:missing", "has no attribute 'missing'"),
+        ("engine_toy_app:initial_arrays", "not a flwr ClientApp"),
+        ("engine_toy_app", "'module:attribute'"),
+    ],
+)
+def test_bad_client_app_reference_fails_clearly(ref: str, match: str) -> None:
+    with pytest.raises(ClientAppLoadError, match=match):
+        load_client_app(ref)
+    with pytest.raises(ClientAppLoadError, match=match):
+        run_fast(toy.make_server_app(1, 1, {}), ref, 1, num_workers=0)
+
+
+def test_executor_choice_and_actor_sizing() -> None:
+    assert isinstance(make_executor(APP, num_workers=0), InProcessExecutor)
+    assert isinstance(make_executor(APP, num_workers=2), RayExecutor)
+    assert isinstance(make_executor(APP, gpus_per_client=0.5), RayExecutor)
+    assert isinstance(make_executor(APP, ray_init_args={"address": "auto"}), RayExecutor)
+    with pytest.raises(ValueError):
+        make_executor(APP, num_workers=-1)
+    cpu_node = {"Resources": {"CPU": 8.0}, "Alive": True}
+    gpu_node = {"Resources": {"CPU": 8.0, "GPU": 2.0}, "Alive": True}
+    dead = {"Resources": {"CPU": 64.0}, "Alive": False}
+    assert actors_that_fit([cpu_node, dead], 1.0, 0.0) == 8
+    assert actors_that_fit([cpu_node], 1.0, 0.5) == 0  # never wait for a missing GPU
+    assert actors_that_fit([cpu_node, gpu_node], 2.0, 0.5) == 4
+
+
+def test_fast_array_codec_is_byte_identical() -> None:
+    from flwr.app import Array
+
+    from fedwon.engine.fastarrays import fast_array_codec
+
+    cases = [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        np.arange(12.0).reshape(3, 4)[:, ::2],
+        np.array(3.5),
+        np.zeros((2, 0, 3), np.int8),
+        np.array([True, False]),
+        np.arange(5, dtype=">i4"),
+        np.arange(6, dtype=np.float16),
+        np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+        np.array(["2020-01-01"], dtype="datetime64[D]"),
+    ]
+    for arr in cases:
+        ref = Array(arr)
+        expected = ref.numpy()
+        with fast_array_codec():
+            fast = Array(arr)
+            decoded = [fast.numpy(), ref.numpy()]
+        assert fast.data == ref.data, arr.dtype
+        for got in decoded:
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert got.tobytes() == expected.tobytes() and got.flags.writeable
+    assert Array.numpy.__module__.startswith("flwr")  # restored after the block
+
+
+# ---- Ray (the only test that starts Ray) ---------------------------------------------------
+
+
+@pytest.mark.ray
+def test_ray_executor_and_flower_engine_agree() -> None:
+    import ray
+    from flwr.simulation import run_simulation
+
+    from fedwon.engine.executors import ray_pythonpath
+
+    expected: dict[str, Any] = {}
+    run_fast(toy.make_server_app(3, 4, expected), APP, 4, num_workers=0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Ray's accelerator env-var tip
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": {"PYTHONPATH": ray_pythonpath()}},
+        )
+    try:
+        # 1. Ray executor, 2 actors, same result bit for bit.
+        got: dict[str, Any] = {}
+        run_fast(toy.make_server_app(3, 4, got), APP, 4, num_workers=2)
+        assert toy.summary(got) == toy.summary(expected)
+
+        # 2. A dying actor: error replies for its batch, then a fresh actor serves on.
+        executor = RayExecutor(APP, num_actors=2)
+        executor.start()
+        try:
+            crashing = make_grid(4, {"crash-partition": 0}, executor)
+            nodes = list(crashing.get_node_ids())
+            with server_identity():
+                replies = list(crashing.send_and_receive([train_msg(n) for n in nodes]))
+                crashed = [r.error.code for r in replies if r.has_error()]
+                assert crashed and set(crashed) == {ErrorCode.CLIENT_APP_CRASHED}
+                assert not replies[1].has_error()  # the other actor's batch is fine
+                again = list(crashing.send_and_receive([train_msg(n) for n in nodes[1:]]))
+                assert not any(r.has_error() for r in again)
+
+                # 3. Timeout: no replies, busy actors replaced, next batch served.
+                slow = make_grid(2, {"sleep-s": 2.0}, executor)
+                t0 = time.monotonic()
+                batch = [train_msg(n) for n in slow.get_node_ids()]
+                late = list(slow.send_and_receive(batch, timeout=0.5))
+                assert late == [] and time.monotonic() - t0 < 1.5
+                after = list(crashing.send_and_receive([train_msg(nodes[1])]))
+                assert len(after) == 1 and not after[0].has_error()
+        finally:
+            executor.shutdown()
+        assert ray.is_initialized()  # the executor did not start Ray, so it leaves it up
+
+        # 3. Flower's own engine (it shuts Ray down when it finishes).
+        flower: dict[str, Any] = {}
+        run_simulation(
+            toy.make_server_app(3, 4, flower),
+            toy.client_app,
+            4,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        )
+        assert toy.summary(flower) == toy.summary(expected)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
