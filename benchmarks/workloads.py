@@ -49,7 +49,7 @@ def digits_28() -> tuple[torch.Tensor, torch.Tensor]:
 
     Cached per process: every client of this process shares these two tensors.
     """
-    from sklearn.datasets import load_digits  # noqa: PLC0415  (slow import, only when used)
+    from sklearn.datasets import load_digits  # slow import: only when the data is used
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -195,7 +195,7 @@ client_app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     """Load the global arrays, train on this node's partition, reply with the new arrays."""
     model = _cached_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     pid = int(context.node_config["partition-id"])
     num = int(context.node_config["num-partitions"])
     x, y = client_data(pid, num)
@@ -214,7 +214,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global arrays on this node's partition."""
     model = _cached_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     x, y = client_data(int(context.node_config["partition-id"]), 1)
     loss, acc = evaluate_local(model, x, y)
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(y)})

@@ -98,12 +98,13 @@ def run_simulation(
     if cfg.engine == "fast":
         from fedwon.engine import run_fast
 
-        workers = resources.num_actors if cfg.num_workers < 0 else cfg.num_workers
+        # -1: let the engine choose (in-process unless GPUs or >= 4 actor slots make Ray pay)
+        workers = None if cfg.num_workers < 0 else min(cfg.num_workers, resources.num_actors)
         run_fast(
             server_app,
             CLIENT_APP,
             cfg.num_clients,
-            num_workers=min(workers, cfg.num_clients),
+            num_workers=workers,
             cpus_per_client=resources.num_cpus,
             gpus_per_client=resources.num_gpus,
         )

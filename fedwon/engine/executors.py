@@ -235,7 +235,7 @@ class RayExecutor(Executor):
 
     def start(self) -> None:
         """Initialise Ray if needed, create the actors and wait until they have the app."""
-        import ray
+        import ray  # imported lazily: in-process runs never pay Ray's import
 
         if not ray.is_initialized():
             self._init_ray(ray)

@@ -53,21 +53,21 @@ class AlexNet(NormModel):
                 [
                     ("conv1", first_conv(in_channels, c1, kernel_size=11, stride=4, padding=2)),
                     ("bn1", norm_(c1)),
-                    ("relu1", nn.ReLU(inplace=True)),
+                    ("relu1", nn.ReLU()),
                     ("maxpool1", nn.MaxPool2d(kernel_size=3, stride=2)),
                     ("conv2", conv(c1, c2, kernel_size=5, padding=2)),
                     ("bn2", norm_(c2)),
-                    ("relu2", nn.ReLU(inplace=True)),
+                    ("relu2", nn.ReLU()),
                     ("maxpool2", nn.MaxPool2d(kernel_size=3, stride=2)),
                     ("conv3", conv(c2, c3, kernel_size=3, padding=1)),
                     ("bn3", norm_(c3)),
-                    ("relu3", nn.ReLU(inplace=True)),
+                    ("relu3", nn.ReLU()),
                     ("conv4", conv(c3, c4, kernel_size=3, padding=1)),
                     ("bn4", norm_(c4)),
-                    ("relu4", nn.ReLU(inplace=True)),
+                    ("relu4", nn.ReLU()),
                     ("conv5", conv(c4, c5, kernel_size=3, padding=1)),
                     ("bn5", norm_(c5)),
-                    ("relu5", nn.ReLU(inplace=True)),
+                    ("relu5", nn.ReLU()),
                     ("maxpool5", nn.MaxPool2d(kernel_size=3, stride=2)),
                 ]
             )
@@ -78,10 +78,10 @@ class AlexNet(NormModel):
                 [
                     ("fc1", nn.Linear(c5 * 6 * 6, fc_width)),
                     ("bn6", norm_(fc_width, dim=1)),
-                    ("relu6", nn.ReLU(inplace=True)),
+                    ("relu6", nn.ReLU()),
                     ("fc2", nn.Linear(fc_width, fc_width)),
                     ("bn7", norm_(fc_width, dim=1)),
-                    ("relu7", nn.ReLU(inplace=True)),
+                    ("relu7", nn.ReLU()),
                     ("fc3", nn.Linear(fc_width, num_classes)),
                 ]
             )

@@ -58,7 +58,7 @@ def _conv_norm_act(
         norm_layer(out_ch),
     ]
     if act:
-        layers.append(nn.ReLU6(inplace=True))
+        layers.append(nn.ReLU6())
     return nn.Sequential(*layers)
 
 

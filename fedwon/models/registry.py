@@ -9,6 +9,11 @@ the classifier head (AGC leaves it unclipped), and refuses — with an actionabl
 message — to *train* a BatchNorm model on a batch of one, where torch would fail deep
 inside ``BatchNorm1d`` ("Expected more than 1 value per channel") or, worse, silently
 normalize each channel of a single image by its own statistics.
+
+Conventions shared by the families: the norm choice arrives as callables (``conv_layer``,
+``norm_layer``), never as copies of a model; activations are not in-place, because
+Opacus' per-sample-gradient hooks forbid in-place ops on a hooked module's output (with
+``ws`` the Identity norm slot hands the conv output straight to the activation).
 """
 
 from __future__ import annotations

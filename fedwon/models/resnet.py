@@ -61,7 +61,7 @@ class BasicBlock(nn.Module):
         self.bn1 = norm_layer(out_channels)
         self.conv2 = conv_layer(out_channels, out_channels, 3, 1, 1, bias=bias)
         self.bn2 = norm_layer(out_channels)
-        self.relu = nn.ReLU(inplace=alpha is None)
+        self.relu = nn.ReLU()
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
@@ -117,7 +117,7 @@ class ResNet(NormModel):
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.bn1 = norm_(widths[0])
         # NF models pre-activate inside each block, so their stem has no activation.
-        self.relu: nn.Module = nn.Identity() if self.norm_free else nn.ReLU(inplace=True)
+        self.relu: nn.Module = nn.Identity() if self.norm_free else nn.ReLU()
 
         stages: list[nn.Sequential] = []
         in_ch = widths[0]

@@ -228,3 +228,22 @@ def test_ws_model_trains(name: str, size: int, batch: int, steps: int) -> None:
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("name", list(TINY))
+def test_ws_models_support_opacus_per_sample_gradients(name: str) -> None:
+    """DP-SGD (Opacus) on FedWon models: every parameter gets a per-sample gradient."""
+    from opacus import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    model = build_model(name, norm="ws")
+    assert ModuleValidator.validate(model, strict=False) == []
+    wrapped = GradSampleModule(model, loss_reduction="sum")
+    x = torch.randn(3, 3, TINY[name], TINY[name])
+    F.cross_entropy(wrapped(x), torch.tensor([0, 1, 2]), reduction="sum").backward()
+    for param in model.parameters():
+        assert param.grad_sample is not None and param.grad_sample.shape[0] == 3  # type: ignore[attr-defined]
+    # per-sample gradients sum to the batch gradient
+    head = model.get_submodule(model.head_name).weight
+    torch.testing.assert_close(head.grad_sample.sum(0), head.grad)  # type: ignore[attr-defined]
