@@ -65,7 +65,9 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_client: float = 1.0
     cpus_per_client: float = 1.0
-    num_workers: int = -1  # fast engine: -1 = one per CPU/GPU slot, 0 = in-process
+    num_workers: int = -1  # fast engine: -1 = auto, 0 = in-process, N = N Ray actors
+    ray_address: str = ""  # join an existing Ray cluster ("auto" or "ray://host:10001")
+    client_state_budget_mb: float = 0.0  # fast engine: spill client states past this; 0 = never
     checkpoint_every: int = 5  # rounds; 0 = never (the final state is always saved)
 
     @field_validator("model")
@@ -125,7 +127,9 @@ class RunConfig(BaseModel):
             raise ValueError(f"must be > 0, got {value}")
         return value
 
-    @field_validator("momentum", "weight_decay", "agc_clip", "gpus_per_client")
+    @field_validator(
+        "momentum", "weight_decay", "agc_clip", "gpus_per_client", "client_state_budget_mb"
+    )
     @classmethod
     def _non_negative_float(cls, value: float) -> float:
         if value < 0:

@@ -54,6 +54,11 @@ def client_resources(
 
     ``num_gpus``/``num_cpus`` default to what this machine has; tests pass fake counts.
     """
+    if cfg.ray_address and num_gpus is None:
+        # A cluster's GPUs are not this machine's: trust the config, Ray enforces it (the
+        # fast engine refuses a GPU request the cluster cannot satisfy instead of hanging).
+        gpus_each = cfg.gpus_per_client if cfg.device == "cuda" else 0.0
+        return Resources(num_cpus=cfg.cpus_per_client, num_gpus=gpus_each, num_actors=2**31)
     gpus = visible_gpus() if num_gpus is None else num_gpus
     cpus = (os.cpu_count() or 1) if num_cpus is None else num_cpus
     if cfg.device == "cuda" and gpus == 0:
@@ -107,6 +112,8 @@ def run_simulation(
             num_workers=workers,
             cpus_per_client=resources.num_cpus,
             gpus_per_client=resources.num_gpus,
+            ray_init_args={"address": cfg.ray_address} if cfg.ray_address else None,
+            state_budget_bytes=int(cfg.client_state_budget_mb * 2**20) or None,
         )
     else:
         from flwr.clientapp import ClientApp
@@ -121,7 +128,11 @@ def run_simulation(
             num_supernodes=cfg.num_clients,
             backend_config={
                 "client_resources": dict(resources.as_flower()),
-                "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+                "init_args": {
+                    "include_dashboard": False,
+                    "log_to_driver": verbose,
+                    **({"address": cfg.ray_address} if cfg.ray_address else {}),
+                },
             },
             verbose_logging=verbose,
         )

@@ -35,3 +35,9 @@ def test_device_cpu_ignores_gpus_and_cuda_without_gpu_is_refused() -> None:
 def test_more_gpus_per_client_than_exist_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"gpus_per_client=2.0 must be in \(0, 1\]"):
         client_resources(make_config({"gpus_per_client": 2}), num_gpus=1, num_cpus=8)
+
+
+def test_on_a_ray_cluster_the_config_decides_gpus() -> None:
+    cfg = make_config({"ray_address": "auto", "device": "cuda", "gpus_per_client": 0.5})
+    assert client_resources(cfg).num_gpus == 0.5
+    assert client_resources(cfg.replace(device="auto")).num_gpus == 0.0

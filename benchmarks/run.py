@@ -1,0 +1,64 @@
+"""``make bench``: every benchmark, side by side on this machine, into docs/benchmarks.md.
+
+    python -m benchmarks.run [--quick] [--only layer,cross_device,memory,cross_silo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from benchmarks import cross_device_bench, cross_silo_bench, layer_bench
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+CROSS_SILO_MARKERS = ("<!-- cross_silo_bench:start -->", "<!-- cross_silo_bench:end -->")
+ALL = ("layer", "cross_device", "memory", "cross_silo")
+
+
+def write_cross_silo(rows: list[dict], command: str) -> None:
+    body = (
+        "\n## Cross-silo: 5 clients, digits-embedded, `cnn` (FedWon), steady state\n\n"
+        f"Machine: {cross_device_bench.machine()}.\nCommand: `{command}`.\n\n"
+        "Workload: one client per domain, 743 images each, batch 32, 1 local epoch, "
+        "FedBN's DigitModel with scaled WS (14.2M parameters). s/round: median of the rounds "
+        "between the first (start-up) and the last (evaluation). The bare loop uses the "
+        "process's default torch threads; fedwon gives each client `cpus_per_client`=1.\n\n"
+        f"{cross_silo_bench.to_markdown(rows)}\n"
+    )
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    DOC.write_text(cross_device_bench.replace_between(text, CROSS_SILO_MARKERS, body))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+    parser.add_argument("--only", default=",".join(ALL), help=f"subset of {','.join(ALL)}")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    if unknown := only - set(ALL):
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(ALL)}")
+    logging.basicConfig(level=logging.WARNING)
+    command = "make bench" + (" (--quick)" if args.quick else "")
+    if "layer" in only:
+        rows = layer_bench.run(quick=args.quick)
+        table = layer_bench.to_markdown(rows)
+        print(table)  # noqa: T201
+        layer_bench.write_docs(table, command)
+    device_rows = []
+    if "cross_device" in only:
+        device_rows += cross_device_bench.run(quick=args.quick)
+    if "memory" in only:
+        device_rows += cross_device_bench.run_memory(quick=args.quick)
+    if device_rows:
+        print(cross_device_bench.to_markdown(device_rows))  # noqa: T201
+        cross_device_bench.write_docs(device_rows, command)
+    if "cross_silo" in only:
+        silo_rows = cross_silo_bench.run(quick=args.quick)
+        print(cross_silo_bench.to_markdown(silo_rows))  # noqa: T201
+        write_cross_silo(silo_rows, command)
+    print(f"wrote {DOC}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
