@@ -42,7 +42,11 @@ def workload(rounds: int, **extra: Any) -> RunConfig:
 
 
 def bare_loop(cfg: RunConfig) -> list[float]:
-    """FedAvg in one process: copy global → model, train each client, weighted average."""
+    """FedAvg in one process: copy global → model, train each client, weighted average.
+
+    One torch thread, like each fedwon client (``cpus_per_client=1``), so both do equal work.
+    """
+    torch.set_num_threads(1)
     fed = load_federation(data_spec(cfg))
     model = initial_model(cfg, fed.num_classes, fed.in_channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
@@ -92,7 +96,7 @@ def run(quick: bool = False, rounds: int | None = None) -> list[Row]:
     ]
     for name, extra in (
         ("fedwon fast engine, in-process", {"num_workers": 0}),
-        ("fedwon fast engine, Ray workers", {}),
+        ("fedwon fast engine, 2 Ray workers", {"num_workers": 2}),
         ("Flower engine (run_simulation)", {"engine": "flower"}),
     ):
         times, wall = engine_run(workload(rounds, **extra))

@@ -48,15 +48,19 @@ CONFIGS: tuple[tuple[str, int], ...] = (
 )
 
 NOTES = (
-    "What bounds ws: WSConv2d re-standardizes every conv weight on every step — about one "
-    "pass over the weights forward and one fused ATen batch-norm kernel backward per conv, "
-    "plus ~10 small ATen calls and an autograd.Function of fixed overhead (~50-90 µs per "
-    "conv on this CPU). That cost is independent of the batch while BN/GN scale with the "
-    "activations, so at batch 32 ws is as fast as bn or faster (it also skips BN's passes "
-    "over the activations), and at batch 1 the fixed cost shows where convs are cheap and "
-    "numerous: MobileNetV2 (52 convs, mostly tiny 1x1/depthwise) and ResNet-18 (11M conv "
-    "weights vs ~0.5 GFLOP of convs per 32x32 image). The plain-autograd formula was ~5x "
-    "slower (CPU var_mean is a scalar Welford loop); see fedwon/nn/ws_conv.py."
+    "What bounds ws at batch 1: WSConv2d re-standardizes every conv weight on every step, "
+    "a cost set by the weights, not the batch: per conv, one forward over the weights and "
+    "one fused ATen batch-norm backward kernel — ~100 µs per small conv (forward + "
+    "backward, mostly dispatch and autograd.Function overhead) and, for large convs, a "
+    "few passes over weights that no longer fit in cache. BN/GN cost passes over the "
+    "*activations*. So at batch 32 ws matches bn (and skips BN's activation passes); at "
+    "batch 1 ws stays within 1.15x of gn where convs are few or costly (cnn, alexnet) but "
+    "not for MobileNetV2 (52 convs, mostly tiny 1x1/depthwise: fixed per-conv overhead) "
+    "or ResNet-18 (11M conv weights = 44 MB touched ~10 times per step, against ~0.5 "
+    "GFLOP of convs per 32x32 image). Tried and dropped: the plain-autograd formula (~5x "
+    "slower: CPU var_mean is a scalar Welford loop), a one-pass E[w²]−μ² forward (no "
+    "faster), torch.compile of the formula (23 s to compile, then 2.8x slower on "
+    "ResNet-18's weights). See fedwon/nn/ws_conv.py."
 )
 
 MARK_START = "<!-- layer_bench:start -->"
@@ -171,7 +175,8 @@ def machine_info() -> str:
     return (
         f"{_cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
 
 

@@ -22,8 +22,8 @@ def write_cross_silo(rows: list[dict], command: str) -> None:
         f"Machine: {cross_device_bench.machine()}.\nCommand: `{command}`.\n\n"
         "Workload: one client per domain, 743 images each, batch 32, 1 local epoch, "
         "FedBN's DigitModel with scaled WS (14.2M parameters). s/round: median of the rounds "
-        "between the first (start-up) and the last (evaluation). The bare loop uses the "
-        "process's default torch threads; fedwon gives each client `cpus_per_client`=1.\n\n"
+        "between the first (start-up) and the last (evaluation). One torch thread per client "
+        "everywhere (`cpus_per_client`=1); the Ray and Flower rows run two clients at once.\n\n"
         f"{cross_silo_bench.to_markdown(rows)}\n"
     )
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"

@@ -17,9 +17,10 @@ loop on CPU and its backward is ~30 small ops — so ``WSConv2d`` uses custom au
 Functions with the same values and gradients:
 
 * ``_StandardizeWeightBN`` (CPU): standardization *is* batch norm of the weight viewed as
-  a (1, out_channels, N) batch — one fused ATen kernel forward, one backward (the trick
-  timm's ``ScaledStdConv2d`` uses). BN's ``var + eps`` is not ``max(N·var, eps)``, so it
-  runs with eps 0 and, if any filter is (near-)constant, falls back to the explicit path.
+  a (1, out_channels, N) batch (the trick timm's ``ScaledStdConv2d`` uses): ATen's fused
+  BN backward kernel, and its forward kernel for small weights. BN's ``var + eps`` is not
+  ``max(N·var, eps)``, so it runs with eps 0 and, if any filter is (near-)constant,
+  falls back to the explicit formulas.
 * ``_StandardizeWeight``: explicit formulas, sync-free and vmap-able; used on GPUs (the
   clamp check above would synchronize) and under torch.func transforms (Opacus'
   per-sample gradients), where an eager data-dependent branch is not allowed.
