@@ -61,7 +61,13 @@ def bare_loop(cfg: RunConfig) -> list[float]:
             optimizer.state.clear()
             x, y = fed.train_data(pid)
             train_epochs(
-                model, optimizer, x, y, epochs=1, batch_size=cfg.batch_size, agc_clip=0.0,
+                model,
+                optimizer,
+                x,
+                y,
+                epochs=1,
+                batch_size=cfg.batch_size,
+                agc_clip=0.0,
                 generator=torch.Generator().manual_seed(rnd * 1000 + pid),
             )
             for k, v in model.state_dict().items():
@@ -91,8 +97,11 @@ def run(quick: bool = False, rounds: int | None = None) -> list[Row]:
     load_federation(data_spec(cfg))  # build/cache the data outside every timing
     bare_times = bare_loop(cfg)
     rows: list[Row] = [
-        {"engine": "bare PyTorch loop (1 process)", "s_per_round": _steady(bare_times),
-         "startup_s": 0.0}
+        {
+            "engine": "bare PyTorch loop (1 process)",
+            "s_per_round": _steady(bare_times),
+            "startup_s": 0.0,
+        }
     ]
     for name, extra in (
         ("fedwon fast engine, in-process", {"num_workers": 0}),
@@ -101,8 +110,11 @@ def run(quick: bool = False, rounds: int | None = None) -> list[Row]:
     ):
         times, wall = engine_run(workload(rounds, **extra))
         rows.append(
-            {"engine": name, "s_per_round": _steady(times),
-             "startup_s": max(wall - sum(times), 0.0) + times[0] - _steady(times)}
+            {
+                "engine": name,
+                "s_per_round": _steady(times),
+                "startup_s": max(wall - sum(times), 0.0) + times[0] - _steady(times),
+            }
         )
     bare = rows[0]["s_per_round"]
     for row in rows:
@@ -128,7 +140,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(to_markdown(run(args.quick, args.rounds)))  # noqa: T201
+    print(to_markdown(run(args.quick, args.rounds)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, side by side on this machine, into docs/benchmarks.md.
 
-    python -m benchmarks.run [--quick] [--only layer,cross_device,memory,cross_silo]
+python -m benchmarks.run [--quick] [--only layer,cross_device,memory,cross_silo]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     if "layer" in only:
         rows = layer_bench.run(quick=args.quick)
         table = layer_bench.to_markdown(rows)
-        print(table)  # noqa: T201
+        print(table)
         layer_bench.write_docs(table, command)
     device_rows = []
     if "cross_device" in only:
@@ -51,13 +51,13 @@ def main() -> None:
     if "memory" in only:
         device_rows += cross_device_bench.run_memory(quick=args.quick)
     if device_rows:
-        print(cross_device_bench.to_markdown(device_rows))  # noqa: T201
+        print(cross_device_bench.to_markdown(device_rows))
         cross_device_bench.write_docs(device_rows, command)
     if "cross_silo" in only:
         silo_rows = cross_silo_bench.run(quick=args.quick)
-        print(cross_silo_bench.to_markdown(silo_rows))  # noqa: T201
+        print(cross_silo_bench.to_markdown(silo_rows))
         write_cross_silo(silo_rows, command)
-    print(f"wrote {DOC}")  # noqa: T201
+    print(f"wrote {DOC}")
 
 
 if __name__ == "__main__":
