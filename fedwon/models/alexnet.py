@@ -10,15 +10,13 @@ every conv is a WSConv2d (γ_ReLU, γ = 1 for conv1) and the classifier is plain
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from fedwon.models.registry import NormModel, init_weights, register_model
-from fedwon.nn import conv_layer_for, make_norm
+from fedwon.models.registry import NormModel, init_weights, layer_factories, register_model
 
 __all__ = ["AlexNet"]
 
@@ -43,10 +41,8 @@ class AlexNet(NormModel):
         norm_layer: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__(norm)
-        conv = conv_layer or conv_layer_for(norm, "relu")
         # conv1 sees raw pixels, not a ReLU output: its WS gain γ is 1.
-        first_conv = conv_layer or conv_layer_for(norm, "identity")
-        norm_ = norm_layer or functools.partial(make_norm, norm)
+        conv, first_conv, norm_ = layer_factories(norm, "relu", conv_layer, norm_layer)
         c1, c2, c3, c4, c5 = conv_widths
         self.features = nn.Sequential(
             OrderedDict(

@@ -11,14 +11,12 @@ stay plain ``nn.Linear`` as in FedWon.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedwon.models.registry import NormModel, init_weights, register_model
-from fedwon.nn import conv_layer_for, make_norm
+from fedwon.models.registry import NormModel, init_weights, layer_factories, register_model
 
 __all__ = ["DigitCNN"]
 
@@ -40,10 +38,8 @@ class DigitCNN(NormModel):
         norm_layer: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__(norm)
-        conv = conv_layer or conv_layer_for(norm, "relu")
         # conv1 sees raw pixels, not a ReLU output: its WS gain γ is 1.
-        first_conv = conv_layer or conv_layer_for(norm, "identity")
-        norm_ = norm_layer or functools.partial(make_norm, norm)
+        conv, first_conv, norm_ = layer_factories(norm, "relu", conv_layer, norm_layer)
         c1, c2, c3 = conv_widths
         f1, f2 = fc_widths
         self.in_channels = in_channels

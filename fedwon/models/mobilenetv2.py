@@ -15,15 +15,13 @@ there is no norm layer to supply the shift.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from fedwon.models.registry import NormModel, init_weights, register_model
+from fedwon.models.registry import NormModel, init_weights, layer_factories, register_model
 from fedwon.models.resnet import NF_ALPHA
-from fedwon.nn import conv_layer_for, make_norm
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
 
@@ -121,9 +119,9 @@ class MobileNetV2(NormModel):
         alpha: float = NF_ALPHA,
     ) -> None:
         super().__init__(norm)
-        conv_after_act = conv_layer or conv_layer_for(norm, "relu6")
-        conv_linear_in = conv_layer or conv_layer_for(norm, "identity")
-        norm_ = norm_layer or functools.partial(make_norm, norm)
+        conv_after_act, conv_linear_in, norm_ = layer_factories(
+            norm, "relu6", conv_layer, norm_layer
+        )
         bias = self.norm_free
         nf_alpha = alpha if self.norm_free else None
 

@@ -18,12 +18,13 @@ Opacus' per-sample-gradient hooks forbid in-place ops on a hooked module's outpu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch import nn
 
-from fedwon.nn import NORM_FREE_KINDS, check_norm_kind
+from fedwon.nn import NORM_FREE_KINDS, check_norm_kind, conv_layer_for, make_norm
 
 __all__ = ["MODELS", "NormModel", "build_model", "init_weights", "register_model"]
 
@@ -76,6 +77,24 @@ class NormModel(nn.Module):
         if norm == "bn":
             # A module-level function, so models stay picklable / deep-copyable.
             self.register_forward_pre_hook(_refuse_bn_batch_of_one)
+
+
+def layer_factories(
+    norm: str,
+    activation: str,
+    conv_layer: Callable[..., nn.Conv2d] | None = None,
+    norm_layer: Callable[..., nn.Module] | None = None,
+) -> tuple[Callable[..., nn.Conv2d], Callable[..., nn.Conv2d], Callable[..., nn.Module]]:
+    """(conv after ``activation``, conv on raw inputs, norm layer) for a model's ``norm``.
+
+    The norm choice flows through these callables, never through copies of a model. A conv
+    that sees raw pixels (or a linear bottleneck) gets WS gain γ = 1; one after an activation
+    gets that activation's γ. Explicit ``conv_layer``/``norm_layer`` override both.
+    """
+    conv = conv_layer or conv_layer_for(norm, activation)
+    first_conv = conv_layer or conv_layer_for(norm, "identity")
+    norm_ = norm_layer or functools.partial(make_norm, norm)
+    return conv, first_conv, norm_
 
 
 def init_weights(model: nn.Module) -> None:

@@ -25,14 +25,12 @@ DomainNet 256×256 images); ``resnet18-cifar`` a 3×3/1 conv and no max-pool (32
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from fedwon.models.registry import NormModel, init_weights, register_model
-from fedwon.nn import conv_layer_for, make_norm
+from fedwon.models.registry import NormModel, init_weights, layer_factories, register_model
 
 __all__ = ["NF_ALPHA", "BasicBlock", "ResNet"]
 
@@ -103,10 +101,8 @@ class ResNet(NormModel):
         super().__init__(norm)
         if len(widths) != 4 or len(depths) != 4:
             raise ValueError(f"ResNet has 4 stages; got widths={widths}, depths={depths}")
-        conv = conv_layer or conv_layer_for(norm, "relu")
         # The stem sees raw pixels, not a ReLU output: γ = 1 there.
-        stem_conv = conv_layer or conv_layer_for(norm, "identity")
-        norm_ = norm_layer or functools.partial(make_norm, norm)
+        conv, stem_conv, norm_ = layer_factories(norm, "relu", conv_layer, norm_layer)
         nf_alpha = alpha if self.norm_free else None
         stem_bias = self.norm_free
         if cifar_stem:
