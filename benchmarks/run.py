@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from benchmarks import cross_device_bench, cross_silo_bench, layer_bench
@@ -39,7 +40,7 @@ def main() -> None:
     if unknown := only - set(ALL):
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(ALL)}")
     logging.basicConfig(level=logging.WARNING)
-    command = "make bench" + (" (--quick)" if args.quick else "")
+    command = " ".join(["python -m benchmarks.run", *sys.argv[1:]]).strip()  # `make bench`
     if "layer" in only:
         rows = layer_bench.run(quick=args.quick)
         table = layer_bench.to_markdown(rows)
