@@ -47,10 +47,10 @@ def main() -> None:
         print(table)
         layer_bench.write_docs(table, command)
     device_rows = []
-    if "cross_device" in only:
-        device_rows += cross_device_bench.run(quick=args.quick)
-    if "memory" in only:
-        device_rows += cross_device_bench.run_memory(quick=args.quick)
+    if "cross_device" in only:  # speed rows, then the memory rows
+        device_rows = cross_device_bench.run(quick=args.quick)
+    elif "memory" in only:
+        device_rows = cross_device_bench.run_memory(quick=args.quick)
     if device_rows:
         print(cross_device_bench.to_markdown(device_rows))
         cross_device_bench.write_docs(device_rows, command)
