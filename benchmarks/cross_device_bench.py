@@ -37,10 +37,8 @@ from typing import Any
 import torch
 
 from benchmarks import workloads as w
+from benchmarks.report import DOC, cpu_model, write_section
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-SPEED_MARKERS = ("<!-- cross_device_bench:start -->", "<!-- cross_device_bench:end -->")
-MEMORY_MARKERS = ("<!-- memory_bench:start -->", "<!-- memory_bench:end -->")
 CLIENT_APP_REF = "benchmarks.workloads:client_app"
 WARMUP_ROUNDS = 3
 BLOCK = 10
@@ -235,12 +233,8 @@ def machine() -> str:
     import flwr
     import ray
 
-    model = platform.processor() or "unknown CPU"
+    model = cpu_model()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
         mem = f"{mem_kb / 2**20:.0f} GiB RAM"
     except OSError:
@@ -300,17 +294,6 @@ def _section(body: str, command: str) -> str:
     return f"\nMachine: {machine()}.\nCommand: `{command}`.\n\n{body}\n"
 
 
-def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
-    """``text`` with the content between ``markers`` replaced (markers appended if absent)."""
-    start, end = markers
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        return f"{head}{start}{body}{end}{tail}"
-    sep = "" if text.endswith("\n") else "\n"
-    return f"{text}{sep}\n{start}{body}{end}\n"
-
-
 def write_docs(rows: list[Row], command: str, path: Path = DOC) -> None:
     """Write both tables between their markers, re-reading the file right before writing."""
     note = (
@@ -327,13 +310,10 @@ def write_docs(rows: list[Row], command: str, path: Path = DOC) -> None:
     memory = "\n## Memory: 1,000 vs 10,000 clients (fast engine)\n" + _section(
         memory_markdown(rows), command
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     if any(r["bench"] == "speed" for r in rows):
-        text = replace_between(text, SPEED_MARKERS, speed)
+        write_section("cross_device_bench", speed, path)
     if any(r["bench"] == "memory" for r in rows):
-        text = replace_between(text, MEMORY_MARKERS, memory)
-    path.write_text(text)
+        write_section("memory_bench", memory, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.report import DOC, cpu_model, write_section
 from fedwon.models import build_model
 
 TARGET_RATIO = 1.15
@@ -62,10 +63,6 @@ NOTES = (
     "faster), torch.compile of the formula (23 s to compile, then 2.8x slower on "
     "ResNet-18's weights). See fedwon/nn/ws_conv.py."
 )
-
-MARK_START = "<!-- layer_bench:start -->"
-MARK_END = "<!-- layer_bench:end -->"
-DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def _train_step_fn(
@@ -159,42 +156,23 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    """CPU model name (``platform.processor()`` is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> str:
     """One line naming the machine and software the numbers came from."""
     return (
-        f"{_cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, "
+        f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
 
 
-def write_docs(table: str, command: str, path: Path = DOCS_PATH) -> None:
+def write_docs(table: str, command: str, path: Path = DOC) -> None:
     """Replace the layer_bench section of ``docs/benchmarks.md`` (create it if missing)."""
-    section = (
-        f"{MARK_START}\n## WS vs BN layer cost (`benchmarks/layer_bench.py`)\n\n"
-        f"Machine: {machine_info()}  \nCommand: `{command}`\n\n{table}\n{MARK_END}"
+    body = (
+        "\n## WS vs BN layer cost (`benchmarks/layer_bench.py`)\n\n"
+        f"Machine: {machine_info()}  \nCommand: `{command}`\n\n{table}\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section("layer_bench", body, path)
 
 
 def main() -> None:

@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from benchmarks import cross_device_bench, cross_silo_bench, layer_bench
+from benchmarks.report import DOC, write_section
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-CROSS_SILO_MARKERS = ("<!-- cross_silo_bench:start -->", "<!-- cross_silo_bench:end -->")
 ALL = ("layer", "cross_device", "memory", "cross_silo")
 
 
@@ -27,8 +25,7 @@ def write_cross_silo(rows: list[dict], command: str) -> None:
         "everywhere (`cpus_per_client`=1); the Ray and Flower rows run two clients at once.\n\n"
         f"{cross_silo_bench.to_markdown(rows)}\n"
     )
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    DOC.write_text(cross_device_bench.replace_between(text, CROSS_SILO_MARKERS, body))
+    write_section("cross_silo_bench", body)
 
 
 def main() -> None:
