@@ -124,15 +124,15 @@ def load_runs(dirs: list[Path]) -> dict[str, Row]:
     return runs
 
 
-def plot_runs(dirs: list[Path], path: Path) -> None:
-    """Overall accuracy per round of several runs on one plot."""
+def plot_runs(names: list[str], dirs: list[Path], path: Path) -> None:
+    """Overall accuracy per round of several runs (``names[i]`` is ``dirs[i]``) on one plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, d in zip(load_runs(dirs), dirs, strict=True):
+    for name, d in zip(names, dirs, strict=True):
         rows = [r for r in read_metrics(d) if r.get("accuracy") is not None]
         ax.plot([r["round"] for r in rows], [r["accuracy"] for r in rows], label=name)
     ax.set_xlabel("round")
@@ -156,7 +156,7 @@ def report(
         raise fail(err) from None
     console.print(results_table(runs))
     if plot is not None:
-        plot_runs(dirs, plot)
+        plot_runs(list(runs), dirs, plot)
         console.print(f"wrote {plot}")
 
 

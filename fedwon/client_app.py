@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedwon.clients import evaluate, local_store, train_epochs, workspace
+from fedwon.clients.local_state import LocalStore
 from fedwon.clients.workspace import Workspace
 from fedwon.config import RunConfig, make_config
 from fedwon.strategies.aggregation import DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY, as_number
@@ -41,7 +42,8 @@ def _client_seed(cfg: RunConfig, server_round: int, partition_id: int) -> int:
 
 def _prepare(
     msg: Message, context: Context
-) -> tuple[RunConfig, Workspace, int, dict[str, torch.Tensor]]:
+) -> tuple[RunConfig, Workspace, int, dict[str, torch.Tensor], LocalStore]:
+    """Load this client's full model state (received + its local layers) into the workspace."""
     record = msg.content.config_records["config"]
     cfg = run_config_of(record)
     partition_id = int(as_number(context.node_config["partition-id"]))
@@ -54,7 +56,7 @@ def _prepare(
     received = dict(msg.content.array_records["arrays"].to_torch_state_dict())
     store = local_store(context, partition_id, str(record.get("state-dir", "")))
     ws.reset(received, store.load())
-    return cfg, ws, partition_id, received
+    return cfg, ws, partition_id, received, store
 
 
 def _identity(partition_id: int) -> ConfigRecord:
@@ -65,7 +67,7 @@ def _identity(partition_id: int) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on this client's partition; reply with the same keys."""
-    cfg, ws, pid, received = _prepare(msg, context)
+    cfg, ws, pid, received, store = _prepare(msg, context)
     server_round = int(as_number(msg.content.config_records["config"]["server-round"]))
     seed = _client_seed(cfg, server_round, pid)
     torch.manual_seed(seed)
@@ -83,8 +85,6 @@ def train(msg: Message, context: Context) -> Message:
     state = ws.model.state_dict()
     local = {k: v for k, v in state.items() if k not in received}
     if local:
-        state_dir = str(msg.content.config_records["config"].get("state-dir", ""))
-        store = local_store(context, pid, state_dir)
         store.save(local)
     arrays = ArrayRecord({k: state[k].detach().cpu() for k in received})
     metrics = MetricRecord({"train_loss": stats.loss, WEIGHT_KEY: stats.num_examples})
@@ -95,7 +95,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_step(msg: Message, context: Context) -> Message:
     """Evaluate the received model (with this client's local layers) on its test share."""
-    _, ws, pid, _ = _prepare(msg, context)
+    _, ws, pid, _, _ = _prepare(msg, context)
     x, y = ws.federation.test_data(pid)
     stats = evaluate(ws.model, x.to(ws.device), y.to(ws.device))
     domain_index = ws.federation.domains.index(ws.federation.client_domain(pid))

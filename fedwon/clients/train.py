@@ -26,9 +26,14 @@ class EvalStats:
 
 
 def clipped_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters AGC applies to: all but the final classifier, as in NFNets (Brock et al.)."""
+    """Parameters AGC applies to: all but the final classifier, as in NFNets (Brock et al.).
+
+    fedwon models name their classifier (``head_name``); for other models it is the last Linear.
+    """
+    name = getattr(model, "head_name", None)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    head = {id(p) for p in linears[-1].parameters()} if linears else set()
+    head_module = model.get_submodule(name) if name else (linears[-1] if linears else None)
+    head = {id(p) for p in head_module.parameters()} if head_module is not None else set()
     return [p for p in model.parameters() if id(p) not in head]
 
 
