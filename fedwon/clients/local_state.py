@@ -1,9 +1,9 @@
 """Where a client keeps the arrays the server never sees (FedBN's normalization layers).
 
 Two stores with one interface:
-- :class:`ContextStore` keeps them in Flower's ``Context.state`` — what a real SuperNode uses;
+- :class:`ContextStateStore` keeps them in Flower's ``Context.state`` — what a real SuperNode uses;
   it persists across rounds of a run.
-- :class:`DiskStore` keeps one small file per client in a directory — used in simulation, so
+- :class:`DiskStateStore` keeps one small file per client in a directory — used in simulation, so
   that memory does not grow with the number of clients (thousands in cross-device runs) and so
   a checkpoint can snapshot every client's layers for ``--resume``.
 """
@@ -25,7 +25,7 @@ class LocalStore(Protocol):
     def save(self, arrays: dict[str, torch.Tensor]) -> None: ...
 
 
-class ContextStore:
+class ContextStateStore:
     """Local arrays in ``context.state[STATE_KEY]`` as an ArrayRecord."""
 
     def __init__(self, context: Context) -> None:
@@ -41,7 +41,7 @@ class ContextStore:
         self.context.state[STATE_KEY] = ArrayRecord(cpu)
 
 
-class DiskStore:
+class DiskStateStore:
     """Local arrays in ``<directory>/client_<pid>.pt``, written atomically."""
 
     def __init__(self, directory: str | Path, partition_id: int) -> None:
@@ -62,4 +62,4 @@ class DiskStore:
 
 def local_store(context: Context, partition_id: int, state_dir: str) -> LocalStore:
     """The disk store when the run names a directory, else Flower's Context.state."""
-    return DiskStore(state_dir, partition_id) if state_dir else ContextStore(context)
+    return DiskStateStore(state_dir, partition_id) if state_dir else ContextStateStore(context)
