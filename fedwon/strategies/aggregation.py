@@ -23,6 +23,16 @@ def as_number(value: object) -> float:
     raise TypeError(f"expected a number, got {type(value).__name__}: {value!r}")
 
 
+def reply_weight(content: RecordDict, weight_key: str) -> float:
+    """A reply's aggregation weight: ``weight_key`` of its (single) MetricRecord."""
+    return as_number(next(iter(content.metric_records.values()))[weight_key])
+
+
+def total_weight(contents: Iterable[RecordDict], weight_key: str) -> int:
+    """Examples behind an aggregate (the sum of the replies' weights)."""
+    return int(sum(reply_weight(c, weight_key) for c in contents))
+
+
 def non_finite_arrays(content: RecordDict) -> list[str]:
     """Names of arrays in a reply holding NaN or Inf (an update that would poison the average)."""
     bad = []
@@ -90,7 +100,7 @@ def per_domain_metrics(
     weights: dict[str, float] = {}
     for record in records:
         metrics = next(iter(record.metric_records.values()))
-        weight = as_number(metrics[weight_key])
+        weight = reply_weight(record, weight_key)
         groups = [""]
         if DOMAIN_KEY in metrics:
             index = int(as_number(metrics[DOMAIN_KEY]))
@@ -103,7 +113,5 @@ def per_domain_metrics(
                 totals[key + group] = totals.get(key + group, 0.0) + float(value) * weight
                 weights[key + group] = weights.get(key + group, 0.0) + weight
     result = MetricRecord({k: totals[k] / weights[k] for k in sorted(totals) if weights[k] > 0})
-    result[weight_key] = int(
-        sum(as_number(next(iter(r.metric_records.values()))[weight_key]) for r in records)
-    )
+    result[weight_key] = total_weight(records, weight_key)
     return result

@@ -23,9 +23,9 @@ from flwr.serverapp import Grid
 
 from fedwon.strategies.aggregation import (
     WEIGHT_KEY,
-    as_number,
     per_domain_metrics,
     split_usable,
+    total_weight,
 )
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,7 @@ class RoundControl:
         usable = self._usable(server_round, replies, "train")
         arrays, metrics = super().aggregate_train(server_round, usable)  # type: ignore[misc]
         if metrics is not None:
-            metrics[WEIGHT_KEY] = int(
-                sum(
-                    as_number(next(iter(m.content.metric_records.values()))[WEIGHT_KEY])
-                    for m in usable
-                )
-            )
+            metrics[WEIGHT_KEY] = total_weight((m.content for m in usable), WEIGHT_KEY)
             metrics["clients"] = len(usable)
             self.train_metrics[server_round] = metrics
         return arrays, metrics
