@@ -30,7 +30,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
 
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
-from fedwon.strategies.aggregation import as_number
+from fedwon.strategies.aggregation import WEIGHT_KEY, as_number
 
 Row = dict[str, Any]
 CHECKPOINT = "checkpoint"
@@ -58,7 +58,7 @@ def round_row(
         row["clients"] = int(as_number(train.get("clients", 0)))
     if evaluate is not None:
         for key, value in evaluate.items():
-            if key != "num-examples" and not isinstance(value, list):
+            if key != WEIGHT_KEY and not isinstance(value, list):
                 row[key] = _clean(as_number(value))
     row["dropped"] = dropped
     row["time_s"] = round(elapsed, 4)
