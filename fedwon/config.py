@@ -9,16 +9,16 @@ all read exactly the same values. Nothing downstream re-parses strings.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import tomli_w
 import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-Scalar = bool | int | float | str
+if TYPE_CHECKING:
+    from fedwon.protocol import ClientConfig
 
-STRATEGY_NAMES = ("fedavg", "fedbn", "fedwon")
-ENGINE_NAMES = ("fast", "flower")
+Scalar = bool | int | float | str
 
 
 class ConfigError(ValueError):
@@ -30,17 +30,24 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    # what is learned
-    strategy: Literal["fedavg", "fedbn", "fedwon"] = "fedavg"
+    # what is learned: the method (what is shared) and Flower's server algorithm
+    strategy: str = "fedavg"  # fedwon.strategies.METHODS
+    aggregator: str = "fedavg"  # fedwon.strategies.AGGREGATORS
+    server_lr: float | None = None  # None = the aggregator's own default
+    server_momentum: float | None = None  # fedavgm
+    beta_1: float | None = None  # fedadam, fedyogi, fedadagrad
+    beta_2: float | None = None
+    tau: float | None = None
+    proximal_mu: float = 0.0  # fedprox: (mu/2)·||w − w_global||² added to the local loss
     model: str = "cnn"
     norm: str = "auto"  # auto: "ws" for fedwon, "bn" otherwise
     # data
     dataset: str = "digits-embedded"
     data_root: str = ""
-    partition: Literal["domain", "iid", "dirichlet"] = "domain"
+    partition: str = "domain"  # fedwon.datasets.PARTITIONERS
     num_clients: int = 5
     alpha: float = 0.5
-    dirichlet_scope: Literal["domain", "global"] = "domain"
+    dirichlet_scope: str = "domain"  # fedwon.datasets.DIRICHLET_SCOPES
     domains: str = ""  # comma-separated subset; empty = all domains of the data set
     train_per_domain: int = 0  # 0 = data set default
     test_per_domain: int = 0
@@ -69,6 +76,34 @@ class RunConfig(BaseModel):
     ray_address: str = ""  # join an existing Ray cluster ("auto" or "ray://host:10001")
     client_state_budget_mb: float = 0.0  # fast engine: spill client states past this; 0 = never
     checkpoint_every: int = 5  # rounds; 0 = never (the final state is always saved)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from fedwon.strategies.methods import METHODS
+
+        return _choice(value, "strategy", METHODS)
+
+    @field_validator("aggregator")
+    @classmethod
+    def _known_aggregator(cls, value: str) -> str:
+        from fedwon.strategies.aggregators import AGGREGATORS
+
+        return _choice(value, "aggregator", AGGREGATORS)
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, value: str) -> str:
+        from fedwon.datasets import PARTITIONERS
+
+        return _choice(value, "partition", PARTITIONERS)
+
+    @field_validator("dirichlet_scope")
+    @classmethod
+    def _known_scope(cls, value: str) -> str:
+        from fedwon.datasets import DIRICHLET_SCOPES
+
+        return _choice(value, "dirichlet_scope", DIRICHLET_SCOPES)
 
     @field_validator("model")
     @classmethod
@@ -128,12 +163,31 @@ class RunConfig(BaseModel):
         return value
 
     @field_validator(
-        "momentum", "weight_decay", "agc_clip", "gpus_per_client", "client_state_budget_mb"
+        "momentum",
+        "weight_decay",
+        "agc_clip",
+        "gpus_per_client",
+        "client_state_budget_mb",
+        "proximal_mu",
     )
     @classmethod
     def _non_negative_float(cls, value: float) -> float:
         if value < 0:
             raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    @field_validator("server_lr", "tau")
+    @classmethod
+    def _positive_optional(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+    @field_validator("server_momentum", "beta_1", "beta_2")
+    @classmethod
+    def _unit_interval(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1), got {value}")
         return value
 
     @model_validator(mode="after")
@@ -149,6 +203,9 @@ class RunConfig(BaseModel):
                 f"strategy 'fedbn' keeps normalization layers local, but norm={norm!r} has "
                 "none; use norm='bn' (or gn/ln/in), or strategy 'fedwon'"
             )
+        from fedwon.strategies.aggregators import check_aggregator_settings
+
+        check_aggregator_settings(self)
         if self.clients_per_round > self.num_clients:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
@@ -185,10 +242,37 @@ class RunConfig(BaseModel):
         names = tuple(d.strip() for d in self.domains.split(",") if d.strip())
         return names or None
 
+    def client_config(self) -> ClientConfig:
+        """The part of this config that local training needs (what travels to clients)."""
+        from fedwon.protocol import ClientConfig
+
+        return ClientConfig(
+            model=self.model,
+            norm=self.resolved_norm,
+            dataset=self.dataset,
+            partition=self.partition,
+            num_clients=self.num_clients,
+            seed=self.seed,
+            data_root=self.data_root,
+            alpha=self.alpha,
+            dirichlet_scope=self.dirichlet_scope,
+            domains=self.domains,
+            train_per_domain=self.train_per_domain,
+            test_per_domain=self.test_per_domain,
+            image_size=self.image_size,
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            agc_clip=self.agc_clip,
+            device=self.device,
+        )
+
     # ---- (de)serialisation --------------------------------------------------------------------
     def to_flat(self) -> dict[str, Scalar]:
-        """Scalars only: the form Flower's run config and ConfigRecord carry."""
-        return dict(self.model_dump())
+        """Scalars only (unset optional keys left out): what TOML and Flower's run config carry."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_flat())
@@ -196,6 +280,13 @@ class RunConfig(BaseModel):
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some keys changed."""
         return make_config({**self.to_flat(), **changes})
+
+
+def _choice(value: str, key: str, choices: Any) -> str:
+    """``value`` if it names one of ``choices`` (a registry), else an error listing them."""
+    if value not in choices:
+        raise ValueError(f"unknown {key} {value!r}; choose one of {sorted(choices)}")
+    return value
 
 
 def _format_error(err: ValidationError) -> str:

@@ -7,8 +7,8 @@ Layout (the contract of DESIGN.md)::
     DIR/summary.json       {"strategy", "final": {"accuracy", "per_domain"}, ...}
     DIR/per_domain.csv     final accuracy per domain
     DIR/accuracy.png       accuracy per round, overall and per domain
-    DIR/checkpoint/        global arrays + round (+ clients' local layers) for --resume
-    DIR/client_state/      clients' local layers (FedBN) during a simulation
+    DIR/checkpoint/        shared arrays, round, rows and (fast engine) every client's
+                           ``Context.state`` — FedBN's local layers — for --resume
 
 :class:`RunRecorder` is the callback the server calls after each round; the writing is here, not
 in the round loop.
@@ -24,17 +24,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
-from fedwon.strategies.aggregation import WEIGHT_KEY, as_number
+from fedwon.protocol import WEIGHT_KEY
+from fedwon.strategies.aggregation import as_number
 
 Row = dict[str, Any]
 CHECKPOINT = "checkpoint"
-CLIENT_STATE = "client_state"
+CLIENT_STATES = "client_states"  # in the checkpoint: one <partition>.pb per client
+
+
+@runtime_checkable
+class ClientStateHolder(Protocol):
+    """A Grid that can hand out and take back its clients' ``Context.state`` (the fast
+    engine's ``FastGrid``); Flower's engine and real SuperNodes keep states out of reach."""
+
+    def snapshot_states(self) -> dict[int, RecordDict]: ...
+    def restore_states(self, states: dict[int, RecordDict]) -> None: ...
 
 
 def _clean(value: Any) -> Any:
@@ -99,17 +111,34 @@ class Checkpoint:
     round: int
     arrays: ArrayRecord
     rows: list[Row] = field(default_factory=list)
+    client_states: dict[int, RecordDict] | None = None  # None: not captured by this grid
+
+
+def _save_states(directory: Path, states: dict[int, RecordDict]) -> None:
+    """One file per client, in Flower's own protobuf encoding (no pickle: safe to load)."""
+    directory.mkdir()
+    for partition, state in states.items():
+        (directory / f"{partition}.pb").write_bytes(recorddict_to_proto(state).SerializeToString())
+
+
+def _load_states(directory: Path) -> dict[int, RecordDict]:
+    states = {}
+    for path in sorted(directory.glob("*.pb")):
+        proto = ProtoRecordDict()
+        proto.ParseFromString(path.read_bytes())
+        states[int(path.stem)] = recorddict_from_proto(proto)
+    return states
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
-    """Write arrays, rows and a snapshot of clients' local layers; swap it in atomically."""
+    """Write arrays, rows and the clients' states; swap the checkpoint in atomically."""
     tmp = run_dir / f"{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.savez(tmp / "arrays.npz", **arrays_to_numpy(ckpt.arrays))  # type: ignore[arg-type]
     (tmp / "state.json").write_text(json.dumps({"round": ckpt.round, "rows": ckpt.rows}))
-    if (run_dir / CLIENT_STATE).is_dir():
-        shutil.copytree(run_dir / CLIENT_STATE, tmp / CLIENT_STATE)
+    if ckpt.client_states is not None:
+        _save_states(tmp / CLIENT_STATES, ckpt.client_states)
     old = run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if (run_dir / CHECKPOINT).exists():
@@ -119,26 +148,29 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """Read the checkpoint and put the clients' local layers back where clients look for them."""
+    """Read the checkpoint: arrays, rows and (when captured) the clients' states."""
     path = run_dir / CHECKPOINT
     if not (path / "state.json").exists():
         raise ConfigError(f"cannot resume: {path} holds no checkpoint")
     state = json.loads((path / "state.json").read_text())
     with np.load(path / "arrays.npz") as npz:
         arrays = numpy_to_arrays({k: npz[k] for k in npz.files})
-    shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)
-    if (path / CLIENT_STATE).is_dir():
-        shutil.copytree(path / CLIENT_STATE, run_dir / CLIENT_STATE)
-    return Checkpoint(round=int(state["round"]), arrays=arrays, rows=list(state["rows"]))
+    states = _load_states(path / CLIENT_STATES) if (path / CLIENT_STATES).is_dir() else None
+    return Checkpoint(int(state["round"]), arrays, list(state["rows"]), states)
 
 
 class RunRecorder:
     """Writes a run directory as rounds complete. ``run_dir=None`` records in memory only."""
 
-    def __init__(self, run_dir: str | Path | None, cfg: RunConfig, domains: Sequence[str]) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path | None,
+        cfg: RunConfig,
+        client_states: ClientStateHolder | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
         self.cfg = cfg
-        self.domains = list(domains)
+        self.client_states = client_states
         self.rows: list[Row] = []
         self.start_round = 0
         self.arrays: ArrayRecord | None = None
@@ -146,10 +178,6 @@ class RunRecorder:
         if self.run_dir:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(cfg.to_toml())
-
-    @property
-    def client_state_dir(self) -> str:
-        return str(self.run_dir / CLIENT_STATE) if self.run_dir else ""
 
     def resume(self) -> Checkpoint:
         """Continue from the run directory's checkpoint (rows after it are discarded)."""
@@ -164,6 +192,8 @@ class RunRecorder:
         self.rows = list(ckpt.rows)
         self.start_round = ckpt.round
         self.arrays = ckpt.arrays
+        if self.client_states is not None:
+            self.client_states.restore_states(ckpt.client_states or {})
         self._rewrite_metrics()
         return ckpt
 
@@ -190,7 +220,8 @@ class RunRecorder:
                 f.write(json.dumps(row) + "\n")
             every = self.cfg.checkpoint_every
             if server_round == self.cfg.num_rounds or (every and server_round % every == 0):
-                save_checkpoint(self.run_dir, Checkpoint(server_round, arrays, self.rows))
+                states = self.client_states.snapshot_states() if self.client_states else None
+                save_checkpoint(self.run_dir, Checkpoint(server_round, arrays, self.rows, states))
         return row
 
     def summary(self) -> dict[str, Any]:

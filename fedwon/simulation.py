@@ -15,15 +15,19 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
+
+from flwr.app.user_config import UserConfig
 
 from fedwon.clients.workspace import data_spec
 from fedwon.config import ConfigError, RunConfig
 from fedwon.datasets import load_federation
+from fedwon.protocol import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
 from fedwon.results import Row
-from fedwon.server_app import RunOutcome, make_server_app
+from fedwon.server_app import BoundServerApp, RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,28 @@ def client_resources(
     )
 
 
+class NodeConfigs(Sequence[UserConfig]):
+    """Node ``i``'s config, made on demand (constant memory for any population): its partition
+    and the torch threads of its CPU share — what a real SuperNode sets in ``--node-config``."""
+
+    def __init__(self, num_nodes: int, threads: int) -> None:
+        self.num_nodes, self.threads = num_nodes, threads
+
+    def __len__(self) -> int:
+        return self.num_nodes
+
+    @overload
+    def __getitem__(self, i: int) -> UserConfig: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[UserConfig]: ...
+    def __getitem__(self, i: int | slice) -> UserConfig | list[UserConfig]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.num_nodes))]
+        if not 0 <= i < self.num_nodes:
+            raise IndexError(i)
+        return {NODE_PARTITION: i, NODE_NUM_PARTITIONS: self.num_nodes, NODE_THREADS: self.threads}
+
+
 def _quiet_flower(verbose: bool) -> None:
     """Flower logs every round at INFO and warns that ``run_simulation`` is deprecated (we
     use it deliberately); keep only its errors unless asked. Our own warnings still show."""
@@ -97,9 +123,9 @@ def run_simulation(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     _quiet_flower(verbose)
     resources = client_resources(cfg)
-    load_federation(data_spec(cfg))  # bad data settings fail here, before any engine starts
-    outcome: list[RunOutcome] = []
-    server_app = make_server_app(cfg, out_dir, resume=resume, on_round=on_round, outcome=outcome)
+    # Bad data settings fail here, before any engine starts (the server never loads data).
+    load_federation(data_spec(cfg.client_config()))
+    server_app = BoundServerApp(cfg, out_dir, resume=resume, on_round=on_round)
     if cfg.engine == "fast":
         from fedwon.engine import run_fast
 
@@ -109,6 +135,7 @@ def run_simulation(
             server_app,
             CLIENT_APP,
             cfg.num_clients,
+            node_configs=NodeConfigs(cfg.num_clients, max(1, int(resources.num_cpus))),
             num_workers=workers,
             cpus_per_client=resources.num_cpus,
             gpus_per_client=resources.num_gpus,
@@ -136,6 +163,6 @@ def run_simulation(
             },
             verbose_logging=verbose,
         )
-    if not outcome:
+    if server_app.outcome is None:
         raise RuntimeError("the simulation ended without a result; see the log above")
-    return outcome[0]
+    return server_app.outcome

@@ -37,6 +37,18 @@ def clipped_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in head]
 
 
+def proximal_pairs(
+    model: nn.Module, anchor: dict[str, torch.Tensor]
+) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(parameter, its global value) for every parameter named in ``anchor`` (detached copies
+    on the parameter's device, so the term's gradient is mu·(w − w_global))."""
+    return [
+        (p, anchor[name].detach().to(p.device, p.dtype).clone())
+        for name, p in model.named_parameters()
+        if name in anchor
+    ]
+
+
 def train_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -47,8 +59,14 @@ def train_epochs(
     batch_size: int,
     agc_clip: float,
     generator: torch.Generator,
+    proximal_mu: float = 0.0,
+    anchor: dict[str, torch.Tensor] | None = None,
 ) -> TrainStats:
     """SGD over ``(x, y)`` for ``epochs`` passes in shuffled mini-batches.
+
+    ``proximal_mu > 0`` adds FedProx's term (mu/2)·||w − w_global||² to the loss, over the
+    parameters named in ``anchor`` (the global values the client received: FedBN's local
+    layers have no global value and are not pulled anywhere).
 
     ``x`` and ``y`` already live on the model's device (moved once per client, not per batch).
     The last partial batch is kept: with batch size 1 and one or two examples per client
@@ -57,6 +75,7 @@ def train_epochs(
     """
     model.train()
     agc_params = clipped_parameters(model) if agc_clip > 0 else []
+    prox = proximal_pairs(model, anchor or {}) if proximal_mu > 0 else []
     n = len(y)
     total, steps = 0.0, 0
     for _ in range(epochs):
@@ -65,11 +84,13 @@ def train_epochs(
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x[idx]), y[idx])
+            total += float(loss.detach())
+            if prox:
+                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in prox)
             loss.backward()
             if agc_params:
                 adaptive_clip_grad(agc_params, clip_factor=agc_clip)
             optimizer.step()
-            total += float(loss.detach())
             steps += 1
     return TrainStats(loss=total / max(steps, 1), num_examples=n, steps=steps)
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from fedwon.clients.local_state import STATE_KEY
 from fedwon.config import RunConfig, make_config
 from fedwon.engine import run_fast
 from fedwon.models import build_model
 from fedwon.nn import WSConv2d, has_norm_layers
-from fedwon.results import read_metrics
-from fedwon.server_app import RunOutcome, make_server_app
+from fedwon.results import load_checkpoint, read_metrics
+from fedwon.server_app import BoundServerApp, RunOutcome
 from fedwon.simulation import run_simulation
 from fedwon.strategies import RoundFailedError, norm_state_keys
 
@@ -59,11 +60,13 @@ def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_pa
         assert (tmp_path / "flower" / name).stat().st_size > 0
 
 
-def test_fedbn_keeps_distinct_norm_layers_on_each_client(tmp_path: Path) -> None:
+def test_fedbn_keeps_distinct_norm_layers_in_each_clients_context(tmp_path: Path) -> None:
     outcome = run_simulation(small("fedbn", engine="fast", num_workers=0), tmp_path)
     local_keys = set(norm_state_keys(build_model("cnn-tiny", norm="bn")))
     assert not set(outcome.arrays.keys()) & local_keys  # the server never held them
-    states = [torch.load(tmp_path / "client_state" / f"client_{i}.pt") for i in range(5)]
+    ckpt = load_checkpoint(tmp_path)  # the final checkpoint snapshots every client's context
+    assert ckpt.client_states is not None and sorted(ckpt.client_states) == list(range(5))
+    states = [ckpt.client_states[i][STATE_KEY].to_torch_state_dict() for i in range(5)]
     for state in states:
         assert set(state) == local_keys
     for i in range(5):
@@ -72,26 +75,24 @@ def test_fedbn_keeps_distinct_norm_layers_on_each_client(tmp_path: Path) -> None
             assert not torch.equal(states[i]["bn1.weight"], states[j]["bn1.weight"])
 
 
-def test_fedwon_model_has_no_normalization() -> None:
+def test_fedwon_run_trains_a_normalization_free_model() -> None:
     outcome = run_simulation(small("fedwon", engine="fast", num_workers=0, num_rounds=1), None)
     model = build_model("cnn-tiny", norm="ws")
+    assert set(outcome.arrays) == set(model.state_dict())  # everything is shared
+    model.load_state_dict(outcome.arrays.to_torch_state_dict())  # the run's own model
     assert not has_norm_layers(model)
     assert all(isinstance(m, WSConv2d) for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert set(outcome.arrays) == set(model.state_dict())  # everything is shared
-    assert not any("running" in k for k in outcome.arrays)
+    gains = [m.gain for m in model.modules() if isinstance(m, WSConv2d)]
+    assert gains and any(not torch.equal(g, torch.ones_like(g)) for g in gains)  # trained
 
 
 def _faulty_run(cfg: RunConfig) -> RunOutcome:
     import faulty_client
 
-    result: list[RunOutcome] = []
-    run_fast(
-        make_server_app(cfg, None, outcome=result),
-        faulty_client.app,
-        cfg.num_clients,
-        num_workers=0,
-    )
-    return result[0]
+    server_app = BoundServerApp(cfg)
+    run_fast(server_app, faulty_client.app, cfg.num_clients, num_workers=0)
+    assert server_app.outcome is not None
+    return server_app.outcome
 
 
 def test_a_raising_client_and_a_nan_update_are_survived() -> None:
