@@ -1,6 +1,6 @@
 """A run directory: resolved config, per-round metrics, summary, table, plot, checkpoints.
 
-Layout (the contract of DESIGN.md)::
+Layout (the contract the README documents for users)::
 
     DIR/config.toml        fully resolved config
     DIR/metrics.jsonl      one JSON object per round: round, train_loss, accuracy, accuracy/<domain>
@@ -172,7 +172,6 @@ class RunRecorder:
         self.cfg = cfg
         self.client_states = client_states
         self.rows: list[Row] = []
-        self.start_round = 0
         self.arrays: ArrayRecord | None = None
         self._t0 = time.perf_counter()
         if self.run_dir:
@@ -190,7 +189,6 @@ class RunRecorder:
                 f"num_rounds={self.cfg.num_rounds}"
             )
         self.rows = list(ckpt.rows)
-        self.start_round = ckpt.round
         self.arrays = ckpt.arrays
         if self.client_states is not None:
             self.client_states.restore_states(ckpt.client_states or {})
