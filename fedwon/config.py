@@ -80,8 +80,14 @@ class RunConfig(BaseModel):
     @field_validator("strategy")
     @classmethod
     def _known_method(cls, value: str) -> str:
+        from fedwon.strategies.aggregators import AGGREGATORS
         from fedwon.strategies.methods import METHODS
 
+        if value not in METHODS and value in AGGREGATORS:
+            raise ValueError(
+                f"{value!r} is an aggregator, not a method: set aggregator={value!r} and strategy "
+                f"to one of {sorted(METHODS)} (what is shared)"
+            )
         return _choice(value, "strategy", METHODS)
 
     @field_validator("aggregator")

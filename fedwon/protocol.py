@@ -196,7 +196,16 @@ def _node_int(node_config: UserConfig, key: str) -> int | None:
 
 
 def read_node_settings(node_config: UserConfig) -> NodeSettings:
-    """Parse a node config (keys in :data:`NODE_KEYS`; others are left to other apps)."""
+    """Parse a node config (keys in :data:`NODE_KEYS`; others are left to other apps).
+
+    Cached per distinct node config: a simulation worker sees a handful of them many times.
+    """
+    return _node_settings(frozenset(node_config.items()))
+
+
+@lru_cache(maxsize=4096)
+def _node_settings(items: frozenset[tuple[str, Any]]) -> NodeSettings:
+    node_config = dict(items)
     device = str(node_config.get(NODE_DEVICE, ""))
     if device not in ("", "auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ProtocolError(

@@ -21,7 +21,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -112,6 +112,7 @@ class Checkpoint:
     arrays: ArrayRecord
     rows: list[Row] = field(default_factory=list)
     client_states: dict[int, RecordDict] | None = None  # None: not captured by this grid
+    server_state: dict[str, np.ndarray] = field(default_factory=dict)  # optimizer moments
 
 
 def _save_states(directory: Path, states: dict[int, RecordDict]) -> None:
@@ -137,6 +138,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     tmp.mkdir(parents=True)
     np.savez(tmp / "arrays.npz", **arrays_to_numpy(ckpt.arrays))  # type: ignore[arg-type]
     (tmp / "state.json").write_text(json.dumps({"round": ckpt.round, "rows": ckpt.rows}))
+    if ckpt.server_state:
+        np.savez(tmp / "server_state.npz", **ckpt.server_state)  # type: ignore[arg-type]
     if ckpt.client_states is not None:
         _save_states(tmp / CLIENT_STATES, ckpt.client_states)
     old = run_dir / f"{CHECKPOINT}.old"
@@ -156,7 +159,11 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     with np.load(path / "arrays.npz") as npz:
         arrays = numpy_to_arrays({k: npz[k] for k in npz.files})
     states = _load_states(path / CLIENT_STATES) if (path / CLIENT_STATES).is_dir() else None
-    return Checkpoint(int(state["round"]), arrays, list(state["rows"]), states)
+    server_state: dict[str, np.ndarray] = {}
+    if (path / "server_state.npz").exists():
+        with np.load(path / "server_state.npz") as npz:
+            server_state = {k: npz[k] for k in npz.files}
+    return Checkpoint(int(state["round"]), arrays, list(state["rows"]), states, server_state)
 
 
 class RunRecorder:
@@ -171,6 +178,7 @@ class RunRecorder:
         self.run_dir = Path(run_dir) if run_dir else None
         self.cfg = cfg
         self.client_states = client_states
+        self.server_state: Callable[[], dict[str, np.ndarray]] | None = None
         self.rows: list[Row] = []
         self.arrays: ArrayRecord | None = None
         self._t0 = time.perf_counter()
@@ -219,7 +227,9 @@ class RunRecorder:
             every = self.cfg.checkpoint_every
             if server_round == self.cfg.num_rounds or (every and server_round % every == 0):
                 states = self.client_states.snapshot_states() if self.client_states else None
-                save_checkpoint(self.run_dir, Checkpoint(server_round, arrays, self.rows, states))
+                server = self.server_state() if self.server_state else {}
+                ckpt = Checkpoint(server_round, arrays, self.rows, states, server)
+                save_checkpoint(self.run_dir, ckpt)
         return row
 
     def summary(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import validate_spec
 from fedwon.results import ClientStateHolder, Row, RunRecorder
 from fedwon.strategies import METHODS, RoundReport, build_strategy
+from fedwon.strategies.server_state import restore_server_state, snapshot_server_state
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,10 @@ def run_server(
     arrays = initial_arrays(cfg)
     holder = grid if isinstance(grid, ClientStateHolder) else None
     recorder = RunRecorder(out_dir, cfg, client_states=holder)
-    start_round = 0
+    start_round, server_state = 0, {}
     if resume:
         ckpt = recorder.resume()
-        start_round, arrays = ckpt.round, ckpt.arrays
+        start_round, arrays, server_state = ckpt.round, ckpt.arrays, ckpt.server_state
         if cfg.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
             log.warning(
                 "resuming FedBN without the clients' local layers (this engine does not "
@@ -88,6 +89,8 @@ def run_server(
             on_round(row)
 
     strategy = build_strategy(cfg, round_offset=start_round, on_round=record, wrap=wrap)
+    restore_server_state(strategy, server_state)
+    recorder.server_state = lambda: snapshot_server_state(strategy)
     client_record = cfg.client_config().to_record()
     if cfg.num_rounds > start_round:
         strategy.start(

@@ -9,6 +9,7 @@ in its simulation engine, in fedwon's fast engine (which spills states past
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -19,6 +20,7 @@ STATE_KEY = "fedwon.local"
 OWNER_KEY = "fedwon.local.owner"  # which training setup the arrays belong to
 
 
+@lru_cache(maxsize=32)
 def owner_tag(cfg: ClientConfig) -> str:
     """A fingerprint of the training setup. Local layers saved under one setup are never
     loaded under another (e.g. several runs sharing one Flower run's contexts, or another

@@ -23,10 +23,16 @@ def test_bad_override_key_is_refused_before_running(tmp_path: Path) -> None:
 
 def test_bad_recipe_value_is_refused(tmp_path: Path) -> None:
     recipe = tmp_path / "r.toml"
+    recipe.write_text('strategy = "fedswap"\n')
+    result = runner.invoke(cli, ["run", str(recipe)])
+    assert result.exit_code == 2
+    assert "strategy: unknown strategy 'fedswap'; choose one of ['fedavg', 'fedbn', 'fedwon']" in (
+        result.output
+    )
     recipe.write_text('strategy = "fedprox"\n')
     result = runner.invoke(cli, ["run", str(recipe)])
     assert result.exit_code == 2
-    assert "strategy: Input should be 'fedavg', 'fedbn' or 'fedwon'" in result.output
+    assert "'fedprox' is an aggregator, not a method: set aggregator='fedprox'" in result.output
 
 
 def test_run_then_report(tmp_path: Path) -> None:

@@ -125,3 +125,23 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
     assert strip(read_metrics(part)) == strip(read_metrics(tmp_path / "full"))
+
+
+def test_resume_keeps_the_server_optimizer_state(tmp_path: Path) -> None:
+    cfg = small(
+        "fedwon",
+        engine="fast",
+        num_workers=0,
+        num_rounds=3,
+        checkpoint_every=1,
+        train_per_domain=40,
+        test_per_domain=20,
+        aggregator="fedadam",
+        server_lr=0.01,
+    )
+    full = run_simulation(cfg, tmp_path / "full")
+    run_simulation(cfg.replace(num_rounds=2), tmp_path / "part")
+    resumed = run_simulation(cfg, tmp_path / "part", resume=True)
+    a, b = arrays_of(full), arrays_of(resumed)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
