@@ -35,7 +35,10 @@ def test_unknown_key_is_refused_with_the_valid_keys() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"strategy": "fedprox"}, r"strategy: Input should be 'fedavg', 'fedbn' or 'fedwon'"),
+        (
+            {"strategy": "fedswap"},
+            r"strategy: unknown strategy 'fedswap'; choose one of \['fedavg', 'fedbn', 'fedwon'\]",
+        ),
         ({"model": "vgg"}, r"model: unknown model 'vgg'; choose one of \[.*'cnn'"),
         ({"norm": "batch"}, r"norm: unknown norm 'batch'"),
         ({"dataset": "mnist"}, r"dataset: unknown dataset 'mnist'"),

@@ -5,6 +5,7 @@ import logging
 import pytest
 from flwr.app import ConfigRecord
 
+from fedwon import protocol
 from fedwon.config import make_config
 from fedwon.protocol import (
     ClientConfig,
@@ -38,7 +39,10 @@ def test_client_config_round_trips_and_server_only_settings_never_travel() -> No
         assert key not in keys and key.replace("_", "-") not in keys
 
 
-def test_unknown_keys_are_ignored_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_keys_are_ignored_and_logged_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "_reported_unknown", set())  # as in a fresh process
     record = make_config({}).client_config().to_record()
     record["proximal-mu"] = 0.1  # Flower's FedProx
     record["clipping_norm"] = 1.0  # Flower's client-side DP
