@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 import traceback
@@ -37,11 +38,7 @@ from fedwon.results import (
 )
 from fedwon.strategies import RoundFailedError
 
-HELP = (
-    "Federated learning without normalization (FedWon) and its baselines FedAvg and FedBN: "
-    "run recipes as simulations, compare finished runs."
-)
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
+cli = typer.Typer(add_completion=False, no_args_is_help=True)  # help: main_options' docstring
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error
 
@@ -66,6 +63,12 @@ def one_line_errors(verbose: bool, interrupted_hint: str = "") -> Iterator[None]
     except KeyboardInterrupt:
         errors.print(f"[red]interrupted[/red]{escape(interrupted_hint)}", highlight=False)
         raise typer.Exit(130) from None
+    except SystemExit as stop:
+        # Ray's driver turns SIGTERM into SystemExit (after ray.init replaced our handler)
+        if not interrupted_hint or stop.code in (0, None):
+            raise
+        errors.print(f"[red]stopped[/red]{escape(interrupted_hint)}", highlight=False)
+        raise typer.Exit(stop.code if isinstance(stop.code, int) else 1) from None
     except USER_ERRORS as err:
         if verbose:
             traceback.print_exc()
@@ -86,7 +89,10 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
     """While running, SIGTERM and SIGHUP raise KeyboardInterrupt instead of killing the
-    process outright (which would leave Ray's processes behind)."""
+    process outright (which would leave Ray's processes behind). ``ray.init`` replaces the
+    SIGTERM handler with its own, which raises ``SystemExit`` (also a clean exit); Ray's C++
+    failure handler, which would dump a stack and abort instead, is switched off."""
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
@@ -238,7 +244,8 @@ def run(
         Path | None, typer.Option(help="Continue the run in this directory from its checkpoint.")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the previous run in --out (deletes its files).")
+        bool,
+        typer.Option("--overwrite", help="Replace the previous run in --out (deletes its files)."),
     ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Flower's logs and tracebacks.")

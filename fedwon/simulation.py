@@ -173,7 +173,8 @@ def run_simulation(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     _quiet_flower(verbose)
     resources = client_resources(cfg)
-    check_ray_address(cfg.ray_address)
+    if may_start_ray(cfg):
+        check_ray_address(cfg.ray_address)
     out_path = Path(out_dir) if out_dir is not None else None
     prepare_run(cfg, out_path, resume=resume, overwrite=overwrite)
     outcome: list[RunOutcome] = []

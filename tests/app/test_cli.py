@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,29 @@ def test_verbose_prints_flower_s_lines_once() -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout + proc.stderr).count("a line from Flower") == 1
+
+
+def test_sigterm_ends_a_run_cleanly_and_it_can_be_resumed(tmp_path: Path) -> None:
+    """SIGTERM (systemd, Slurm, `flwr stop`) runs the clean-up a SIGKILL would skip."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    args = [str(a) for a in run_args(tmp_path / "run", "num_rounds=100", "checkpoint_every=1")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedwon.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("round 2/100"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"interrupted; continue with: fedwon run --resume {tmp_path / 'run'}" in err
+    assert "Traceback" not in err
+    resumed = fedwon("run", "--resume", tmp_path / "run", "--set", "num_rounds=4")
+    assert resumed.exit_code == 0, resumed.output
+    assert rounds(tmp_path / "run") == [1, 2, 3, 4]
