@@ -48,7 +48,7 @@ USER_ERRORS = (ConfigError, DataError, RoundFailedError, OSError)
 
 def fail(err: Exception | str) -> typer.Exit:
     """Print ``err`` as one line and return the exit (code 2: bad input) to raise."""
-    text = err if isinstance(err, str) else error_line(err)
+    text = err if isinstance(err, str) else error_line(err, with_type=False)
     errors.print(f"[red]error:[/red] {escape(text)}", highlight=False)
     return typer.Exit(2)
 

@@ -58,11 +58,10 @@ def failure_line(reason: str, limit: int = 300) -> str:
     return _squash(text, limit) or "no reason given"
 
 
-def error_line(err: BaseException) -> str:
-    """An exception that ends a command, on one line: its message (already one line for
-    fedwon's own errors), with the type only where the message alone would not say what
-    went wrong (an unexpected exception)."""
+def error_line(err: BaseException, *, with_type: bool = True) -> str:
+    """An exception that ends a command, on one line. fedwon's own errors already say what is
+    wrong (``with_type=False``); an unexpected one is named by its type too."""
     message = " ".join(str(err).split())
-    if isinstance(err, ValueError | OSError) and message:
-        return message
+    if not with_type:
+        return message or type(err).__name__
     return f"{type(err).__name__}: {message}" if message else type(err).__name__

@@ -7,7 +7,8 @@ is refused unless the run is resumed (see :func:`fedwon.results.check_resumable`
 ``--overwrite`` is given, and ``--overwrite`` only deletes what a fedwon run writes
 (:data:`RUN_FILES`): a directory holding other files is refused even then, so a mistyped
 ``--out ~`` cannot wipe anything. All checks only read; :func:`prepare_run_dir` writes, after
-every other check of the run has passed.
+every other check of the run has passed, and :func:`discard_unstarted_run` undoes it when the
+run fails before its first round.
 """
 
 from __future__ import annotations
@@ -112,3 +113,14 @@ def prepare_run_dir(path: Path, *, overwrite: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"cannot prepare run directory {path}: {err.strerror or err}") from None
+
+
+def discard_unstarted_run(path: Path, *, created: bool) -> None:
+    """After a new run failed before recording its first round: delete what it wrote (e.g.
+    clients' local layers) and the directory if the run created it, so the same command can
+    simply be run again. A run that recorded a round is kept, to inspect or resume."""
+    if (path / "metrics.jsonl").exists() or not path.is_dir():
+        return
+    prepare_run_dir(path, overwrite=True)
+    if created and not any(path.iterdir()):
+        path.rmdir()

@@ -32,6 +32,7 @@ from fedwon.config import ConfigError, RunConfig
 from fedwon.preflight import prepare_run
 from fedwon.process_guard import ending_started_processes, start_guard
 from fedwon.results import Row
+from fedwon.run_dir import discard_unstarted_run
 from fedwon.server_app import RunOutcome, make_server_app
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,17 @@ def run_simulation(
     if may_start_ray(cfg):
         check_ray_address(cfg.ray_address)
     out_path = Path(out_dir) if out_dir is not None else None
+    created = out_path is not None and not out_path.exists()
     prepare_run(cfg, out_path, resume=resume, overwrite=overwrite)
     outcome: list[RunOutcome] = []
     server_app = make_server_app(cfg, out_dir, resume=resume, on_round=on_round, outcome=outcome)
-    with ray_owned_by_this_run(cfg):
-        _run_engine(cfg, resources, server_app, verbose)
+    try:
+        with ray_owned_by_this_run(cfg):
+            _run_engine(cfg, resources, server_app, verbose)
+    except BaseException:
+        if out_path is not None and not resume:
+            discard_unstarted_run(out_path, created=created)
+        raise
     if not outcome:
         raise RuntimeError("the simulation ended without a result; see the log above")
     return outcome[0]

@@ -48,6 +48,6 @@ def test_a_long_reason_is_cut() -> None:
 
 
 def test_error_line() -> None:
-    assert error_line(ValueError("lr: must be\n > 0")) == "lr: must be > 0"
+    assert error_line(ValueError("lr: must be\n > 0"), with_type=False) == "lr: must be > 0"
     assert error_line(KeyError("x")) == "KeyError: 'x'"
     assert error_line(RuntimeError()) == "RuntimeError"

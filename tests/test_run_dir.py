@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from fedwon.config import ConfigError
-from fedwon.run_dir import check_new_run_dir, prepare_run_dir, resolve_out
+from fedwon.run_dir import (
+    check_new_run_dir,
+    discard_unstarted_run,
+    prepare_run_dir,
+    resolve_out,
+)
 
 
 def test_a_new_or_empty_directory_is_fine(tmp_path: Path) -> None:
@@ -68,3 +73,19 @@ def test_relative_out(tmp_path: Path) -> None:
     assert resolve_out("runs/r", tmp_path) == tmp_path / "runs" / "r"
     with pytest.raises(ConfigError, match=r"out='runs/r' is a relative path.*absolute path"):
         resolve_out("runs/r", None)
+
+
+def test_a_run_that_failed_before_its_first_round_leaves_nothing(tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    prepare_run_dir(new)
+    (new / "client_state").mkdir()  # written by clients during the failed round
+    discard_unstarted_run(new, created=True)
+    assert not new.exists()
+    (tmp_path / "mine").mkdir()
+    prepare_run_dir(tmp_path / "mine")
+    discard_unstarted_run(tmp_path / "mine", created=False)
+    assert (tmp_path / "mine").is_dir()  # the user's empty directory stays
+    (new / "checkpoint").mkdir(parents=True)
+    (new / "metrics.jsonl").write_text('{"round": 1}\n')
+    discard_unstarted_run(new, created=True)
+    assert (new / "metrics.jsonl").is_file()  # it recorded a round: kept to inspect or resume

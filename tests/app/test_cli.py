@@ -269,3 +269,15 @@ def test_sigterm_ends_a_run_cleanly_and_it_can_be_resumed(tmp_path: Path) -> Non
     resumed = fedwon("run", "--resume", tmp_path / "run", "--set", "num_rounds=4")
     assert resumed.exit_code == 0, resumed.output
     assert rounds(tmp_path / "run") == [1, 2, 3, 4]
+
+
+def test_a_run_whose_clients_all_fail_is_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of memory on this client")
+
+    monkeypatch.setattr("fedwon.client_app.train_epochs", crash)
+    result = fedwon(*run_args(tmp_path / "run"))
+    assert_one_line_error(result, r"^error: round 1 train: 0 of 5 clients .*out of memory on this")
+    assert not (tmp_path / "run").exists()  # the same command can simply be run again
