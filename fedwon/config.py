@@ -8,12 +8,22 @@ all read exactly the same values. Nothing downstream re-parses strings.
 
 from __future__ import annotations
 
+import math
+import re
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import tomli_w
 import tomllib
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from fedwon.protocol import ClientConfig
@@ -23,6 +33,40 @@ Scalar = bool | int | float | str
 
 class ConfigError(ValueError):
     """A recipe or override is invalid; the message names the key and the valid choices."""
+
+
+def _type_name(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", float: "a float", int: "an integer"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def check_scalar(value: object, annotation: object) -> object:
+    """Refuse what pydantic's lax mode would coerce: ``"1"``, ``true`` or ``5.0`` for an
+    integer, ``"0.1"`` or ``true`` for a number, ``1`` or ``"yes"`` for a boolean, and NaN or
+    infinite numbers. A recipe with ``num_rounds = "10"`` is a mistake worth naming, and NaN
+    passes every range check (``nan <= 0`` is false) only to fail deep inside training.
+
+    Any pydantic model can call this from a ``@field_validator("*", mode="before")``.
+    Optional fields (``float | None``) are checked as their type when a value is given.
+    """
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and type(None) in typing.get_args(annotation):
+        if value is None:
+            return value
+        annotation = args[0]
+    if annotation is bool and not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+    return value
+
+
+RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[\w.\-]+:\d{1,5})$")
 
 
 class RunConfig(BaseModel):
@@ -111,6 +155,20 @@ class RunConfig(BaseModel):
 
         return _choice(value, "dirichlet_scope", DIRICHLET_SCOPES)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return check_scalar(value, field.annotation) if field is not None else value
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domain_names(cls, value: Any) -> Any:
+        """A list of names (TOML ``domains = ["mnist", "usps"]``) is the comma-separated form."""
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        return value
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
@@ -147,7 +205,14 @@ class RunConfig(BaseModel):
             raise ValueError(f"must be >= 1, got {value}")
         return value
 
-    @field_validator("clients_per_round", "train_per_domain", "test_per_domain", "image_size")
+    @field_validator(
+        "clients_per_round",
+        "train_per_domain",
+        "test_per_domain",
+        "image_size",
+        "checkpoint_every",
+        "seed",
+    )
     @classmethod
     def _non_negative_int(cls, value: int) -> int:
         if value < 0:
@@ -194,6 +259,25 @@ class RunConfig(BaseModel):
     def _unit_interval(cls, value: float | None) -> float | None:
         if value is not None and not 0.0 <= value < 1.0:
             raise ValueError(f"must be in [0, 1), got {value}")
+        return value
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        if value < -1:
+            raise ValueError(
+                f"must be -1 (auto), 0 (in-process) or a number of workers, got {value}"
+            )
+        return value
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str) -> str:
+        if value and not RAY_ADDRESS.match(value):
+            raise ValueError(
+                f"{value!r} is not a Ray address; use 'auto', 'host:port' (a cluster's GCS, "
+                "e.g. '10.0.0.1:6379') or 'ray://host:port' (Ray Client, e.g. port 10001)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -319,7 +403,9 @@ def make_config(values: dict[str, Any]) -> RunConfig:
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with a TOML value (``lr=0.1``, ``strategy=fedbn``, ``x="a b"``).
 
-    A bare word that is not valid TOML is taken as a string so ``--set strategy=fedbn`` works.
+    A bare word that is not valid TOML is taken as a string so ``--set strategy=fedbn`` works,
+    and a bracketed list of bare words as a list of strings, so ``--set domains=[mnist,usps]``
+    means what ``domains = ["mnist", "usps"]`` means in a recipe.
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -329,6 +415,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
+        if raw.startswith("[") and raw.endswith("]"):
+            return key, [w.strip().strip("\"'") for w in raw[1:-1].split(",") if w.strip()]
         value = raw
     return key, value
 
@@ -367,3 +455,38 @@ def load_config(
     else:
         values.update(parse_override(o) for o in overrides or [])
     return make_config(values)
+
+
+# Keys a resumed run may change: where and how fast it runs, how often it evaluates and
+# checkpoints, how many failures a round tolerates, and how many rounds it has in total. Every
+# other key (model, norm, data, partition, clients, seed, optimiser, strategy, any key added
+# later) decides what is trained or who holds which data, so changing it would silently train
+# a different federation from the checkpoint: refused.
+RESUMABLE_KEYS = frozenset(
+    {
+        "num_rounds",  # upwards from the checkpoint's round (checked against the checkpoint)
+        "eval_every",
+        "fraction_evaluate",
+        "checkpoint_every",
+        "min_clients",
+        "engine",
+        "device",
+        "gpus_per_client",
+        "cpus_per_client",
+        "num_workers",
+        "ray_address",
+        "client_state_budget_mb",
+        "data_root",  # the same files, moved
+    }
+)
+
+
+def resume_conflicts(stored: RunConfig, new: RunConfig) -> list[str]:
+    """``key=old→new`` for each key whose change a resumed run cannot honour (empty: none)."""
+    before, after = stored.to_flat(), new.to_flat()
+    before["norm"], after["norm"] = stored.resolved_norm, new.resolved_norm
+    return [
+        f"{key}={before.get(key)!r}→{after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if key not in RESUMABLE_KEYS and before.get(key) != after.get(key)
+    ]

@@ -1,6 +1,7 @@
 """Whole runs on the embedded digits with tiny models: learning, engines, FedBN state, faults,
 resume. The Flower-engine runs start Ray (a few seconds each) and are marked ``ray``."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from fedwon import process_guard
 from fedwon.clients.local_state import STATE_KEY
 from fedwon.config import RunConfig, make_config
 from fedwon.engine import run_fast
 from fedwon.models import build_model
 from fedwon.nn import WSConv2d, has_norm_layers
+from fedwon.process_guard import descendants
 from fedwon.results import load_checkpoint, read_metrics
 from fedwon.server_app import BoundServerApp, RunOutcome
 from fedwon.simulation import run_simulation
@@ -41,7 +44,11 @@ def arrays_of(outcome: RunOutcome) -> dict[str, np.ndarray]:
 @pytest.mark.ray
 @pytest.mark.parametrize("strategy", ["fedavg", "fedbn", "fedwon"])
 def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_path: Path) -> None:
+    before = set(descendants(os.getpid()))
     flower = run_simulation(small(strategy, engine="flower"), tmp_path / "flower")
+    # Flower's Ray actors (~0.5 GB each) used to outlive ray.shutdown by about a minute
+    left = set(descendants(os.getpid())) - before - {getattr(process_guard._guard, "pid", 0)}
+    assert not left, [Path(f"/proc/{p}/cmdline").read_text() for p in left]
     fast = run_simulation(small(strategy, engine="fast", num_workers=0), tmp_path / "fast")
     accuracy = [r["accuracy"] for r in read_metrics(tmp_path / "flower")]
     assert accuracy[-1] > 0.2, accuracy  # chance is 0.1
@@ -145,3 +152,14 @@ def test_resume_keeps_the_server_optimizer_state(tmp_path: Path) -> None:
     a, b = arrays_of(full), arrays_of(resumed)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedbn"])
+def test_batchnorm_baselines_train_every_client_when_a_last_batch_holds_one_image(
+    strategy: str,
+) -> None:
+    """9 images per client at batch size 4: the last batch of one used to fail in train mode
+    and drop every client (then the run, with a traceback of thousands of lines)."""
+    cfg = small(strategy, engine="fast", num_workers=0, num_rounds=1, local_epochs=1)
+    outcome = run_simulation(cfg.replace(train_per_domain=9, test_per_domain=10, batch_size=4))
+    assert [(r["clients"], r["dropped"]) for r in outcome.rows] == [(5, 0)]
