@@ -39,14 +39,15 @@ def test_processes_started_in_the_block_end_with_it() -> None:
     running_before = subprocess.Popen(["sleep", "60"])
     stopped: list[bool] = []
     try:
+        before = set(descendants(os.getpid()))  # e.g. a guard an earlier test started
         with ending_started_processes(lambda: stopped.append(True)):
             subprocess.Popen(["bash", "-c", "sleep 300 & wait"])
             time.sleep(0.3)
-            started = [p for p in descendants(os.getpid()) if p != running_before.pid]
+            started = [p for p in descendants(os.getpid()) if p not in before]
             assert len(started) == 2
         assert stopped == [True]
         assert _alive(started) == []  # ended before the block returned
-        assert _alive([running_before.pid]) == [running_before.pid]  # not ours to end
+        assert set(_alive(list(before))) == before  # not ours to end
     finally:
         running_before.kill()
         running_before.wait()
