@@ -23,7 +23,10 @@ from flwr.serverapp.strategy import Strategy
 from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import validate_spec
+from fedwon.preflight import prepare_run, wait_for_nodes
+from fedwon.process_guard import start_guard
 from fedwon.results import ClientStateHolder, Row, RunRecorder
+from fedwon.run_dir import resolve_out
 from fedwon.strategies import METHODS, RoundReport, build_strategy
 from fedwon.strategies.server_state import restore_server_state, snapshot_server_state
 
@@ -31,7 +34,8 @@ log = logging.getLogger(__name__)
 
 RowCallback = Callable[[Row], None]
 # Keys of Flower's run config that steer the run rather than configure it.
-RUN_KEYS = ("recipe", "set", "out", "resume")
+RUN_KEYS = ("recipe", "set", "out", "resume", "overwrite", "node_timeout")
+NODE_TIMEOUT_S = 120.0  # how long flwr run / a SuperLink waits for one SuperNode per client
 
 
 @dataclass
@@ -104,8 +108,19 @@ def run_server(
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
 
 
-def settings_from_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, str, bool]:
-    """Flower run config → (config, out dir, resume). Either a recipe + overrides, or flat keys."""
+@dataclass(frozen=True)
+class RunSettings:
+    """What a Flower run config asks of the ServerApp besides the run's own config."""
+
+    cfg: RunConfig
+    out: str = ""
+    resume: bool = False
+    overwrite: bool = False
+    node_timeout: float = NODE_TIMEOUT_S
+
+
+def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
+    """Flower run config → :class:`RunSettings`. Either a recipe + overrides, or flat keys."""
     out = str(run_config.get("out", ""))
     resume = bool(run_config.get("resume", False))
     recipe = str(run_config.get("recipe", ""))
@@ -116,7 +131,10 @@ def settings_from_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, str
         cfg = load_config(path, shlex.split(str(run_config.get("set", ""))))
     else:
         cfg = make_config({k: v for k, v in run_config.items() if k not in RUN_KEYS})
-    return cfg, out, resume
+    timeout = run_config.get("node_timeout", NODE_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"node_timeout must be a number of seconds > 0, got {timeout!r}")
+    return RunSettings(cfg, out, resume, bool(run_config.get("overwrite", False)), float(timeout))
 
 
 class BoundServerApp(ServerApp):
@@ -144,11 +162,17 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point for ``flwr run`` and deployment."""
+    """Entry point for ``flwr run`` and deployment: the same checks as ``fedwon run`` before
+    anything is written, then one SuperNode per client (or a one-line error after
+    ``node_timeout`` seconds instead of Flower's endless wait)."""
     try:
-        cfg, out, resume = settings_from_run_config(dict(context.run_config))
+        settings = settings_from_run_config(dict(context.run_config))
+        out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
+        start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
+        prepare_run(settings.cfg, out_dir, resume=settings.resume, overwrite=settings.overwrite)
+        wait_for_nodes(grid, settings.cfg.num_clients, timeout_s=settings.node_timeout)
     except ConfigError as err:
         log.error("%s", err)
         raise
-    outcome = run_server(grid, cfg, out or None, resume=resume)
+    outcome = run_server(grid, settings.cfg, out_dir, resume=settings.resume)
     log.info("final accuracy %s", outcome.summary["final"]["accuracy"])

@@ -51,3 +51,24 @@ def test_too_few_nodes_fail_after_the_timeout_instead_of_waiting_forever() -> No
         wait_for_nodes(_grid(3), 5, timeout_s=0.3, poll_s=0.1)
     assert time.monotonic() - start < 2
     wait_for_nodes(_grid(5), 5, timeout_s=0)
+
+
+def test_the_server_app_reads_its_flwr_run_settings() -> None:
+    from fedwon.server_app import settings_from_run_config
+
+    settings = settings_from_run_config(
+        {
+            "recipe": "sims/cross_silo.toml",
+            "set": "model=cnn-tiny num_rounds=2",
+            "out": "/x",
+            "resume": False,
+            "overwrite": True,
+            "node_timeout": 5,
+        }
+    )
+    assert (settings.cfg.model, settings.cfg.num_rounds) == ("cnn-tiny", 2)
+    assert (settings.out, settings.overwrite, settings.node_timeout) == ("/x", True, 5.0)
+    flat = settings_from_run_config({"model": "cnn-tiny", "overwrite": False, "out": ""})
+    assert flat.cfg.model == "cnn-tiny" and not flat.overwrite
+    with pytest.raises(ConfigError, match="node_timeout must be a number of seconds > 0"):
+        settings_from_run_config({"recipe": "sims/cross_silo.toml", "node_timeout": 0})

@@ -7,12 +7,16 @@ any Flower strategy (FedAvg, FedProx, FedAdam, DP wrappers) that :class:`RoundRu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
+from fedwon.errors import failure_line
 from fedwon.protocol import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
+
+log = logging.getLogger(__name__)
 
 
 def as_number(value: object) -> float:
@@ -61,8 +65,9 @@ def split_usable(replies: Iterable[Message]) -> tuple[list[Message], list[str]]:
     for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            reason = " ".join(str(msg.error.reason).split())  # one line, whatever the engine
-            problems.append(f"node {node} failed: {reason}")
+            reason = str(msg.error.reason)
+            log.debug("node %s failed:\n%s", node, reason)  # the whole traceback, with -v
+            problems.append(f"node {node} failed: {failure_line(reason)}")
             continue
         bad = non_finite_arrays(msg.content) + non_finite_metrics(msg.content)
         if bad:

@@ -11,6 +11,7 @@ import pytest
 import tomllib
 
 from fedwon.results import read_metrics
+from fedwon.server_app import NODE_TIMEOUT_S, RUN_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,8 +73,9 @@ def test_flwr_run_writes_a_run_directory(tmp_path: Path) -> None:
 def test_the_app_declares_every_run_config_key_the_server_reads() -> None:
     """Flower only passes declared keys: `resume` used to be read but not declared."""
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert set(declared) == {"recipe", "set", "out", "resume", "overwrite"}
+    assert set(declared) == set(RUN_KEYS)  # exactly what the ServerApp reads
     assert (declared["resume"], declared["overwrite"], declared["out"]) == (False, False, "")
+    assert declared["node_timeout"] == NODE_TIMEOUT_S
 
 
 def test_the_readme_flwr_command_puts_the_venv_on_path() -> None:
