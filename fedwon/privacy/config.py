@@ -83,13 +83,13 @@ class DPConfig(BaseModel):
             return self
         if (self.noise_multiplier > 0) == (self.target_epsilon > 0):
             raise ValueError(
-                "dp: set exactly one of dp.noise_multiplier (> 0) or dp.target_epsilon "
+                "set exactly one of dp.noise_multiplier (> 0) or dp.target_epsilon "
                 f"(> 0), got noise_multiplier={self.noise_multiplier}, "
                 f"target_epsilon={self.target_epsilon}"
             )
         if self.max_epsilon and self.target_epsilon > self.max_epsilon:
             raise ValueError(
-                f"dp: target_epsilon={self.target_epsilon} exceeds max_epsilon={self.max_epsilon}"
+                f"dp.target_epsilon={self.target_epsilon} exceeds dp.max_epsilon={self.max_epsilon}"
             )
         if self.level == "sample" and self.max_epsilon:
             raise ValueError(
@@ -130,12 +130,14 @@ def check_dp_run(
     min_clients: int,
     num_clients: int,
     norm: str,
+    agc_clip: float = 0.0,
 ) -> DPRunCheck:
     """Check ``dp`` against the run; raise ValueError (one line) or return warnings.
 
     Refused: a user-level DP run that may aggregate fewer replies than it sampled (the noise
     and the 1/m average are calibrated to the full cohort m), a population smaller than the
-    cohort, DP-SGD on a BatchNorm model. Warned: delta >= 1/population (a mechanism that
+    cohort, DP-SGD on a BatchNorm model or with AGC (Opacus replaces the clipped gradient by
+    its own). Warned: delta >= 1/population (a mechanism that
     publishes one random client's data outright is (0, 1/N)-DP, so such a delta means little).
     """
     population = dp.population or num_clients
@@ -156,6 +158,11 @@ def check_dp_run(
         raise ValueError(
             "dp.level='sample' (DP-SGD) cannot train BatchNorm: per-example gradients are "
             "undefined when examples are normalized together; use norm='gn' or norm='ws' (FedWon)"
+        )
+    if dp.level == "sample" and agc_clip > 0:
+        raise ValueError(
+            f"dp.level='sample' with agc_clip={agc_clip}: DP-SGD overwrites the gradient AGC "
+            "clips with its own clipped, noised one; set agc_clip=0 (DP-SGD clipping replaces it)"
         )
     warnings: list[str] = []
     if dp.delta >= 1 / population:
