@@ -17,7 +17,12 @@ accounting *with* amplification by sampling (Opacus' RDP or PRV accountant, see
    any weighted average of identical arrays is that array, so FedAvg returns it, FedAvgM and
    FedOpt (FedAdam, FedYogi, FedAdagrad, LAMB) see the noisy mean as their pseudo-gradient
    ``aggregate - sent``, and FedProx's proximal term is unaffected. The clients' metrics
-   (``train_loss``, ``num-examples``) reach the inner strategy unchanged.
+   (``train_loss``, ``num-examples``) reach the inner strategy unchanged. For the mean-based
+   aggregators (:data:`MEAN_AGGREGATORS`, and subclasses that keep their ``aggregate_train``)
+   the N identical replies are collapsed into one carrying the clients' metrics already
+   aggregated by the inner strategy's own function: the same result for 1/N of the work (the
+   inner average would otherwise cost as much as a whole FedAvg round). Other strategies
+   (median, Krum, ...) get the N replies.
 4. The train MetricRecord gains ``epsilon`` (spent after this round) and
    ``clipped_fraction`` (share of the cohort whose update was clipped; a server-side
    diagnostic, not privatized -- like the clients' other metrics).
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,12 +45,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedwon.privacy.accounting import PrivacyLedger
-from fedwon.privacy.clipping import check_clip_settings, clip_tensors_
+from fedwon.privacy.clipping import check_clip_settings, clip_factors
+from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
-from fedwon.privacy.updates import apply_update, arrays_of, update_tensors
+from fedwon.privacy.updates import apply_update, arrays_of, is_learned, update_tensors
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,17 @@ CLIPPED_METRIC = "clipped_fraction"
 # A client-clipped update reaches the server as (w + clip(u)) - w, which float rounding can
 # lengthen by ~1e-6 relative; beyond this factor the client did not clip at all.
 CLIENT_CLIP_SLACK = 1e-3
+
+# Strategies whose aggregate_train is a weighted mean of the replies' arrays (then a server
+# step): for them one reply with the released arrays equals N identical ones.
+MEAN_AGGREGATORS: tuple[type[FedAvg], ...] = (
+    FedAvg,
+    FedAvgM,
+    FedAdam,
+    FedYogi,
+    FedAdagrad,
+    FedLAMB,
+)
 
 
 class BudgetExhaustedError(PrivacyBudgetExhausted):
@@ -127,6 +145,7 @@ class CentralDP(Strategy):
         self.secure_rng = secure_rng
         self.epsilon_spent = 0.0
         self._sent: dict[str, np.ndarray] | None = None
+        self._buffers: tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
     def __repr__(self) -> str:
         return f"CentralDP({self.strategy!r})"
@@ -193,7 +212,7 @@ class CentralDP(Strategy):
         noisy_mean, clipped = self._noisy_mean(server_round, usable, sent)
         released = apply_update(sent, noisy_mean)
         arrays, metrics = self.strategy.aggregate_train(
-            server_round, [_with_arrays(msg, released) for msg in usable]
+            server_round, self._inner_replies(usable, released)
         )
         self.epsilon_spent = self.ledger.epsilon(server_round)
         if metrics is not None:
@@ -212,15 +231,22 @@ class CentralDP(Strategy):
     def _noisy_mean(
         self, server_round: int, replies: list[Message], sent: dict[str, np.ndarray]
     ) -> tuple[dict[str, torch.Tensor], int]:
-        """(sum of clipped updates + noise) / m, and how many updates the clipping changed."""
-        sums: dict[str, torch.Tensor] | None = None
+        """(sum of clipped updates + noise) / m, and how many updates the clipping changed.
+
+        Streams the replies through one update buffer into one sum (both reused across
+        rounds): each reply's bytes are read once, clipping is folded into the accumulation.
+        """
+        update_buf, total = self._scratch(sent)
+        sums = list(total.values())
+        for tensor in sums:
+            tensor.zero_()
         clipped = 0
         for msg in replies:
             who = f"node {msg.metadata.src_node_id}"
-            update = update_tensors(_single_array_record(msg.content), sent, who)
+            update = update_tensors(_single_array_record(msg.content), sent, who, out=update_buf)
             tensors = list(update.values())
-            factors = clip_tensors_(tensors, self.clip_norm, self.clipping, self.split)
-            smallest = float(factors.min()) if len(factors) else 1.0
+            factors = clip_factors(tensors, self.clip_norm, self.clipping, self.split).tolist()
+            smallest = min(factors, default=1.0)
             if self.placement == "client" and smallest < 1 - CLIENT_CLIP_SLACK:
                 raise ClientClippingError(
                     f"{who} sent an update {1 / smallest:.3g}x over its clipping bound although "
@@ -228,20 +254,41 @@ class CentralDP(Strategy):
                     "ClientApp's mods"
                 )
             clipped += smallest < 1.0
-            if sums is None:
-                sums = update  # a fresh tensor per layer: accumulate into it
-            else:
-                torch._foreach_add_(list(sums.values()), tensors)
-        assert sums is not None
+            for acc, tensor, factor in zip(sums, tensors, factors, strict=True):
+                acc.add_(tensor, alpha=min(factor, 1.0))
         generator = None if self.secure_rng else round_generator(self.seed, server_round)
         privatize_sum_(
-            list(sums.values()),
-            self.noise_multiplier,
-            self.clip_norm,
-            self.expected_clients,
-            generator,
+            sums, self.noise_multiplier, self.clip_norm, self.expected_clients, generator
         )
-        return sums, clipped
+        return total, clipped
+
+    def _scratch(
+        self, sent: dict[str, np.ndarray]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(update buffer, sum) float32 tensors for the learned entries of ``sent``, cached."""
+        layout = tuple((k, v.shape) for k, v in sent.items() if is_learned(v))
+        if self._buffers is None or self._buffers[0] != layout:
+            update = {k: torch.empty(shape, dtype=torch.float32) for k, shape in layout}
+            total = {k: torch.empty(shape, dtype=torch.float32) for k, shape in layout}
+            self._buffers = (layout, update, total)
+        return self._buffers[1], self._buffers[2]
+
+    def _inner_replies(self, replies: list[Message], released: ArrayRecord) -> list[Message]:
+        """What the inner strategy aggregates: every reply with the released arrays, or, for
+        a mean-based aggregator, a single such reply with the clients' metrics aggregated."""
+        inner = self.strategy
+        if not averages_replies(inner):
+            return [_with_arrays(msg, released) for msg in replies]
+        assert isinstance(inner, FedAvg)
+        contents = [msg.content for msg in replies]
+        key = inner.weighted_by_key
+        validate_message_reply_consistency(contents, key, check_arrayrecord=True)
+        metrics = inner.train_metrics_aggr_fn(contents, key)
+        metrics[key] = sum(_weight(c, key) for c in contents)
+        (array_key,) = contents[0].array_records.keys()
+        (metric_key,) = contents[0].metric_records.keys()
+        content = RecordDict({array_key: released, metric_key: metrics})
+        return [make_message(metadata=replies[0].metadata, content=content)]
 
     # ---- evaluation: untouched ----------------------------------------------------------------
     def configure_evaluate(
@@ -255,6 +302,21 @@ class CentralDP(Strategy):
         return self.strategy.aggregate_evaluate(server_round, replies)
 
 
+def averages_replies(strategy: Strategy) -> bool:
+    """Whether ``strategy`` aggregates arrays by a weighted mean (see MEAN_AGGREGATORS)."""
+    if not isinstance(strategy, FedAvg):
+        return False
+    owner = next(c for c in type(strategy).__mro__ if "aggregate_train" in c.__dict__)
+    return owner in MEAN_AGGREGATORS
+
+
+def _weight(content: RecordDict, key: str) -> float:
+    value = next(iter(content.metric_records.values()))[key]
+    if not isinstance(value, int | float):
+        raise ValueError(f"a reply's {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
 def _single_array_record(content: RecordDict) -> ArrayRecord:
     records = list(content.array_records.values())
     if len(records) != 1:
@@ -265,7 +327,12 @@ def _single_array_record(content: RecordDict) -> ArrayRecord:
 
 
 def _with_arrays(msg: Message, arrays: ArrayRecord) -> Message:
-    """A copy of reply ``msg`` whose ArrayRecord is ``arrays`` (the original is untouched)."""
+    """A copy of reply ``msg`` carrying ``arrays`` (the original is untouched).
+
+    Each copy gets its own record (sharing the Array payloads): some strategies consume the
+    records they aggregate (FedMedian pops every entry).
+    """
     (key,) = msg.content.array_records.keys()
-    content = RecordDict({k: (arrays if k == key else v) for k, v in msg.content.items()})
+    own = ArrayRecord(dict(arrays.items()))
+    content = RecordDict({k: (own if k == key else v) for k, v in msg.content.items()})
     return make_message(metadata=msg.metadata, content=content)

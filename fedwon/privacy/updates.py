@@ -13,11 +13,15 @@ the update is:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SType
 
 
 class UpdateMismatchError(ValueError):
@@ -34,10 +38,56 @@ def is_learned(array: np.ndarray) -> bool:
     return bool(np.issubdtype(array.dtype, np.floating))
 
 
+def payload_view(array: Array) -> np.ndarray | None:
+    """A read-only, zero-copy view of an Array's values, or None where that is not safe.
+
+    Flower stores ``.npy`` bytes: a header, then the values in C order. ``Array.numpy()``
+    copies them; the update only needs to read them once (to subtract the sent weights), so
+    for plain numeric C-ordered payloads we read them in place.
+    """
+    if array.stype != SType.NUMPY:
+        return None
+    data = array.data
+    spec = _payload_spec(array.dtype, tuple(array.shape), len(data), data[:_HEADER_PROBE])
+    if spec is None:
+        return None
+    dtype, shape, count, offset = spec
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+_HEADER_PROBE = 256  # .npy headers of plain arrays are 128 bytes (v1) and never this long
+
+
+@lru_cache(maxsize=4096)
+def _payload_spec(
+    dtype_name: str, shape: tuple[int, ...], size: int, head: bytes
+) -> tuple[np.dtype[Any], tuple[int, ...], int, int] | None:
+    """(dtype, shape, count, offset) if the header says C order and the expected dtype."""
+    dtype = np.dtype(dtype_name)
+    if dtype.hasobject or dtype.names is not None:
+        return None
+    count = math.prod(shape)
+    offset = size - count * dtype.itemsize
+    if not 0 < offset <= len(head):
+        return None
+    header = head[:offset]
+    descr = repr(np.lib.format.dtype_to_descr(dtype)).encode()
+    if b"'fortran_order': False" not in header or b"'descr': " + descr not in header:
+        return None
+    return dtype, shape, count, offset
+
+
 def update_tensors(
-    reply: ArrayRecord, sent: Mapping[str, np.ndarray], who: str = "a client"
+    reply: ArrayRecord,
+    sent: Mapping[str, np.ndarray],
+    who: str = "a client",
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``reply - sent`` for every floating entry, as float32 tensors (freshly allocated)."""
+    """``reply - sent`` for every floating entry, as float32 tensors.
+
+    Written into ``out`` (float32 CPU tensors by key, e.g. reused every round: fresh large
+    arrays cost page faults) or into freshly allocated tensors.
+    """
     if set(reply.keys()) != set(sent.keys()):
         missing = sorted(set(sent) - set(reply.keys()))[:3]
         extra = sorted(set(reply.keys()) - set(sent))[:3]
@@ -49,22 +99,20 @@ def update_tensors(
     for key, base in sent.items():
         if not is_learned(base):
             continue
-        value = reply[key].numpy()
+        value = payload_view(reply[key])
+        if value is None:
+            value = reply[key].numpy()
         if value.shape != base.shape:
             raise UpdateMismatchError(
                 f"{who} replied with shape {value.shape} for {key!r}, sent {base.shape}"
             )
-        if value.dtype != np.float32 or not value.flags.writeable:
-            value = np.array(value, dtype=np.float32)  # a copy we may overwrite
-        update[key] = torch.from_numpy(value).sub_(_float32_tensor(base))
+        # one pass over the reply's bytes: decode and subtract
+        if out is None:
+            update[key] = torch.from_numpy(np.subtract(value, base, dtype=np.float32))
+        else:
+            np.subtract(value, base, out=out[key].numpy(), dtype=np.float32)
+            update[key] = out[key]
     return update
-
-
-def _float32_tensor(array: np.ndarray) -> torch.Tensor:
-    """A float32 tensor view of ``array`` (a copy only if it has another dtype)."""
-    if array.dtype == np.float32 and array.flags.writeable:
-        return torch.from_numpy(array)
-    return torch.tensor(array, dtype=torch.float32)
 
 
 def apply_update(sent: Mapping[str, np.ndarray], update: Mapping[str, torch.Tensor]) -> ArrayRecord:

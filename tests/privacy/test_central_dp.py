@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp.exception import PrivacyBudgetExhausted
-from flwr.serverapp.strategy import FedAdam, FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx
 from privacy_fakes import StubGrid, client_delta, model_arrays, record, reply
 
 from fedwon.privacy import (
     BudgetExhaustedError,
     CentralDP,
     ClientClippingError,
+    FedLAMB,
     clip_update,
     compute_epsilon,
 )
-from fedwon.privacy.central_dp import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY
+from fedwon.privacy.central_dp import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY, averages_replies
 
 COHORT = 4
 
@@ -216,3 +217,43 @@ def test_constructor_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="unknown placement 'edge'"):
         central_dp(placement="edge")
     assert math.isinf(central_dp().ledger.epsilon(1))  # no noise: no privacy
+
+
+class EveryReplyFedAvg(FedAvg):
+    """FedAvg with its own aggregate_train: CentralDP must hand it all N replies."""
+
+    seen = 0
+
+    def aggregate_train(self, server_round: int, replies: Any) -> Any:
+        replies = list(replies)
+        self.seen = len(replies)
+        return super().aggregate_train(server_round, replies)
+
+
+def test_mean_aggregators_get_one_collapsed_reply_with_the_same_result() -> None:
+    assert (
+        averages_replies(FedAvg()) and averages_replies(FedAdam()) and averages_replies(FedLAMB())
+    )
+    assert averages_replies(FedProx())  # inherits FedAvg's mean
+    assert not averages_replies(FedMedian()) and not averages_replies(EveryReplyFedAvg())
+    sent, scales, settings = (
+        model_arrays(),
+        [0.01, 0.3, 1.0, 2.0],
+        dict(noise_multiplier=1.0, seed=9),
+    )
+    examples = [3, 1, 40, 7]
+    collapsed, m1, _ = run_round(central_dp(**settings), sent, scales, examples=examples)
+    every = EveryReplyFedAvg(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=4
+    )
+    full, m2, _ = run_round(central_dp(every, **settings), sent, scales, examples=examples)
+    assert every.seen == COHORT
+    for key in sent:
+        np.testing.assert_allclose(collapsed[key], full[key], rtol=1e-6, atol=1e-7)
+    assert m1["train_loss"] == pytest.approx(m2["train_loss"])
+    assert m1["epsilon"] == m2["epsilon"]
+    median = FedMedian(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=4
+    )
+    by_median, _, _ = run_round(central_dp(median, **settings), sent, scales, examples=examples)
+    np.testing.assert_allclose(by_median["fc.weight"], full["fc.weight"], rtol=1e-6)
