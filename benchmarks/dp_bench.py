@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import platform
 import random
 import statistics
 import time
@@ -179,9 +181,6 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def write_docs(rows: list[dict[str, Any]], command: str) -> None:
-    import os
-    import platform
-
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     body = (
         "\n## DP overhead per round (`benchmarks/dp_bench.py`)\n\n"

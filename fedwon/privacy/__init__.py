@@ -33,10 +33,17 @@ if TYPE_CHECKING:
         PrivateTraining,
         calibrate_sample_noise,
         check_dp_sgd_model,
+        dp_sgd_noise_multiplier,
         private_training,
     )
 
-_LAZY = ("PrivateTraining", "calibrate_sample_noise", "check_dp_sgd_model", "private_training")
+_LAZY = (
+    "PrivateTraining",
+    "calibrate_sample_noise",
+    "check_dp_sgd_model",
+    "dp_sgd_noise_multiplier",
+    "private_training",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -67,6 +74,7 @@ __all__ = [
     "clip_update",
     "compute_epsilon",
     "dp_clipping_mod",
+    "dp_sgd_noise_multiplier",
     "layer_bounds",
     "noise_std",
     "private_training",

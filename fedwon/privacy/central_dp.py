@@ -48,8 +48,9 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from fedwon.privacy.accounting import PrivacyLedger
+from fedwon.privacy.accounting import PrivacyLedger, calibrate_noise, sample_rate
 from fedwon.privacy.clipping import check_clip_settings, clip_factors
+from fedwon.privacy.config import DPConfig
 from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
 from fedwon.privacy.updates import apply_update, arrays_of, is_learned, update_tensors
@@ -149,6 +150,43 @@ class CentralDP(Strategy):
 
     def __repr__(self) -> str:
         return f"CentralDP({self.strategy!r})"
+
+    @classmethod
+    def from_config(
+        cls,
+        strategy: Strategy,
+        dp: DPConfig,
+        *,
+        expected_clients: int,
+        population: int,
+        num_rounds: int,
+        seed: int,
+    ) -> CentralDP:
+        """The wrapper a run's ``dp.*`` settings describe (user level).
+
+        ``population`` is ``dp.population`` or, when that is 0, the number of simulated
+        clients (:func:`fedwon.privacy.check_dp_run` resolves it). With ``dp.target_epsilon``
+        the noise multiplier is calibrated here for ``num_rounds`` rounds at q = m / N.
+        """
+        q = sample_rate(expected_clients, population)
+        z = dp.noise_multiplier or calibrate_noise(
+            dp.target_epsilon, dp.delta, q, num_rounds, dp.accountant
+        )
+        return cls(
+            strategy,
+            noise_multiplier=z,
+            clip_norm=dp.clip_norm,
+            expected_clients=expected_clients,
+            sample_rate=q,
+            delta=dp.delta,
+            clipping=dp.clipping,
+            split=dp.split,
+            placement=dp.placement,
+            accountant=dp.accountant,
+            max_epsilon=dp.max_epsilon,
+            seed=seed,
+            secure_rng=dp.secure_rng,
+        )
 
     # ---- budget ---------------------------------------------------------------------------------
     def rounds_within_budget(self, num_rounds: int) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Literal, TypeVar, cast
 
 import numpy as np
@@ -55,6 +56,12 @@ def layer_bounds(sizes: Sequence[int], clip_norm: float, split: str = "uniform")
     ``uniform``: C/sqrt(H). ``dim``: C*sqrt(d_h / sum d) (all-empty layers fall back to
     uniform, since there is nothing to weigh by).
     """
+    return _layer_bounds(tuple(int(d) for d in sizes), float(clip_norm), split).copy()
+
+
+@lru_cache(maxsize=256)
+def _layer_bounds(sizes: tuple[int, ...], clip_norm: float, split: str) -> np.ndarray:
+    """Cached: the DP aggregation asks for the same bounds for every reply of every round."""
     check_clip_settings(clip_norm, "per_layer", split)
     count = len(sizes)
     if count == 0:
@@ -78,7 +85,7 @@ def _as_tensor(value: Tensorish, name: str) -> torch.Tensor:
 
 def clip_factors(
     tensors: Sequence[torch.Tensor], clip_norm: float, mode: str = "flat", split: str = "uniform"
-) -> torch.Tensor:
+) -> np.ndarray:
     """The scale each layer gets (1.0 = untouched), as a float64 vector of length H.
 
     One fused kernel computes every layer's norm (``torch._foreach_norm``, in the layers'
@@ -86,21 +93,20 @@ def clip_factors(
     """
     check_clip_settings(clip_norm, mode, split)
     if not tensors:
-        return torch.ones(0, dtype=torch.float64)
-    norms = torch.stack([n.cpu() for n in torch._foreach_norm(list(tensors))]).to(torch.float64)
+        return np.ones(0)
+    norms = torch.stack(torch._foreach_norm(list(tensors))).to("cpu", torch.float64).numpy()
     if mode == "flat":
-        total = float(torch.linalg.vector_norm(norms))
-        scale = min(1.0, clip_norm / total) if total > 0 else 1.0
-        return torch.full((len(tensors),), scale, dtype=torch.float64)
-    bounds = torch.from_numpy(layer_bounds([t.numel() for t in tensors], clip_norm, split))
-    # norm 0 <= any bound: factor 1 (avoid 0/0)
-    return torch.where(norms > bounds, bounds / norms.clamp(min=1e-300), 1.0)
+        total = math.sqrt(float(np.dot(norms, norms)))
+        return np.full(len(norms), min(1.0, clip_norm / total) if total > 0 else 1.0)
+    bounds = _layer_bounds(tuple(t.numel() for t in tensors), float(clip_norm), split)
+    with np.errstate(divide="ignore"):  # a zero norm is within any bound: factor 1
+        return np.where(norms > bounds, bounds / norms, 1.0)
 
 
 def clip_tensors_(
     tensors: Sequence[torch.Tensor], clip_norm: float, mode: str = "flat", split: str = "uniform"
-) -> torch.Tensor:
-    """Clip ``tensors`` in place (the fast path the DP aggregation uses); returns the factors."""
+) -> np.ndarray:
+    """Clip ``tensors`` in place (what the client-side mod uses); returns the factors."""
     factors = clip_factors(tensors, clip_norm, mode, split)
     for tensor, factor in zip(tensors, factors.tolist(), strict=True):
         if factor < 1.0:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedwon.privacy import grad_samplers  # noqa: F401  (registers the WSConv2d grad sampler)
 from fedwon.privacy.accounting import calibrate_noise
 from fedwon.privacy.clipping import check_clip_settings, layer_bounds
+from fedwon.privacy.config import DPConfig
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,23 @@ def private_training(
         hooks.cleanup()
         for p in model.parameters():
             p.grad = None
+
+
+def dp_sgd_noise_multiplier(
+    dp: DPConfig, *, num_examples: int, batch_size: int, local_epochs: int, num_rounds: int
+) -> float:
+    """This client's DP-SGD noise: dp.noise_multiplier, or calibrated to dp.target_epsilon."""
+    if dp.noise_multiplier:
+        return dp.noise_multiplier
+    return calibrate_sample_noise(
+        dp.target_epsilon,
+        dp.delta,
+        num_examples,
+        min(batch_size, num_examples),
+        local_epochs,
+        num_rounds,
+        dp.accountant,
+    )
 
 
 @lru_cache(maxsize=256)

@@ -16,6 +16,7 @@ from fedwon.privacy import (
     BudgetExhaustedError,
     CentralDP,
     ClientClippingError,
+    DPConfig,
     FedLAMB,
     clip_update,
     compute_epsilon,
@@ -257,3 +258,21 @@ def test_mean_aggregators_get_one_collapsed_reply_with_the_same_result() -> None
     )
     by_median, _, _ = run_round(central_dp(median, **settings), sent, scales, examples=examples)
     np.testing.assert_allclose(by_median["fc.weight"], full["fc.weight"], rtol=1e-6)
+
+
+def test_from_config_calibrates_noise_to_the_target_epsilon() -> None:
+    dp_cfg = DPConfig(enabled=True, target_epsilon=5.0, delta=1e-5, clip_norm=0.3, max_epsilon=6.0)
+    dp = CentralDP.from_config(
+        fedavg(), dp_cfg, expected_clients=10, population=1000, num_rounds=200, seed=1
+    )
+    assert dp.ledger.sample_rate == 0.01 and dp.clip_norm == 0.3 and dp.max_epsilon == 6.0
+    assert 4.99 <= dp.ledger.epsilon(200) <= 5.0
+    fixed = CentralDP.from_config(
+        fedavg(),
+        DPConfig(enabled=True, noise_multiplier=0.7, placement="client"),
+        expected_clients=10,
+        population=1000,
+        num_rounds=200,
+        seed=1,
+    )
+    assert fixed.noise_multiplier == 0.7 and fixed.placement == "client"

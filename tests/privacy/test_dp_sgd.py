@@ -14,10 +14,11 @@ from torch.nn import functional as F
 
 from fedwon.models import build_model
 from fedwon.nn import WSConv2d
-from fedwon.privacy import compute_epsilon, layer_bounds
+from fedwon.privacy import DPConfig, compute_epsilon, layer_bounds
 from fedwon.privacy.dp_sgd import (
     calibrate_sample_noise,
     check_dp_sgd_model,
+    dp_sgd_noise_multiplier,
     parameter_bounds,
     private_training,
 )
@@ -163,6 +164,21 @@ def test_per_layer_clipping_bounds_every_parameter_step(split: str) -> None:
     # the step is lr times the mean of per-example gradients clipped to C_h
     for p, b, bound in zip(model.parameters(), before, bounds, strict=True):
         assert float((p.detach() - b).norm()) <= lr * bound * (1 + 1e-4)
+
+
+def test_sample_level_noise_comes_from_the_config() -> None:
+    fixed = DPConfig(enabled=True, level="sample", noise_multiplier=1.3)
+    assert (
+        dp_sgd_noise_multiplier(
+            fixed, num_examples=50, batch_size=10, local_epochs=1, num_rounds=20
+        )
+        == 1.3
+    )
+    target = DPConfig(enabled=True, level="sample", target_epsilon=8.0)
+    z = dp_sgd_noise_multiplier(
+        target, num_examples=50, batch_size=10, local_epochs=1, num_rounds=20
+    )
+    assert z == calibrate_sample_noise(8.0, 1e-5, 50, 10, 1, 20)
 
 
 def test_sample_level_calibration_is_conservative() -> None:
