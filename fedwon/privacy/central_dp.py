@@ -49,7 +49,7 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYog
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedwon.privacy.accounting import PrivacyLedger, calibrate_noise, sample_rate
-from fedwon.privacy.clipping import check_clip_settings, clip_factors
+from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
 from fedwon.privacy.config import DPConfig
 from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
@@ -283,7 +283,12 @@ class CentralDP(Strategy):
             who = f"node {msg.metadata.src_node_id}"
             update = update_tensors(_single_array_record(msg.content), sent, who, out=update_buf)
             tensors = list(update.values())
-            factors = clip_factors(tensors, self.clip_norm, self.clipping, self.split).tolist()
+            try:
+                factors = clip_factors(tensors, self.clip_norm, self.clipping, self.split).tolist()
+            except NonFiniteUpdateError as err:
+                # dropping a client costs no privacy (the noise is calibrated to m anyway)
+                log.warning("round %d: %s dropped from the DP sum: %s", server_round, who, err)
+                continue
             smallest = min(factors, default=1.0)
             if self.placement == "client" and smallest < 1 - CLIENT_CLIP_SLACK:
                 raise ClientClippingError(

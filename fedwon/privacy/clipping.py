@@ -40,6 +40,10 @@ Tensorish = np.ndarray | torch.Tensor
 U = TypeVar("U", bound=Sequence[Tensorish] | Mapping[str, Tensorish])
 
 
+class NonFiniteUpdateError(ValueError):
+    """An update with NaN or Inf values: it has no norm to clip to."""
+
+
 def check_clip_settings(clip_norm: float, mode: str, split: str) -> None:
     """One-line errors for a bad clipping setting (shared by every entry point)."""
     if not (clip_norm > 0 and math.isfinite(clip_norm)):
@@ -95,6 +99,9 @@ def clip_factors(
     if not tensors:
         return np.ones(0)
     norms = torch.stack(torch._foreach_norm(list(tensors))).to("cpu", torch.float64).numpy()
+    if not np.isfinite(norms).all():
+        bad = [int(i) for i in np.flatnonzero(~np.isfinite(norms))[:5]]
+        raise NonFiniteUpdateError(f"the update has NaN/Inf values in layers {bad}")
     if mode == "flat":
         total = math.sqrt(float(np.dot(norms, norms)))
         return np.full(len(norms), min(1.0, clip_norm / total) if total > 0 else 1.0)

@@ -276,3 +276,19 @@ def test_from_config_calibrates_noise_to_the_target_epsilon() -> None:
         seed=1,
     )
     assert fixed.noise_multiplier == 0.7 and fixed.placement == "client"
+
+
+def test_a_non_finite_update_is_dropped_from_the_sum() -> None:
+    sent = model_arrays()
+    dp = central_dp()
+    messages = sorted(
+        dp.configure_train(1, record(sent), ConfigRecord(), StubGrid(COHORT)),  # type: ignore[arg-type]
+        key=lambda m: m.metadata.dst_node_id,
+    )
+    deltas = [client_delta(i, 0.001, sent) for i in range(COHORT)]
+    deltas[2]["fc.weight"][0, 0] = np.nan
+    arrays, _ = dp.aggregate_train(1, [reply(m, d) for m, d in zip(messages, deltas, strict=True)])
+    assert arrays is not None
+    got = arrays["fc.weight"].numpy()
+    kept = deltas[0]["fc.weight"] + deltas[1]["fc.weight"] + deltas[3]["fc.weight"]
+    np.testing.assert_allclose(got, sent["fc.weight"] + kept / COHORT, rtol=1e-5, atol=1e-7)
