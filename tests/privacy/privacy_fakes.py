@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fedwon.privacy import CentralDP
 
 
 class StubGrid:
@@ -64,3 +68,26 @@ def reply(
         }
     )
     return Message(content, reply_to=instruction)
+
+
+COHORT = 4
+
+
+def fedavg(n: int = COHORT) -> FedAvg:
+    return FedAvg(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n
+    )
+
+
+def central_dp(inner: Any = None, **kwargs: Any) -> CentralDP:
+    settings: dict[str, Any] = dict(
+        noise_multiplier=0.0,
+        clip_norm=1.0,
+        expected_clients=COHORT,
+        sample_rate=0.04,
+        delta=1e-5,
+        clipping="per_layer",
+        split="uniform",
+    )
+    settings.update(kwargs)
+    return CentralDP(inner or fedavg(), **settings)

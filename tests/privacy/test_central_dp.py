@@ -10,7 +10,16 @@ import pytest
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx
-from privacy_fakes import StubGrid, client_delta, model_arrays, record, reply
+from privacy_fakes import (
+    COHORT,
+    StubGrid,
+    central_dp,
+    client_delta,
+    fedavg,
+    model_arrays,
+    record,
+    reply,
+)
 
 from fedwon.privacy import (
     BudgetExhaustedError,
@@ -22,28 +31,6 @@ from fedwon.privacy import (
     compute_epsilon,
 )
 from fedwon.privacy.central_dp import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY, averages_replies
-
-COHORT = 4
-
-
-def fedavg(n: int = COHORT) -> FedAvg:
-    return FedAvg(
-        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n
-    )
-
-
-def central_dp(inner: Any = None, **kwargs: Any) -> CentralDP:
-    settings: dict[str, Any] = dict(
-        noise_multiplier=0.0,
-        clip_norm=1.0,
-        expected_clients=COHORT,
-        sample_rate=0.04,
-        delta=1e-5,
-        clipping="per_layer",
-        split="uniform",
-    )
-    settings.update(kwargs)
-    return CentralDP(inner or fedavg(), **settings)
 
 
 def run_round(

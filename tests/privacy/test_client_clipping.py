@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from privacy_fakes import StubGrid, client_delta, model_arrays, record, reply
-from test_central_dp import COHORT, central_dp
+from privacy_fakes import COHORT, StubGrid, central_dp, client_delta, model_arrays, record, reply
 
 from fedwon.privacy import dp_clipping_mod, layer_bounds, update_norms
 
