@@ -1,4 +1,7 @@
-"""DPConfig: one-line errors per value, cross-field checks against the run, flat round trip."""
+"""DPConfig: one-line errors, cross-field checks against the run, flat round trip.
+
+(Tests fedwon/privacy/config.py; tests/test_config.py already takes the basename.)
+"""
 
 from __future__ import annotations
 
