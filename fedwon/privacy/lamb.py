@@ -16,10 +16,10 @@ weight norm to ``[phi_min, phi_max]`` (identity by default). Signs follow Flower
 family: g points *towards* the clients' models, so steps are added and weight decay subtracted.
 
 Built like Flower's FedAdam (a subclass of ``FedOpt``: same arguments ``eta`` = server lr,
-``beta_1``, ``beta_2``, ``tau`` = eps). Differences: the bias-correction step t counts this
-strategy's own aggregations (FedAdam uses the round number, which a resumed run, whose moments
-restart at zero, would get wrong). Non-floating arrays (BatchNorm counters) take the FedAvg
-aggregate.
+``beta_1``, ``beta_2``, ``tau`` = eps; the moments in FedOpt's ``m_t``/``v_t``, which fedwon's
+checkpoints save and restore). The bias-correction step t is the round number, so a resumed
+run (absolute round numbers, restored moments) continues exactly; FedAdam uses round + 1.
+Non-floating arrays (BatchNorm counters) take the FedAvg aggregate.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class FedLAMB(FedOpt):
         self.weight_decay = weight_decay
         self.phi_min = phi_min
         self.phi_max = phi_max
-        self.steps = 0
         self.last_trust_ratios: dict[str, float] = {}
 
     def phi(self, weight_norm: float) -> float:
@@ -88,9 +87,9 @@ class FedLAMB(FedOpt):
         self.v_t = {
             k: self.beta_2 * v + (1 - self.beta_2) * delta[k] ** 2 for k, v in self.v_t.items()
         }
-        self.steps += 1
-        m_scale = 1.0 / (1.0 - self.beta_1**self.steps)
-        v_scale = 1.0 / (1.0 - self.beta_2**self.steps)
+        t = max(server_round, 1)  # the moments have seen rounds 1..t
+        m_scale = 1.0 / (1.0 - self.beta_1**t)
+        v_scale = 1.0 / (1.0 - self.beta_2**t)
 
         new: dict[str, np.ndarray] = {}
         ratios: dict[str, float] = {}

@@ -96,3 +96,17 @@ def test_bad_hyperparameters_are_refused() -> None:
         lamb(beta_1=1.0)
     with pytest.raises(ValueError, match="weight_decay >= 0"):
         lamb(weight_decay=-1.0)
+
+
+def test_a_resumed_run_with_restored_moments_continues_exactly() -> None:
+    whole = lamb(eta=0.1, weight_decay=0.01)
+    start = {**step(whole, W0, ROUND_1, 1), "n": np.array(4, np.int64)}
+    assert whole.m_t is not None and whole.v_t is not None
+    checkpoint = (
+        {k: v.copy() for k, v in whole.m_t.items()},
+        {k: v.copy() for k, v in whole.v_t.items()},
+    )
+    uninterrupted = step(whole, start, ROUND_2, 2)
+    resumed = lamb(eta=0.1, weight_decay=0.01)  # a fresh process: moments from the checkpoint
+    resumed.m_t, resumed.v_t = checkpoint
+    np.testing.assert_array_equal(step(resumed, start, ROUND_2, 2)["a"], uninterrupted["a"])
