@@ -65,7 +65,7 @@ def test_dp_settings_are_checked_before_anything_runs() -> None:
         ConfigError, match=r"unknown config key 'dp.noise' \(valid keys: dp.enabled"
     ):
         make_config({**DP_RUN, "dp.noise": 1.0})
-    with pytest.raises(ConfigError, match="set exactly one of dp.noise_multiplier"):
+    with pytest.raises(ConfigError, match=r"set exactly one of dp\.noise_multiplier"):
         make_config({**DP_RUN, "dp.target_epsilon": 3.0})
     cfg = make_config({**DP_RUN, "dp.noise_multiplier": 0.0, "dp.target_epsilon": 3.0})
     assert make_config(cfg.to_flat()) == cfg  # dp.* round-trips through flat keys and TOML
