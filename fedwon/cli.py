@@ -28,6 +28,7 @@ from rich.table import Table
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
 from fedwon.errors import error_line
+from fedwon.privacy_curve import privacy_curve_cli
 from fedwon.results import (
     Row,
     final_metrics,
@@ -363,6 +364,9 @@ def report(
         if target is not None:
             plot_runs(list(runs), dirs, target)
             console.print(f"wrote {escape(str(target))}")
+
+
+cli.add_typer(privacy_curve_cli, name="privacy-curve")
 
 
 def main() -> None:

@@ -93,6 +93,7 @@ def compute_epsilon(
     return float(acc.get_epsilon(delta=delta))
 
 
+@lru_cache(maxsize=256)
 def calibrate_noise(
     target_epsilon: float,
     delta: float,
@@ -104,7 +105,8 @@ def calibrate_noise(
     """The smallest noise multiplier (to within ``tolerance`` in epsilon) meeting a budget.
 
     Returns z with ``target_epsilon - tolerance <= compute_epsilon(z, ...) <= target_epsilon``
-    (Opacus' bisection, ``get_noise_multiplier``).
+    (Opacus' bisection, ``get_noise_multiplier``). Cached: each call costs seconds (a dozen
+    RDP curves), and runs that differ only in what they do with the noise share it.
     """
     from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
