@@ -279,6 +279,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             if r["target_epsilon"] is None and r["accuracy"] is not None:
                 ax.axhline(r["accuracy"], color=color, ls="--", lw=1, label=f"{method}, no DP")
     ax.set_xscale("log", base=2)
+    epsilons = sorted({r["target_epsilon"] for r in results["runs"]} - {None})
+    ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
     ax.set_xlabel(f"ε (target, δ = {results['setting']['delta']:g})")
     ax.set_ylabel("final test accuracy")
     ax.set_title(f"FedWon, user-level DP, {results['setting']['population']} clients")
@@ -316,7 +318,7 @@ def run_curve(
         "recipe": str(plan.recipe),
         "overrides": plan.overrides,
         "setting": setting(dp_cfg),
-        "seconds": sum(r["seconds"] for r in runs),
+        "seconds": round(sum(r["seconds"] for r in runs), 1),
         "runs": runs,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,9 @@ from fedwon.privacy.config import DPConfig
 from fedwon.protocol import ClientConfig
 
 log = logging.getLogger(__name__)
+# Poisson sampling makes empty batches on small clients (expected: they are a step of pure
+# noise); Opacus would log a warning for each one.
+logging.getLogger("opacus.data_loader").setLevel(logging.ERROR)
 
 
 def check_dp_sgd_model(model: nn.Module) -> None:
