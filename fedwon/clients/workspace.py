@@ -34,6 +34,7 @@ def data_spec(cfg: RunConfig, data_root: str | None = None) -> DataSpec:
         train_per_domain=cfg.train_per_domain or None,
         test_per_domain=cfg.test_per_domain or None,
         image_size=cfg.image_size or None,
+        val_fraction=cfg.val_fraction,
         seed=cfg.seed,
     )
 
