@@ -16,8 +16,10 @@ from rich.table import Table
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
 from fedwon.results import Row, final_metrics, per_domain, read_metrics, read_run_config
+from fedwon.study.cli import study_cli
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+cli.add_typer(study_cli, name="study")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error
 
