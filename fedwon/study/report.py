@@ -323,6 +323,7 @@ def plot_curves(part: PartResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for method in part.part.methods:
@@ -330,6 +331,7 @@ def plot_curves(part: PartResult, path: Path) -> None:
         if runs:
             xs, ys = _mean_curve(runs)
             ax.plot(xs, ys, marker="o", ms=3, label=f"{LABELS[method]} (n={len(runs)})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (avg over domains)")
     ax.set_ylim(0, 1)
