@@ -50,16 +50,32 @@ def study(
         Path | None, typer.Option(help="where results.md, results.json and img/ go")
     ] = None,
     jobs: Annotated[int, typer.Option(min=1, help="runs trained in parallel processes")] = 1,
+    part: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--part",
+            help="only this part (repeatable; with the part it reuses): "
+            + ", ".join(p.name for p in PLANS["full"].parts),
+        ),
+    ] = None,
 ) -> None:
     """Reproduce the FedWon paper's comparisons: tune on validation, run seeds, write report."""
     from fedwon.study.report import write_report
     from fedwon.study.runner import run_study
 
     logging.basicConfig(level=logging.WARNING)
-    plan = PLANS["quick" if quick else "full"]
-    cache = cache or DEFAULT_CACHE[plan.name]
-    out = out or DEFAULT_OUT[plan.name]
-    command = "fedwon study" + (" --quick" if quick else "")
+    base = PLANS["quick" if quick else "full"]
+    try:
+        plan = base.only(part) if part else base
+    except KeyError as err:
+        from fedwon.cli import fail  # the main CLI imports this module: import it when needed
+
+        raise fail(ValueError(err.args[0])) from None
+    cache = cache or DEFAULT_CACHE[base.name]
+    out = out or DEFAULT_OUT[base.name]
+    command = " ".join(
+        ["fedwon study", *(["--quick"] if quick else []), *(f"--part {p}" for p in part or [])]
+    )
     console.print(f"[bold]study[/bold] plan {plan.name}: runs under {cache}, report to {out}")
     results = run_study(
         plan,

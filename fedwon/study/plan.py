@@ -130,6 +130,16 @@ class StudyPlan:
                 return p
         raise KeyError(f"unknown study part {name!r}; parts: {[p.name for p in self.parts]}")
 
+    def only(self, names: list[str]) -> StudyPlan:
+        """The plan restricted to some parts (plus the parts whose choices they reuse), named
+        so that its report says it is partial."""
+        wanted = {self.part(n).name for n in names}
+        wanted |= {self.part(n).reuse for n in names if self.part(n).reuse}
+        parts = tuple(p for p in self.parts if p.name in wanted)
+        if len(parts) == len(self.parts):
+            return self
+        return StudyPlan(f"{self.name} (parts: {', '.join(p.name for p in parts)})", parts)
+
 
 CROSS_SILO_METHODS = tuple(METHODS)
 CROSS_DEVICE_METHODS = ("fedavg_gn", "fedavg_ws_gn", "fedwon")

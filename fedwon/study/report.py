@@ -228,7 +228,6 @@ def _settings_line(section: dict[str, Any]) -> str:
 
 def results_markdown(data: dict[str, Any]) -> str:
     """``docs/results.md`` from the ``results.json`` dictionary (and nothing else)."""
-    quick = data["plan"] != "full"
     out = [
         "# FedWon paper comparisons, reproduced",
         "",
@@ -242,13 +241,15 @@ def results_markdown(data: dict[str, Any]) -> str:
         ),
         "",
     ]
-    if quick:
+    if data["plan"].startswith("quick"):
         out += [
             "> **Quick plan**: tiny model, data and rounds, to exercise the pipeline in minutes. "
             "These numbers are not evidence for or against the paper; `make report` runs the "
             "full study.",
             "",
         ]
+    elif data["plan"] != "full":
+        out += [f"> **Partial study** (`{data['plan']}`): `make report` runs every part.", ""]
     out += [
         "Every number is test accuracy (%) at the last round, averaged over domains, mean ± "
         "sample std over the reported seeds. Learning rates (and FedWon's AGC clip) were chosen "

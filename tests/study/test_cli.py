@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
-from fedwon.study.plan import METHODS, QUICK
+from fedwon.study.plan import FULL, METHODS, QUICK
 from fedwon.study.runner import count_report_runs, tuning_specs
 
 runner = CliRunner()
@@ -23,7 +23,17 @@ def test_make_report_targets_call_the_study_command() -> None:
     assert re.search(r"^report: setup\n\t\$\(BIN\)/python -m fedwon.cli study\n", makefile, re.M)
     assert re.search(r"^report-quick: setup\n\t.* study --quick\n", makefile, re.M)
     result = runner.invoke(cli, ["study", "--help"])
-    assert result.exit_code == 0 and "--quick" in result.output
+    assert result.exit_code == 0 and "--quick" in result.output and "--part" in result.output
+    bad = runner.invoke(cli, ["study", "--part", "cross_sile"])
+    assert bad.exit_code == 2
+    assert "unknown study part 'cross_sile'; parts: ['cross_silo', 'cross_device'" in bad.output
+
+
+def test_a_part_brings_the_part_whose_choices_it_reuses() -> None:
+    plan = FULL.only(["domain_generalization"])
+    assert [p.name for p in plan.parts] == ["cross_silo", "domain_generalization"]
+    assert plan.name == "full (parts: cross_silo, domain_generalization)"
+    assert FULL.only([p.name for p in FULL.parts]) is FULL
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ def test_markdown_comes_from_the_json_alone(mini_results: StudyResults) -> None:
     data = results_json(mini_results)
     text = results_markdown(json.loads(json.dumps(data)))  # a JSON round trip changes nothing
     assert text == results_markdown(data)
-    assert "## Claims" in text and "Quick plan" in text  # not the full plan: flagged
+    assert "## Claims" in text and "Partial study** (`mini`)" in text  # not the full plan
     fedbn = data["methods"]["fedbn"]
     row = f"| FedBN | {100 * fedbn['per_domain']['mnist']:.1f} |"
     assert row in text
