@@ -88,3 +88,15 @@ def study(
     )
     for path in write_report(results, out):
         console.print(f"wrote {path}")
+    console.print(summary_line(results.records))
+
+
+def summary_line(records: list[RunRecord]) -> str:
+    """How many runs were trained, reused or failed, and the training time they record."""
+    counts = {s: sum(r.status == s for r in records) for s in ("trained", "resumed", "cached")}
+    failed = sum(not r.ok for r in records)
+    hours = sum(r.train_seconds for r in records) / 3600
+    return (
+        f"{len(records)} runs: {counts['trained']} trained, {counts['resumed']} resumed, "
+        f"{counts['cached']} reused, {failed} failed; their rounds took {hours:.2f} h in all"
+    )

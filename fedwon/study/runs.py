@@ -207,14 +207,14 @@ def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
     info = _study_file(path)
     if status == "failed":
         return RunRecord(
-            spec,
-            str(path),
-            status,
-            time.perf_counter() - start,
-            {},
-            [],
-            0.0,
-            str(info.get("commit", "unknown")),
+            spec=spec,
+            path=str(path),
+            status=status,
+            seconds=time.perf_counter() - start,
+            test={},
+            curve=[],
+            train_seconds=0.0,
+            commit=str(info.get("commit", "unknown")),
             error=str(info["failed"]),
         )
     if spec.role == "tune" and "val" not in info:

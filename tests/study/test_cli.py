@@ -45,6 +45,7 @@ def test_quick_study_is_complete_and_rebuilds_identically(tmp_path: Path) -> Non
     total = len(tuning_specs(QUICK)) + count_report_runs(QUICK)
     lines = [line for line in first.output.splitlines() if line.startswith("[")]
     assert len(lines) == total and all("trained" in line for line in lines)
+    assert f"{total} runs: {total} trained, 0 resumed, 0 reused, 0 failed" in first.output
 
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == set(METHODS)  # the six methods of the schema
@@ -71,4 +72,5 @@ def test_quick_study_is_complete_and_rebuilds_identically(tmp_path: Path) -> Non
     assert second.exit_code == 0, second.output
     lines = [line for line in second.output.splitlines() if line.startswith("[")]
     assert len(lines) == total and all(": cached ·" in line for line in lines)
+    assert f"{total} runs: 0 trained, 0 resumed, {total} reused, 0 failed" in second.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
