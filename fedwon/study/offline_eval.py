@@ -10,8 +10,9 @@ Two evaluations the study needs and a run does not perform:
   it never saw; it gets the *average* of its clients' local layers (affine parameters and running
   statistics, unweighted), the natural choice and the one the report states.
 
-Both read the run directory's final checkpoint: the global arrays and the clients' local layers
-(:func:`final_states`), the only place that knows the checkpoint's layout.
+Both read the run directory's final checkpoint — the global arrays and the client states the
+fast engine snapshots into it (:func:`final_states`) — and rebuild each model exactly as the
+client does, so the test split evaluated this way reproduces the run's own last round.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from fedwon.clients import DiskStateStore, data_spec, evaluate, initial_model
+from fedwon.clients import data_spec, evaluate, initial_model
+from fedwon.clients.local_state import local_arrays, owner_tag
 from fedwon.config import RunConfig
 from fedwon.datasets import Federation, load_federation
-from fedwon.results import CLIENT_STATE, load_checkpoint
+from fedwon.results import load_checkpoint
 
 __all__ = ["FinalStates", "average_states", "final_states", "heldout_accuracy", "split_accuracy"]
 
@@ -49,8 +51,8 @@ class FinalStates:
 def final_states(run_dir: str | Path, cfg: RunConfig, federation: Federation) -> FinalStates:
     """Read the final checkpoint of ``run_dir`` (refusing one that stopped before the end).
 
-    The clients' local arrays are the files the simulation's disk store keeps under the
-    checkpoint's ``client_state`` (restored into the run directory by ``load_checkpoint``).
+    The clients' local arrays come from the client states the checkpoint snapshots (the fast
+    engine's contexts), read as a client reads its own (:func:`local_arrays`).
     """
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
@@ -59,14 +61,21 @@ def final_states(run_dir: str | Path, cfg: RunConfig, federation: Federation) ->
             f"{run_dir} is not finished: its checkpoint is at round {ckpt.round} of "
             f"{cfg.num_rounds}; resume it before evaluating"
         )
-    model = initial_model(cfg, federation.num_classes, federation.in_channels)
+    client_cfg = cfg.client_config()
+    model = initial_model(client_cfg, federation.num_classes, federation.in_channels)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     global_arrays = dict(ckpt.arrays.to_torch_state_dict())
+    owner = owner_tag(client_cfg)
     local: dict[int, State] = {}
-    for pid in range(federation.num_clients):
-        arrays = DiskStateStore(run_dir / CLIENT_STATE, pid).load()
+    for pid, state in (ckpt.client_states or {}).items():
+        arrays = local_arrays(state, owner)
         if arrays:
             local[pid] = arrays
+    if ckpt.client_states is None and set(initial) - set(global_arrays):
+        raise ValueError(
+            f"{run_dir}: the checkpoint holds no client states (engine {cfg.engine!r}), so the "
+            "clients' local layers are unknown; run with engine='fast' to evaluate it offline"
+        )
     return FinalStates(model, initial, global_arrays, local)
 
 
@@ -93,7 +102,7 @@ def split_accuracy(run_dir: str | Path, cfg: RunConfig, split: str = "val") -> A
 
     Clients without data in ``split`` (too small for a validation share) are left out.
     """
-    fed = load_federation(data_spec(cfg))
+    fed = load_federation(data_spec(cfg.client_config()))
     states = final_states(run_dir, cfg, fed)
     correct = dict.fromkeys(fed.domains, 0)
     total = dict.fromkeys(fed.domains, 0)
@@ -131,7 +140,7 @@ def heldout_accuracy(
     """The final global model on the test set of each held-out domain (all of them, or
     ``domains``; FedBN: averaged local layers, see the module docstring); per domain, and
     their mean."""
-    fed = load_federation(data_spec(cfg))
+    fed = load_federation(data_spec(cfg.client_config()))
     if not fed.heldout_domains:
         raise ValueError(f"{run_dir} trains on every domain of {cfg.dataset}: nothing is held out")
     domains = list(fed.heldout_domains if domains is None else domains)

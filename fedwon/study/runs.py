@@ -9,11 +9,12 @@ exactly one config: a finished one (``summary.json`` and every round recorded) i
 an interrupted one is resumed from its last checkpoint, a directory that never reached a
 checkpoint is cleared and started again. After training, the evaluations the study adds
 (validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are computed once
-and kept next to the run in ``study.json``, together with the commit that trained it.
+and kept beside the run directory in ``<directory>.study.json`` (never inside it: a run
+directory holds only what a run writes), together with the commit that trained it.
 
 A run that fails (e.g. every client diverged at a too-large learning rate of the grid) is a
-result, not a crash: its error is kept in ``study.json`` and reported, and the grid point is
-never chosen. It is not retried on the next report; delete its directory to retry it.
+result, not a crash: its error is kept in the same file and reported, and the grid point is
+never chosen. It is not retried on the next report; delete that file to retry it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import Any
 
 from fedwon.config import ConfigError, RunConfig, load_config
 from fedwon.datasets import DATASETS
-from fedwon.results import CHECKPOINT, final_metrics, per_domain, read_metrics
+from fedwon.errors import error_line
+from fedwon.results import checkpoint_round, final_metrics, per_domain, read_metrics
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
 from fedwon.study.plan import METHODS, Candidate, Part
 
@@ -46,7 +48,6 @@ __all__ = [
     "run_dir",
 ]
 
-STUDY_FILE = "study.json"
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
@@ -168,10 +169,23 @@ class RunRecord:
         return not self.error
 
 
-def _study_file(path: Path) -> dict[str, Any]:
-    file = path / STUDY_FILE
+def study_file(path: Path) -> Path:
+    """Where the study keeps what it adds to the run in ``path`` (beside it, not inside)."""
+    return path.with_name(path.name + ".study.json")
+
+
+def _read_study(path: Path) -> dict[str, Any]:
+    file = study_file(path)
     loaded: dict[str, Any] = json.loads(file.read_text()) if file.exists() else {}
     return loaded
+
+
+def _write_study(path: Path, info: dict[str, Any]) -> None:
+    file = study_file(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    part = file.with_name(file.name + ".part")
+    part.write_text(json.dumps(info, indent=1))
+    part.replace(file)
 
 
 def _train(path: Path, cfg: RunConfig) -> str:
@@ -180,20 +194,17 @@ def _train(path: Path, cfg: RunConfig) -> str:
 
     if _finished(path, cfg):
         return "cached"
-    if "failed" in _study_file(path):
+    if "failed" in _read_study(path):
         return "failed"
-    resume = (path / CHECKPOINT / "state.json").exists()
-    if not resume and path.exists():
-        shutil.rmtree(path)  # started but never checkpointed: nothing to keep
-    path.mkdir(parents=True, exist_ok=True)
+    resume = path.is_dir() and checkpoint_round(path) is not None
     if not resume:
-        (path / STUDY_FILE).write_text(json.dumps({"commit": code_commit()}))
+        shutil.rmtree(path, ignore_errors=True)  # started but never checkpointed: nothing to keep
+        _write_study(path, {"commit": code_commit()})
     try:
         run_simulation(cfg, path, resume=resume)
     except Exception as err:  # a diverged grid point is a result; Ctrl-C is not caught
         log.warning("%s failed: %s", path, err)
-        info = {**_study_file(path), "failed": f"{type(err).__name__}: {err}"}
-        (path / STUDY_FILE).write_text(json.dumps(info, indent=1))
+        _write_study(path, {**_read_study(path), "failed": error_line(err)})
         return "failed"
     return "resumed" if resume else "trained"
 
@@ -204,7 +215,7 @@ def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
     path = run_dir(cache, spec, cfg)
     start = time.perf_counter()
     status = _train(path, cfg)
-    info = _study_file(path)
+    info = _read_study(path)
     if status == "failed":
         return RunRecord(
             spec=spec,
@@ -222,7 +233,7 @@ def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
     if spec.heldout and "heldout" not in info:
         info["heldout"] = heldout_accuracy(path, cfg, [spec.heldout]).as_dict()
     info.setdefault("commit", "unknown (trained outside the study)")
-    (path / STUDY_FILE).write_text(json.dumps(info, indent=1))
+    _write_study(path, info)
     rows = read_metrics(path)
     final = final_metrics(rows)
     curve = [

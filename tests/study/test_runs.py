@@ -11,7 +11,7 @@ import pytest
 from fedwon.results import read_metrics
 from fedwon.simulation import run_simulation
 from fedwon.study.plan import Candidate, Part
-from fedwon.study.runs import RunSpec, execute, refusal, run_config, run_dir
+from fedwon.study.runs import RunSpec, execute, refusal, run_config, run_dir, study_file
 
 PART = Part(
     name="mini",
@@ -54,7 +54,8 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path: Path) -
     again = execute(PART, spec(), tmp_path)
     assert again.status == "cached" and again.seconds == 0.0
     assert again.test == first.test and again.val == first.val
-    assert json.loads((Path(first.path) / "study.json").read_text())["commit"]
+    assert json.loads(study_file(Path(first.path)).read_text())["commit"]
+    assert not (Path(first.path) / "study.json").exists()  # the run directory holds a run only
 
     # interrupted after round 1: the directory holds a round-1 checkpoint and no final round
     cfg = run_config(PART, spec(seed=2))
@@ -67,11 +68,11 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path: Path) -
 
 
 def test_a_failed_run_is_a_result_and_is_not_retried(tmp_path: Path) -> None:
-    bad = Part(**{**PART.__dict__, "settings": {**PART.settings, "train_per_domain": 1}})
-    record = execute(bad, spec(), tmp_path)  # one image per client: BN fails every client
+    record = execute(PART, spec(lr=1e12), tmp_path)  # every client diverges to inf/NaN
     assert record.status == "failed" and not record.ok
-    assert record.error.startswith("RoundFailedError: round 1 train: 0 of 2 clients")
-    again = execute(bad, spec(), tmp_path)
+    assert record.error.startswith("RoundFailedError: round 1 ")
+    assert "0 of 2 clients returned usable results" in record.error
+    again = execute(PART, spec(lr=1e12), tmp_path)
     assert again.status == "failed" and again.error == record.error
 
 
