@@ -34,10 +34,12 @@ lint: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run
 
-# The FedWon paper's comparisons -> docs/results.md, docs/results.json, docs/img/ (hours on 2
-# CPU cores; finished runs are reused from runs/study/, interrupted ones resumed).
+# The FedWon paper's comparisons -> docs/results.md, docs/results.json, docs/img/ (hours of CPU;
+# finished runs are reused from runs/study/, interrupted ones resumed). JOBS=N trains N runs at
+# once (each on one thread: the results do not depend on N).
+JOBS ?= 1
 report: setup
-	$(BIN)/python -m fedwon.cli study
+	$(BIN)/python -m fedwon.cli study --jobs $(JOBS)
 
 # The same pipeline with a tiny model, data and rounds (a few minutes) -> runs/study-quick/report/
 report-quick: setup

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 def test_make_report_targets_call_the_study_command() -> None:
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^report: setup\n\t\$\(BIN\)/python -m fedwon.cli study\n", makefile, re.M)
+    assert re.search(
+        r"^report: setup\n\t\$\(BIN\)/python -m fedwon.cli study --jobs", makefile, re.M
+    )
     assert re.search(r"^report-quick: setup\n\t.* study --quick\n", makefile, re.M)
     result = runner.invoke(cli, ["study", "--help"])
     assert result.exit_code == 0 and "--quick" in result.output and "--part" in result.output
