@@ -12,7 +12,9 @@ from rich.console import Console
 from fedwon.study.plan import PLANS
 from fedwon.study.runs import RunRecord
 
-study_cli = typer.Typer(add_completion=False, help=__doc__)
+study_cli = typer.Typer(
+    add_completion=False, help="Reproduce the FedWon paper's comparisons and write the report."
+)
 console = Console(soft_wrap=True)  # one line per run, however narrow the terminal
 
 DEFAULT_CACHE = {"full": Path("runs/study"), "quick": Path("runs/study-quick")}
