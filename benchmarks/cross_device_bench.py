@@ -251,8 +251,122 @@ def run(quick: bool = False, rounds: int | None = None, repeats: int | None = No
     rows = summarise(measure(n, reps, flower_rounds=3 if quick else 10))
     for r in rows:
         r["load_before"] = load_before
+    rows.extend(overhead_breakdown())
     rows.extend(run_memory(quick))
     return rows
+
+
+# ---- where the per-client overhead goes ------------------------------------------------------
+
+
+def _median_us(fn: Callable[[], object], repeats: int = 200) -> float:
+    """Median wall time of ``fn()`` in microseconds (one warm-up call first)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(times)
+
+
+def overhead_breakdown() -> list[Row]:
+    """Per-client cost of each step outside training, timed one by one in this process.
+
+    Lean loop: copy the global parameters into the local model, add the result to the
+    running sum. Fast engine with the tutorial ClientApp and FedAvg: what the engine does
+    per message, the ClientApp's conversions (``to_torch_state_dict``, ``load_state_dict``,
+    ``ArrayRecord(model.state_dict())``, the reply), and FedAvg's checks and weighted sum per
+    reply. The model copies are the floor: a ClientApp must get arrays it may modify, and
+    FedAvg keeps every reply until the round ends.
+    """
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedwon.engine.fastarrays import fast_array_codec
+    from fedwon.engine.worker import isolated_message, task_identity
+
+    torch.set_num_threads(1)
+    model, global_model = w.Net(), w.make_model()
+    params = [p.detach() for p in model.parameters()]
+    global_params = [p.detach() for p in global_model.parameters()]
+    sums = [p.clone() for p in params]
+
+    def copy_in() -> None:
+        for dst, src in zip(params, global_params, strict=True):
+            dst.copy_(src)
+
+    def add_to_sum() -> None:
+        for acc, p in zip(sums, params, strict=True):
+            acc += p * 0.1
+
+    rows = [("lean loop", "copy the global parameters into the local model", copy_in)]
+    rows.append(("lean loop", "add the client to the running weighted sum", add_to_sum))
+    with fast_array_codec(), task_identity(1, 0):
+        arrays = ArrayRecord(global_model.state_dict())
+        content = RecordDict({"arrays": arrays, "config": ConfigRecord({"lr": w.LR})})
+        message = Message(content, 1, "train")
+        received = isolated_message(message).content.array_records["arrays"]
+        state = received.to_torch_state_dict()
+
+        def deliver() -> None:
+            msg = isolated_message(message)
+            Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+            metrics = MetricRecord({"train_loss": 1.0, "num-examples": 2})
+            Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+        def reply() -> Message:
+            metrics = MetricRecord({"train_loss": 1.0, "num-examples": 2})
+            arrays = ArrayRecord(model.state_dict())
+            return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
+
+        replies = [reply() for _ in range(w.CLIENTS_PER_ROUND)]
+        strategy = FedAvg()
+        rows += [
+            ("fast engine", "engine: message copy, context, reply envelope", deliver),
+            (
+                "ClientApp",
+                "arrays.to_torch_state_dict() (a copy of the model)",
+                received.to_torch_state_dict,
+            ),
+            (
+                "ClientApp",
+                "model.load_state_dict(...) (copy into the model)",
+                lambda: model.load_state_dict(state),
+            ),
+            (
+                "ClientApp",
+                "ArrayRecord(model.state_dict()) (a copy of the model)",
+                lambda: ArrayRecord(model.state_dict()),
+            ),
+            (
+                "FedAvg",
+                "checks + weighted sum, per reply",
+                lambda: strategy.aggregate_train(1, replies),
+            ),
+        ]
+        out = []
+        for who, step, fn in rows:
+            per = w.CLIENTS_PER_ROUND if who == "FedAvg" else 1
+            out.append({"bench": "breakdown", "who": who, "step": step, "us": _median_us(fn) / per})
+    return out
+
+
+def breakdown_markdown(rows: list[Row]) -> str:
+    """The breakdown table, with subtotals for the lean loop and for the fast engine."""
+    lines = ["| where | step | µs per client |", "|---|---|---:|"]
+    lean = fast = 0.0
+    for r in (r for r in rows if r["bench"] == "breakdown"):
+        lines.append(f"| {r['who']} | {r['step']} | {r['us']:.0f} |")
+        if r["who"] == "lean loop":
+            lean += r["us"]
+        else:
+            fast += r["us"]
+    total = f"**{fast - lean:.0f}**"
+    lines.append(
+        f"| | **fast engine + tutorial ClientApp + FedAvg, minus the lean loop** | {total} |"
+    )
+    return "\n".join(lines)
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -371,8 +485,10 @@ def memory_markdown(rows: list[Row]) -> str:
 
 
 def to_markdown(rows: list[Row]) -> str:
-    """Both tables (speed, then memory) as Markdown."""
+    """The tables (speed, breakdown, memory) as Markdown."""
     parts = [speed_markdown(rows)] if any(r["bench"] == "speed" for r in rows) else []
+    if any(r["bench"] == "breakdown" for r in rows):
+        parts.append(breakdown_markdown(rows))
     if any(r["bench"] == "memory" for r in rows):
         parts.append(memory_markdown(rows))
     return "\n\n".join(parts)
@@ -403,15 +519,40 @@ def speed_note(rows: list[Row]) -> str:
     )
 
 
+BREAKDOWN_NOTE = (
+    "Where the per-client overhead goes: each step outside training timed on its own in the "
+    "same process (median of 200 calls; FedAvg's per round, divided by 10). The lean loop's "
+    "steps are what every system must do; the rest is what the Flower programming model "
+    "adds on top.\n\n"
+)
+
+BOUND_NOTE = (
+    "What bounds it: two copies of the model per client that no engine can remove without "
+    "changing the ClientApp or the strategy. `to_torch_state_dict()` must hand the ClientApp "
+    "tensors it owns (it may modify them; Flower deserialises a private copy per client), and "
+    "`ArrayRecord(model.state_dict())` must snapshot the parameters because the next client "
+    "trains the same cached model before FedAvg aggregates (it keeps every reply of the "
+    "round). On top come `load_state_dict`'s own Python (~100 µs over a plain `copy_`) and "
+    "Flower's message and record objects. What the engine removed (issue 13): `.npy` "
+    "serialisation (`Array`s keep their values as arrays; bytes only for Ray, gRPC or "
+    "`.data`), FedAvg's per-reply decode copy (its weighted sum reads replies in place, bit "
+    "for bit, with one reused product buffer), Flower's typing overhead on every record "
+    "access, and the per-client deep copies (clients share read-only values, each gets its "
+    "own `Array` objects). Tried and dropped: handing clients tensors that alias the shared "
+    "values (a ClientApp writing into them through `.data` or `.numpy()` would corrupt every "
+    "other client; there is no copy-on-write for tensors), and copy-on-write memory maps "
+    "(page faults on this VM cost more than the copy). See fedwon/engine/fastarrays.py.\n"
+)
+
+
 def write_docs(rows: list[Row], command: str, path: Path = DOC) -> None:
     """Write both tables between their markers, re-reading the file right before writing."""
     if any(r["bench"] == "speed" for r in rows):
         speed = "\n## Cross-device: fast engine vs the lean loop, pfl-research and Flower\n"
-        write_section(
-            "cross_device_bench",
-            speed + _section(speed_note(rows) + speed_markdown(rows), command),
-            path,
-        )
+        body = speed_note(rows) + speed_markdown(rows)
+        if any(r["bench"] == "breakdown" for r in rows):
+            body += "\n\n" + BREAKDOWN_NOTE + breakdown_markdown(rows) + "\n\n" + BOUND_NOTE
+        write_section("cross_device_bench", speed + _section(body, command), path)
     if any(r["bench"] == "memory" for r in rows):
         memory = "\n## Memory: 1,000 vs 10,000 clients (fast engine)\n"
         write_section("memory_bench", memory + _section(memory_markdown(rows), command), path)

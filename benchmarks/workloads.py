@@ -157,15 +157,17 @@ def lean_fedavg(
 
     One local model reused by every client, the global parameters copied into it in place,
     and each client's parameters added to one running weighted sum as soon as it has
-    trained: no state-dict clones, no per-client buffers. The weights are the sampled
-    clients' example counts, known before training, and the arithmetic is Flower's FedAvg's
-    (``x * w`` then ``+=``, in sampling order), so the result is bitwise equal to FedAvg's.
+    trained: no state-dict clones, no allocation per client (one scratch buffer holds each
+    product). The weights are the sampled clients' example counts, known before training,
+    and the arithmetic is Flower's FedAvg's (``x * w`` then ``+=``, in sampling order), so the
+    result is bitwise equal to FedAvg's.
     Appends a timestamp after every round to ``round_times`` (first entry: the start).
     """
     global_model = make_model(seed)
     global_params = [p.detach() for p in global_model.parameters()]
     local = Net()
     local_params = [p.detach() for p in local.parameters()]
+    scratch = [torch.empty_like(p) for p in local_params]
     rng = random.Random(seed)
     if round_times is not None:
         round_times.append(time.perf_counter())
@@ -184,8 +186,8 @@ def lean_fedavg(
             if not sums:
                 sums = [p * weight for p in local_params]
             else:
-                for acc, p in zip(sums, local_params, strict=True):
-                    acc += p * weight
+                for acc, p, tmp in zip(sums, local_params, scratch, strict=True):
+                    acc += torch.mul(p, weight, out=tmp)
         for dst, src in zip(global_params, sums, strict=True):
             dst.copy_(src)
         if round_times is not None:

@@ -351,6 +351,8 @@ def _array_from_tensor(tensor: Any) -> Array:
         ndarray = tensor.numpy()
     except (TypeError, RuntimeError):  # e.g. bfloat16: Flower's path raises its own error
         return Array.from_numpy_ndarray(tensor.detach().cpu().numpy())
+    if ndarray.flags.c_contiguous:  # tensors are never object or structured arrays
+        return adopt(ndarray.copy())
     return Array.from_numpy_ndarray(ndarray)
 
 
@@ -369,9 +371,10 @@ def _sharing_from_array_dict(
 def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str) -> ArrayRecord:
     """Flower's ``aggregate_arrayrecords``, bit for bit, reading replies in place.
 
-    Same weights, same order, same numpy arithmetic (``x * w`` then ``+=``) as
-    ``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords``; only the per-reply
-    copy made by ``value.numpy()`` is gone, and the sums become the result's payloads.
+    Same weights, same order, same numpy arithmetic (``x * w`` rounded to the sum's dtype,
+    then ``+=``) as ``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords``; only
+    the per-reply copy made by ``value.numpy()`` and the per-reply product array are gone
+    (one scratch array per key is reused), and the sums become the result's payloads.
     """
     weights: list[float] = []
     for record in records:
@@ -379,14 +382,16 @@ def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str
         weights.append(cast(float, metricrecord[weighting_metric_name]))
     total_weight = sum(weights)
     weight_factors = [w / total_weight for w in weights]
-    sums: dict[str, np.ndarray] = {}
+    sums: dict[str, Any] = {}
+    scratch: dict[str, np.ndarray] = {}
     for record, weight in zip(records, weight_factors, strict=True):
         for record_item in record.array_records.values():
             for key, value in record_item.items():
+                view = payload_view(value)
                 if key not in sums:
-                    sums[key] = payload_view(value) * weight
+                    sums[key] = view * weight
                 else:
-                    sums[key] += payload_view(value) * weight
+                    sums[key] += _product(view, weight, sums[key], scratch, key)
     result = ArrayRecord()
     for key, total in sums.items():
         total = np.asarray(total)
@@ -394,6 +399,21 @@ def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str
             adopt(total) if _lazy_eligible(total) and total.flags.c_contiguous else Array(total)
         )
     return result
+
+
+def _product(
+    view: np.ndarray, weight: float, total: Any, scratch: dict[str, np.ndarray], key: str
+) -> Any:
+    """``view * weight``, written into a reused scratch array when that gives the same
+    dtype and shape as the running sum (numpy then runs the very same loop)."""
+    if not isinstance(total, np.ndarray) or view.shape != total.shape or view.ndim == 0:
+        return view * weight
+    buf = scratch.get(key)
+    if buf is None:
+        buf = scratch[key] = np.empty_like(total)
+    if np.result_type(view, weight) != buf.dtype:
+        return view * weight
+    return np.multiply(view, weight, out=buf)
 
 
 def _strategy_modules() -> Iterator[Any]:
