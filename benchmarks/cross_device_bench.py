@@ -25,6 +25,7 @@ writes the tables into docs/benchmarks.md between the ``cross_device_bench`` and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ State = dict[str, torch.Tensor]
 class Run:
     """One run of one system: round timestamps, wall time of the call, final weights."""
 
-    stamps: list[float]
+    stamps: list[w.Stamp]
     seconds: float
     final: State | None = None
 
@@ -70,23 +71,29 @@ class System:
     label: str
     run: Callable[[int], Run]
     fedavg_weights: bool = True  # aggregates like FedAvg: its weights can equal the lean loop's
+    in_process: bool = True  # all its work in this process: its CPU time per round is its cost
     runs: list[Run] = field(default_factory=list)
 
 
 # ---- timing helpers ------------------------------------------------------------------------
 
 
-def steady_ms_per_round(stamps: list[float], warmup: int = WARMUP_ROUNDS) -> float:
-    """Median round time after ``warmup`` rounds (``stamps[0]``: before round 1)."""
-    durations = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
+def steady_ms_per_round(
+    stamps: list[w.Stamp], warmup: int = WARMUP_ROUNDS, cpu: bool = False
+) -> float:
+    """Median round time after ``warmup`` rounds (``stamps[0]``: before round 1), wall
+    clock or (``cpu``) this process's CPU time."""
+    i = 1 if cpu else 0
+    ticks = [s[i] for s in stamps[warmup:]]
+    durations = [b - a for a, b in itertools.pairwise(ticks)]
     if not durations:
         raise ValueError("no steady-state rounds measured")
     return 1000 * statistics.median(durations)
 
 
-def _timed(fn: Callable[[list[float]], State | None]) -> Run:
+def _timed(fn: Callable[[list[w.Stamp]], State | None]) -> Run:
     """Call ``fn(stamps)`` and wrap its timestamps, wall time and final weights."""
-    stamps: list[float] = []
+    stamps: list[w.Stamp] = []
     t0 = time.perf_counter()
     final = fn(stamps)
     return Run(stamps, time.perf_counter() - t0, final)
@@ -122,14 +129,17 @@ def run_pfl(rounds: int) -> Run:
     return _timed(lambda st: pfl_workload.pfl_fedavg(rounds, round_times=st))
 
 
-def run_fast(rounds: int, num_workers: int) -> Run:
-    """The fast engine with the tutorial ClientApp (``num_workers`` 0 = in-process)."""
+def run_fast(rounds: int, num_workers: int, fast_arrays: bool = True) -> Run:
+    """The fast engine with the tutorial ClientApp (``num_workers`` 0 = in-process);
+    ``fast_arrays=False`` leaves Flower's record layer as it is (``.npy`` bytes)."""
     from fedwon.engine import run_fast as engine_run_fast
 
     rec = w.RunRecord()
     app = w.make_server_app(rounds, record=rec)
     t0 = time.perf_counter()
-    engine_run_fast(app, CLIENT_APP_REF, w.NUM_CLIENTS, num_workers=num_workers)
+    engine_run_fast(
+        app, CLIENT_APP_REF, w.NUM_CLIENTS, num_workers=num_workers, fast_arrays=fast_arrays
+    )
     return Run(rec.round_times, time.perf_counter() - t0, rec.final_state)
 
 
@@ -155,6 +165,13 @@ def in_process_systems() -> list[System]:
         label = f"pfl-research {pfl_workload.PFL_VERSION}, SimulatedBackend in-process"
         systems.append(System("pfl", label, run_pfl, fedavg_weights=False))
     systems.append(System("fast", "fedwon fast engine, in-process", lambda n: run_fast(n, 0)))
+    systems.append(
+        System(
+            "fast-bytes",
+            "fedwon fast engine, in-process, Flower's records as they are (`fast_arrays=False`)",
+            lambda n: run_fast(n, 0, fast_arrays=False),
+        )
+    )
     return systems
 
 
@@ -184,9 +201,14 @@ def measure(rounds: int, repeats: int, flower_rounds: int) -> list[System]:
             system.runs.append(system.run(WARMUP_ROUNDS + rounds))
     actors = os.cpu_count() or 1
     fast_ray = System(
-        "fast-ray", f"fedwon fast engine, {actors} Ray actors", lambda n: run_fast(n, actors)
+        "fast-ray",
+        f"fedwon fast engine, {actors} Ray actors",
+        lambda n: run_fast(n, actors),
+        in_process=False,
     )
-    flower = System("flower", f"Flower run_simulation, {actors} actors", run_flower)
+    flower = System(
+        "flower", f"Flower run_simulation, {actors} actors", run_flower, in_process=False
+    )
 
     def ray_runs() -> None:
         for _ in range(repeats):
@@ -204,6 +226,7 @@ def summarise(systems: list[System]) -> list[Row]:
     rows: list[Row] = []
     for s in systems:
         per_run = [steady_ms_per_round(r.stamps) for r in s.runs]
+        cpu_per_run = [steady_ms_per_round(r.stamps, cpu=True) for r in s.runs]
         ms = statistics.median(per_run)
         startups = [
             max(0.0, r.seconds - (len(r.stamps) - 1) * m / 1000)
@@ -221,6 +244,7 @@ def summarise(systems: list[System]) -> list[Row]:
                 "runs": len(s.runs),
                 "rounds": len(s.runs[0].stamps) - 1 - WARMUP_ROUNDS,
                 "ms_per_round": ms,
+                "cpu_ms_per_round": statistics.median(cpu_per_run) if s.in_process else None,
                 "ms_min": min(per_run),
                 "ms_max": max(per_run),
                 "rounds_per_s": 1000 / ms,
@@ -228,10 +252,14 @@ def summarise(systems: list[System]) -> list[Row]:
                 "equal_to_lean": equal,
             }
         )
-    lean_ms = rows[0]["ms_per_round"]
+    lean_ms, lean_cpu = rows[0]["ms_per_round"], rows[0]["cpu_ms_per_round"]
     for r in rows:
         r["vs_lean"] = r["ms_per_round"] / lean_ms
         r["overhead_ms_per_client"] = (r["ms_per_round"] - lean_ms) / w.CLIENTS_PER_ROUND
+        cpu = r["cpu_ms_per_round"]
+        r["cpu_overhead_ms_per_client"] = (
+            None if cpu is None else (cpu - lean_cpu) / w.CLIENTS_PER_ROUND
+        )
     if not pfl_workload.available():
         rows.insert(2, {"bench": "speed", "key": "pfl", "missing": True})
     return rows
@@ -446,25 +474,33 @@ def _equal_cell(r: Row) -> str:
     return "yes" if eq else "no"
 
 
+def _cpu_cells(r: Row) -> str:
+    """The CPU-time cells: in-process systems only (others work in other processes)."""
+    if r["cpu_ms_per_round"] is None:
+        return "– | –"
+    return f"{r['cpu_ms_per_round']:.1f} | {r['cpu_overhead_ms_per_client']:.2f}"
+
+
 def speed_markdown(rows: list[Row]) -> str:
     """The speed table."""
     lines = [
-        "| system | ms/round | rounds/s | time vs lean | overhead ms/client | runs: ms/round "
-        "min-max | start-up s | final weights == lean |",
-        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+        "| system | ms/round | rounds/s | time vs lean | overhead ms/client | CPU ms/round "
+        "| CPU overhead ms/client | runs x rounds: ms/round min-max | start-up s "
+        "| final weights == lean |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in (r for r in rows if r["bench"] == "speed"):
         if r.get("missing"):
             lines.append(
                 f"| pfl-research {pfl_workload.PFL_VERSION} | not installed: "
-                "`pip install -e '.[bench]'` | | | | | | |"
+                "`pip install -e '.[bench]'` | | | | | | | | |"
             )
             continue
         spread = f"{r['runs']} x {r['rounds']}: {r['ms_min']:.1f}-{r['ms_max']:.1f}"
         lines.append(
             f"| {r['engine']} | {r['ms_per_round']:.1f} | {r['rounds_per_s']:.1f} "
-            f"| {r['vs_lean']:.2f}x | {r['overhead_ms_per_client']:.2f} | {spread} "
-            f"| {r['startup_s']:.1f} | {_equal_cell(r)} |"
+            f"| {r['vs_lean']:.2f}x | {r['overhead_ms_per_client']:.2f} | {_cpu_cells(r)} "
+            f"| {spread} | {r['startup_s']:.1f} | {_equal_cell(r)} |"
         )
     return "\n".join(lines)
 
@@ -513,9 +549,11 @@ def speed_note(rows: list[Row]) -> str:
         "weights, same users per round. ms/round: median of each run's rounds after "
         f"{WARMUP_ROUNDS} warm-up rounds, then the median over runs (in-process systems "
         "interleaved: lean, state-dict, pfl, fast, lean, ...); overhead ms/client = "
-        "(ms/round - lean ms/round) / 10. One torch thread per process; load average "
-        f"{load} when the runs started (other jobs share these cores: compare rows within "
-        "one table, not across tables).\n\n"
+        "(ms/round - lean ms/round) / 10. CPU columns: the same from this process's CPU "
+        "time, which leaves out the time other jobs on a shared machine keep it waiting "
+        "(in-process systems only; Ray and Flower work in other processes). One torch "
+        f"thread per process; load average {load} when the runs started (other jobs share "
+        "these cores: compare rows within one table, not across tables).\n\n"
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +66,7 @@ def pfl_fedavg(
     num_clients: int = w.NUM_CLIENTS,
     clients_per_round: int = w.CLIENTS_PER_ROUND,
     seed: int = w.SEED,
-    round_times: list[float] | None = None,
+    round_times: list[w.Stamp] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the workload on pfl; timestamps before round 1 and after every round."""
     from pfl.aggregate.simulate import SimulatedBackend
@@ -87,7 +86,7 @@ def pfl_fedavg(
         def after_central_iteration(
             self, aggregate_metrics: Any, model: Any, *, central_iteration: int
         ) -> tuple[bool, Any]:
-            times.append(time.perf_counter())
+            times.append(w.stamp())
             return False, Metrics()
 
     def make_dataset(user_id: int) -> Any:
@@ -108,7 +107,7 @@ def pfl_fedavg(
         train_cohort_size=clients_per_round,
         val_cohort_size=0,
     )
-    times.append(time.perf_counter())
+    times.append(w.stamp())
     FederatedAveraging().run(
         algorithm_params=params,
         backend=SimulatedBackend(training_data=users, val_data=users),

@@ -16,14 +16,15 @@ steady rounds (the first round starts things up, the last one evaluates).
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import sys
-import time
 from typing import Any
 
 import torch
 
+from benchmarks import workloads as w
 from benchmarks.cross_device_bench import machine
 from benchmarks.report import write_section
 from fedwon.clients import data_spec, initial_model, train_epochs
@@ -43,8 +44,8 @@ def recipe_config(recipe: str, overrides: list[str], rounds: int) -> RunConfig:
     return load_config(recipe, [*overrides, *extra, "engine=fast", "num_workers=0"])
 
 
-def bare_loop(cfg: RunConfig) -> list[float]:
-    """The same client training in one process; seconds per round."""
+def bare_loop(cfg: RunConfig) -> list[w.Stamp]:
+    """The same client training in one process; a timestamp after every round."""
     torch.set_num_threads(max(1, int(cfg.cpus_per_client)))  # what each fedwon client uses
     fed = load_federation(data_spec(cfg))
     model = initial_model(cfg, fed.num_classes, fed.in_channels)
@@ -53,9 +54,8 @@ def bare_loop(cfg: RunConfig) -> list[float]:
     global_params = [p.detach() for p in global_model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     rng = random.Random(cfg.seed)
-    times = []
+    stamps = []
     for rnd in range(1, cfg.num_rounds + 1):
-        t0 = time.perf_counter()
         pids = rng.sample(range(cfg.num_clients), cfg.sampled_per_round)
         total = sum(fed.num_train(pid) for pid in pids)
         sums = [torch.zeros_like(p) for p in params]
@@ -78,19 +78,25 @@ def bare_loop(cfg: RunConfig) -> list[float]:
                 acc.add_(p, alpha=len(y) / total)
         for dst, src in zip(global_params, sums, strict=True):
             dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    return times
+        stamps.append(w.stamp())
+    return stamps
 
 
-def fedwon_run(cfg: RunConfig) -> list[float]:
-    """Seconds per round of ``fedwon run`` (its own per-round timing)."""
-    outcome = run_simulation(cfg, None)
-    return [float(r["time_s"]) for r in outcome.rows]
+def fedwon_run(cfg: RunConfig) -> list[w.Stamp]:
+    """``fedwon run``: a timestamp after every round (its ``on_round`` hook)."""
+    stamps: list[w.Stamp] = []
+    run_simulation(cfg, None, on_round=lambda row: stamps.append(w.stamp()))
+    return stamps
 
 
-def steady_ms(times: list[float]) -> float:
-    """Median of the rounds between the first (start-up) and the last (evaluation)."""
-    return 1000 * statistics.median(times[1:-1] or times[-1:])
+def steady_ms(stamps: list[w.Stamp]) -> tuple[float, float]:
+    """Median (wall, CPU) ms of the rounds between the first (start-up) and the last
+    (evaluation): ``stamps[r]`` is taken after round r + 1."""
+    pairs = list(itertools.pairwise(stamps[:-1]))
+    return (
+        1000 * statistics.median(b[0] - a[0] for a, b in pairs),
+        1000 * statistics.median(b[1] - a[1] for a, b in pairs),
+    )
 
 
 def run(recipe: str, overrides: list[str], rounds: int, repeats: int) -> Row:
@@ -101,7 +107,8 @@ def run(recipe: str, overrides: list[str], rounds: int, repeats: int) -> Row:
     for _ in range(repeats):
         bare.append(steady_ms(bare_loop(cfg)))
         fedwon.append(steady_ms(fedwon_run(cfg)))
-    bare_ms, fedwon_ms = statistics.median(bare), statistics.median(fedwon)
+    bare_ms, fedwon_ms = (statistics.median(t[0] for t in runs) for runs in (bare, fedwon))
+    bare_cpu, fedwon_cpu = (statistics.median(t[1] for t in runs) for runs in (bare, fedwon))
     return {
         "recipe": recipe,
         "overrides": overrides,
@@ -112,19 +119,25 @@ def run(recipe: str, overrides: list[str], rounds: int, repeats: int) -> Row:
         "bare_ms": bare_ms,
         "fedwon_ms": fedwon_ms,
         "overhead_ms_per_client": (fedwon_ms - bare_ms) / cfg.sampled_per_round,
+        "bare_cpu_ms": bare_cpu,
+        "fedwon_cpu_ms": fedwon_cpu,
+        "cpu_overhead_ms_per_client": (fedwon_cpu - bare_cpu) / cfg.sampled_per_round,
     }
 
 
 def to_markdown(row: Row) -> str:
     """The recipe's two rows and the per-client overhead."""
-    per = row["overhead_ms_per_client"]
+    per, cpu_per = row["overhead_ms_per_client"], row["cpu_overhead_ms_per_client"]
     return "\n".join(
         [
-            "| loop | ms/round | time vs bare | overhead ms/client |",
-            "|---|---:|---:|---:|",
-            f"| bare loop, same training code (1 process) | {row['bare_ms']:.1f} | 1.00x | |",
+            "| loop | ms/round | time vs bare | overhead ms/client | CPU ms/round "
+            "| CPU overhead ms/client |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| bare loop, same training code (1 process) | {row['bare_ms']:.1f} | 1.00x | "
+            f"| {row['bare_cpu_ms']:.1f} | |",
             f"| `fedwon run` (fast engine, in-process) | {row['fedwon_ms']:.1f} "
-            f"| {row['fedwon_ms'] / row['bare_ms']:.2f}x | {per:.2f} |",
+            f"| {row['fedwon_ms'] / row['bare_ms']:.2f}x | {per:.2f} "
+            f"| {row['fedwon_cpu_ms']:.1f} | {cpu_per:.2f} |",
         ]
     )
 
@@ -138,7 +151,8 @@ def write_docs(row: Row, command: str) -> None:
         f"first, not the last), median of {row['repeats']} interleaved runs of "
         f"{row['rounds']} rounds. Overhead ms/client = (fedwon - bare) / clients per round: "
         "what the framework (engine, Flower's records, the project's ClientApp and "
-        "strategy) costs per client on this recipe.\n\n"
+        "strategy) costs per client on this recipe; CPU columns: the same from this "
+        "process's CPU time (robust to other jobs sharing the machine).\n\n"
     )
     body = (
         "\n## Your recipe: `fedwon run` vs a bare loop of the same training code\n\n"

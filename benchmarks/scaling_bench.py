@@ -58,7 +58,7 @@ def child(system: str, cohort: int, rounds: int) -> dict[str, float]:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     before, _ = rss_mb()
     if system == "lean":
-        stamps: list[float] = []
+        stamps: list[w.Stamp] = []
         w.lean_fedavg(rounds, POPULATION, cohort, round_times=stamps)
     else:
         rec = w.RunRecord()
@@ -68,9 +68,11 @@ def child(system: str, cohort: int, rounds: int) -> dict[str, float]:
         run_fast(app, CLIENT_APP_REF, POPULATION, num_workers=0)
         stamps = rec.round_times
     _, peak = rss_mb()
-    durations = [b - a for a, b in itertools.pairwise(stamps[1:])]  # round 1 warms up
+    walls = [b[0] - a[0] for a, b in itertools.pairwise(stamps[1:])]  # round 1 warms up
+    cpus = [b[1] - a[1] for a, b in itertools.pairwise(stamps[1:])]
     return {
-        "ms_per_round": 1000 * statistics.median(durations),
+        "ms_per_round": 1000 * statistics.median(walls),
+        "cpu_ms_per_round": 1000 * statistics.median(cpus),
         "rss_before_mb": before,
         "peak_mb": peak,
     }
@@ -91,6 +93,7 @@ def run(quick: bool = False, repeats: int = 1) -> list[Row]:
     rows = []
     for (system, cohort), runs in results.items():
         ms = statistics.median(r["ms_per_round"] for r in runs)
+        cpu_ms = statistics.median(r["cpu_ms_per_round"] for r in runs)
         extra = statistics.median(r["peak_mb"] - r["rss_before_mb"] for r in runs)
         rows.append(
             {
@@ -100,6 +103,7 @@ def run(quick: bool = False, repeats: int = 1) -> list[Row]:
                 "runs": len(runs),
                 "ms_per_round": ms,
                 "ms_per_client": ms / cohort,
+                "cpu_ms_per_client": cpu_ms / cohort,
                 "extra_peak_mb": extra,
                 "extra_peak_mb_per_client": extra / cohort,
             }
@@ -110,14 +114,15 @@ def run(quick: bool = False, repeats: int = 1) -> list[Row]:
 def to_markdown(rows: list[Row]) -> str:
     """The scaling table, systems side by side per cohort."""
     lines = [
-        "| clients per round | system | ms/round | ms per client | peak RSS above start (MB) "
-        "| ... per client of the cohort (MB) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| clients per round | system | ms/round | ms per client | CPU ms per client "
+        "| peak RSS above start (MB) | ... per client of the cohort (MB) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["cohort"], SYSTEMS.index(r["system"]))):
         lines.append(
             f"| {r['cohort']:,} | {LABELS[r['system']]} | {r['ms_per_round']:.1f} "
-            f"| {r['ms_per_client']:.2f} | {r['extra_peak_mb']:.0f} "
+            f"| {r['ms_per_client']:.2f} | {r['cpu_ms_per_client']:.2f} "
+            f"| {r['extra_peak_mb']:.0f} "
             f"| {r['extra_peak_mb_per_client']:.2f} |"
         )
     return "\n".join(lines)
@@ -128,8 +133,9 @@ def linearity(rows: list[Row]) -> str:
     parts = []
     for system in SYSTEMS:
         mine = sorted((r for r in rows if r["system"] == system), key=lambda r: r["cohort"])
-        ratio = mine[-1]["ms_per_client"] / mine[0]["ms_per_client"]
-        parts.append(f"{LABELS[system]} {ratio:.2f}x")
+        wall = mine[-1]["ms_per_client"] / mine[0]["ms_per_client"]
+        cpu = mine[-1]["cpu_ms_per_client"] / mine[0]["cpu_ms_per_client"]
+        parts.append(f"{LABELS[system]} {wall:.2f}x wall, {cpu:.2f}x CPU")
     return (
         f"ms per client at {COHORTS[-1]:,} clients per round over {COHORTS[0]}: "
         + ", ".join(parts)

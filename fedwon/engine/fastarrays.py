@@ -1,6 +1,6 @@
-"""Flower ``Array`` payloads kept as arrays in memory for a run; ``.npy`` bytes only on demand.
+"""Flower's record layer, fast for a run: ``Array`` values stay arrays, ``.npy`` bytes on demand.
 
-This module owns how the fast engine handles Flower's ``Array``. ``flwr.app.Array`` stores a
+This module owns how the fast engine handles Flower's ``Array`` and the records carrying it. ``flwr.app.Array`` stores a
 tensor as ``.npy`` bytes: every ``ArrayRecord(model.state_dict())`` serialises the model, every
 ``.numpy()``/``.to_torch_state_dict()`` parses a header and copies the payload, and FedAvg's
 ``aggregate_arrayrecords`` decodes every reply once more. In one process none of that is
@@ -12,11 +12,15 @@ During a run (``fast_array_codec()``; ``install()`` in worker processes the engi
   ``ArrayRecord(state_dict)``, ``ArrayRecord(list_of_ndarrays)``) copies the input once into a
   private, read-only ndarray — the *payload* — and produces no bytes;
 * ``Array.numpy`` returns a fresh writable copy of the payload (one copy, as before);
-* ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares payloads instead of
-  re-encoding them;
-* Flower's ``aggregate_arrayrecords`` (used by ``FedAvg``, ``FedProx``, ``MultiKrum``, ...)
+* ``ArrayRecord.from_torch_state_dict`` does the same per tensor with less Python, and
+  ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares payloads instead
+  of re-encoding them;
+* Flower's ``aggregate_arrayrecords`` (used by ``FedAvg`` and its subclasses, ``MultiKrum``)
   is replaced by ``aggregate_arrayrecords`` below: the same arithmetic in the same order,
-  bit for bit, reading each reply's values in place instead of through a copy.
+  bit for bit, reading each reply's values in place instead of through a copy;
+* Flower's ``TypedDict`` item access and ``RecordDict.array_records``/``metric_records``/
+  ``config_records`` behave as before without building typing objects or re-assigning every
+  record on each call (dozens of times per message).
 
 ``Array.data`` itself is a property (installed once, kept for the process's life, so that
 arrays created during a run stay valid after it): it returns the stored bytes, or encodes the
