@@ -548,7 +548,7 @@ def speed_note(rows: list[Row]) -> str:
         "bitwise FedAvg's. pfl: `FederatedAveraging` on `SimulatedBackend`, uniform user "
         "weights, same users per round. ms/round: median of each run's rounds after "
         f"{WARMUP_ROUNDS} warm-up rounds, then the median over runs (in-process systems "
-        "interleaved: lean, state-dict, pfl, fast, lean, ...); overhead ms/client = "
+        "interleaved in table order, run after run); overhead ms/client = "
         "(ms/round - lean ms/round) / 10. CPU columns: the same from this process's CPU "
         "time, which leaves out the time other jobs on a shared machine keep it waiting "
         "(in-process systems only; Ray and Flower work in other processes). One torch "

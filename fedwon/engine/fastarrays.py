@@ -1,10 +1,10 @@
 """Flower's record layer, fast for a run: ``Array`` values stay arrays, ``.npy`` bytes on demand.
 
-This module owns how the fast engine handles Flower's ``Array`` and the records carrying it. ``flwr.app.Array`` stores a
-tensor as ``.npy`` bytes: every ``ArrayRecord(model.state_dict())`` serialises the model, every
-``.numpy()``/``.to_torch_state_dict()`` parses a header and copies the payload, and FedAvg's
-``aggregate_arrayrecords`` decodes every reply once more. In one process none of that is
-needed: measured on the cross-device workload it was most of the engine's cost.
+This module owns how the fast engine handles Flower's ``Array`` and the records carrying it.
+``flwr.app.Array`` stores a tensor as ``.npy`` bytes: every ``ArrayRecord(model.state_dict())``
+serialises the model, every ``.numpy()``/``.to_torch_state_dict()`` parses a header and copies
+the payload, and FedAvg's ``aggregate_arrayrecords`` decodes every reply once more. In one
+process none of that is needed: on the cross-device workload it was most of the engine's cost.
 
 During a run (``fast_array_codec()``; ``install()`` in worker processes the engine owns):
 
