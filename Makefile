@@ -31,7 +31,11 @@ lint: setup
 	$(BIN)/ruff format --check fedwon tests benchmarks
 	$(BIN)/mypy
 
-bench: setup
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install -e ".[bench]"
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
 
 # The FedWon paper's comparisons -> docs/results.md, docs/results.json, docs/img/ (hours of CPU;
