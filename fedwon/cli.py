@@ -15,11 +15,13 @@ from rich.table import Table
 
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
+from fedwon.deploy.cli import deploy
 from fedwon.results import Row, final_metrics, per_domain, read_metrics, read_run_config
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error
+cli.add_typer(deploy, name="deploy")
 
 
 def fail(err: Exception) -> typer.Exit:
