@@ -20,7 +20,7 @@ deploy = typer.Typer(
     no_args_is_help=True,
     help="Real SuperNodes over gRPC: a one-machine trial, TLS certificates, node keys.",
 )
-console = Console()
+console = Console(soft_wrap=True)  # commands printed here must stay copy-pastable
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

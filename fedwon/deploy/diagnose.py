@@ -95,9 +95,13 @@ def supernode_exit(name: str, code: int, log: Path, log_text: str) -> str:
     return f"{name} exited ({reason}); see {log}"
 
 
+EXCEPTION_LINE = re.compile(r"^(?:[\w]+\.)*(\w+(?:Error|Exception|Exit)\b.*)")
+
+
 def last_error(log_text: str) -> str:
     """The most telling part of a failed process's log, on one line: the last error box the
-    ``flwr`` CLI drew, else the last error or exception line, else the last line."""
+    ``flwr`` CLI drew, else the last exception (without its module path), else the last
+    ``ERROR`` line other than Flower's exit-code notice, else the last line."""
     lines = [strip_ansi(line).strip() for line in log_text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("$ ")]
     tops = [i for i, line in enumerate(lines) if line.startswith("╭")]
@@ -109,7 +113,10 @@ def last_error(log_text: str) -> str:
             box.append(line.strip("│ "))
         return " ".join(" ".join(box).split())
     for line in reversed(lines):
-        if re.match(r"^(ERROR\b|\w+(Error|Exception)\b)", line):
+        if match := EXCEPTION_LINE.match(line):
+            return match.group(1)
+    for line in reversed(lines):
+        if line.startswith("ERROR") and "Exit Code:" not in line:
             return line
     return lines[-1] if lines else "(empty log)"
 

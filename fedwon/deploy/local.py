@@ -246,10 +246,16 @@ class LocalFederation:
                 where = f" in round {reported[0]} of {reported[1]}" if reported else ""
                 raise DeployError(f"the run timed out after {timeout:.0f} s{where}; see {log}")
             time.sleep(POLL_S)
+        text = flwr.log_text()
         if code != 0:
             raise DeployError(
                 f"flwr run failed ({diagnose.exit_reason(code)}): "
-                f"{diagnose.last_error(flwr.log_text())}; see {log}"
+                f"{diagnose.last_error(text)}; see {log}"
+            )
+        if (server_code := diagnose.logged_exit_code(text)) is not None:
+            raise DeployError(
+                f"the ServerApp failed ({diagnose.exit_reason(server_code)}): "
+                f"{diagnose.last_error(text)}; see {log} and the SuperNode logs beside it"
             )
         return time.monotonic() - start
 

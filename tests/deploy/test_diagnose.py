@@ -90,3 +90,11 @@ def test_last_error_finds_the_telling_line() -> None:
     text = "Traceback (most recent call last):\n  File x\nValueError: bad partition\nbye\n"
     assert last_error(text) == "ValueError: bad partition"
     assert last_error("") == "(empty log)"
+    server = (
+        "  File x, in _usable\n"
+        "fedwon.strategies.round_control.RoundFailedError: round 1 train: 0 of 2 clients\n"
+        "\x1b[91mERROR \x1b[0m:     Exit Code: 201\n"
+        "An unhandled exception occurred in the ServerApp.\n"
+    )
+    assert last_error(server) == "RoundFailedError: round 1 train: 0 of 2 clients"
+    assert last_error("ERROR :  Exit Code: 1\nERROR :  boom\nbye") == "ERROR :  boom"
