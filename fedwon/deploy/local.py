@@ -252,7 +252,8 @@ class LocalFederation:
                 f"flwr run failed ({diagnose.exit_reason(code)}): "
                 f"{diagnose.last_error(text)}; see {log}"
             )
-        if (server_code := diagnose.logged_exit_code(text)) is not None:
+        server_code = diagnose.logged_exit_code(text)
+        if server_code is not None and server_code >= 100:  # Flower's codes < 100 are not errors
             raise DeployError(
                 f"the ServerApp failed ({diagnose.exit_reason(server_code)}): "
                 f"{diagnose.last_error(text)}; see {log} and the SuperNode logs beside it"

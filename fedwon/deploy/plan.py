@@ -24,7 +24,9 @@ def _per_domain(cfg: RunConfig) -> bool:
     )
 
 
-def fit_to_nodes(cfg: RunConfig, nodes: int, rounds: int | None = None) -> tuple[RunConfig, dict]:
+def fit_to_nodes(
+    cfg: RunConfig, nodes: int, rounds: int | None = None
+) -> tuple[RunConfig, dict[str, Any]]:
     """``cfg`` with ``num_clients == nodes`` (and ``num_rounds == rounds``), plus what changed.
 
     Also keeps the config valid for N clients: a per-domain partition with fewer nodes than

@@ -1,6 +1,7 @@
 """Real SuperLink + SuperNodes on loopback (gRPC Fleet API), driven like ``fedwon deploy local``.
 
-The first test runs in the default suite (about a minute on 2 CPU cores); the others are slow.
+The first test runs in the default suite (1-3 minutes on a busy 2-core machine: each message
+starts a ClientApp process); the others are marked slow.
 """
 
 import os
@@ -18,7 +19,7 @@ from fedwon.deploy.certs import make_certificates
 from fedwon.deploy.diagnose import supernode_exit
 from fedwon.deploy.errors import DeployError
 from fedwon.deploy.keys import make_node_key, make_node_keys
-from fedwon.deploy.local import APP_DIR, LocalFederation, deploy_local
+from fedwon.deploy.local import APP_DIR, LocalFederation, LocalResult, deploy_local
 from fedwon.deploy.plan import node_config
 from fedwon.results import load_checkpoint, read_metrics
 from fedwon.simulation import run_simulation
@@ -28,25 +29,50 @@ RESULT_FILES = ("config.toml", "metrics.jsonl", "summary.json", "per_domain.csv"
 
 def test_two_supernodes_two_rounds_of_fedwon_write_results(tmp_path: Path) -> None:
     events: list[str] = []
-    result = deploy_local(tmp_path / "run", 2, 2, overrides=SMALL, on_event=events.append)
+    overrides = [*SMALL, "eval_every=2"]  # one evaluation (the last round): 3 messages per node
+    result = deploy_local(tmp_path / "run", 2, 2, overrides=overrides, on_event=events.append)
     out = result.out
     rows = read_metrics(out)
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["clients"] == 2 and r["dropped"] == 0 for r in rows)
+    assert rows[0]["accuracy"] is None
     assert rows[-1]["accuracy"] > 0.1  # chance is 0.1 after two tiny rounds
     assert result.summary["strategy"] == "fedwon"
     assert set(result.summary["final"]["per_domain"]) == {"mnist", "mnist_m"}
     for name in RESULT_FILES:
         assert (out / name).stat().st_size > 0, name
-    for i in range(2):  # each SuperNode ran its ClientApp for both rounds (train + evaluate)
+    for i in range(2):  # each SuperNode trained twice and evaluated once, each in a ClientApp
         log = (out / "logs" / f"supernode-{i}.log").read_text()
-        assert log.count("Start `flwr-clientapp` process") == 4
+        assert log.count("Start `flwr-clientapp` process") == 3
         assert "--insecure" in log.splitlines()[0]
     assert "[ROUND 2/2]" in (out / "logs" / "flwr-run.log").read_text()
     assert (out / "logs" / "superlink.log").exists()
     assert "round 2/2" in events
     assert len(result.round_s) == 2 and result.wall_s > result.run_s > sum(result.round_s) > 0
     assert_nothing_left(out, result.ports)
+
+
+@pytest.mark.slow
+def test_two_deployments_side_by_side(tmp_path: Path) -> None:
+    results: dict[str, object] = {}
+
+    def deploy(name: str) -> None:
+        try:
+            results[name] = deploy_local(tmp_path / name, 1, 1, overrides=SMALL, timeout=500)
+        except Exception as err:  # reported below, with the other run's outcome
+            results[name] = err
+
+    threads = [threading.Thread(target=deploy, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    a, b = results["a"], results["b"]
+    assert isinstance(a, LocalResult) and isinstance(b, LocalResult), results
+    assert not set(a.ports) & set(b.ports)
+    for result in (a, b):
+        assert [r["clients"] for r in result.rows] == [1]
+        assert_nothing_left(result.out, result.ports)
 
 
 @pytest.mark.slow
