@@ -189,20 +189,17 @@ class LocalFederation:
                 f"see {self.superlink.log}"
             )
         for node in self.nodes:
-            code = node.process.exit_code
-            if code is not None and (node.required or not node.warned):
-                why = diagnose.supernode_exit(
-                    node.name, code, node.process.log, node.process.log_text()
-                )
-                if node.required:
-                    raise DeployError(why)
+            code, log, text = node.process.exit_code, node.process.log, node.process.log_text()
+            if code is None:
+                retries = diagnose.connection_retries(text)
+                if node.required and retries >= diagnose.RETRIES_BEFORE_FAILING:
+                    raise DeployError(diagnose.retrying(node.name, log, retries, self.tls))
+            elif node.required:
+                raise DeployError(diagnose.supernode_exit(node.name, code, log, text))
+            elif not node.warned:
                 if on_event is not None:
-                    on_event(why)
+                    on_event(diagnose.supernode_exit(node.name, code, log, text))
                 node.warned = True
-            retries = diagnose.connection_retries(node.process.log_text())
-            if code is None and retries >= diagnose.RETRIES_BEFORE_FAILING and node.required:
-                log = node.process.log
-                raise DeployError(diagnose.retrying(node.name, log, retries, self.tls))
         # Nodes that had joined and are gone: the server will wait for them in vain. (A node
         # refused at the door never joined, and the server never counted on it.)
         dead = [
