@@ -47,8 +47,8 @@ def bare_loop(cfg: RunConfig) -> list[float]:
     One torch thread, like each fedwon client (``cpus_per_client=1``), so both do equal work.
     """
     torch.set_num_threads(1)
-    fed = load_federation(data_spec(cfg))
-    model = initial_model(cfg, fed.num_classes, fed.in_channels)
+    fed = load_federation(data_spec(cfg.client_config()))
+    model = initial_model(cfg.client_config(), fed.num_classes, fed.in_channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     times = []
@@ -94,7 +94,7 @@ def _steady(times: list[float]) -> float:
 def run(quick: bool = False, rounds: int | None = None) -> list[Row]:
     rounds = rounds or (3 if quick else 4)
     cfg = workload(rounds)
-    load_federation(data_spec(cfg))  # build/cache the data outside every timing
+    load_federation(data_spec(cfg.client_config()))  # build/cache the data outside every timing
     bare_times = bare_loop(cfg)
     rows: list[Row] = [
         {

@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, side by side on this machine, into docs/benchmarks.md.
 
-python -m benchmarks.run [--quick] [--only layer,cross_device,memory,cross_silo]
+python -m benchmarks.run [--quick] [--only layer,cross_device,memory,cross_silo,dp]
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import argparse
 import logging
 import sys
 
-from benchmarks import cross_device_bench, cross_silo_bench, layer_bench
+from benchmarks import cross_device_bench, cross_silo_bench, dp_bench, layer_bench
 from benchmarks.report import DOC, write_section
 
-ALL = ("layer", "cross_device", "memory", "cross_silo")
+ALL = ("layer", "cross_device", "memory", "cross_silo", "dp")
 
 
 def write_cross_silo(rows: list[dict], command: str) -> None:
@@ -55,6 +55,10 @@ def main() -> None:
         silo_rows = cross_silo_bench.run(quick=args.quick)
         print(cross_silo_bench.to_markdown(silo_rows))
         write_cross_silo(silo_rows, command)
+    if "dp" in only:
+        dp_rows = dp_bench.run(quick=args.quick)
+        print(dp_bench.to_markdown(dp_rows))
+        dp_bench.write_docs(dp_rows, command)
     print(f"wrote {DOC}")
 
 

@@ -1,77 +1,97 @@
 """The Flower ClientApp (``fedwon.client_app:app``): one client's train and evaluate steps.
 
 The same app serves Flower's simulation, the fast engine, ``flwr run`` and real SuperNodes.
-Everything it needs arrives in the message: the arrays to start from and, in the ConfigRecord,
-the run's validated settings (see :func:`fedwon.server_app.client_config_record`). The node's
-``partition-id`` (and optionally ``data-root``) come from its node config.
+A message carries the arrays to start from and, in its ``config`` record, the
+:class:`~fedwon.protocol.ClientConfig` (plus whatever Flower's strategies add: FedProx's
+``proximal-mu`` is honoured, keys this client does not know are ignored). The node's own config
+says which data it holds and what it runs on (:class:`~fedwon.protocol.NodeSettings`). Arrays the
+server did not send (FedBN's normalization layers) stay in the client's ``Context.state``.
+
+``make_client_app(mods=[...])`` builds the same app with Flower mods, e.g. Flower's
+``fixedclipping_mod`` for client-side DP clipping.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
-from fedwon.clients import evaluate, local_store, train_epochs, workspace
-from fedwon.clients.local_state import LocalStore
-from fedwon.clients.workspace import Workspace
-from fedwon.config import RunConfig, make_config
-from fedwon.strategies.aggregation import DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY, as_number
-
-app = ClientApp()
-
-RUN_ONLY_KEYS = ("server-round", "state-dir")
-
-
-@lru_cache(maxsize=8)
-def _config(items: frozenset[tuple[str, object]]) -> RunConfig:
-    return make_config({k: v for k, v in items if k not in RUN_ONLY_KEYS})
-
-
-def run_config_of(record: ConfigRecord) -> RunConfig:
-    """The run's settings carried by a message (validated once per process and cached)."""
-    return _config(frozenset(record.items()))
+from fedwon.clients import ContextStateStore, Workspace, evaluate, partition_of, train_epochs
+from fedwon.clients import workspace as cached_workspace
+from fedwon.protocol import (
+    ARRAYS,
+    CLIENT,
+    CONFIG,
+    DOMAIN_KEY,
+    METRICS,
+    PARTITION_KEY,
+    PROXIMAL_MU_KEY,
+    ROUND_KEY,
+    WEIGHT_KEY,
+    ClientConfig,
+    ProtocolError,
+    read_client_config,
+    read_node_settings,
+)
 
 
-def _client_seed(cfg: RunConfig, server_round: int, partition_id: int) -> int:
+@dataclass
+class ClientJob:
+    """One message's work: the run's settings, this process's workspace loaded with this
+    client's full model state, and where the client's local arrays live."""
+
+    cfg: ClientConfig
+    ws: Workspace
+    partition_id: int
+    received: dict[str, torch.Tensor]
+    store: ContextStateStore
+    config: ConfigRecord
+
+    def identity(self) -> ConfigRecord:
+        """Who replied: the server aggregates in partition order and reports per domain."""
+        domain = self.ws.federation.client_domain(self.partition_id)
+        return ConfigRecord({PARTITION_KEY: self.partition_id, DOMAIN_KEY: domain})
+
+
+def prepare(msg: Message, context: Context) -> ClientJob:
+    """Load this client's full model state (received + its local layers) into the workspace."""
+    config = msg.content.config_records[CONFIG]
+    cfg = read_client_config(config)
+    node = read_node_settings(context.node_config)
+    ws = cached_workspace(cfg, node)
+    received = dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+    unknown = sorted(set(received) - set(ws.initial_state))
+    if unknown:
+        raise ProtocolError(f"received arrays this model does not have: {unknown[:5]}")
+    store = ContextStateStore(context, cfg)
+    ws.reset(received, store.load())
+    return ClientJob(cfg, ws, partition_of(node, ws.federation), received, store, config)
+
+
+def client_seed(cfg: ClientConfig, server_round: int, partition_id: int) -> int:
     """A seed per (run, round, client): runs are reproducible and resume where they left off."""
     return (cfg.seed * 1_000_003 + server_round) * 1_000_003 + partition_id
 
 
-def _prepare(
-    msg: Message, context: Context
-) -> tuple[RunConfig, Workspace, int, dict[str, torch.Tensor], LocalStore]:
-    """Load this client's full model state (received + its local layers) into the workspace."""
-    record = msg.content.config_records["config"]
-    cfg = run_config_of(record)
-    partition_id = int(as_number(context.node_config["partition-id"]))
-    data_root = str(context.node_config.get("data-root", "")) or None
-    ws = workspace(cfg, data_root)
-    if not 0 <= partition_id < ws.federation.num_clients:
-        raise ValueError(
-            f"partition-id {partition_id} is out of range for num_clients={cfg.num_clients}"
-        )
-    received = dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    store = local_store(context, partition_id, str(record.get("state-dir", "")))
-    ws.reset(received, store.load())
-    return cfg, ws, partition_id, received, store
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"message config key {key!r} should be a number, got {value!r}")
+    return float(value)
 
 
-def _identity(partition_id: int) -> ConfigRecord:
-    """Who replied: lets the server aggregate in partition order, whatever the node ids."""
-    return ConfigRecord({PARTITION_KEY: partition_id})
-
-
-@app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received model on this client's partition; reply with the same keys."""
-    cfg, ws, pid, received, store = _prepare(msg, context)
-    server_round = int(as_number(msg.content.config_records["config"]["server-round"]))
-    seed = _client_seed(cfg, server_round, pid)
+    """Train the received model on this client's partition; reply with the keys received."""
+    job = prepare(msg, context)
+    cfg, ws = job.cfg, job.ws
+    seed = client_seed(cfg, int(_number(job.config, ROUND_KEY, 0)), job.partition_id)
     torch.manual_seed(seed)
-    x, y = ws.federation.train_data(pid)
+    x, y = ws.federation.train_data(job.partition_id)
     stats = train_epochs(
         ws.model,
         ws.optimizer,
@@ -81,30 +101,39 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=cfg.batch_size,
         agc_clip=cfg.agc_clip,
         generator=torch.Generator().manual_seed(seed),
+        proximal_mu=_number(job.config, PROXIMAL_MU_KEY, 0.0),
+        anchor=job.received,
     )
     state = ws.model.state_dict()
-    local = {k: v for k, v in state.items() if k not in received}
+    local = {k: v for k, v in state.items() if k not in job.received}
     if local:
-        store.save(local)
-    arrays = ArrayRecord({k: state[k].detach().cpu() for k in received})
+        job.store.save(local)
+    arrays = ArrayRecord({k: state[k].detach().cpu() for k in job.received})
     metrics = MetricRecord({"train_loss": stats.loss, WEIGHT_KEY: stats.num_examples})
-    content = RecordDict({"arrays": arrays, "metrics": metrics, "client": _identity(pid)})
-    return Message(content, reply_to=msg)
+    return Message(
+        RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT: job.identity()}), reply_to=msg
+    )
 
 
-@app.evaluate()
 def evaluate_step(msg: Message, context: Context) -> Message:
     """Evaluate the received model (with this client's local layers) on its test share."""
-    _, ws, pid, _, _ = _prepare(msg, context)
-    x, y = ws.federation.test_data(pid)
-    stats = evaluate(ws.model, x.to(ws.device), y.to(ws.device))
-    domain_index = ws.federation.domains.index(ws.federation.client_domain(pid))
+    job = prepare(msg, context)
+    x, y = job.ws.federation.test_data(job.partition_id)
+    stats = evaluate(job.ws.model, x.to(job.ws.device), y.to(job.ws.device))
     metrics = MetricRecord(
-        {
-            "accuracy": stats.accuracy,
-            "loss": stats.loss,
-            WEIGHT_KEY: stats.num_examples,
-            DOMAIN_KEY: domain_index,
-        }
+        {"accuracy": stats.accuracy, "loss": stats.loss, WEIGHT_KEY: stats.num_examples}
     )
-    return Message(RecordDict({"metrics": metrics, "client": _identity(pid)}), reply_to=msg)
+    return Message(RecordDict({METRICS: metrics, CLIENT: job.identity()}), reply_to=msg)
+
+
+def make_client_app(mods: Sequence[Mod] = (), train_mods: Sequence[Mod] = ()) -> ClientApp:
+    """fedwon's ClientApp with Flower mods: ``mods`` wrap every message, ``train_mods`` only
+    train messages (e.g. ``fixedclipping_mod``, which needs the clipping norm that DP wrappers
+    send with training instructions only)."""
+    client_app = ClientApp(mods=list(mods))
+    client_app.train(mods=list(train_mods))(train)
+    client_app.evaluate()(evaluate_step)
+    return client_app
+
+
+app = make_client_app()

@@ -8,21 +8,69 @@ all read exactly the same values. Nothing downstream re-parses strings.
 
 from __future__ import annotations
 
+import math
+import re
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import tomli_w
-import tomllib
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+if TYPE_CHECKING:
+    from fedwon.protocol import ClientConfig
 
 Scalar = bool | int | float | str
-
-STRATEGY_NAMES = ("fedavg", "fedbn", "fedwon")
-ENGINE_NAMES = ("fast", "flower")
 
 
 class ConfigError(ValueError):
     """A recipe or override is invalid; the message names the key and the valid choices."""
+
+
+def _type_name(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", float: "a float", int: "an integer"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def check_scalar(value: object, annotation: object) -> object:
+    """Refuse what pydantic's lax mode would coerce: ``"1"``, ``true`` or ``5.0`` for an
+    integer, ``"0.1"`` or ``true`` for a number, ``1`` or ``"yes"`` for a boolean, and NaN or
+    infinite numbers. A recipe with ``num_rounds = "10"`` is a mistake worth naming, and NaN
+    passes every range check (``nan <= 0`` is false) only to fail deep inside training.
+
+    Any pydantic model can call this from a ``@field_validator("*", mode="before")``.
+    Optional fields (``float | None``) are checked as their type when a value is given.
+    """
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and type(None) in typing.get_args(annotation):
+        if value is None:
+            return value
+        annotation = args[0]
+    if annotation is bool and not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+    return value
+
+
+RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[\w.\-]+:\d{1,5})$")
 
 
 class RunConfig(BaseModel):
@@ -30,17 +78,24 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    # what is learned
-    strategy: Literal["fedavg", "fedbn", "fedwon"] = "fedavg"
+    # what is learned: the method (what is shared) and Flower's server algorithm
+    strategy: str = "fedavg"  # fedwon.strategies.METHODS
+    aggregator: str = "fedavg"  # fedwon.strategies.AGGREGATORS
+    server_lr: float | None = None  # None = the aggregator's own default
+    server_momentum: float | None = None  # fedavgm
+    beta_1: float | None = None  # fedadam, fedyogi, fedadagrad
+    beta_2: float | None = None
+    tau: float | None = None
+    proximal_mu: float = 0.0  # fedprox: (mu/2)·||w − w_global||² added to the local loss
     model: str = "cnn"
     norm: str = "auto"  # auto: "ws" for fedwon, "bn" otherwise
     # data
     dataset: str = "digits-embedded"
     data_root: str = ""
-    partition: Literal["domain", "iid", "dirichlet"] = "domain"
+    partition: str = "domain"  # fedwon.datasets.PARTITIONERS
     num_clients: int = 5
     alpha: float = 0.5
-    dirichlet_scope: Literal["domain", "global"] = "domain"
+    dirichlet_scope: str = "domain"  # fedwon.datasets.DIRICHLET_SCOPES
     domains: str = ""  # comma-separated subset; empty = all domains of the data set
     train_per_domain: int = 0  # 0 = data set default
     test_per_domain: int = 0
@@ -69,6 +124,54 @@ class RunConfig(BaseModel):
     ray_address: str = ""  # join an existing Ray cluster ("auto" or "ray://host:10001")
     client_state_budget_mb: float = 0.0  # fast engine: spill client states past this; 0 = never
     checkpoint_every: int = 5  # rounds; 0 = never (the final state is always saved)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from fedwon.strategies.aggregators import AGGREGATORS
+        from fedwon.strategies.methods import METHODS
+
+        if value not in METHODS and value in AGGREGATORS:
+            raise ValueError(
+                f"{value!r} is an aggregator, not a method: set aggregator={value!r} and strategy "
+                f"to one of {sorted(METHODS)} (what is shared)"
+            )
+        return _choice(value, "strategy", METHODS)
+
+    @field_validator("aggregator")
+    @classmethod
+    def _known_aggregator(cls, value: str) -> str:
+        from fedwon.strategies.aggregators import AGGREGATORS
+
+        return _choice(value, "aggregator", AGGREGATORS)
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, value: str) -> str:
+        from fedwon.datasets import PARTITIONERS
+
+        return _choice(value, "partition", PARTITIONERS)
+
+    @field_validator("dirichlet_scope")
+    @classmethod
+    def _known_scope(cls, value: str) -> str:
+        from fedwon.datasets import DIRICHLET_SCOPES
+
+        return _choice(value, "dirichlet_scope", DIRICHLET_SCOPES)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return check_scalar(value, field.annotation) if field is not None else value
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domain_names(cls, value: Any) -> Any:
+        """A list of names (TOML ``domains = ["mnist", "usps"]``) is the comma-separated form."""
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        return value
 
     @field_validator("model")
     @classmethod
@@ -106,7 +209,14 @@ class RunConfig(BaseModel):
             raise ValueError(f"must be >= 1, got {value}")
         return value
 
-    @field_validator("clients_per_round", "train_per_domain", "test_per_domain", "image_size")
+    @field_validator(
+        "clients_per_round",
+        "train_per_domain",
+        "test_per_domain",
+        "image_size",
+        "checkpoint_every",
+        "seed",
+    )
     @classmethod
     def _non_negative_int(cls, value: int) -> int:
         if value < 0:
@@ -128,12 +238,50 @@ class RunConfig(BaseModel):
         return value
 
     @field_validator(
-        "momentum", "weight_decay", "agc_clip", "gpus_per_client", "client_state_budget_mb"
+        "momentum",
+        "weight_decay",
+        "agc_clip",
+        "gpus_per_client",
+        "client_state_budget_mb",
+        "proximal_mu",
     )
     @classmethod
     def _non_negative_float(cls, value: float) -> float:
         if value < 0:
             raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    @field_validator("server_lr", "tau")
+    @classmethod
+    def _positive_optional(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+    @field_validator("server_momentum", "beta_1", "beta_2")
+    @classmethod
+    def _unit_interval(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1), got {value}")
+        return value
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        if value < -1:
+            raise ValueError(
+                f"must be -1 (auto), 0 (in-process) or a number of workers, got {value}"
+            )
+        return value
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str) -> str:
+        if value and not RAY_ADDRESS.match(value):
+            raise ValueError(
+                f"{value!r} is not a Ray address; use 'auto', 'host:port' (a cluster's GCS, "
+                "e.g. '10.0.0.1:6379') or 'ray://host:port' (Ray Client, e.g. port 10001)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -149,6 +297,9 @@ class RunConfig(BaseModel):
                 f"strategy 'fedbn' keeps normalization layers local, but norm={norm!r} has "
                 "none; use norm='bn' (or gn/ln/in), or strategy 'fedwon'"
             )
+        from fedwon.strategies.aggregators import check_aggregator_settings
+
+        check_aggregator_settings(self)
         if self.clients_per_round > self.num_clients:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
@@ -185,10 +336,37 @@ class RunConfig(BaseModel):
         names = tuple(d.strip() for d in self.domains.split(",") if d.strip())
         return names or None
 
+    def client_config(self) -> ClientConfig:
+        """The part of this config that local training needs (what travels to clients)."""
+        from fedwon.protocol import ClientConfig
+
+        return ClientConfig(
+            model=self.model,
+            norm=self.resolved_norm,
+            dataset=self.dataset,
+            partition=self.partition,
+            num_clients=self.num_clients,
+            seed=self.seed,
+            data_root=self.data_root,
+            alpha=self.alpha,
+            dirichlet_scope=self.dirichlet_scope,
+            domains=self.domains,
+            train_per_domain=self.train_per_domain,
+            test_per_domain=self.test_per_domain,
+            image_size=self.image_size,
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            agc_clip=self.agc_clip,
+            device=self.device,
+        )
+
     # ---- (de)serialisation --------------------------------------------------------------------
     def to_flat(self) -> dict[str, Scalar]:
-        """Scalars only: the form Flower's run config and ConfigRecord carry."""
-        return dict(self.model_dump())
+        """Scalars only (unset optional keys left out): what TOML and Flower's run config carry."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_flat())
@@ -196,6 +374,13 @@ class RunConfig(BaseModel):
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some keys changed."""
         return make_config({**self.to_flat(), **changes})
+
+
+def _choice(value: str, key: str, choices: Any) -> str:
+    """``value`` if it names one of ``choices`` (a registry), else an error listing them."""
+    if value not in choices:
+        raise ValueError(f"unknown {key} {value!r}; choose one of {sorted(choices)}")
+    return value
 
 
 def _format_error(err: ValidationError) -> str:
@@ -222,7 +407,9 @@ def make_config(values: dict[str, Any]) -> RunConfig:
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with a TOML value (``lr=0.1``, ``strategy=fedbn``, ``x="a b"``).
 
-    A bare word that is not valid TOML is taken as a string so ``--set strategy=fedbn`` works.
+    A bare word that is not valid TOML is taken as a string so ``--set strategy=fedbn`` works,
+    and a bracketed list of bare words as a list of strings, so ``--set domains=[mnist,usps]``
+    means what ``domains = ["mnist", "usps"]`` means in a recipe.
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -232,6 +419,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
+        if raw.startswith("[") and raw.endswith("]"):
+            return key, [w.strip().strip("\"'") for w in raw[1:-1].split(",") if w.strip()]
         value = raw
     return key, value
 
@@ -270,3 +459,38 @@ def load_config(
     else:
         values.update(parse_override(o) for o in overrides or [])
     return make_config(values)
+
+
+# Keys a resumed run may change: where and how fast it runs, how often it evaluates and
+# checkpoints, how many failures a round tolerates, and how many rounds it has in total. Every
+# other key (model, norm, data, partition, clients, seed, optimiser, strategy, any key added
+# later) decides what is trained or who holds which data, so changing it would silently train
+# a different federation from the checkpoint: refused.
+RESUMABLE_KEYS = frozenset(
+    {
+        "num_rounds",  # upwards from the checkpoint's round (checked against the checkpoint)
+        "eval_every",
+        "fraction_evaluate",
+        "checkpoint_every",
+        "min_clients",
+        "engine",
+        "device",
+        "gpus_per_client",
+        "cpus_per_client",
+        "num_workers",
+        "ray_address",
+        "client_state_budget_mb",
+        "data_root",  # the same files, moved
+    }
+)
+
+
+def resume_conflicts(stored: RunConfig, new: RunConfig) -> list[str]:
+    """``key=old→new`` for each key whose change a resumed run cannot honour (empty: none)."""
+    before, after = stored.to_flat(), new.to_flat()
+    before["norm"], after["norm"] = stored.resolved_norm, new.resolved_norm
+    return [
+        f"{key}={before.get(key)!r}→{after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if key not in RESUMABLE_KEYS and before.get(key) != after.get(key)
+    ]

@@ -37,6 +37,7 @@ def main(out_root: str = "runs/demo") -> None:
         outcome = run_simulation(
             cfg,
             Path(out_root) / name,
+            overwrite=True,  # runs/demo/<method> belongs to the demo: a second demo replaces it
             on_round=lambda row: console.print(
                 f"  round {row['round']:>3}  train_loss {row['train_loss']:.3f}"
                 + (f"  acc {100 * row['accuracy']:.1f}%" if row.get("accuracy") else "")

@@ -1,40 +1,65 @@
 """A run directory: resolved config, per-round metrics, summary, table, plot, checkpoints.
 
-Layout (the contract of DESIGN.md)::
+Layout (the contract the README documents for users)::
 
     DIR/config.toml        fully resolved config
     DIR/metrics.jsonl      one JSON object per round: round, train_loss, accuracy, accuracy/<domain>
     DIR/summary.json       {"strategy", "final": {"accuracy", "per_domain"}, ...}
     DIR/per_domain.csv     final accuracy per domain
     DIR/accuracy.png       accuracy per round, overall and per domain
-    DIR/checkpoint/        global arrays + round (+ clients' local layers) for --resume
-    DIR/client_state/      clients' local layers (FedBN) during a simulation
+    DIR/checkpoint/        shared arrays, round, rows and (fast engine) every client's
+                           ``Context.state`` — FedBN's local layers — for --resume
 
 :class:`RunRecorder` is the callback the server calls after each round; the writing is here, not
-in the round loop.
+in the round loop. It writes nothing before it knows the run may write there: a new run's first
+file appears with its first round, a resumed run's after :func:`check_resumable` passed.
+Whether a directory may hold a *new* run is :mod:`fedwon.run_dir`'s business.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
-from fedwon.strategies.aggregation import WEIGHT_KEY, as_number
+from fedwon.config import (
+    RESUMABLE_KEYS,
+    ConfigError,
+    RunConfig,
+    make_config,
+    read_recipe,
+    resume_conflicts,
+)
+from fedwon.protocol import WEIGHT_KEY
+from fedwon.strategies.aggregation import as_number
+
+log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 CHECKPOINT = "checkpoint"
-CLIENT_STATE = "client_state"
+CLIENT_STATES = "client_states"  # in the checkpoint: one <partition>.pb per client
+STATE_FILE = "state.json"  # written last: a checkpoint copy holding it is complete
+
+
+@runtime_checkable
+class ClientStateHolder(Protocol):
+    """A Grid that can hand out and take back its clients' ``Context.state`` (the fast
+    engine's ``FastGrid``); Flower's engine and real SuperNodes keep states out of reach."""
+
+    def snapshot_states(self) -> dict[int, RecordDict]: ...
+    def restore_states(self, states: dict[int, RecordDict]) -> None: ...
 
 
 def _clean(value: Any) -> Any:
@@ -66,14 +91,48 @@ def round_row(
 
 
 def read_metrics(run_dir: str | Path) -> list[Row]:
+    """The rows of ``run_dir/metrics.jsonl``.
+
+    A killed run can leave its last line half-written: that line is skipped with a warning.
+    Any other line that is not a JSON object is an error naming the file and line.
+    """
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a fedwon run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    rows: list[Row] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                log.warning("%s: skipped its incomplete last line (the run was stopped)", path)
+                break
+            raise ConfigError(f"{path} line {number} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+            raise ConfigError(f"{path} line {number} is not a metrics row (no integer 'round')")
+        rows.append(row)
+    return rows
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
-    return make_config(read_recipe(Path(run_dir) / "config.toml"))
+    """The resolved config a run directory was written with."""
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no config.toml: is it a fedwon run directory?")
+    return make_config(read_recipe(path))
+
+
+def run_progress(run_dir: str | Path, rows: Sequence[Row]) -> tuple[int, int | None]:
+    """``(last round recorded, rounds the run was configured for)``; the second is ``None``
+    when the directory has no readable config. Equal numbers mean the run finished."""
+    last = max((int(r["round"]) for r in rows), default=0)
+    try:
+        return last, read_run_config(run_dir).num_rounds
+    except ConfigError:
+        return last, None
 
 
 def final_metrics(rows: Sequence[Row]) -> Row:
@@ -99,17 +158,54 @@ class Checkpoint:
     round: int
     arrays: ArrayRecord
     rows: list[Row] = field(default_factory=list)
+    client_states: dict[int, RecordDict] | None = None  # None: not captured by this grid
+    server_state: dict[str, np.ndarray] = field(default_factory=dict)  # optimizer moments
+
+
+def _save_states(directory: Path, states: dict[int, RecordDict]) -> None:
+    """One file per client, in Flower's own protobuf encoding (no pickle: safe to load)."""
+    directory.mkdir()
+    for partition, state in states.items():
+        (directory / f"{partition}.pb").write_bytes(recorddict_to_proto(state).SerializeToString())
+
+
+def _load_states(directory: Path) -> dict[int, RecordDict]:
+    states = {}
+    for path in sorted(directory.glob("*.pb")):
+        proto = ProtoRecordDict()
+        proto.ParseFromString(path.read_bytes())
+        states[int(path.stem)] = recorddict_from_proto(proto)
+    return states
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.replace(path)
+
+
+def _complete(path: Path) -> bool:
+    return (path / STATE_FILE).is_file()
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
-    """Write arrays, rows and a snapshot of clients' local layers; swap it in atomically."""
+    """Write arrays, rows and the clients' and server's states; swap it in atomically.
+
+    The copy is written to ``checkpoint.tmp`` with ``state.json`` last, so a copy holding
+    ``state.json`` is complete. The swap takes two renames (``checkpoint`` → ``.old``, ``.tmp``
+    → ``checkpoint``); a crash between them leaves two complete copies and no ``checkpoint``,
+    which :func:`find_checkpoint` repairs.
+    """
+    find_checkpoint(run_dir)  # repair an interrupted swap before .tmp is reused
     tmp = run_dir / f"{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.savez(tmp / "arrays.npz", **arrays_to_numpy(ckpt.arrays))  # type: ignore[arg-type]
-    (tmp / "state.json").write_text(json.dumps({"round": ckpt.round, "rows": ckpt.rows}))
-    if (run_dir / CLIENT_STATE).is_dir():
-        shutil.copytree(run_dir / CLIENT_STATE, tmp / CLIENT_STATE)
+    if ckpt.server_state:
+        np.savez(tmp / "server_state.npz", **ckpt.server_state)  # type: ignore[arg-type]
+    if ckpt.client_states is not None:
+        _save_states(tmp / CLIENT_STATES, ckpt.client_states)
+    _write_text_atomic(tmp / STATE_FILE, json.dumps({"round": ckpt.round, "rows": ckpt.rows}))
     old = run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if (run_dir / CHECKPOINT).exists():
@@ -118,59 +214,134 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """Read the checkpoint and put the clients' local layers back where clients look for them."""
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The run's complete checkpoint, or ``None``.
+
+    After a crash between the two renames of :func:`save_checkpoint` there is no
+    ``checkpoint`` but a complete ``checkpoint.tmp`` (newer) and ``checkpoint.old``: the
+    newer one is renamed back to ``checkpoint``, so the run resumes from its latest state.
+    """
     path = run_dir / CHECKPOINT
-    if not (path / "state.json").exists():
-        raise ConfigError(f"cannot resume: {path} holds no checkpoint")
-    state = json.loads((path / "state.json").read_text())
+    if _complete(path):
+        return path
+    if path.exists():
+        return None
+    for candidate in (run_dir / f"{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"):
+        if _complete(candidate):
+            log.warning("%s: restoring the checkpoint from %s", run_dir, candidate.name)
+            candidate.rename(path)
+            return path
+    return None
+
+
+def checkpoint_round(run_dir: Path) -> int | None:
+    """The round of the run's checkpoint (``None`` without one); reads only ``state.json``."""
+    path = find_checkpoint(run_dir)
+    if path is None:
+        return None
+    return int(json.loads((path / STATE_FILE).read_text())["round"])
+
+
+def check_resumable(run_dir: Path, cfg: RunConfig) -> int:
+    """Refuse, before anything is written, a resume that cannot continue the run in
+    ``run_dir`` with ``cfg``; return the checkpoint's round.
+
+    Refused: a directory without config or checkpoint, any change of a key that decides what
+    is trained or who holds which data (see :func:`fedwon.config.resume_conflicts`), and a
+    ``num_rounds`` below the checkpoint's round.
+    """
+    stored = read_run_config(run_dir)
+    conflicts = resume_conflicts(stored, cfg)
+    if conflicts:
+        raise ConfigError(
+            f"cannot resume {run_dir}: {', '.join(conflicts)} would change what is trained or "
+            f"who holds which data; only {', '.join(sorted(RESUMABLE_KEYS))} may change"
+        )
+    done = checkpoint_round(run_dir)
+    if done is None:
+        raise ConfigError(
+            f"cannot resume {run_dir}: it holds no checkpoint (the run stopped before its first "
+            "one); start it again with --overwrite"
+        )
+    if done > cfg.num_rounds:
+        raise ConfigError(
+            f"cannot resume {run_dir}: its checkpoint is at round {done}, beyond "
+            f"num_rounds={cfg.num_rounds}; give num_rounds >= {done}"
+        )
+    return done
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read the checkpoint: arrays, rows and (when captured) the clients' and server's states."""
+    path = find_checkpoint(run_dir)
+    if path is None:
+        raise ConfigError(f"cannot resume: {run_dir / CHECKPOINT} holds no checkpoint")
+    state = json.loads((path / STATE_FILE).read_text())
     with np.load(path / "arrays.npz") as npz:
         arrays = numpy_to_arrays({k: npz[k] for k in npz.files})
-    shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)
-    if (path / CLIENT_STATE).is_dir():
-        shutil.copytree(path / CLIENT_STATE, run_dir / CLIENT_STATE)
-    return Checkpoint(round=int(state["round"]), arrays=arrays, rows=list(state["rows"]))
+    states = _load_states(path / CLIENT_STATES) if (path / CLIENT_STATES).is_dir() else None
+    server_state: dict[str, np.ndarray] = {}
+    if (path / "server_state.npz").exists():
+        with np.load(path / "server_state.npz") as npz:
+            server_state = {k: npz[k] for k in npz.files}
+    return Checkpoint(int(state["round"]), arrays, list(state["rows"]), states, server_state)
 
 
 class RunRecorder:
     """Writes a run directory as rounds complete. ``run_dir=None`` records in memory only."""
 
-    def __init__(self, run_dir: str | Path | None, cfg: RunConfig, domains: Sequence[str]) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path | None,
+        cfg: RunConfig,
+        client_states: ClientStateHolder | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
         self.cfg = cfg
-        self.domains = list(domains)
+        self.client_states = client_states
+        self.server_state: Callable[[], dict[str, np.ndarray]] | None = None
         self.rows: list[Row] = []
-        self.start_round = 0
         self.arrays: ArrayRecord | None = None
         self._t0 = time.perf_counter()
-        if self.run_dir:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(cfg.to_toml())
+        self._started = False
 
-    @property
-    def client_state_dir(self) -> str:
-        return str(self.run_dir / CLIENT_STATE) if self.run_dir else ""
+    def _start(self) -> None:
+        """A new run's first write: its config. Refuses to write over another run's files
+        (callers check with :func:`fedwon.run_dir.check_new_run_dir` before anything runs;
+        this is the last line of defence against mixing two runs)."""
+        if self._started or self.run_dir is None:
+            return
+        for name in ("config.toml", "metrics.jsonl"):
+            if (self.run_dir / name).exists():
+                raise ConfigError(
+                    f"{self.run_dir} already holds a run ({name}); resume it, overwrite it or "
+                    "choose another directory"
+                )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
+        self._started = True
 
     def resume(self) -> Checkpoint:
-        """Continue from the run directory's checkpoint (rows after it are discarded)."""
+        """Continue from the run directory's checkpoint (rows after it are discarded).
+
+        Everything is checked (:func:`check_resumable`) before the first write."""
         if self.run_dir is None:
             raise ConfigError("cannot resume a run that has no output directory")
+        check_resumable(self.run_dir, self.cfg)
         ckpt = load_checkpoint(self.run_dir)
-        if ckpt.round > self.cfg.num_rounds:
-            raise ConfigError(
-                f"cannot resume: the checkpoint is at round {ckpt.round}, beyond "
-                f"num_rounds={self.cfg.num_rounds}"
-            )
         self.rows = list(ckpt.rows)
-        self.start_round = ckpt.round
         self.arrays = ckpt.arrays
+        _write_text_atomic(self.run_dir / "config.toml", self.cfg.to_toml())
+        if self.client_states is not None:
+            self.client_states.restore_states(ckpt.client_states or {})
         self._rewrite_metrics()
+        self._started = True
         return ckpt
 
     def _rewrite_metrics(self) -> None:
         if self.run_dir:
             text = "".join(json.dumps(r) + "\n" for r in self.rows)
-            (self.run_dir / "metrics.jsonl").write_text(text)
+            _write_text_atomic(self.run_dir / "metrics.jsonl", text)
 
     def record(
         self,
@@ -186,11 +357,15 @@ class RunRecorder:
         self.rows.append(row)
         self.arrays = arrays
         if self.run_dir:
+            self._start()
             with (self.run_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
             every = self.cfg.checkpoint_every
             if server_round == self.cfg.num_rounds or (every and server_round % every == 0):
-                save_checkpoint(self.run_dir, Checkpoint(server_round, arrays, self.rows))
+                states = self.client_states.snapshot_states() if self.client_states else None
+                server = self.server_state() if self.server_state else {}
+                ckpt = Checkpoint(server_round, arrays, self.rows, states, server)
+                save_checkpoint(self.run_dir, ckpt)
         return row
 
     def summary(self) -> dict[str, Any]:
@@ -219,6 +394,7 @@ class RunRecorder:
         """Write summary.json, per_domain.csv and accuracy.png; return the summary."""
         summary = self.summary()
         if self.run_dir:
+            self._start()
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             with (self.run_dir / "per_domain.csv").open("w", newline="") as f:
                 writer = csv.writer(f)

@@ -1,9 +1,10 @@
 """The Flower ServerApp (``fedwon.server_app:app``): builds model and strategy, runs the rounds.
 
 :func:`run_server` is the whole server side and takes any Flower ``Grid``: Flower's simulation
-engine, the fast engine (:mod:`fedwon.engine`) or a real SuperLink. Under ``flwr run`` the
-module-level ``app`` reads its settings from the run config: ``recipe`` (a TOML file), ``set``
-(space-separated ``key=value`` overrides) and ``out`` (run directory; empty = none).
+engine, the fast engine (:mod:`fedwon.engine`) or a real SuperLink. It never loads client
+data: classes and domains come from the data set's metadata. Under ``flwr run`` the module-level
+``app`` reads its settings from the run config: ``recipe`` (a TOML file), ``set``
+(space-separated ``key=value`` overrides), ``out`` (run directory; empty = none) and ``resume``.
 """
 
 from __future__ import annotations
@@ -17,18 +18,24 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
-from fedwon.datasets import load_federation
-from fedwon.results import Row, RunRecorder
-from fedwon.strategies import build_strategy
+from fedwon.datasets import validate_spec
+from fedwon.preflight import prepare_run, wait_for_nodes
+from fedwon.process_guard import start_guard
+from fedwon.results import ClientStateHolder, Row, RunRecorder
+from fedwon.run_dir import resolve_out
+from fedwon.strategies import METHODS, RoundReport, build_strategy
+from fedwon.strategies.server_state import restore_server_state, snapshot_server_state
 
 log = logging.getLogger(__name__)
 
-RoundCallback = Callable[[Row], None]
+RowCallback = Callable[[Row], None]
 # Keys of Flower's run config that steer the run rather than configure it.
-RUN_KEYS = ("recipe", "set", "out", "resume")
+RUN_KEYS = ("recipe", "set", "out", "resume", "overwrite", "node_timeout")
+NODE_TIMEOUT_S = 120.0  # how long flwr run / a SuperLink waits for one SuperNode per client
 
 
 @dataclass
@@ -38,9 +45,12 @@ class RunOutcome:
     arrays: ArrayRecord
 
 
-def client_config_record(cfg: RunConfig, state_dir: str) -> ConfigRecord:
-    """What each message carries: the validated settings (clients re-validate once, cached)."""
-    return ConfigRecord({**cfg.to_flat(), "state-dir": state_dir})
+def initial_arrays(cfg: RunConfig) -> ArrayRecord:
+    """The arrays the server starts from: the initial model's state minus what the method keeps
+    on clients (FedBN's normalization layers). Built from metadata only, no data loaded."""
+    client_cfg = cfg.client_config()
+    num_classes = validate_spec(data_spec(client_cfg)).info.num_classes
+    return METHODS[cfg.strategy].shared_arrays(initial_model(client_cfg, num_classes))
 
 
 def run_server(
@@ -49,49 +59,68 @@ def run_server(
     out_dir: str | Path | None = None,
     *,
     resume: bool = False,
-    on_round: RoundCallback | None = None,
+    on_round: RowCallback | None = None,
+    wrap: Callable[[Strategy], Strategy] | None = None,
 ) -> RunOutcome:
-    """Run ``cfg.num_rounds`` rounds (or the rest of them after a checkpoint) on ``grid``."""
-    federation = load_federation(data_spec(cfg))
-    model = initial_model(cfg, federation.num_classes, federation.in_channels)
-    recorder = RunRecorder(out_dir, cfg, federation.domains)
-    arrays = ArrayRecord(model.state_dict())
-    start_round = 0
-    if resume:
-        start_round = recorder.resume().round
-        arrays = recorder.arrays or arrays
-    strategy = build_strategy(cfg, model, federation.domains, round_offset=start_round)
-    record = client_config_record(cfg, recorder.client_state_dir)
+    """Run ``cfg.num_rounds`` rounds (or the rest of them after a checkpoint) on ``grid``.
 
-    def after_round(server_round: int, current: ArrayRecord) -> None:
-        if server_round == 0:
-            return
-        r = server_round + start_round
+    ``wrap`` puts any Flower strategy wrapper (e.g. Flower's DP wrappers) between fedwon's
+    round rules and the aggregator (see :func:`fedwon.strategies.build_strategy`).
+    """
+    arrays = initial_arrays(cfg)
+    holder = grid if isinstance(grid, ClientStateHolder) else None
+    recorder = RunRecorder(out_dir, cfg, client_states=holder)
+    start_round, server_state = 0, {}
+    if resume:
+        ckpt = recorder.resume()
+        start_round, arrays, server_state = ckpt.round, ckpt.arrays, ckpt.server_state
+        if cfg.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
+            log.warning(
+                "resuming FedBN without the clients' local layers (this engine does not "
+                "checkpoint Context.state): clients restart them from the initial model; "
+                "use engine='fast' to resume exactly"
+            )
+
+    def record(report: RoundReport) -> None:
         row = recorder.record(
-            r,
-            current,
-            strategy.train_metrics.get(r),
-            strategy.evaluate_metrics.get(r),
-            dropped=len(strategy.dropped.get(r, [])),
+            report.round,
+            report.arrays,
+            report.train_metrics,
+            report.evaluate_metrics,
+            dropped=len(report.dropped),
         )
         if on_round is not None:
             on_round(row)
 
+    strategy = build_strategy(cfg, round_offset=start_round, on_round=record, wrap=wrap)
+    restore_server_state(strategy, server_state)
+    recorder.server_state = lambda: snapshot_server_state(strategy)
+    client_record = cfg.client_config().to_record()
     if cfg.num_rounds > start_round:
         strategy.start(
             grid,
             arrays,
             num_rounds=cfg.num_rounds - start_round,
-            train_config=record,
-            evaluate_config=ConfigRecord(dict(record)),
-            evaluate_fn=after_round,
+            train_config=client_record,
+            evaluate_config=ConfigRecord(dict(client_record)),
         )
     summary = recorder.finish()
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
 
 
-def settings_from_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, str, bool]:
-    """Flower run config → (config, out dir, resume). Either a recipe + overrides, or flat keys."""
+@dataclass(frozen=True)
+class RunSettings:
+    """What a Flower run config asks of the ServerApp besides the run's own config."""
+
+    cfg: RunConfig
+    out: str = ""
+    resume: bool = False
+    overwrite: bool = False
+    node_timeout: float = NODE_TIMEOUT_S
+
+
+def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
+    """Flower run config → :class:`RunSettings`. Either a recipe + overrides, or flat keys."""
     out = str(run_config.get("out", ""))
     resume = bool(run_config.get("resume", False))
     recipe = str(run_config.get("recipe", ""))
@@ -102,27 +131,30 @@ def settings_from_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, str
         cfg = load_config(path, shlex.split(str(run_config.get("set", ""))))
     else:
         cfg = make_config({k: v for k, v in run_config.items() if k not in RUN_KEYS})
-    return cfg, out, resume
+    timeout = run_config.get("node_timeout", NODE_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"node_timeout must be a number of seconds > 0, got {timeout!r}")
+    return RunSettings(cfg, out, resume, bool(run_config.get("overwrite", False)), float(timeout))
 
 
-def make_server_app(
-    cfg: RunConfig,
-    out_dir: str | Path | None = None,
-    *,
-    resume: bool = False,
-    on_round: RoundCallback | None = None,
-    outcome: list[RunOutcome] | None = None,
-) -> ServerApp:
-    """A ServerApp bound to an already validated config (what ``fedwon run`` uses)."""
-    server_app = ServerApp()
+class BoundServerApp(ServerApp):
+    """A ServerApp bound to an already validated config (what ``fedwon run`` uses); the run's
+    outcome is in ``outcome`` once it has finished."""
 
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        result = run_server(grid, cfg, out_dir, resume=resume, on_round=on_round)
-        if outcome is not None:
-            outcome.append(result)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        on_round: RowCallback | None = None,
+    ) -> None:
+        super().__init__()
+        self.outcome: RunOutcome | None = None
 
-    return server_app
+        @self.main()
+        def _main(grid: Grid, context: Context) -> None:
+            self.outcome = run_server(grid, cfg, out_dir, resume=resume, on_round=on_round)
 
 
 app = ServerApp()
@@ -130,11 +162,17 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point for ``flwr run`` and deployment."""
+    """Entry point for ``flwr run`` and deployment: the same checks as ``fedwon run`` before
+    anything is written, then one SuperNode per client (or a one-line error after
+    ``node_timeout`` seconds instead of Flower's endless wait)."""
     try:
-        cfg, out, resume = settings_from_run_config(dict(context.run_config))
+        settings = settings_from_run_config(dict(context.run_config))
+        out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
+        start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
+        prepare_run(settings.cfg, out_dir, resume=settings.resume, overwrite=settings.overwrite)
+        wait_for_nodes(grid, settings.cfg.num_clients, timeout_s=settings.node_timeout)
     except ConfigError as err:
         log.error("%s", err)
         raise
-    outcome = run_server(grid, cfg, out or None, resume=resume)
+    outcome = run_server(grid, settings.cfg, out_dir, resume=settings.resume)
     log.info("final accuracy %s", outcome.summary["final"]["accuracy"])

@@ -8,22 +8,35 @@ Two engines run the same ServerApp/ClientApp:
 Resources: with G GPUs each client actor gets ``gpus_per_client`` of one (default a whole GPU, so
 each client trains on its own GPU); without GPUs it asks for none. Asking Ray for a GPU that does
 not exist leaves Flower waiting forever ("ActorPool is empty"), so it is never done.
+
+Everything a run needs is checked before an engine starts (:func:`fedwon.preflight.prepare_run`,
+and a reachable ``ray_address``). A run that may start Ray also starts a process guard
+(:mod:`fedwon.process_guard`) and shuts Ray down when it ends, however it ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
-from fedwon.clients.workspace import data_spec
+from flwr.app.user_config import UserConfig
+from flwr.serverapp import ServerApp
+
 from fedwon.config import ConfigError, RunConfig
-from fedwon.datasets import load_federation
+from fedwon.preflight import prepare_run
+from fedwon.process_guard import ending_started_processes, start_guard
+from fedwon.protocol import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
 from fedwon.results import Row
-from fedwon.server_app import RunOutcome, make_server_app
+from fedwon.run_dir import discard_unstarted_run
+from fedwon.server_app import BoundServerApp, RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +91,93 @@ def client_resources(
     )
 
 
+class NodeConfigs(Sequence[UserConfig]):
+    """Node ``i``'s config, made on demand (constant memory for any population): its partition
+    and the torch threads of its CPU share — what a real SuperNode sets in ``--node-config``."""
+
+    def __init__(self, num_nodes: int, threads: int) -> None:
+        self.num_nodes, self.threads = num_nodes, threads
+
+    def __len__(self) -> int:
+        return self.num_nodes
+
+    @overload
+    def __getitem__(self, i: int) -> UserConfig: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[UserConfig]: ...
+    def __getitem__(self, i: int | slice) -> UserConfig | list[UserConfig]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.num_nodes))]
+        if not 0 <= i < self.num_nodes:
+            raise IndexError(i)
+        return {NODE_PARTITION: i, NODE_NUM_PARTITIONS: self.num_nodes, NODE_THREADS: self.threads}
+
+
+class ClientTracebacksToDebug(logging.Filter):
+    """Flower's simulation engine logs every failing client's exception and whole traceback
+    at ERROR, every round; the round rules already log one line per failure. Those records
+    are lowered to DEBUG: shown with ``-v`` (or any DEBUG handler), not otherwise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.module == "vce_api" and record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def _quiet_flower(verbose: bool) -> None:
     """Flower logs every round at INFO and warns that ``run_simulation`` is deprecated (we
     use it deliberately); keep only its errors unless asked. Our own warnings still show."""
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not any(isinstance(f, ClientTracebacksToDebug) for f in flwr_logger.filters):
+        flwr_logger.addFilter(ClientTracebacksToDebug())
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray\..*")
+
+
+def check_ray_address(address: str, timeout_s: float = 3.0) -> None:
+    """A ``host:port`` / ``ray://host:port`` cluster address answers, or one line saying so
+    (rather than Ray's own retries and a traceback). ``auto`` is checked by Ray itself."""
+    if address in ("", "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(
+            f"ray_address={address!r}: cannot reach {host}:{port} ({err.strerror or err}); "
+            "is the Ray cluster running there?"
+        ) from None
+
+
+def may_start_ray(cfg: RunConfig) -> bool:
+    """Flower's engine always runs on Ray; the fast engine unless told to run in-process."""
+    return cfg.engine == "flower" or cfg.num_workers != 0
+
+
+@contextmanager
+def ray_owned_by_this_run(cfg: RunConfig) -> Iterator[None]:
+    """Whatever Ray this run starts, it stops: ``ray.shutdown`` when the run ends (error or
+    not), and a process guard for when this process is killed. A Ray the process had already
+    started (or a cluster it joined before) is left alone."""
+    ray = sys.modules.get("ray")
+    if not may_start_ray(cfg) or (ray is not None and ray.is_initialized()):
+        yield
+        return
+
+    def shutdown() -> None:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+
+    start_guard()
+    try:
+        with ending_started_processes(shutdown):
+            yield
+    except ConnectionError as err:  # ray.init could not reach ray_address (or 'auto')
+        if not cfg.ray_address:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"ray_address={cfg.ray_address!r}: {first}") from None
 
 
 def run_simulation(
@@ -90,16 +185,40 @@ def run_simulation(
     out_dir: str | Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_round: Callable[[Row], None] | None = None,
     verbose: bool = False,
 ) -> RunOutcome:
-    """Run ``cfg`` on this machine with the engine it names; return the run's outcome."""
+    """Run ``cfg`` on this machine with the engine it names; return the run's outcome.
+
+    ``out_dir`` must be new or empty, unless ``resume`` (continue the run there from its
+    checkpoint) or ``overwrite`` (delete the previous run's files first); see
+    :mod:`fedwon.run_dir`. Bad input raises :class:`ConfigError` or ``DataError`` before
+    anything is written.
+    """
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     _quiet_flower(verbose)
     resources = client_resources(cfg)
-    load_federation(data_spec(cfg))  # bad data settings fail here, before any engine starts
-    outcome: list[RunOutcome] = []
-    server_app = make_server_app(cfg, out_dir, resume=resume, on_round=on_round, outcome=outcome)
+    if may_start_ray(cfg):
+        check_ray_address(cfg.ray_address)
+    out_path = Path(out_dir) if out_dir is not None else None
+    created = out_path is not None and not out_path.exists()
+    prepare_run(cfg, out_path, resume=resume, overwrite=overwrite)
+    server_app = BoundServerApp(cfg, out_dir, resume=resume, on_round=on_round)
+    try:
+        with ray_owned_by_this_run(cfg):
+            _run_engine(cfg, resources, server_app, verbose)
+    except BaseException:
+        if out_path is not None and not resume:
+            discard_unstarted_run(out_path, created=created)
+        raise
+    if server_app.outcome is None:
+        raise RuntimeError("the simulation ended without a result; see the log above")
+    return server_app.outcome
+
+
+def _run_engine(cfg: RunConfig, resources: Resources, server_app: ServerApp, verbose: bool) -> None:
+    """Hand ``server_app`` to the engine ``cfg`` names."""
     if cfg.engine == "fast":
         from fedwon.engine import run_fast
 
@@ -109,6 +228,7 @@ def run_simulation(
             server_app,
             CLIENT_APP,
             cfg.num_clients,
+            node_configs=NodeConfigs(cfg.num_clients, max(1, int(resources.num_cpus))),
             num_workers=workers,
             cpus_per_client=resources.num_cpus,
             gpus_per_client=resources.num_gpus,
@@ -136,6 +256,3 @@ def run_simulation(
             },
             verbose_logging=verbose,
         )
-    if not outcome:
-        raise RuntimeError("the simulation ended without a result; see the log above")
-    return outcome[0]

@@ -35,7 +35,10 @@ def test_unknown_key_is_refused_with_the_valid_keys() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"strategy": "fedprox"}, r"strategy: Input should be 'fedavg', 'fedbn' or 'fedwon'"),
+        (
+            {"strategy": "fedswap"},
+            r"strategy: unknown strategy 'fedswap'; choose one of \['fedavg', 'fedbn', 'fedwon'\]",
+        ),
         ({"model": "vgg"}, r"model: unknown model 'vgg'; choose one of \[.*'cnn'"),
         ({"norm": "batch"}, r"norm: unknown norm 'batch'"),
         ({"dataset": "mnist"}, r"dataset: unknown dataset 'mnist'"),
@@ -45,12 +48,43 @@ def test_unknown_key_is_refused_with_the_valid_keys() -> None:
         ({"strategy": "fedwon", "norm": "bn"}, r"fedwon' trains a normalization-free model"),
         ({"strategy": "fedbn", "norm": "ws"}, r"fedbn' keeps normalization layers local"),
         ({"batch_size": 1, "strategy": "fedavg"}, r"batch_size=1 cannot train with norm='bn'"),
-        ({"num_rounds": "ten"}, r"num_rounds: Input should be a valid integer"),
+        ({"num_rounds": "ten"}, r"num_rounds: expected an integer, got a string 'ten'"),
+        # strict types: what pydantic's lax mode would have coerced silently
+        ({"num_rounds": "1"}, r"num_rounds: expected an integer, got a string '1'"),
+        ({"num_rounds": True}, r"num_rounds: expected an integer, got a boolean True"),
+        ({"num_clients": 5.0}, r"num_clients: expected an integer, got a float 5\.0"),
+        ({"lr": "0.1"}, r"lr: expected a number, got a string '0\.1'"),
+        ({"lr": True}, r"lr: expected a number, got a boolean True"),
+        ({"lr": float("nan")}, r"lr: expected a finite number, got nan"),
+        ({"lr": float("inf")}, r"lr: expected a finite number, got inf"),
+        ({"momentum": -float("inf")}, r"momentum: expected a finite number, got -inf"),
+        # bounds
+        ({"checkpoint_every": -3}, r"checkpoint_every: must be >= 0, got -3"),
+        ({"num_workers": -7}, r"num_workers: must be -1 \(auto\), 0 \(in-process\)"),
+        ({"seed": -1}, r"seed: must be >= 0, got -1"),
+        ({"ray_address": "head"}, r"ray_address: 'head' is not a Ray address; use 'auto'"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_config(values)
+
+
+def test_integers_are_numbers_and_all_lists_of_several_errors_are_named() -> None:
+    assert make_config({"lr": 1}).lr == 1.0  # an integer is a valid number
+    for address in ("auto", "10.0.0.1:6379", "ray://head.example:10001"):
+        assert make_config({"ray_address": address}).ray_address == address
+    with pytest.raises(ConfigError, match=r"num_rounds: expected an integer.*; lr: expected a fin"):
+        make_config({"num_rounds": "3", "lr": float("nan")})
+
+
+def test_list_values_on_the_command_line_mean_what_they_mean_in_a_recipe(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('domains = ["mnist", "usps"]\nnum_clients = 2\n')
+    from_recipe = load_config(recipe)
+    assert from_recipe.domain_list == ("mnist", "usps")
+    for override in ("domains=[mnist,usps]", 'domains=["mnist", "usps"]', "domains=[mnist, usps]"):
+        assert load_config(None, [override, "num_clients=2"]) == from_recipe, override
 
 
 def test_override_parsing() -> None:

@@ -1,65 +1,52 @@
 """Where a client keeps the arrays the server never sees (FedBN's normalization layers).
 
-Two stores with one interface:
-- :class:`ContextStateStore` keeps them in Flower's ``Context.state`` — what a real SuperNode uses;
-  it persists across rounds of a run.
-- :class:`DiskStateStore` keeps one small file per client in a directory — used in simulation, so
-  that memory does not grow with the number of clients (thousands in cross-device runs) and so
-  a checkpoint can snapshot every client's layers for ``--resume``.
+They live in Flower's ``Context.state`` — the one per-client state Flower gives every node,
+in its simulation engine, in fedwon's fast engine (which spills states past
+``client_state_budget_mb`` to disk and snapshots them into checkpoints) and on real SuperNodes
+(where it persists between the rounds of a run). Nothing is sent to or stored by the server.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Protocol
+import hashlib
+from functools import lru_cache
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
+
+from fedwon.protocol import ClientConfig
 
 STATE_KEY = "fedwon.local"
+OWNER_KEY = "fedwon.local.owner"  # which training setup the arrays belong to
 
 
-class LocalStore(Protocol):
-    def load(self) -> dict[str, torch.Tensor] | None: ...
-    def save(self, arrays: dict[str, torch.Tensor]) -> None: ...
+@lru_cache(maxsize=32)
+def owner_tag(cfg: ClientConfig) -> str:
+    """A fingerprint of the training setup. Local layers saved under one setup are never
+    loaded under another (e.g. several runs sharing one Flower run's contexts, or another
+    model whose shapes would not fit)."""
+    return hashlib.sha1(repr(sorted(cfg.to_record().items())).encode()).hexdigest()[:16]
 
 
 class ContextStateStore:
-    """Local arrays in ``context.state[STATE_KEY]`` as an ArrayRecord."""
+    """A client's local arrays in ``context.state[STATE_KEY]`` as an ArrayRecord."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, cfg: ClientConfig) -> None:
         self.context = context
+        self.owner = owner_tag(cfg)
 
     def load(self) -> dict[str, torch.Tensor] | None:
-        if STATE_KEY not in self.context.state.array_records:
+        """The arrays saved by this client's previous message of the run, if any."""
+        state = self.context.state
+        if STATE_KEY not in state.array_records:
             return None
-        return dict(self.context.state.array_records[STATE_KEY].to_torch_state_dict())
+        owner = state.config_records.get(OWNER_KEY)
+        if owner is None or owner.get("tag") != self.owner:
+            return None
+        return dict(state.array_records[STATE_KEY].to_torch_state_dict())
 
     def save(self, arrays: dict[str, torch.Tensor]) -> None:
+        """Keep ``arrays`` (copied to the CPU: the context may be pickled or spilled)."""
         cpu = {k: v.detach().cpu() for k, v in arrays.items()}
         self.context.state[STATE_KEY] = ArrayRecord(cpu)
-
-
-class DiskStateStore:
-    """Local arrays in ``<directory>/client_<pid>.pt``, written atomically."""
-
-    def __init__(self, directory: str | Path, partition_id: int) -> None:
-        self.path = Path(directory) / f"client_{partition_id}.pt"
-
-    def load(self) -> dict[str, torch.Tensor] | None:
-        if not self.path.exists():
-            return None
-        loaded: dict[str, torch.Tensor] = torch.load(self.path, weights_only=True)
-        return loaded
-
-    def save(self, arrays: dict[str, torch.Tensor]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({k: v.detach().cpu().clone() for k, v in arrays.items()}, tmp)
-        tmp.replace(self.path)
-
-
-def local_store(context: Context, partition_id: int, state_dir: str) -> LocalStore:
-    """The disk store when the run names a directory, else Flower's Context.state."""
-    return DiskStateStore(state_dir, partition_id) if state_dir else ContextStateStore(context)
+        self.context.state[OWNER_KEY] = ConfigRecord({"tag": self.owner})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedwon.nn import adaptive_clip_grad
 
@@ -37,6 +38,40 @@ def clipped_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in head]
 
 
+def proximal_pairs(
+    model: nn.Module, anchor: dict[str, torch.Tensor]
+) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(parameter, its global value) for every parameter named in ``anchor`` (detached copies
+    on the parameter's device, so the term's gradient is mu·(w − w_global))."""
+    return [
+        (p, anchor[name].detach().to(p.device, p.dtype).clone())
+        for name, p in model.named_parameters()
+        if name in anchor
+    ]
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether ``model`` normalizes with batch statistics in train mode (any BatchNorm,
+    SyncBatchNorm or lazy variant, by module type), which a batch of one cannot give."""
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def batch_bounds(n: int, batch_size: int, *, min_batch: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each mini-batch over ``n`` shuffled examples.
+
+    The last partial batch is kept: with batch size 1 and one or two examples per client
+    (cross-device) dropping it would drop the client. With ``min_batch=2`` (BatchNorm) a last
+    batch of one is merged into the batch before it, and a client whose only example it is
+    takes no step at all, so BatchNorm never sees a batch of one at any batch size.
+    """
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if bounds and bounds[-1][1] - bounds[-1][0] < min_batch:
+        last = bounds.pop()
+        if bounds:
+            bounds[-1] = (bounds[-1][0], last[1])
+    return bounds
+
+
 def train_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -47,30 +82,42 @@ def train_epochs(
     batch_size: int,
     agc_clip: float,
     generator: torch.Generator,
+    proximal_mu: float = 0.0,
+    anchor: dict[str, torch.Tensor] | None = None,
 ) -> TrainStats:
     """SGD over ``(x, y)`` for ``epochs`` passes in shuffled mini-batches.
 
+    ``proximal_mu > 0`` adds FedProx's term (mu/2)·||w − w_global||² to the loss, over the
+    parameters named in ``anchor`` (the global values the client received: FedBN's local
+    layers have no global value and are not pulled anywhere).
+
     ``x`` and ``y`` already live on the model's device (moved once per client, not per batch).
-    The last partial batch is kept: with batch size 1 and one or two examples per client
-    (cross-device) dropping it would drop the client. A batch of one example with BatchNorm is
-    refused by the model with a clear error.
+    Batches follow :func:`batch_bounds`: a BatchNorm model never trains on a batch of one (a
+    last batch of one joins the previous batch; a lone example is skipped), any other model
+    does (cross-device, batch size 1).
     """
     model.train()
     agc_params = clipped_parameters(model) if agc_clip > 0 else []
+    prox = proximal_pairs(model, anchor or {}) if proximal_mu > 0 else []
     n = len(y)
+    bounds = batch_bounds(n, batch_size, min_batch=2 if uses_batch_statistics(model) else 1)
     total, steps = 0.0, 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(y.device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        for start, stop in bounds:
+            idx = order[start:stop]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x[idx]), y[idx])
+            total += float(loss.detach())
+            if prox:
+                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in prox)
             loss.backward()
             if agc_params:
                 adaptive_clip_grad(agc_params, clip_factor=agc_clip)
             optimizer.step()
-            total += float(loss.detach())
             steps += 1
+    if not steps and n:  # a BatchNorm client with one example: report its loss, untrained
+        return TrainStats(loss=evaluate(model, x, y).loss, num_examples=n, steps=0)
     return TrainStats(loss=total / max(steps, 1), num_examples=n, steps=steps)
 
 

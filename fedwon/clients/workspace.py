@@ -5,32 +5,43 @@ Building the model and optimizer or touching the data set per message would domi
 rounds (batch size 1, one or two examples per client), so they are built once per process and
 *reset* per message: every state-dict entry is overwritten (received arrays, the client's local
 arrays, or the initial values) and the optimizer state is cleared, so nothing leaks between
-clients.
+clients. The cache key is the message's :class:`~fedwon.protocol.ClientConfig` and the node's
+own :class:`~fedwon.protocol.NodeSettings`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
 from torch import nn
 
-from fedwon.config import RunConfig
 from fedwon.datasets import DataSpec, Federation, load_federation
 from fedwon.models import build_model
+from fedwon.protocol import ClientConfig, NodeSettings, ProtocolError
+
+IN_CHANNELS = 3  # every fedwon data set yields RGB images (grey domains are replicated)
 
 
-def data_spec(cfg: RunConfig, data_root: str | None = None) -> DataSpec:
-    """The data set part of a run config (``0``/empty mean "the data set's default")."""
+def data_spec(cfg: ClientConfig, node: NodeSettings | None = None) -> DataSpec:
+    """The data a client reads: the run's data settings, overridden by the node's own.
+
+    A node naming a ``domain`` holds only that domain, split into ``num-partitions`` parts.
+    """
+    node = node or NodeSettings()
+    domains = tuple(d.strip() for d in cfg.domains.split(",") if d.strip()) or None
+    num_clients = cfg.num_clients
+    if node.domain:
+        domains, num_clients = (node.domain,), node.num_partitions or 1
     return DataSpec(
-        dataset=cfg.dataset,
-        data_root=data_root or cfg.data_root or None,
+        dataset=node.dataset or cfg.dataset,
+        data_root=node.data_root or cfg.data_root or None,
         partition=cfg.partition,
-        num_clients=cfg.num_clients,
+        num_clients=num_clients,
         alpha=cfg.alpha,
         dirichlet_scope=cfg.dirichlet_scope,
-        domains=cfg.domain_list,
+        domains=domains,
         train_per_domain=cfg.train_per_domain or None,
         test_per_domain=cfg.test_per_domain or None,
         image_size=cfg.image_size or None,
@@ -38,21 +49,39 @@ def data_spec(cfg: RunConfig, data_root: str | None = None) -> DataSpec:
     )
 
 
+def partition_of(node: NodeSettings, federation: Federation) -> int:
+    """This node's partition of ``federation``, checked against what the node config says."""
+    if node.domain:
+        pid = node.partition_id or 0
+    elif node.partition_id is None:
+        raise ProtocolError("node config lacks 'partition-id' (or a 'domain' the node holds)")
+    else:
+        pid = node.partition_id
+        if node.num_partitions is not None and node.num_partitions != federation.num_clients:
+            raise ProtocolError(
+                f"node config num-partitions={node.num_partitions} but the run has "
+                f"num_clients={federation.num_clients}"
+            )
+    if not 0 <= pid < federation.num_clients:
+        raise ProtocolError(
+            f"node config partition-id={pid} is out of range for {federation.num_clients} clients"
+        )
+    return pid
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → the GPU this process was given (Ray sets CUDA_VISIBLE_DEVICES) or the CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but this process sees no CUDA device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} was requested but this process sees no CUDA device")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
 
 
-def initial_model(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
+def initial_model(cfg: ClientConfig, num_classes: int, in_channels: int = IN_CHANNELS) -> nn.Module:
     """The run's initial model: the same seed gives the server and every client the same one."""
     torch.manual_seed(cfg.seed)
-    return build_model(
-        cfg.model, norm=cfg.resolved_norm, num_classes=num_classes, in_channels=in_channels
-    )
+    return build_model(cfg.model, norm=cfg.norm, num_classes=num_classes, in_channels=in_channels)
 
 
 @dataclass
@@ -73,18 +102,22 @@ class Workspace:
         self.optimizer.state.clear()
 
 
-@lru_cache(maxsize=4)
-def workspace(cfg: RunConfig, data_root: str | None = None) -> Workspace:
-    """The cached workspace for a run config (one per process in practice).
+def workspace(cfg: ClientConfig, node: NodeSettings) -> Workspace:
+    """The cached workspace of this run on this process: model, optimizer and data built once,
+    shared by every client the process plays (the node's partition is not part of the key)."""
+    return _workspace(cfg, replace(node, partition_id=None))
 
-    Torch's intra-op threads are set to the client's CPU share (``cpus_per_client``, what Ray
-    also gives an actor): float results depend on the thread count, and pinning it makes the
-    in-process engine, Ray actors and Flower's engine compute bit-identical updates.
-    """
-    torch.set_num_threads(max(1, int(cfg.cpus_per_client)))
-    federation = load_federation(data_spec(cfg, data_root))
-    device = resolve_device(cfg.device)
-    model = initial_model(cfg, federation.num_classes, federation.in_channels).to(device)
+
+@lru_cache(maxsize=4)
+def _workspace(cfg: ClientConfig, node: NodeSettings) -> Workspace:
+    """Build a workspace. ``node.threads`` pins torch's intra-op threads: float results depend
+    on the thread count (the fast engine sets it to the client's CPU share, as Ray does for
+    Flower's actors through ``OMP_NUM_THREADS``)."""
+    if node.threads:
+        torch.set_num_threads(node.threads)
+    federation = load_federation(data_spec(cfg, node))
+    device = resolve_device(node.device or cfg.device)
+    model = initial_model(cfg, federation.num_classes).to(device)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

@@ -76,8 +76,10 @@ def load_domain_arrays(spec: DataSpec) -> dict[str, DomainArrays]:
     resolved = validate_spec(spec)
     arrays = resolved.info.loader(spec, resolved.domains, resolved.image_size)
     for name in resolved.domains:
-        if len(arrays[name].train_y) == 0:
-            raise DataError(f"dataset {spec.dataset!r}: domain {name!r} has no training images")
+        for split, labels in (("training", arrays[name].train_y), ("test", arrays[name].test_y)):
+            # a domain without test images would silently vanish from every result
+            if len(labels) == 0:
+                raise DataError(f"dataset {spec.dataset!r}: domain {name!r} has no {split} images")
     return arrays
 
 

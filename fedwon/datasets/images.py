@@ -32,15 +32,23 @@ def as_nchw_uint8(images: object, source: str) -> np.ndarray:
     if images.dtype != np.uint8:
         raise DataError(f"{source}: images must have dtype uint8, got {images.dtype}")
     if images.ndim == 3:
-        return np.ascontiguousarray(images[:, None, :, :])
-    if images.ndim == 4 and images.shape[-1] in (1, 3):
-        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-    if images.ndim == 4 and images.shape[1] in (1, 3):
-        return np.ascontiguousarray(images)
-    raise DataError(
-        f"{source}: images have shape {images.shape}; expected (N, H, W), (N, H, W, C) or "
-        "(N, C, H, W) with C in {1, 3}"
-    )
+        nchw = images[:, None, :, :]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3):
+        nchw = images.transpose(0, 3, 1, 2)
+    elif images.ndim == 4 and images.shape[1] in (1, 3):
+        nchw = images
+    else:
+        raise DataError(
+            f"{source}: images have shape {images.shape}; expected (N, H, W), (N, H, W, C) or "
+            "(N, C, H, W) with C in {1, 3}"
+        )
+    if 0 in nchw.shape[2:]:
+        # an empty image cannot be resized or learned from (torch fails deep in interpolate)
+        raise DataError(
+            f"{source}: images have shape {images.shape}, i.e. height {nchw.shape[2]} and width "
+            f"{nchw.shape[3]}; every image needs at least 1x1 pixels"
+        )
+    return np.ascontiguousarray(nchw)
 
 
 def as_labels(labels: object, n: int, num_classes: int, source: str) -> np.ndarray:

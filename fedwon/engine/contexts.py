@@ -114,6 +114,23 @@ class ContextStore:
         self._total += size
         self._spill_over_budget(keep=node_id)
 
+    def snapshot(self) -> dict[int, RecordDict]:
+        """Every stored node state (in memory or spilled), by node id: what a checkpoint saves.
+
+        The states are the live objects (spilled ones loaded back); callers serialise them
+        before the next message can change them.
+        """
+        states = {node_id: ctx.state for node_id, ctx in self._live.items()}
+        states.update((node_id, self._unspill(node_id)) for node_id in self._spilled)
+        return dict(sorted(states.items()))
+
+    def restore(self, states: dict[int, RecordDict]) -> None:
+        """Replace every stored state by ``states`` (a resumed run's checkpoint)."""
+        for node_id in list(self._live) + list(self._spilled):
+            self._forget(node_id)
+        for node_id, state in states.items():
+            self.put(node_id, self._new_context(node_id, state))
+
     def close(self) -> None:
         """Delete spilled files (the store is unusable for spilled nodes afterwards)."""
         if self._spill_dir is not None:

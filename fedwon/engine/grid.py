@@ -152,6 +152,17 @@ class FastGrid(Grid):
         _, replies = self._deliver(messages, deadline)
         return replies
 
+    def snapshot_states(self) -> dict[int, RecordDict]:
+        """Every node's ``context.state`` that holds something, by partition index."""
+        return {self.partition_of(n): s for n, s in self.contexts.snapshot().items()}
+
+    def restore_states(self, states: dict[int, RecordDict]) -> None:
+        """Give nodes back the states of :meth:`snapshot_states` (resuming a run)."""
+        bad = [p for p in states if not self.has_node(self.node_id(p))]
+        if bad:
+            raise ValueError(f"states for partitions {bad[:5]} that this grid does not have")
+        self.contexts.restore({self.node_id(p): s for p, s in states.items()})
+
     def close(self) -> None:
         """Release the context store's spill files."""
         self.contexts.close()

@@ -162,13 +162,15 @@ class ClientRunner:
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, not a Message")
         except Exception as ex:
-            logger.error(
+            # the error reply carries the failure to the ServerApp, which reports it (once,
+            # on one line); the traceback is for debugging
+            logger.debug(
                 "ClientApp raised on node %s (%s):\n%s",
                 ctx.node_id,
                 msg.metadata.message_type,
                 traceback.format_exc(),
             )
-            wrapped = ClientAppException(str(ex))
+            wrapped = ClientAppException(f"{type(ex).__name__}: {ex}")
             return Outcome(error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, wrapped), None)
         return Outcome(reply, ctx)
 

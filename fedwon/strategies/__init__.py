@@ -1,19 +1,31 @@
-"""FedAvg, FedBN and FedWon as thin subclasses of Flower's Message-API strategies."""
+"""The paper's methods over Flower's aggregators, wrapped in fedwon's round rules.
+
+``build_strategy(cfg, model)`` = ``RoundRules(aggregator)``: the method (``METHODS``) decides
+which arrays are shared, the aggregator (``AGGREGATORS``) is one of Flower's own strategies,
+and :class:`RoundRules` (outermost) adds seeded sampling, fault filtering, the resume offset,
+the evaluation cadence and per-round reporting.
+"""
 
 from fedwon.strategies.aggregation import non_finite_arrays, per_domain_metrics, split_usable
-from fedwon.strategies.factory import STRATEGIES, build_strategy
-from fedwon.strategies.fedavg import FedAvg
-from fedwon.strategies.fedbn import FedBN, norm_state_keys
-from fedwon.strategies.fedwon import FedWon, check_normalization_free
-from fedwon.strategies.round_control import RoundControl, RoundFailedError
+from fedwon.strategies.aggregators import AGGREGATORS, build_aggregator
+from fedwon.strategies.factory import build_strategy
+from fedwon.strategies.methods import (
+    METHODS,
+    Method,
+    check_normalization_free,
+    norm_state_keys,
+)
+from fedwon.strategies.round_rules import RoundCallback, RoundFailedError, RoundReport, RoundRules
 
 __all__ = [
-    "STRATEGIES",
-    "FedAvg",
-    "FedBN",
-    "FedWon",
-    "RoundControl",
+    "AGGREGATORS",
+    "METHODS",
+    "Method",
+    "RoundCallback",
     "RoundFailedError",
+    "RoundReport",
+    "RoundRules",
+    "build_aggregator",
     "build_strategy",
     "check_normalization_free",
     "non_finite_arrays",

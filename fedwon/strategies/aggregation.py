@@ -1,19 +1,22 @@
-"""Pure helpers on records: which replies are usable, which arrays stay local, per-domain metrics.
+"""Pure helpers on records: which replies are usable, the weight behind an aggregate,
+per-domain metrics.
 
-Kept free of strategy state so they can be tested against hand-computed values and reused by
-any Flower strategy (FedAvg, FedProx, FedAdam, DP wrappers) that our strategies subclass.
+Kept free of strategy state so they can be tested against hand-computed values and used with
+any Flower strategy (FedAvg, FedProx, FedAdam, DP wrappers) that :class:`RoundRules` wraps.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 
-DOMAIN_KEY = "domain-index"
-WEIGHT_KEY = "num-examples"
-PARTITION_KEY = "partition-id"  # in the reply's "client" ConfigRecord
+from fedwon.errors import failure_line
+from fedwon.protocol import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
+
+log = logging.getLogger(__name__)
 
 
 def as_number(value: object) -> float:
@@ -23,12 +26,12 @@ def as_number(value: object) -> float:
     raise TypeError(f"expected a number, got {type(value).__name__}: {value!r}")
 
 
-def reply_weight(content: RecordDict, weight_key: str) -> float:
+def reply_weight(content: RecordDict, weight_key: str = WEIGHT_KEY) -> float:
     """A reply's aggregation weight: ``weight_key`` of its (single) MetricRecord."""
     return as_number(next(iter(content.metric_records.values()))[weight_key])
 
 
-def total_weight(contents: Iterable[RecordDict], weight_key: str) -> int:
+def total_weight(contents: Iterable[RecordDict], weight_key: str = WEIGHT_KEY) -> int:
     """Examples behind an aggregate (the sum of the replies' weights)."""
     return int(sum(reply_weight(c, weight_key) for c in contents))
 
@@ -62,8 +65,9 @@ def split_usable(replies: Iterable[Message]) -> tuple[list[Message], list[str]]:
     for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            reason = " ".join(str(msg.error.reason).split())  # one line, whatever the engine
-            problems.append(f"node {node} failed: {reason}")
+            reason = str(msg.error.reason)
+            log.debug("node %s failed:\n%s", node, reason)  # the whole traceback, with -v
+            problems.append(f"node {node} failed: {failure_line(reason)}")
             continue
         bad = non_finite_arrays(msg.content) + non_finite_metrics(msg.content)
         if bad:
@@ -76,25 +80,17 @@ def split_usable(replies: Iterable[Message]) -> tuple[list[Message], list[str]]:
 def _reply_order(msg: Message) -> tuple[int, int]:
     """Aggregate in partition order: float sums then do not depend on arrival order or on the
     (random, per-run) node ids, so engines and resumed runs agree bit for bit."""
-    client = msg.content.config_records.get("client")
+    client = msg.content.config_records.get(CLIENT)
     partition = int(as_number(client[PARTITION_KEY])) if client and PARTITION_KEY in client else -1
     return partition, msg.metadata.src_node_id
 
 
-def without_keys(arrays: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
-    """A copy of ``arrays`` lacking ``keys`` (FedBN: what never leaves a client)."""
-    drop = set(keys)
-    return ArrayRecord({k: v for k, v in arrays.items() if k not in drop})
-
-
-def per_domain_metrics(
-    records: Sequence[RecordDict], weight_key: str, domains: Sequence[str]
-) -> MetricRecord:
+def per_domain_metrics(records: Sequence[RecordDict], weight_key: str) -> MetricRecord:
     """Example-weighted means overall and per domain (``accuracy/<domain>``, ``loss/<domain>``).
 
-    Each client reports its metrics and the index of its domain; a domain's accuracy is the
+    Each client names its domain in its reply's ``client`` record; a domain's accuracy is the
     accuracy over the union of its clients' test examples, which equals the example-weighted
-    mean of their accuracies.
+    mean of their accuracies. (The signature is Flower's ``evaluate_metrics_aggr_fn``.)
     """
     totals: dict[str, float] = {}
     weights: dict[str, float] = {}
@@ -102,12 +98,11 @@ def per_domain_metrics(
         metrics = next(iter(record.metric_records.values()))
         weight = reply_weight(record, weight_key)
         groups = [""]
-        if DOMAIN_KEY in metrics:
-            index = int(as_number(metrics[DOMAIN_KEY]))
-            name = domains[index] if 0 <= index < len(domains) else f"domain-{index}"
-            groups.append(f"/{name}")
+        client = record.config_records.get(CLIENT)
+        if client is not None and DOMAIN_KEY in client:
+            groups.append(f"/{client[DOMAIN_KEY]!s}")
         for key, value in metrics.items():
-            if key in (weight_key, DOMAIN_KEY) or isinstance(value, list):
+            if key == weight_key or isinstance(value, list):
                 continue
             for group in groups:
                 totals[key + group] = totals.get(key + group, 0.0) + float(value) * weight

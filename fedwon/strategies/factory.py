@@ -1,40 +1,45 @@
-"""``STRATEGIES`` registry and the one place that turns a :class:`RunConfig` into a strategy."""
+"""The one place that turns a :class:`RunConfig` into a strategy: round rules (outermost)
+around Flower's aggregator for ``cfg.aggregator``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable
 
-from torch import nn
+from flwr.serverapp.strategy import Strategy
 
 from fedwon.config import RunConfig
-from fedwon.strategies.fedavg import FedAvg
-from fedwon.strategies.fedbn import FedBN, norm_state_keys
-from fedwon.strategies.fedwon import FedWon
-
-STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedbn": FedBN, "fedwon": FedWon}
+from fedwon.strategies.aggregation import per_domain_metrics
+from fedwon.strategies.aggregators import build_aggregator
+from fedwon.strategies.round_rules import RoundCallback, RoundRules
 
 
 def build_strategy(
-    cfg: RunConfig, model: nn.Module, domains: Sequence[str] = (), round_offset: int = 0
-) -> FedAvg:
-    """The strategy named by ``cfg.strategy``, sampling ``cfg.sampled_per_round`` clients."""
-    sampled = cfg.sampled_per_round
-    kwargs: dict[str, Any] = dict(
-        fraction_train=sampled / cfg.num_clients,
-        min_train_nodes=sampled,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_evaluate_nodes=max(1, int(cfg.num_clients * cfg.fraction_evaluate)),
-        min_available_nodes=sampled,
+    cfg: RunConfig,
+    *,
+    round_offset: int = 0,
+    on_round: RoundCallback | None = None,
+    wrap: Callable[[Strategy], Strategy] | None = None,
+) -> RoundRules:
+    """``RoundRules(wrap(aggregator))`` for ``cfg``; ``round_offset`` continues a resumed run.
+
+    ``wrap`` adds wrappers between the round rules and the aggregator, e.g. Flower's
+    ``lambda s: DifferentialPrivacyServerSideFixedClipping(s, 1.0, 0.5, 10)``: they see only
+    the replies the round rules kept (finite, from clients that did not fail).
+
+    The method (``cfg.strategy``) is not part of the strategy: it decides which arrays the
+    server starts from (:meth:`fedwon.strategies.methods.Method.shared_arrays`).
+    """
+    inner: Strategy = build_aggregator(
+        cfg, sampled=cfg.sampled_per_round, evaluate_metrics_aggr_fn=per_domain_metrics
+    )
+    if wrap is not None:
+        inner = wrap(inner)
+    return RoundRules(
+        inner,
+        num_rounds=cfg.num_rounds,
         seed=cfg.seed,
         min_clients=cfg.min_clients,
-        num_rounds=cfg.num_rounds,
         eval_every=cfg.eval_every,
         round_offset=round_offset,
-        domains=domains,
+        on_round=on_round,
     )
-    if cfg.strategy == "fedbn":
-        return FedBN(local_keys=norm_state_keys(model), **kwargs)
-    if cfg.strategy == "fedwon":
-        return FedWon(model=model, **kwargs)
-    return FedAvg(**kwargs)

@@ -1,6 +1,8 @@
 """Whole runs on the embedded digits with tiny models: learning, engines, FedBN state, faults,
 resume. The Flower-engine runs start Ray (a few seconds each) and are marked ``ray``."""
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from fedwon import process_guard
+from fedwon.clients.local_state import STATE_KEY
 from fedwon.config import RunConfig, make_config
 from fedwon.engine import run_fast
 from fedwon.models import build_model
 from fedwon.nn import WSConv2d, has_norm_layers
-from fedwon.results import read_metrics
-from fedwon.server_app import RunOutcome, make_server_app
+from fedwon.process_guard import descendants
+from fedwon.results import load_checkpoint, read_metrics
+from fedwon.server_app import BoundServerApp, RunOutcome
 from fedwon.simulation import run_simulation
 from fedwon.strategies import RoundFailedError, norm_state_keys
 
@@ -40,7 +45,15 @@ def arrays_of(outcome: RunOutcome) -> dict[str, np.ndarray]:
 @pytest.mark.ray
 @pytest.mark.parametrize("strategy", ["fedavg", "fedbn", "fedwon"])
 def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_path: Path) -> None:
+    before = set(descendants(os.getpid()))
     flower = run_simulation(small(strategy, engine="flower"), tmp_path / "flower")
+    # Flower's Ray actors (~0.5 GB each) used to outlive ray.shutdown by about a minute
+    left = set(descendants(os.getpid())) - before - {getattr(process_guard._guard, "pid", 0)}
+    deadline = time.monotonic() + 5  # a process may still be exiting when the run returns
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = {p for p in left if Path(f"/proc/{p}").exists()}
+    assert not left, [Path(f"/proc/{p}/cmdline").read_text() for p in left]
     fast = run_simulation(small(strategy, engine="fast", num_workers=0), tmp_path / "fast")
     accuracy = [r["accuracy"] for r in read_metrics(tmp_path / "flower")]
     assert accuracy[-1] > 0.2, accuracy  # chance is 0.1
@@ -59,11 +72,13 @@ def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_pa
         assert (tmp_path / "flower" / name).stat().st_size > 0
 
 
-def test_fedbn_keeps_distinct_norm_layers_on_each_client(tmp_path: Path) -> None:
+def test_fedbn_keeps_distinct_norm_layers_in_each_clients_context(tmp_path: Path) -> None:
     outcome = run_simulation(small("fedbn", engine="fast", num_workers=0), tmp_path)
     local_keys = set(norm_state_keys(build_model("cnn-tiny", norm="bn")))
     assert not set(outcome.arrays.keys()) & local_keys  # the server never held them
-    states = [torch.load(tmp_path / "client_state" / f"client_{i}.pt") for i in range(5)]
+    ckpt = load_checkpoint(tmp_path)  # the final checkpoint snapshots every client's context
+    assert ckpt.client_states is not None and sorted(ckpt.client_states) == list(range(5))
+    states = [ckpt.client_states[i][STATE_KEY].to_torch_state_dict() for i in range(5)]
     for state in states:
         assert set(state) == local_keys
     for i in range(5):
@@ -72,26 +87,24 @@ def test_fedbn_keeps_distinct_norm_layers_on_each_client(tmp_path: Path) -> None
             assert not torch.equal(states[i]["bn1.weight"], states[j]["bn1.weight"])
 
 
-def test_fedwon_model_has_no_normalization() -> None:
+def test_fedwon_run_trains_a_normalization_free_model() -> None:
     outcome = run_simulation(small("fedwon", engine="fast", num_workers=0, num_rounds=1), None)
     model = build_model("cnn-tiny", norm="ws")
+    assert set(outcome.arrays) == set(model.state_dict())  # everything is shared
+    model.load_state_dict(outcome.arrays.to_torch_state_dict())  # the run's own model
     assert not has_norm_layers(model)
     assert all(isinstance(m, WSConv2d) for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert set(outcome.arrays) == set(model.state_dict())  # everything is shared
-    assert not any("running" in k for k in outcome.arrays)
+    gains = [m.gain for m in model.modules() if isinstance(m, WSConv2d)]
+    assert gains and any(not torch.equal(g, torch.ones_like(g)) for g in gains)  # trained
 
 
 def _faulty_run(cfg: RunConfig) -> RunOutcome:
     import faulty_client
 
-    result: list[RunOutcome] = []
-    run_fast(
-        make_server_app(cfg, None, outcome=result),
-        faulty_client.app,
-        cfg.num_clients,
-        num_workers=0,
-    )
-    return result[0]
+    server_app = BoundServerApp(cfg)
+    run_fast(server_app, faulty_client.app, cfg.num_clients, num_workers=0)
+    assert server_app.outcome is not None
+    return server_app.outcome
 
 
 def test_a_raising_client_and_a_nan_update_are_survived() -> None:
@@ -124,3 +137,34 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
     assert strip(read_metrics(part)) == strip(read_metrics(tmp_path / "full"))
+
+
+def test_resume_keeps_the_server_optimizer_state(tmp_path: Path) -> None:
+    cfg = small(
+        "fedwon",
+        engine="fast",
+        num_workers=0,
+        num_rounds=3,
+        checkpoint_every=1,
+        train_per_domain=40,
+        test_per_domain=20,
+        aggregator="fedadam",
+        server_lr=0.01,
+    )
+    full = run_simulation(cfg, tmp_path / "full")
+    run_simulation(cfg.replace(num_rounds=2), tmp_path / "part")
+    resumed = run_simulation(cfg, tmp_path / "part", resume=True)
+    a, b = arrays_of(full), arrays_of(resumed)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedbn"])
+def test_batchnorm_baselines_train_every_client_when_a_last_batch_holds_one_image(
+    strategy: str,
+) -> None:
+    """9 images per client at batch size 4: the last batch of one used to fail in train mode
+    and drop every client (then the run, with a traceback of thousands of lines)."""
+    cfg = small(strategy, engine="fast", num_workers=0, num_rounds=1, local_epochs=1)
+    outcome = run_simulation(cfg.replace(train_per_domain=9, test_per_domain=10, batch_size=4))
+    assert [(r["clients"], r["dropped"]) for r in outcome.rows] == [(5, 0)]

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fedwon.results import read_metrics
+from fedwon.server_app import NODE_TIMEOUT_S, RUN_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +68,19 @@ def test_flwr_run_writes_a_run_directory(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == [1, 2]
     assert (out / "summary.json").exists()
     shutil.rmtree(tmp_path / "flwr-home", ignore_errors=True)
+
+
+def test_the_app_declares_every_run_config_key_the_server_reads() -> None:
+    """Flower only passes declared keys: `resume` used to be read but not declared."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(RUN_KEYS)  # exactly what the ServerApp reads
+    assert (declared["resume"], declared["overwrite"], declared["out"]) == (False, False, "")
+    assert declared["node_timeout"] == NODE_TIMEOUT_S
+
+
+def test_the_readme_flwr_command_puts_the_venv_on_path() -> None:
+    """`flwr run` launches `flower-superlink` by name: without .venv/bin on PATH it fails."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("### Through Flower's CLI") :]
+    assert block.index('export PATH="$PWD/.venv/bin:$PATH"') < block.index("flwr run .")
+    assert "out='$PWD/" in block  # an absolute out: relative ones are refused under flwr run

@@ -135,6 +135,9 @@ BAD_CONTENT = [
     ((np.zeros((4, 28, 28), np.uint8), np.zeros(3, np.int64)), r"3 labels for 4 images"),
     ((np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.float64)), r"labels must be integers"),
     ({"images": 1}, r"expected a pickled \(images, labels\) pair, got dict"),
+    # zero-height / zero-width images used to crash deep inside torch's resize
+    ((np.zeros((4, 0, 28), np.uint8), np.zeros(4, np.int64)), r"height 0 and width 28"),
+    ((np.zeros((4, 28, 0, 3), np.uint8), np.zeros(4, np.int64)), r"height 28 and width 0"),
 ]
 
 
@@ -145,6 +148,13 @@ def test_malformed_arrays_named_with_file(digits_root: Path, content: object, me
     with pytest.raises(DataError, match=message) as info:
         build_federation(DataSpec(dataset="digits5", data_root=str(digits_root)))
     assert str(path) in str(info.value)
+
+
+def test_a_domain_without_test_images_is_refused(digits_root: Path) -> None:
+    """It would otherwise vanish silently from every per-domain result."""
+    _dump(digits_root / "USPS" / "test.pkl", (np.zeros((0, 16, 16), np.uint8), np.zeros(0, int)))
+    with pytest.raises(DataError, match=r"dataset 'digits5': domain 'usps' has no test images"):
+        build_federation(DataSpec(dataset="digits5", data_root=str(digits_root)))
 
 
 class _Payload:

@@ -52,18 +52,23 @@ def test_replies_are_ordered_by_partition_not_arrival() -> None:
 
 
 def test_per_domain_metrics_are_example_weighted() -> None:
-    def rec(acc: float, n: int, dom: int) -> RecordDict:
-        m = MetricRecord({"accuracy": acc, "loss": 1 - acc, "num-examples": n, "domain-index": dom})
-        return RecordDict({"metrics": m})
+    def rec(acc: float, n: int, domain: str) -> RecordDict:
+        m = MetricRecord({"accuracy": acc, "loss": 1 - acc, "num-examples": n})
+        return RecordDict({"metrics": m, "client": ConfigRecord({"domain": domain})})
 
     out = per_domain_metrics(
-        [rec(1.0, 10, 0), rec(0.5, 30, 0), rec(0.0, 20, 1)], "num-examples", ["a", "b"]
+        [rec(1.0, 10, "a"), rec(0.5, 30, "a"), rec(0.0, 20, "b")], "num-examples"
     )
     assert out["accuracy/a"] == pytest.approx((10 + 15) / 40)
+    assert out["loss/a"] == pytest.approx((0 + 15) / 40)
     assert out["accuracy/b"] == 0.0
     assert out["accuracy"] == pytest.approx(25 / 60)
     assert out["num-examples"] == 60
-    assert "domain-index" not in out
+    # a reply that names no domain counts overall only
+    plain = RecordDict({"metrics": MetricRecord({"accuracy": 1.0, "num-examples": 20})})
+    out = per_domain_metrics([rec(0.0, 20, "b"), plain], "num-examples")
+    assert out["accuracy"] == 0.5 and out["accuracy/b"] == 0.0
+    assert set(out) == {"accuracy", "accuracy/b", "loss", "loss/b", "num-examples"}
 
 
 def test_fedbn_local_keys_are_exactly_the_norm_layers() -> None:

@@ -1,0 +1,98 @@
+"""What is checked before a run starts, so that bad input fails in a second with one line
+naming it, not minutes later inside an engine with a traceback, and leaves nothing behind.
+
+:func:`prepare_run` is the whole list for one process (the CLI's simulations and the ServerApp
+under ``flwr run`` call it): the run directory may be written (new, ``--overwrite`` or resume),
+the data loads, the model accepts the data's images; only then is the run directory created.
+:func:`wait_for_nodes` is the one check that needs the Grid: enough SuperNodes to serve every
+partition, instead of Flower's sampling waiting for them forever.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from flwr.serverapp import Grid
+
+from fedwon.clients.workspace import data_spec
+from fedwon.config import ConfigError, RunConfig
+from fedwon.datasets import Federation, load_federation
+from fedwon.models import build_model
+from fedwon.results import check_resumable
+from fedwon.run_dir import check_new_run_dir, prepare_run_dir
+
+
+def check_model_input(cfg: RunConfig, federation: Federation) -> None:
+    """The model takes the data's images (e.g. ``cnn`` needs 28x28: ``image_size=2`` is
+    refused here, not by a shape error in every client)."""
+    model = build_model(
+        cfg.model,
+        norm=cfg.resolved_norm,
+        num_classes=federation.num_classes,
+        in_channels=federation.in_channels,
+    ).eval()
+    size = federation.image_size
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, federation.in_channels, size, size))
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model {cfg.model!r} cannot take the {size}x{size} images of image_size="
+            f"{cfg.image_size or size}: {first}"
+        ) from None
+    if tuple(out.shape) != (2, federation.num_classes):
+        raise ConfigError(
+            f"model {cfg.model!r} returns shape {tuple(out.shape)[1:]} per image, not "
+            f"({federation.num_classes},) class scores"
+        )
+
+
+def prepare_run(
+    cfg: RunConfig,
+    out_dir: Path | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Federation:
+    """Check everything a run needs before it starts, then create its directory.
+
+    Order matters: every check only reads, so a refused run leaves the directory as it was
+    (a resume refused for ``--set model=...`` can still be resumed without it).
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give only one")
+    if resume:
+        if out_dir is None:
+            raise ConfigError("cannot resume a run that has no output directory")
+        check_resumable(out_dir, cfg)
+    elif out_dir is not None:
+        check_new_run_dir(out_dir, overwrite=overwrite)
+    federation = load_federation(data_spec(cfg.client_config()))
+    check_model_input(cfg, federation)
+    if out_dir is not None and not resume:
+        prepare_run_dir(out_dir, overwrite=overwrite)
+    return federation
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Wait until ``needed`` nodes are connected, or fail after ``timeout_s`` with one line.
+
+    Client ``i`` serves partition ``i``, so a run needs one node per client; with fewer,
+    Flower's sampling would wait for the missing ones forever (and the run would outlive the
+    ``flwr`` command that started it).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        if connected >= needed:
+            return
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f"only {connected} of the {needed} nodes this run needs (num_clients={needed}) "
+                f"connected within {timeout_s:g} s; start one SuperNode per client (flwr run: "
+                f"num-supernodes={needed} in the federation config)"
+            )
+        time.sleep(poll_s)

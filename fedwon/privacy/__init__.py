@@ -1,0 +1,83 @@
+"""Differential privacy for federated training: the stages of a DP round, one module each.
+
+* :mod:`~fedwon.privacy.clipping` -- bound each client's update: ``clip_update`` (flat or per
+  layer, uniform or by-size split), ``layer_bounds``;
+* :mod:`~fedwon.privacy.noise` -- the Gaussian mechanism on the sum (seeded or OS-secure);
+* :mod:`~fedwon.privacy.accounting` -- ``compute_epsilon``, ``calibrate_noise``,
+  ``PrivacyLedger`` (Opacus' RDP / PRV accountants, amplification by sampling);
+* :mod:`~fedwon.privacy.central_dp` -- ``CentralDP``, user-level DP around any Flower strategy;
+* :mod:`~fedwon.privacy.client_clipping` -- ``dp_clipping_mod``, clipping on the client;
+* :mod:`~fedwon.privacy.lamb` -- ``FedLAMB``, layer-wise gradient normalization on the server;
+* :mod:`~fedwon.privacy.dp_sgd` -- sample-level DP-SGD on a client (Opacus);
+* :mod:`~fedwon.privacy.config` -- ``DPConfig`` (the ``dp.*`` keys) and ``check_dp_run``.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from fedwon.privacy.accounting import (
+    ACCOUNTANTS,
+    PrivacyLedger,
+    calibrate_noise,
+    compute_epsilon,
+    sample_rate,
+)
+from fedwon.privacy.central_dp import BudgetExhaustedError, CentralDP, ClientClippingError
+from fedwon.privacy.client_clipping import dp_clipping_mod
+from fedwon.privacy.clipping import CLIP_MODES, SPLITS, clip_update, layer_bounds, update_norms
+from fedwon.privacy.config import DPConfig, DPRunCheck, check_dp_run
+from fedwon.privacy.lamb import FedLAMB
+from fedwon.privacy.noise import noise_std
+
+if TYPE_CHECKING:
+    from fedwon.privacy.dp_sgd import (
+        PrivateTraining,
+        calibrate_sample_noise,
+        check_dp_sgd_model,
+        dp_sgd_noise_multiplier,
+        private_training,
+    )
+
+_LAZY = (
+    "PrivateTraining",
+    "calibrate_sample_noise",
+    "check_dp_sgd_model",
+    "dp_sgd_noise_multiplier",
+    "private_training",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """DP-SGD names load Opacus (seconds), so they are imported on first use only."""
+    if name in _LAZY:
+        from fedwon.privacy import dp_sgd
+
+        return getattr(dp_sgd, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ACCOUNTANTS",
+    "CLIP_MODES",
+    "SPLITS",
+    "BudgetExhaustedError",
+    "CentralDP",
+    "ClientClippingError",
+    "DPConfig",
+    "DPRunCheck",
+    "FedLAMB",
+    "PrivacyLedger",
+    "PrivateTraining",
+    "calibrate_noise",
+    "calibrate_sample_noise",
+    "check_dp_run",
+    "check_dp_sgd_model",
+    "clip_update",
+    "compute_epsilon",
+    "dp_clipping_mod",
+    "dp_sgd_noise_multiplier",
+    "layer_bounds",
+    "noise_std",
+    "private_training",
+    "sample_rate",
+    "update_norms",
+]

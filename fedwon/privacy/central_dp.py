@@ -1,0 +1,381 @@
+"""User-level central DP as a wrapper around any Flower Message-API strategy.
+
+``CentralDP(strategy, ...)`` has the shape of Flower's
+``DifferentialPrivacyServerSideFixedClipping`` and goes further: per-layer clipping,
+accounting *with* amplification by sampling (Opacus' RDP or PRV accountant, see
+:mod:`fedwon.privacy.accounting`), any inner aggregator, and a budget cap. One round:
+
+1. ``configure_train``: refuse a round that would exceed ``max_epsilon``; let the inner
+   strategy sample the cohort and build its messages; remember the arrays they carry. With
+   ``placement="client"`` the clip settings travel in the train ConfigRecord
+   (:data:`CLIP_NORM_KEY`, ...) and :func:`fedwon.privacy.dp_clipping_mod` clips on the client.
+2. ``aggregate_train``: per reply, the update is ``reply - sent``; clip it (flat or per layer);
+   sum the clipped updates, **each client weighted equally** (a data-size weight would let one
+   client move the sum by more than C); add N(0, (z*C)^2) per coordinate; divide by the
+   *expected* cohort size m.
+3. The inner strategy then aggregates replies whose arrays all equal ``sent + noisy mean``:
+   any weighted average of identical arrays is that array, so FedAvg returns it, FedAvgM and
+   FedOpt (FedAdam, FedYogi, FedAdagrad, LAMB) see the noisy mean as their pseudo-gradient
+   ``aggregate - sent``, and FedProx's proximal term is unaffected. The clients' metrics
+   (``train_loss``, ``num-examples``) reach the inner strategy unchanged. For the mean-based
+   aggregators (:data:`MEAN_AGGREGATORS`, and subclasses that keep their ``aggregate_train``)
+   the N identical replies are collapsed into one carrying the clients' metrics already
+   aggregated by the inner strategy's own function: the same result for 1/N of the work (the
+   inner average would otherwise cost as much as a whole FedAvg round). Other strategies
+   (median, Krum, ...) get the N replies.
+4. The train MetricRecord gains ``epsilon`` (spent after this round) and
+   ``clipped_fraction`` (share of the cohort whose update was clipped; a server-side
+   diagnostic, not privatized -- like the clients' other metrics).
+
+Rounds are numbered as the strategy sees them: the wrapper must receive *absolute* round numbers
+(a resumed run's offset already applied), since epsilon after round r and round r's noise seed
+are functions of r alone. Sensitivity analysis assumes every client trains at most once per
+round and the cohort has at most ``expected_clients`` members (checked).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+
+from fedwon.privacy.accounting import PrivacyLedger, calibrate_noise, sample_rate
+from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
+from fedwon.privacy.config import DPConfig
+from fedwon.privacy.lamb import FedLAMB
+from fedwon.privacy.noise import privatize_sum_, round_generator
+from fedwon.privacy.updates import apply_update, arrays_of, is_learned, update_tensors
+
+log = logging.getLogger(__name__)
+
+# Keys of the train ConfigRecord with placement="client" (read by dp_clipping_mod).
+CLIP_NORM_KEY = "dp-clip-norm"
+CLIPPING_KEY = "dp-clipping"
+SPLIT_KEY = "dp-split"
+
+EPSILON_METRIC = "epsilon"
+CLIPPED_METRIC = "clipped_fraction"
+
+# A client-clipped update reaches the server as (w + clip(u)) - w, which float rounding can
+# lengthen by ~1e-6 relative; beyond this factor the client did not clip at all.
+CLIENT_CLIP_SLACK = 1e-3
+
+# Strategies whose aggregate_train is a weighted mean of the replies' arrays (then a server
+# step): for them one reply with the released arrays equals N identical ones.
+MEAN_AGGREGATORS: tuple[type[FedAvg], ...] = (
+    FedAvg,
+    FedAvgM,
+    FedAdam,
+    FedYogi,
+    FedAdagrad,
+    FedLAMB,
+)
+
+
+class BudgetExhaustedError(PrivacyBudgetExhausted):
+    """The next round would spend more than ``max_epsilon``."""
+
+
+class ClientClippingError(RuntimeError):
+    """With placement="client" a reply exceeded its bound: that client did not clip."""
+
+
+class CentralDP(Strategy):
+    """Clip, sum with equal weights, add Gaussian noise, average over the expected cohort.
+
+    Args:
+        strategy: the inner strategy (sampling, messages, aggregation, evaluation).
+        noise_multiplier: z; the noise std on the sum is z * clip_norm.
+        clip_norm: C, the bound on each client's update (total over layers).
+        expected_clients: m, the cohort size sampled per round (the average divides by it).
+        sample_rate: q = m / population, for accounting.
+        delta: the delta epsilon is reported at.
+        clipping, split: see :func:`fedwon.privacy.clip_update`.
+        placement: ``"server"`` clips here; ``"client"`` sends the clip settings and expects
+            clipped replies (re-applying the bound, which only absorbs float rounding).
+        accountant: ``"rdp"`` or ``"prv"``.
+        max_epsilon: refuse rounds beyond this budget (0 = no cap); see
+            :meth:`rounds_within_budget` to plan a run that ends within it.
+        seed: noise seed (simulation); with ``secure_rng`` the OS CSPRNG is used instead.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        noise_multiplier: float,
+        clip_norm: float,
+        expected_clients: int,
+        sample_rate: float,
+        delta: float,
+        clipping: Literal["flat", "per_layer"] = "per_layer",
+        split: Literal["uniform", "dim"] = "uniform",
+        placement: Literal["server", "client"] = "server",
+        accountant: Literal["rdp", "prv"] = "rdp",
+        max_epsilon: float = 0.0,
+        seed: int = 0,
+        secure_rng: bool = False,
+    ) -> None:
+        super().__init__()
+        check_clip_settings(clip_norm, clipping, split)
+        if expected_clients < 1:
+            raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
+        if placement not in ("server", "client"):
+            raise ValueError(f"unknown placement {placement!r}; choose 'server' or 'client'")
+        if max_epsilon < 0:
+            raise ValueError(f"max_epsilon must be >= 0 (0 = no cap), got {max_epsilon}")
+        self.strategy = strategy
+        self.ledger = PrivacyLedger(noise_multiplier, sample_rate, delta, accountant)
+        self.noise_multiplier = float(noise_multiplier)
+        self.clip_norm = float(clip_norm)
+        self.expected_clients = int(expected_clients)
+        self.clipping: str = clipping
+        self.split: str = split
+        self.placement = placement
+        self.max_epsilon = float(max_epsilon)
+        self.seed = seed
+        self.secure_rng = secure_rng
+        self.epsilon_spent = 0.0
+        self._sent: dict[str, np.ndarray] | None = None
+        self._buffers: tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+    def __repr__(self) -> str:
+        return f"CentralDP({self.strategy!r})"
+
+    @classmethod
+    def from_config(
+        cls,
+        strategy: Strategy,
+        dp: DPConfig,
+        *,
+        expected_clients: int,
+        population: int,
+        num_rounds: int,
+        seed: int,
+    ) -> CentralDP:
+        """The wrapper a run's ``dp.*`` settings describe (user level).
+
+        ``population`` is ``dp.population`` or, when that is 0, the number of simulated
+        clients (:func:`fedwon.privacy.check_dp_run` resolves it). With ``dp.target_epsilon``
+        the noise multiplier is calibrated here for ``num_rounds`` rounds at q = m / N.
+        """
+        q = sample_rate(expected_clients, population)
+        z = dp.noise_multiplier or calibrate_noise(
+            dp.target_epsilon, dp.delta, q, num_rounds, dp.accountant
+        )
+        return cls(
+            strategy,
+            noise_multiplier=z,
+            clip_norm=dp.clip_norm,
+            expected_clients=expected_clients,
+            sample_rate=q,
+            delta=dp.delta,
+            clipping=dp.clipping,
+            split=dp.split,
+            placement=dp.placement,
+            accountant=dp.accountant,
+            max_epsilon=dp.max_epsilon,
+            seed=seed,
+            secure_rng=dp.secure_rng,
+        )
+
+    # ---- budget ---------------------------------------------------------------------------------
+    def rounds_within_budget(self, num_rounds: int) -> int:
+        """How many of rounds 1..num_rounds fit in ``max_epsilon`` (all of them without a cap).
+
+        The server runs ``min(num_rounds, this)`` rounds and says why it stopped early.
+        """
+        if not self.max_epsilon:
+            return num_rounds
+        return self.ledger.rounds_within(self.max_epsilon, num_rounds)
+
+    def summary(self) -> None:
+        log.info(
+            "central DP: z=%g, C=%g (%s%s, clipped on the %s), m=%d, q=%g, delta=%g, %s, "
+            "max_epsilon=%s, %s noise",
+            self.noise_multiplier,
+            self.clip_norm,
+            self.clipping,
+            f"/{self.split}" if self.clipping == "per_layer" else "",
+            self.placement,
+            self.expected_clients,
+            self.ledger.sample_rate,
+            self.ledger.delta,
+            self.ledger.accountant,
+            self.max_epsilon or "none",
+            "OS-secure" if self.secure_rng else "seeded",
+        )
+        self.strategy.summary()
+
+    # ---- training -------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.max_epsilon and self.ledger.epsilon(server_round) > self.max_epsilon:
+            last = self.ledger.rounds_within(self.max_epsilon, server_round)
+            raise BudgetExhaustedError(
+                f"round {server_round} would spend epsilon "
+                f"{self.ledger.epsilon(server_round):.4g} > dp.max_epsilon={self.max_epsilon:g} "
+                f"(delta {self.ledger.delta:g}); round {last} was the last within budget"
+            )
+        if self.placement == "client":
+            config[CLIP_NORM_KEY] = self.clip_norm
+            config[CLIPPING_KEY] = self.clipping
+            config[SPLIT_KEY] = self.split
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if len(messages) > self.expected_clients:
+            raise ValueError(
+                f"round {server_round}: the strategy sampled {len(messages)} clients, more than "
+                f"the {self.expected_clients} that noise and accounting were calibrated for"
+            )
+        self._sent = arrays_of(_single_array_record(messages[0].content)) if messages else None
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        usable = [msg for msg in replies if not msg.has_error()]
+        if not usable or self._sent is None:
+            return self.strategy.aggregate_train(server_round, usable)
+        sent = self._sent
+        noisy_mean, clipped = self._noisy_mean(server_round, usable, sent)
+        released = apply_update(sent, noisy_mean)
+        arrays, metrics = self.strategy.aggregate_train(
+            server_round, self._inner_replies(usable, released)
+        )
+        self.epsilon_spent = self.ledger.epsilon(server_round)
+        if metrics is not None:
+            metrics[EPSILON_METRIC] = self.epsilon_spent
+            metrics[CLIPPED_METRIC] = clipped / len(usable)
+        log.info(
+            "round %d: DP mean of %d updates (%d clipped), epsilon %.4g at delta %g",
+            server_round,
+            len(usable),
+            clipped,
+            self.epsilon_spent,
+            self.ledger.delta,
+        )
+        return arrays, metrics
+
+    def _noisy_mean(
+        self, server_round: int, replies: list[Message], sent: dict[str, np.ndarray]
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """(sum of clipped updates + noise) / m, and how many updates the clipping changed.
+
+        Streams the replies through one update buffer into one sum (both reused across
+        rounds): each reply's bytes are read once, clipping is folded into the accumulation.
+        """
+        update_buf, total = self._scratch(sent)
+        sums = list(total.values())
+        for tensor in sums:
+            tensor.zero_()
+        clipped = 0
+        for msg in replies:
+            who = f"node {msg.metadata.src_node_id}"
+            update = update_tensors(_single_array_record(msg.content), sent, who, out=update_buf)
+            tensors = list(update.values())
+            try:
+                factors = clip_factors(tensors, self.clip_norm, self.clipping, self.split).tolist()
+            except NonFiniteUpdateError as err:
+                # dropping a client costs no privacy (the noise is calibrated to m anyway)
+                log.warning("round %d: %s dropped from the DP sum: %s", server_round, who, err)
+                continue
+            smallest = min(factors, default=1.0)
+            if self.placement == "client" and smallest < 1 - CLIENT_CLIP_SLACK:
+                raise ClientClippingError(
+                    f"{who} sent an update {1 / smallest:.3g}x over its clipping bound although "
+                    "dp.placement='client'; install fedwon.privacy.dp_clipping_mod in the "
+                    "ClientApp's mods"
+                )
+            clipped += smallest < 1.0
+            for acc, tensor, factor in zip(sums, tensors, factors, strict=True):
+                acc.add_(tensor, alpha=min(factor, 1.0))
+        generator = None if self.secure_rng else round_generator(self.seed, server_round)
+        privatize_sum_(
+            sums, self.noise_multiplier, self.clip_norm, self.expected_clients, generator
+        )
+        return total, clipped
+
+    def _scratch(
+        self, sent: dict[str, np.ndarray]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(update buffer, sum) float32 tensors for the learned entries of ``sent``, cached."""
+        layout = tuple((k, v.shape) for k, v in sent.items() if is_learned(v))
+        if self._buffers is None or self._buffers[0] != layout:
+            update = {k: torch.empty(shape, dtype=torch.float32) for k, shape in layout}
+            total = {k: torch.empty(shape, dtype=torch.float32) for k, shape in layout}
+            self._buffers = (layout, update, total)
+        return self._buffers[1], self._buffers[2]
+
+    def _inner_replies(self, replies: list[Message], released: ArrayRecord) -> list[Message]:
+        """What the inner strategy aggregates: every reply with the released arrays, or, for
+        a mean-based aggregator, a single such reply with the clients' metrics aggregated."""
+        inner = self.strategy
+        if not averages_replies(inner):
+            return [_with_arrays(msg, released) for msg in replies]
+        assert isinstance(inner, FedAvg)
+        contents = [msg.content for msg in replies]
+        key = inner.weighted_by_key
+        validate_message_reply_consistency(contents, key, check_arrayrecord=True)
+        metrics = inner.train_metrics_aggr_fn(contents, key)
+        metrics[key] = sum(_weight(c, key) for c in contents)
+        (array_key,) = contents[0].array_records.keys()
+        (metric_key,) = contents[0].metric_records.keys()
+        content = RecordDict({array_key: released, metric_key: metrics})
+        return [make_message(metadata=replies[0].metadata, content=content)]
+
+    # ---- evaluation: untouched ----------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def averages_replies(strategy: Strategy) -> bool:
+    """Whether ``strategy`` aggregates arrays by a weighted mean (see MEAN_AGGREGATORS)."""
+    if not isinstance(strategy, FedAvg):
+        return False
+    owner = next(c for c in type(strategy).__mro__ if "aggregate_train" in c.__dict__)
+    return owner in MEAN_AGGREGATORS
+
+
+def _weight(content: RecordDict, key: str) -> float:
+    value = next(iter(content.metric_records.values()))[key]
+    if not isinstance(value, int | float):
+        raise ValueError(f"a reply's {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _single_array_record(content: RecordDict) -> ArrayRecord:
+    records = list(content.array_records.values())
+    if len(records) != 1:
+        raise ValueError(
+            f"a DP update needs exactly one ArrayRecord per message, got {len(records)}"
+        )
+    return records[0]
+
+
+def _with_arrays(msg: Message, arrays: ArrayRecord) -> Message:
+    """A copy of reply ``msg`` carrying ``arrays`` (the original is untouched).
+
+    Each copy gets its own record (sharing the Array payloads): some strategies consume the
+    records they aggregate (FedMedian pops every entry).
+    """
+    (key,) = msg.content.array_records.keys()
+    own = ArrayRecord(dict(arrays.items()))
+    content = RecordDict({k: (own if k == key else v) for k, v in msg.content.items()})
+    return make_message(metadata=msg.metadata, content=content)

@@ -1,0 +1,173 @@
+"""The ``dp.*`` settings of a run (recipe table ``[dp]``, overrides ``dp.clip_norm=0.5``).
+
+:class:`DPConfig` validates each value on its own (one-line errors naming the valid choices);
+:func:`check_dp_run` checks it against the rest of the run (cohort, population, model) once,
+before anything starts. Zero means "not set" for the optional numbers, because Flower's
+ConfigRecord, which carries the settings to clients, has no ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+DP_PREFIX = "dp."
+
+
+class DPConfig(BaseModel):
+    """Differential privacy of a run. Disabled by default; unknown keys are refused.
+
+    * ``level``: ``user`` -- central DP on client updates (clip each update, the server adds
+      Gaussian noise to their sum); ``sample`` -- local DP-SGD on each client (Opacus), which
+      protects single training examples, not whole clients.
+    * ``clip_norm`` C; ``clipping`` flat|per_layer; ``split`` uniform|dim (per-layer bounds).
+    * ``noise_multiplier`` z, or ``target_epsilon`` to calibrate z before the run (set one).
+    * ``delta``; ``max_epsilon`` (0 = no cap): the run stops after the last round within it.
+    * ``accountant`` rdp|prv; ``population`` N for the sample rate q = m / N (0 = the number
+      of simulated clients).
+    * ``secure_rng``: OS-CSPRNG noise (deployment) instead of seeded noise (simulation).
+    * ``placement``: where user-level clipping happens -- ``server`` (simulation) or
+      ``client`` (a ClientApp mod: an unclipped update never leaves the client).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    enabled: bool = False
+    level: Literal["user", "sample"] = "user"
+    clip_norm: float = 1.0
+    clipping: Literal["flat", "per_layer"] = "per_layer"
+    split: Literal["uniform", "dim"] = "uniform"
+    noise_multiplier: float = 0.0  # 0 = calibrate from target_epsilon
+    target_epsilon: float = 0.0  # 0 = not set
+    delta: float = 1e-5
+    max_epsilon: float = 0.0  # 0 = no cap
+    accountant: Literal["rdp", "prv"] = "rdp"
+    population: int = 0  # 0 = number of simulated clients
+    secure_rng: bool = False
+    placement: Literal["server", "client"] = "server"
+
+    @field_validator("clip_norm")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"must be a positive finite number, got {value}")
+        return value
+
+    @field_validator("noise_multiplier", "target_epsilon", "max_epsilon")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"must be >= 0 and finite (0 = not set), got {value}")
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def _probability(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"must be in (0, 1), e.g. 1e-5 or 1/population, got {value}")
+        return value
+
+    @field_validator("population")
+    @classmethod
+    def _population(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0 (0 = the number of simulated clients), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DPConfig:
+        if not self.enabled:
+            return self
+        if (self.noise_multiplier > 0) == (self.target_epsilon > 0):
+            raise ValueError(
+                "set exactly one of dp.noise_multiplier (> 0) or dp.target_epsilon "
+                f"(> 0), got noise_multiplier={self.noise_multiplier}, "
+                f"target_epsilon={self.target_epsilon}"
+            )
+        if self.max_epsilon and self.target_epsilon > self.max_epsilon:
+            raise ValueError(
+                f"dp.target_epsilon={self.target_epsilon} exceeds dp.max_epsilon={self.max_epsilon}"
+            )
+        if self.level == "sample" and self.max_epsilon:
+            raise ValueError(
+                "dp.max_epsilon caps user-level epsilon; dp.level='sample' reports each "
+                "client's own epsilon instead: set dp.max_epsilon=0 or dp.level='user'"
+            )
+        if self.level == "sample" and self.placement == "client":
+            raise ValueError(
+                "dp.placement applies to dp.level='user' (where updates are clipped); "
+                "DP-SGD (dp.level='sample') always clips on the client: leave placement='server'"
+            )
+        return self
+
+    # ---- (de)serialisation (Flower's ConfigRecord carries flat scalars) -----------------------
+    def to_flat(self, prefix: str = DP_PREFIX) -> dict[str, bool | int | float | str]:
+        """``{"dp.enabled": ..., ...}``: the form recipes' overrides and ConfigRecords use."""
+        return {f"{prefix}{k}": v for k, v in self.model_dump().items()}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], prefix: str = DP_PREFIX) -> DPConfig:
+        """The ``dp.*`` entries of a flat dict (other keys ignored) as a validated DPConfig."""
+        return cls(**{k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)})
+
+
+@dataclass(frozen=True)
+class DPRunCheck:
+    """What :func:`check_dp_run` concluded: the sample rate and any warnings to log."""
+
+    population: int
+    sample_rate: float
+    warnings: tuple[str, ...]
+
+
+def check_dp_run(
+    dp: DPConfig,
+    *,
+    clients_per_round: int,
+    min_clients: int,
+    num_clients: int,
+    norm: str,
+    agc_clip: float = 0.0,
+) -> DPRunCheck:
+    """Check ``dp`` against the run; raise ValueError (one line) or return warnings.
+
+    Refused: a user-level DP run that may aggregate fewer replies than it sampled (the noise
+    and the 1/m average are calibrated to the full cohort m), a population smaller than the
+    cohort, DP-SGD on a BatchNorm model or with AGC (Opacus replaces the clipped gradient by
+    its own). Warned: delta >= 1/population (a mechanism that
+    publishes one random client's data outright is (0, 1/N)-DP, so such a delta means little).
+    """
+    population = dp.population or num_clients
+    if not dp.enabled:
+        return DPRunCheck(population, clients_per_round / max(population, 1), ())
+    if clients_per_round > population:
+        raise ValueError(
+            f"dp.population={population} is smaller than the {clients_per_round} clients "
+            "sampled per round; set dp.population to the number of clients that could be sampled"
+        )
+    if dp.level == "user" and min_clients < clients_per_round:
+        raise ValueError(
+            f"dp.enabled with min_clients={min_clients} below the {clients_per_round} clients "
+            "sampled per round: the noise and the average are calibrated to the full cohort, "
+            f"so set min_clients={clients_per_round}"
+        )
+    if dp.level == "sample" and norm == "bn":
+        raise ValueError(
+            "dp.level='sample' (DP-SGD) cannot train BatchNorm: per-example gradients are "
+            "undefined when examples are normalized together; use norm='gn' or norm='ws' (FedWon)"
+        )
+    if dp.level == "sample" and agc_clip > 0:
+        raise ValueError(
+            f"dp.level='sample' with agc_clip={agc_clip}: DP-SGD overwrites the gradient AGC "
+            "clips with its own clipped, noised one; set agc_clip=0 (DP-SGD clipping replaces it)"
+        )
+    warnings: list[str] = []
+    if dp.delta >= 1 / population:
+        warnings.append(
+            f"dp.delta={dp.delta:g} is >= 1/population (1/{population}); a delta that large "
+            "allows leaking a whole client's data with that probability; use delta << 1/population"
+        )
+    return DPRunCheck(population, clients_per_round / population, tuple(warnings))

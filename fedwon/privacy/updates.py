@@ -1,0 +1,130 @@
+"""A client's model update as data: reply arrays minus the arrays it was sent, and back.
+
+DP clips and noises *updates*, while Flower messages carry *weights*. Both the server-side DP
+wrapper and the client-side clipping mod convert between the two here, so they agree on what
+the update is:
+
+* the layers are the floating-point entries of the ArrayRecord that was sent, in its order
+  (one tensor = one layer, see :mod:`fedwon.privacy.clipping`);
+* non-floating entries (BatchNorm's ``num_batches_tracked`` counters when a strategy shares
+  them) carry no learned signal but do reveal how many batches a client ran, so they are not
+  part of the release: every reply's value is replaced by the value that was sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SType
+
+
+class UpdateMismatchError(ValueError):
+    """A reply's arrays do not have the keys/shapes of the arrays that were sent."""
+
+
+def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Decode an ArrayRecord once into numpy arrays (by key, in order)."""
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def is_learned(array: np.ndarray) -> bool:
+    """Whether an entry is part of the update (floating point) or held fixed (counters)."""
+    return bool(np.issubdtype(array.dtype, np.floating))
+
+
+def payload_view(array: Array) -> np.ndarray | None:
+    """A read-only, zero-copy view of an Array's values, or None where that is not safe.
+
+    Flower stores ``.npy`` bytes: a header, then the values in C order. ``Array.numpy()``
+    copies them; the update only needs to read them once (to subtract the sent weights), so
+    for plain numeric C-ordered payloads we read them in place.
+    """
+    if array.stype != SType.NUMPY:
+        return None
+    data = array.data
+    spec = _payload_spec(array.dtype, tuple(array.shape), len(data), data[:_HEADER_PROBE])
+    if spec is None:
+        return None
+    dtype, shape, count, offset = spec
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+_HEADER_PROBE = 256  # .npy headers of plain arrays are 128 bytes (v1) and never this long
+
+
+@lru_cache(maxsize=4096)
+def _payload_spec(
+    dtype_name: str, shape: tuple[int, ...], size: int, head: bytes
+) -> tuple[np.dtype[Any], tuple[int, ...], int, int] | None:
+    """(dtype, shape, count, offset) if the header says C order and the expected dtype."""
+    dtype = np.dtype(dtype_name)
+    if dtype.hasobject or dtype.names is not None:
+        return None
+    count = math.prod(shape)
+    offset = size - count * dtype.itemsize
+    if not 0 < offset <= len(head):
+        return None
+    header = head[:offset]
+    descr = repr(np.lib.format.dtype_to_descr(dtype)).encode()
+    if b"'fortran_order': False" not in header or b"'descr': " + descr not in header:
+        return None
+    return dtype, shape, count, offset
+
+
+def update_tensors(
+    reply: ArrayRecord,
+    sent: Mapping[str, np.ndarray],
+    who: str = "a client",
+    out: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """``reply - sent`` for every floating entry, as float32 tensors.
+
+    Written into ``out`` (float32 CPU tensors by key, e.g. reused every round: fresh large
+    arrays cost page faults) or into freshly allocated tensors.
+    """
+    if set(reply.keys()) != set(sent.keys()):
+        missing = sorted(set(sent) - set(reply.keys()))[:3]
+        extra = sorted(set(reply.keys()) - set(sent))[:3]
+        raise UpdateMismatchError(
+            f"{who} replied with other arrays than it was sent (missing {missing}, "
+            f"unexpected {extra}); a DP update needs exactly the keys that were sent"
+        )
+    update: dict[str, torch.Tensor] = {}
+    for key, base in sent.items():
+        if not is_learned(base):
+            continue
+        value = payload_view(reply[key])
+        if value is None:
+            value = reply[key].numpy()
+        if value.shape != base.shape:
+            raise UpdateMismatchError(
+                f"{who} replied with shape {value.shape} for {key!r}, sent {base.shape}"
+            )
+        # one pass over the reply's bytes: decode and subtract
+        if out is None:
+            update[key] = torch.from_numpy(np.subtract(value, base, dtype=np.float32))
+        else:
+            np.subtract(value, base, out=out[key].numpy(), dtype=np.float32)
+            update[key] = out[key]
+    return update
+
+
+def apply_update(sent: Mapping[str, np.ndarray], update: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """``sent + update`` as an ArrayRecord in ``sent``'s key order and dtypes.
+
+    Entries without an update (non-floating ones) are the sent values.
+    """
+    out: dict[str, Array] = {}
+    for key, base in sent.items():
+        if key in update:
+            value = base + update[key].numpy().astype(base.dtype, copy=False)
+            out[key] = Array(np.ascontiguousarray(value))
+        else:
+            out[key] = Array(np.ascontiguousarray(base))
+    return ArrayRecord(out)

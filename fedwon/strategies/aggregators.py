@@ -1,0 +1,94 @@
+"""``AGGREGATORS``: Flower's own server algorithms, picked by the ``aggregator`` config key.
+
+Each entry is Flower's class (never a copy) and the config keys it reads. Every method
+(fedavg / fedbn / fedwon) runs over every aggregator: methods only decide which arrays are
+shared (:mod:`fedwon.strategies.methods`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+
+if TYPE_CHECKING:
+    from fedwon.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """A Flower strategy class and how config keys map onto its constructor arguments."""
+
+    cls: type[FedAvg]
+    params: dict[str, str]  # config key -> constructor argument
+
+    def default(self, key: str) -> Any:
+        """Flower's default for a config key (what an unset key means)."""
+        return inspect.signature(self.cls.__init__).parameters[self.params[key]].default
+
+
+_FEDOPT = {"server_lr": "eta", "beta_1": "beta_1", "beta_2": "beta_2", "tau": "tau"}
+AGGREGATORS: dict[str, Aggregator] = {
+    "fedavg": Aggregator(FedAvg, {}),
+    "fedavgm": Aggregator(
+        FedAvgM, {"server_lr": "server_learning_rate", "server_momentum": "server_momentum"}
+    ),
+    "fedprox": Aggregator(FedProx, {"proximal_mu": "proximal_mu"}),
+    "fedadam": Aggregator(FedAdam, _FEDOPT),
+    "fedyogi": Aggregator(FedYogi, _FEDOPT),
+    "fedadagrad": Aggregator(FedAdagrad, {"server_lr": "eta", "tau": "tau"}),
+}
+# Config keys an aggregator may read, and the value meaning "not set".
+_UNSET: dict[str, Any] = {
+    "server_lr": None,
+    "server_momentum": None,
+    "beta_1": None,
+    "beta_2": None,
+    "tau": None,
+    "proximal_mu": 0.0,
+}
+
+
+def check_aggregator_settings(cfg: RunConfig) -> None:
+    """Refuse settings the chosen aggregator would silently ignore (or FedProx without mu)."""
+    agg = AGGREGATORS[cfg.aggregator]
+    ignored = [k for k, unset in _UNSET.items() if getattr(cfg, k) != unset and k not in agg.params]
+    if ignored:
+        users = sorted(n for n, a in AGGREGATORS.items() if ignored[0] in a.params)
+        raise ValueError(
+            f"{ignored[0]} is not used by aggregator {cfg.aggregator!r} (it is read by {users})"
+        )
+    if cfg.aggregator == "fedprox" and cfg.proximal_mu <= 0:
+        raise ValueError("aggregator 'fedprox' needs proximal_mu > 0 (e.g. proximal_mu=0.01)")
+
+
+def build_aggregator(
+    cfg: RunConfig,
+    *,
+    sampled: int,
+    evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord],
+) -> FedAvg:
+    """Flower's strategy for ``cfg.aggregator``, sampling exactly ``sampled`` clients a round.
+
+    ``min_train_nodes`` pins the sample size: Flower samples max(int(n · fraction), minimum).
+    """
+    agg = AGGREGATORS[cfg.aggregator]
+    kwargs: dict[str, Any] = {
+        arg: getattr(cfg, key) for key, arg in agg.params.items() if getattr(cfg, key) is not None
+    }
+    if agg.cls in (FedAdam, FedYogi, FedAdagrad):
+        kwargs["eta_l"] = cfg.lr  # logged by Flower only; clients use their own lr
+    n = cfg.num_clients
+    return agg.cls(
+        fraction_train=sampled / n,
+        min_train_nodes=sampled,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_evaluate_nodes=max(1, int(n * cfg.fraction_evaluate)),
+        min_available_nodes=sampled,
+        evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        **kwargs,
+    )

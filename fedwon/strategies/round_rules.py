@@ -1,0 +1,201 @@
+"""``RoundRules``: fedwon's rules of a round, as one wrapper around any Flower strategy.
+
+Applied outermost (by :func:`fedwon.strategies.build_strategy`), in the shape of Flower's DP
+wrappers: it holds the inner strategy and delegates every hook, adding
+
+- *seeded sampling*: Flower samples nodes with the global ``random`` module; it is seeded from
+  ``(seed, round, phase)`` before the inner strategy samples, so a run and a resumed run sample
+  the same clients;
+- *faults*: replies with an error, or with NaN/Inf in arrays or metrics, are dropped and logged
+  (one line each) **before** any inner wrapper or aggregator sees them; a round with fewer than
+  ``min_clients`` usable replies stops the run with a message saying why (Flower would go on,
+  and return empty arrays when every client failed);
+- *round offset*: a resumed run starts Flower's loop at 1 again; the offset makes the round
+  numbers the inner strategy, clients and callbacks see identical to an uninterrupted run;
+- *evaluation cadence*: federated evaluation every ``eval_every`` rounds and on the last round;
+- *per-round reporting*: after each round, ``on_round`` receives a :class:`RoundReport`
+  (arrays, aggregated train/evaluate metrics, dropped replies). Recording (metrics rows,
+  checkpoints, progress) is that callback's business, not the strategy's.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedwon.protocol import WEIGHT_KEY
+from fedwon.strategies.aggregation import split_usable, total_weight
+
+log = logging.getLogger(__name__)
+
+
+class RoundFailedError(RuntimeError):
+    """Too few clients returned a usable update for a round to be aggregated."""
+
+
+@dataclass
+class RoundReport:
+    """What one round produced (``round`` counts from the start of the whole run)."""
+
+    round: int
+    arrays: ArrayRecord
+    train_metrics: MetricRecord | None = None
+    evaluate_metrics: MetricRecord | None = None
+    dropped: list[str] = field(default_factory=list)
+
+
+RoundCallback = Callable[[RoundReport], None]
+
+
+class RoundRules(Strategy):
+    """Seeded sampling, fault filtering, ``min_clients``, resume offset and eval cadence around
+    ``strategy`` (any Flower Message-API strategy or wrapper)."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        num_rounds: int,
+        seed: int = 0,
+        min_clients: int = 1,
+        eval_every: int = 1,
+        round_offset: int = 0,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.num_rounds = num_rounds
+        self.seed = seed
+        self.min_clients = min_clients
+        self.eval_every = eval_every
+        self.round_offset = round_offset
+        self.on_round = on_round
+        self._report: RoundReport | None = None
+        self._sent = {"train": 0, "evaluate": 0}  # messages configured this round, per phase
+
+    def __repr__(self) -> str:
+        return f"RoundRules({self.strategy!r})"
+
+    def summary(self) -> None:
+        log.info(
+            "round rules: seed %d, min_clients %d, eval every %d, offset %d",
+            self.seed,
+            self.min_clients,
+            self.eval_every,
+            self.round_offset,
+        )
+        self.strategy.summary()
+
+    # ---- rules --------------------------------------------------------------------------------
+    def _seed_sampling(self, server_round: int, phase: str) -> None:
+        random.seed(f"fedwon:{self.seed}:{server_round}:{phase}")
+
+    def is_evaluation_round(self, server_round: int) -> bool:
+        """Evaluate every ``eval_every`` rounds and always on the run's last round."""
+        return server_round % self.eval_every == 0 or server_round == self.num_rounds
+
+    def _usable(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
+        """The replies an inner strategy may see; the round fails below ``min_clients``
+        (unless the inner strategy chose to send nothing in this phase)."""
+        replies = list(replies)
+        usable, problems = split_usable(replies)
+        for problem in problems:
+            log.warning("round %d %s: dropped %s", server_round, phase, problem)
+        if self._report is not None:
+            self._report.dropped.extend(problems)
+        if len(usable) < self.min_clients and (self._sent[phase] or replies):
+            detail = "; ".join(problems[:3]) or "no replies arrived"
+            raise RoundFailedError(
+                f"round {server_round} {phase}: {len(usable)} of {len(replies)} clients returned "
+                f"usable results, fewer than min_clients={self.min_clients} ({detail})"
+            )
+        return usable
+
+    # ---- Flower hooks -------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        server_round += self.round_offset
+        self._report = RoundReport(server_round, arrays)
+        self._seed_sampling(server_round, "train")
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._sent["train"] = len(messages)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
+        usable = self._usable(server_round, replies, "train")
+        arrays, metrics = self.strategy.aggregate_train(server_round, usable)
+        if metrics is not None:
+            metrics[WEIGHT_KEY] = total_weight(m.content for m in usable)
+            metrics["clients"] = len(usable)
+        if self._report is not None:
+            self._report.train_metrics = metrics
+            if arrays is not None:
+                self._report.arrays = arrays
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        server_round += self.round_offset
+        self._sent["evaluate"] = 0
+        if not self.is_evaluation_round(server_round):
+            return []
+        self._seed_sampling(server_round, "evaluate")
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        self._sent["evaluate"] = len(messages)
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        server_round += self.round_offset
+        replies = list(replies)
+        if not self.is_evaluation_round(server_round):
+            return None
+        usable = self._usable(server_round, replies, "evaluate")
+        metrics = self.strategy.aggregate_evaluate(server_round, usable)
+        if self._report is not None:
+            self._report.evaluate_metrics = metrics
+        return metrics
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop, with ``on_round`` called once each round has completed.
+
+        ``num_rounds`` counts the rounds still to run (after ``round_offset``).
+        """
+
+        def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            result = evaluate_fn(server_round + self.round_offset, arrays) if evaluate_fn else None
+            report, self._report = self._report, None
+            if server_round > 0 and report is not None and self.on_round is not None:
+                report.arrays = arrays
+                self.on_round(report)
+            return result
+
+        return super().start(
+            grid,
+            initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=end_of_round,
+        )

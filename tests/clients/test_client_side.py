@@ -1,0 +1,152 @@
+"""Client side: the training loop, AGC's parameter choice, workspace reset, local state, the
+ClientApp's handling of node configs and Flower's extra keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
+
+from fedwon.client_app import evaluate_step, train
+from fedwon.clients import ContextStateStore, evaluate, train_epochs, workspace
+from fedwon.clients.train import clipped_parameters
+from fedwon.config import make_config
+from fedwon.models import build_model
+from fedwon.protocol import NodeSettings, ProtocolError
+from fedwon.server_app import initial_arrays
+
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+TINY = {"model": "cnn-tiny", "train_per_domain": 24, "test_per_domain": 16, "batch_size": 8}
+
+
+def context(node_config: dict) -> Context:  # type: ignore[type-arg]
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def message(cfg_values: dict, kind: str = "train", **extra: object) -> Message:  # type: ignore[type-arg]
+    cfg = make_config({**TINY, **cfg_values})
+    record = cfg.client_config().to_record()
+    record["server-round"] = 1
+    for k, v in extra.items():
+        record[k] = v  # type: ignore[assignment]
+    content = RecordDict({"arrays": initial_arrays(cfg), "config": record})
+    return Message(content, dst_node_id=7, message_type=kind)
+
+
+def test_training_lowers_the_loss_and_counts_examples() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(20, 4)
+    y = (x[:, 0] > 0).long()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    before = evaluate(model, x, y)
+    stats = train_epochs(model, opt, x, y, epochs=5, batch_size=4, agc_clip=0.0, generator=g)
+    assert stats.num_examples == 20 and stats.steps == 25
+    assert evaluate(model, x, y).loss < before.loss
+
+
+def test_proximal_term_pulls_towards_the_global_weights() -> None:
+    def run(mu: float) -> float:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        anchor = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        train_epochs(
+            model,
+            opt,
+            x,
+            y,
+            epochs=10,
+            batch_size=4,
+            agc_clip=0.0,
+            generator=torch.Generator().manual_seed(0),
+            proximal_mu=mu,
+            anchor=anchor,
+        )
+        return float(
+            sum(((p.detach() - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+        )
+
+    assert run(1.0) < 0.5 * run(0.0)
+
+
+def test_agc_clips_everything_but_the_head() -> None:
+    model = build_model("cnn-tiny", norm="ws")
+    clipped = {id(p) for p in clipped_parameters(model)}
+    head = model.get_submodule(model.head_name)  # type: ignore[arg-type]
+    assert not any(id(p) in clipped for p in head.parameters())
+    assert len(clipped) == len(list(model.parameters())) - len(list(head.parameters()))
+    plain = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert [id(p) for p in clipped_parameters(plain)] == [id(p) for p in plain[0].parameters()]
+
+
+def test_workspace_reset_leaves_nothing_of_the_previous_client() -> None:
+    cfg = make_config({**TINY, "strategy": "fedbn", "momentum": 0.9}).client_config()
+    ws = workspace(cfg, NodeSettings(partition_id=0))
+    assert ws is workspace(cfg, NodeSettings(partition_id=3))  # one per process, not per client
+    x, y = ws.federation.train_data(0)
+    ws.reset({}, None)
+    train_epochs(
+        ws.model,
+        ws.optimizer,
+        x,
+        y,
+        epochs=1,
+        batch_size=8,
+        agc_clip=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert ws.optimizer.state  # momentum buffers exist now
+    ws.reset({}, None)
+    assert not ws.optimizer.state
+    for key, value in ws.model.state_dict().items():
+        assert torch.equal(value, ws.initial_state[key]), key
+
+
+def test_context_store_keeps_local_layers_for_the_same_setup_only() -> None:
+    cfg = make_config({**TINY, "strategy": "fedbn"}).client_config()
+    ctx = context({})
+    store = ContextStateStore(ctx, cfg)
+    assert store.load() is None
+    store.save({"bn.weight": torch.tensor([1.0, 2.0])})
+    assert torch.equal(ContextStateStore(ctx, cfg).load()["bn.weight"], torch.tensor([1.0, 2.0]))  # type: ignore[index]
+    other = make_config({**TINY, "strategy": "fedbn", "seed": 1}).client_config()
+    assert ContextStateStore(ctx, other).load() is None
+
+
+def test_client_trains_with_flowers_extra_keys_and_keeps_fedbn_layers_in_context() -> None:
+    ctx = context({"partition-id": 2, "num-partitions": 5})
+    msg = message({"strategy": "fedbn"}, **{"proximal-mu": 0.01, "clipping_norm": 1.0, "new": 1})
+    reply = train(msg, ctx)
+    sent = msg.content["arrays"]
+    assert list(reply.content["arrays"].keys()) == list(sent.keys())  # the keys received
+    assert reply.content["client"]["partition-id"] == 2
+    assert reply.content["client"]["domain"] == "svhn"
+    assert reply.content["metrics"]["num-examples"] == 24
+    local = ctx.state["fedwon.local"]
+    assert isinstance(local, ArrayRecord) and local.keys() and not set(local) & set(sent)
+    ev = evaluate_step(message({"strategy": "fedbn"}, kind="evaluate"), ctx)
+    assert 0.0 <= float(ev.content["metrics"]["accuracy"]) <= 1.0  # type: ignore[arg-type]
+    assert ev.content["metrics"]["num-examples"] == 16
+
+
+def test_node_config_errors_name_the_key() -> None:
+    with pytest.raises(ProtocolError, match="lacks 'partition-id'"):
+        train(message({}), context({}))
+    with pytest.raises(ProtocolError, match="num-partitions=3 but the run has num_clients=5"):
+        train(message({}), context({"partition-id": 0, "num-partitions": 3}))
+    with pytest.raises(ProtocolError, match="partition-id=9 is out of range for 5 clients"):
+        train(message({}), context({"partition-id": 9}))
+
+
+def test_a_node_holding_one_domain_reads_only_that_domain() -> None:
+    reply = train(message({}), context({"domain": "usps"}))
+    assert reply.content["client"]["domain"] == "usps"
+    assert reply.content["metrics"]["num-examples"] == 24
+    values = [v.numpy() for v in reply.content["arrays"].values()]
+    assert all(np.isfinite(v).all() for v in values)
