@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -21,11 +19,6 @@ deploy = typer.Typer(
     help="Real SuperNodes over gRPC: a one-machine trial, TLS certificates, node keys.",
 )
 console = Console(soft_wrap=True)  # commands printed here must stay copy-pastable
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM unwinds like Ctrl-C, so every started process is stopped on the way out."""
-    raise KeyboardInterrupt
 
 
 @deploy.command()
@@ -50,34 +43,29 @@ def local(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a recipe on a SuperLink and N SuperNodes on this machine (loopback gRPC)."""
-    from fedwon.cli import fail, results_table
-    from fedwon.config import ConfigError
-    from fedwon.datasets import DataError
+    from fedwon.cli import fail, one_line_errors, results_table, signals_interrupt
     from fedwon.deploy.local import APP_DIR, DEFAULT_RECIPE, deploy_local
+    from fedwon.process_guard import start_guard
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result = deploy_local(
-            out,
-            nodes,
-            rounds,
-            recipe=recipe or DEFAULT_RECIPE,
-            overrides=set_ or [],
-            tls=tls,
-            auth=auth,
-            timeout=timeout,
-            app_dir=app_dir or APP_DIR,
-            on_event=lambda line: console.print(line, highlight=False),
-        )
-    except (DeployError, ConfigError, DataError, FileNotFoundError) as err:
-        raise fail(err) from None
-    except KeyboardInterrupt:
-        raise fail(
-            DeployError("interrupted; every process of the deployment was stopped")
-        ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    stopped = ": every process of the deployment was stopped"
+    with signals_interrupt(), one_line_errors(verbose, interrupted_hint=stopped):
+        start_guard()  # should this command be killed outright, what it started ends too
+        try:
+            result = deploy_local(
+                out,
+                nodes,
+                rounds,
+                recipe=recipe or DEFAULT_RECIPE,
+                overrides=set_ or [],
+                tls=tls,
+                auth=auth,
+                timeout=timeout,
+                app_dir=app_dir or APP_DIR,
+                on_event=lambda line: console.print(line, highlight=False),
+            )
+        except DeployError as err:
+            raise fail(err) from None
     console.print(results_table({result.summary["strategy"]: result.rows[-1]}))
     per_round = ", ".join(f"{s:.1f}" for s in result.round_s)
     console.print(

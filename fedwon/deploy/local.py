@@ -24,9 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fedwon.clients.workspace import data_spec
 from fedwon.config import load_config
-from fedwon.datasets import load_federation
 from fedwon.deploy import commands, diagnose
 from fedwon.deploy.certs import Certificates, make_certificates
 from fedwon.deploy.errors import DeployError
@@ -34,6 +32,7 @@ from fedwon.deploy.keys import NodeKey, make_node_keys
 from fedwon.deploy.network import LOOPBACK, free_ports, wait_listening
 from fedwon.deploy.plan import Scalar, fit_to_nodes, node_config
 from fedwon.deploy.processes import Process, ProcessSet
+from fedwon.preflight import prepare_run
 from fedwon.results import Row, read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml declares the app
@@ -318,7 +317,7 @@ def deploy_local(
     check_security(tls, auth)
     app_dir = check_app_dir(app_dir)
     cfg, changes = fit_to_nodes(load_config(recipe, list(overrides)), nodes, rounds)
-    load_federation(data_spec(cfg))  # a data problem fails here, not in N ClientApps
+    prepare_run(cfg, None)  # fedwon run's checks (data, model input): fail here, not in N nodes
     out = check_out_dir(out)
     if set(changes) - {"num_clients", "num_rounds"}:
         say("fitted to the nodes: " + " ".join(f"{k}={v}" for k, v in changes.items()))

@@ -95,8 +95,8 @@ def test_ctrl_c_or_sigterm_mid_run_stops_every_process(tmp_path: Path, sig: int)
     assert leftovers(out)  # SuperLink, SuperNodes, ServerApp, ClientApps... are running
     os.kill(proc.pid, sig)
     rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 2, rest
-    assert "interrupted; every process of the deployment was stopped" in rest
+    assert proc.returncode == 130, rest
+    assert "interrupted: every process of the deployment was stopped" in rest
     deadline = time.monotonic() + 10
     while leftovers(out) and time.monotonic() < deadline:
         time.sleep(0.2)
