@@ -38,8 +38,10 @@ from fedwon.results import (
     run_progress,
 )
 from fedwon.strategies import RoundFailedError
+from fedwon.study.cli import study_cli
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True)  # help: main_options' docstring
+cli.add_typer(study_cli, name="study")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error
 cli.add_typer(deploy, name="deploy")

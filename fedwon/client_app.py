@@ -23,6 +23,7 @@ from flwr.clientapp.typing import Mod
 
 from fedwon.clients import ContextStateStore, Workspace, evaluate, partition_of, train_epochs
 from fedwon.clients import workspace as cached_workspace
+from fedwon.privacy.client_clipping import dp_clipping_mod
 from fedwon.protocol import (
     ARRAYS,
     CLIENT,
@@ -136,4 +137,6 @@ def make_client_app(mods: Sequence[Mod] = (), train_mods: Sequence[Mod] = ()) ->
     return client_app
 
 
-app = make_client_app()
+# dp_clipping_mod clips an update on the client when the server's CentralDP asks for it
+# (dp.placement="client"), so an unclipped update never leaves a real client; a no-op otherwise.
+app = make_client_app(train_mods=[dp_clipping_mod])

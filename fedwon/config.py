@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
+
 if TYPE_CHECKING:
     from fedwon.protocol import ClientConfig
 
@@ -86,6 +88,7 @@ class RunConfig(BaseModel):
     beta_1: float | None = None  # fedadam, fedyogi, fedadagrad
     beta_2: float | None = None
     tau: float | None = None
+    server_weight_decay: float | None = None  # lamb
     proximal_mu: float = 0.0  # fedprox: (mu/2)·||w − w_global||² added to the local loss
     model: str = "cnn"
     norm: str = "auto"  # auto: "ws" for fedwon, "bn" otherwise
@@ -100,6 +103,7 @@ class RunConfig(BaseModel):
     train_per_domain: int = 0  # 0 = data set default
     test_per_domain: int = 0
     image_size: int = 0  # 0 = data set default
+    val_fraction: float = 0.1  # share of each client's training data held out for validation
     # rounds and sampling
     num_rounds: int = 10
     clients_per_round: int = 0  # 0 = use fraction_train
@@ -124,6 +128,8 @@ class RunConfig(BaseModel):
     ray_address: str = ""  # join an existing Ray cluster ("auto" or "ray://host:10001")
     client_state_budget_mb: float = 0.0  # fast engine: spill client states past this; 0 = never
     checkpoint_every: int = 5  # rounds; 0 = never (the final state is always saved)
+    # differential privacy: the [dp] table / dp.* keys (fedwon.privacy.DPConfig)
+    dp: DPConfig = DPConfig()
 
     @field_validator("strategy")
     @classmethod
@@ -230,6 +236,13 @@ class RunConfig(BaseModel):
             raise ValueError(f"must be in (0, 1], got {value}")
         return value
 
+    @field_validator("val_fraction")
+    @classmethod
+    def _val_fraction(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1) (0 = no validation split), got {value}")
+        return value
+
     @field_validator("lr", "alpha", "cpus_per_client")
     @classmethod
     def _positive_float(cls, value: float) -> float:
@@ -258,6 +271,13 @@ class RunConfig(BaseModel):
             raise ValueError(f"must be > 0, got {value}")
         return value
 
+    @field_validator("server_weight_decay")
+    @classmethod
+    def _non_negative_optional(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
     @field_validator("server_momentum", "beta_1", "beta_2")
     @classmethod
     def _unit_interval(cls, value: float | None) -> float | None:
@@ -284,6 +304,22 @@ class RunConfig(BaseModel):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_dp(cls, values: Any) -> Any:
+        """Flat ``dp.clip_norm``-style keys (recipes' ``[dp]`` table, ``--set dp.x=...``,
+        Flower's run config) become the ``dp`` sub-config."""
+        if not isinstance(values, dict) or not any(k.startswith(DP_PREFIX) for k in values):
+            return values
+        nested = dict(values.get("dp") or {})
+        rest = {}
+        for key, value in values.items():
+            if key.startswith(DP_PREFIX):
+                nested[key[len(DP_PREFIX) :]] = value
+            elif key != "dp":
+                rest[key] = value
+        return {**rest, "dp": nested}
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         norm = self.resolved_norm
@@ -300,6 +336,7 @@ class RunConfig(BaseModel):
         from fedwon.strategies.aggregators import check_aggregator_settings
 
         check_aggregator_settings(self)
+        self.dp_check()  # the dp.* settings against the cohort, population and model
         if self.clients_per_round > self.num_clients:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
@@ -354,6 +391,7 @@ class RunConfig(BaseModel):
             train_per_domain=self.train_per_domain,
             test_per_domain=self.test_per_domain,
             image_size=self.image_size,
+            val_fraction=self.val_fraction,
             local_epochs=self.local_epochs,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -364,12 +402,27 @@ class RunConfig(BaseModel):
         )
 
     # ---- (de)serialisation --------------------------------------------------------------------
+    def dp_check(self) -> DPRunCheck:
+        """The dp settings checked against the run (raises ValueError); sample rate, warnings."""
+        return check_dp_run(
+            self.dp,
+            clients_per_round=self.sampled_per_round,
+            min_clients=self.min_clients,
+            num_clients=self.num_clients,
+            norm=self.resolved_norm,
+            agc_clip=self.agc_clip,
+        )
+
     def to_flat(self) -> dict[str, Scalar]:
-        """Scalars only (unset optional keys left out): what TOML and Flower's run config carry."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """Scalars only (unset optional keys left out, ``dp.*`` flattened): what overrides and
+        Flower's run config carry."""
+        top = {k: v for k, v in self.model_dump(exclude={"dp"}).items() if v is not None}
+        return {**top, **self.dp.to_flat()}
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_flat())
+        """The resolved config as a recipe (the dp settings as a ``[dp]`` table)."""
+        top = {k: v for k, v in self.model_dump(exclude={"dp"}).items() if v is not None}
+        return tomli_w.dumps({**top, "dp": self.dp.model_dump()})
 
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some keys changed."""
@@ -388,7 +441,10 @@ def _format_error(err: ValidationError) -> str:
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "config"
         if item["type"] == "extra_forbidden":
-            valid = ", ".join(RunConfig.model_fields)
+            if item["loc"][:1] == ("dp",):
+                valid = ", ".join(f"{DP_PREFIX}{k}" for k in DPConfig.model_fields)
+            else:
+                valid = ", ".join(k for k in RunConfig.model_fields if k != "dp") + ", dp.*"
             parts.append(f"unknown config key {key!r} (valid keys: {valid})")
         else:
             msg = str(item["msg"]).removeprefix("Value error, ")

@@ -40,6 +40,11 @@ PARTITION_KEY = "partition-id"  # CLIENT record: the replying client's partition
 DOMAIN_KEY = "domain"  # CLIENT record: the replying client's domain name
 ROUND_KEY = "server-round"  # CONFIG record, set by Flower's strategies
 PROXIMAL_MU_KEY = "proximal-mu"  # CONFIG record, set by Flower's FedProx
+CLIP_NORM_KEY = "dp-clip-norm"  # CONFIG record, set by CentralDP(placement="client")
+CLIPPING_KEY = "dp-clipping"  # flat | per_layer
+SPLIT_KEY = "dp-split"  # uniform | dim
+EPSILON_METRIC = "epsilon"  # train MetricRecord under DP: epsilon spent after the round
+CLIPPED_METRIC = "clipped_fraction"  # train MetricRecord under DP: share of updates clipped
 TRAIN_LOSS = "train_loss"
 ACCURACY = "accuracy"
 LOSS = "loss"
@@ -91,6 +96,7 @@ class ClientConfig:
     train_per_domain: int = 0  # 0 = the data set's default
     test_per_domain: int = 0
     image_size: int = 0
+    val_fraction: float = 0.0  # each client's validation share; absent (older server) = none
     # local training
     local_epochs: int = 1
     batch_size: int = 32
@@ -113,8 +119,8 @@ def wire_key(field_name: str) -> str:
 _FIELDS = {wire_key(f.name): f for f in fields(ClientConfig)}
 _REQUIRED = [k for k, f in _FIELDS.items() if f.default is dataclasses.MISSING]
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
-# Keys set by Flower's strategies and wrappers, read elsewhere (or deliberately not at all).
-FLOWER_KEYS = frozenset({ROUND_KEY, PROXIMAL_MU_KEY})
+# Keys set by strategies and wrappers, read by the training step or a mod, not by ClientConfig.
+FLOWER_KEYS = frozenset({ROUND_KEY, PROXIMAL_MU_KEY, CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY})
 _reported_unknown: set[str] = set()
 
 

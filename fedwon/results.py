@@ -42,7 +42,7 @@ from fedwon.config import (
     read_recipe,
     resume_conflicts,
 )
-from fedwon.protocol import WEIGHT_KEY
+from fedwon.protocol import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
 from fedwon.strategies.aggregation import as_number
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ def round_row(
     if train is not None:
         row["train_loss"] = _clean(as_number(train.get("train_loss", math.nan)))
         row["clients"] = int(as_number(train.get("clients", 0)))
+        for key in (EPSILON_METRIC, CLIPPED_METRIC):  # under DP
+            if key in train:
+                row[key] = _clean(as_number(train[key]))
     if evaluate is not None:
         for key, value in evaluate.items():
             if key != WEIGHT_KEY and not isinstance(value, list):
@@ -300,6 +303,7 @@ class RunRecorder:
         self.cfg = cfg
         self.client_states = client_states
         self.server_state: Callable[[], dict[str, np.ndarray]] | None = None
+        self.final_round = cfg.num_rounds  # always checkpointed (fewer under a DP budget)
         self.rows: list[Row] = []
         self.arrays: ArrayRecord | None = None
         self._t0 = time.perf_counter()
@@ -361,7 +365,7 @@ class RunRecorder:
             with (self.run_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
             every = self.cfg.checkpoint_every
-            if server_round == self.cfg.num_rounds or (every and server_round % every == 0):
+            if server_round == self.final_round or (every and server_round % every == 0):
                 states = self.client_states.snapshot_states() if self.client_states else None
                 server = self.server_state() if self.server_state else {}
                 ckpt = Checkpoint(server_round, arrays, self.rows, states, server)
@@ -390,9 +394,10 @@ class RunRecorder:
             "seconds_per_round": float(np.median(times)) if times else None,
         }
 
-    def finish(self) -> dict[str, Any]:
-        """Write summary.json, per_domain.csv and accuracy.png; return the summary."""
-        summary = self.summary()
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write summary.json (with ``extra`` blocks), per_domain.csv and accuracy.png; return
+        the summary."""
+        summary = {**self.summary(), **(extra or {})}
         if self.run_dir:
             self._start()
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

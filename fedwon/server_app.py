@@ -24,6 +24,7 @@ from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import validate_spec
 from fedwon.preflight import prepare_run, wait_for_nodes
+from fedwon.privacy import CentralDP
 from fedwon.process_guard import start_guard
 from fedwon.results import ClientStateHolder, Row, RunRecorder
 from fedwon.run_dir import resolve_out
@@ -92,20 +93,90 @@ def run_server(
         if on_round is not None:
             on_round(row)
 
-    strategy = build_strategy(cfg, round_offset=start_round, on_round=record, wrap=wrap)
+    privacy = PrivacyWrap(cfg, wrap)
+    strategy = build_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
     restore_server_state(strategy, server_state)
     recorder.server_state = lambda: snapshot_server_state(strategy)
+    last = privacy.last_round()
+    strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
     client_record = cfg.client_config().to_record()
-    if cfg.num_rounds > start_round:
+    if last > start_round:
         strategy.start(
             grid,
             arrays,
-            num_rounds=cfg.num_rounds - start_round,
+            num_rounds=last - start_round,
             train_config=client_record,
             evaluate_config=ConfigRecord(dict(client_record)),
         )
-    summary = recorder.finish()
+    summary = recorder.finish(privacy.summary())
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
+
+
+class PrivacyWrap:
+    """The ``wrap`` that :func:`build_strategy` applies: the caller's wrapper, then (with
+    ``dp.enabled`` at user level) fedwon's :class:`~fedwon.privacy.CentralDP` around it, so
+    the round rules stay outermost and DP sees only the replies they kept."""
+
+    def __init__(self, cfg: RunConfig, wrap: Callable[[Strategy], Strategy] | None) -> None:
+        self.cfg, self.wrap = cfg, wrap
+        self.dp: CentralDP | None = None
+        self.check = cfg.dp_check()
+        for warning in self.check.warnings:
+            log.warning("%s", warning)
+
+    def __call__(self, strategy: Strategy) -> Strategy:
+        inner = self.wrap(strategy) if self.wrap is not None else strategy
+        dp = self.cfg.dp
+        if not (dp.enabled and dp.level == "user"):
+            return inner
+        self.dp = CentralDP.from_config(
+            inner,
+            dp,
+            expected_clients=self.cfg.sampled_per_round,
+            population=self.check.population,
+            num_rounds=self.cfg.num_rounds,
+            seed=self.cfg.seed,
+        )
+        return self.dp
+
+    def last_round(self) -> int:
+        """The last round the run may take: ``num_rounds``, or fewer under ``dp.max_epsilon``."""
+        if self.dp is None:
+            return self.cfg.num_rounds
+        last = self.dp.rounds_within_budget(self.cfg.num_rounds)
+        if last < self.cfg.num_rounds:
+            log.warning(
+                "dp.max_epsilon=%g allows %d of the %d rounds (epsilon %.3f after round %d): "
+                "the run stops after round %d",
+                self.cfg.dp.max_epsilon,
+                last,
+                self.cfg.num_rounds,
+                self.dp.ledger.epsilon(last),
+                last,
+                last,
+            )
+        return last
+
+    def summary(self) -> dict[str, Any]:
+        """The ``privacy`` block of summary.json (empty without user-level DP)."""
+        if self.dp is None:
+            return {}
+        ledger, last = self.dp.ledger, self.last_round()
+        return {
+            "privacy": {
+                "level": "user",
+                "epsilon": self.dp.epsilon_spent,
+                "delta": ledger.delta,
+                "noise_multiplier": ledger.noise_multiplier,
+                "sample_rate": ledger.sample_rate,
+                "accountant": ledger.accountant,
+                "clip_norm": self.dp.clip_norm,
+                "clipping": self.dp.clipping,
+                "placement": self.dp.placement,
+                "rounds_within_budget": last,
+                "stopped_by_budget": last < self.cfg.num_rounds,
+            }
+        }
 
 
 @dataclass(frozen=True)

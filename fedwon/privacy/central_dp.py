@@ -54,16 +54,18 @@ from fedwon.privacy.config import DPConfig
 from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
 from fedwon.privacy.updates import apply_update, arrays_of, is_learned, update_tensors
+from fedwon.protocol import (
+    CLIP_NORM_KEY,
+    CLIPPED_METRIC,
+    CLIPPING_KEY,
+    EPSILON_METRIC,
+    SPLIT_KEY,
+)
 
 log = logging.getLogger(__name__)
 
 # Keys of the train ConfigRecord with placement="client" (read by dp_clipping_mod).
-CLIP_NORM_KEY = "dp-clip-norm"
-CLIPPING_KEY = "dp-clipping"
-SPLIT_KEY = "dp-split"
 
-EPSILON_METRIC = "epsilon"
-CLIPPED_METRIC = "clipped_fraction"
 
 # A client-clipped update reaches the server as (w + clip(u)) - w, which float rounding can
 # lengthen by ~1e-6 relative; beyond this factor the client did not clip at all.

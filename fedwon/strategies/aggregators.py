@@ -1,4 +1,5 @@
-"""``AGGREGATORS``: Flower's own server algorithms, picked by the ``aggregator`` config key.
+"""``AGGREGATORS``: Flower's own server algorithms (and fedwon's LAMB, built like Flower's
+FedOpt family), picked by the ``aggregator`` config key.
 
 Each entry is Flower's class (never a copy) and the config keys it reads. Every method
 (fedavg / fedbn / fedwon) runs over every aggregator: methods only decide which arrays are
@@ -7,13 +8,22 @@ shared (:mod:`fedwon.strategies.methods`).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    FedYogi,
+)
+from flwr.serverapp.strategy.fedopt import FedOpt
+
+from fedwon.privacy.lamb import FedLAMB
 
 if TYPE_CHECKING:
     from fedwon.config import RunConfig
@@ -26,10 +36,6 @@ class Aggregator:
     cls: type[FedAvg]
     params: dict[str, str]  # config key -> constructor argument
 
-    def default(self, key: str) -> Any:
-        """Flower's default for a config key (what an unset key means)."""
-        return inspect.signature(self.cls.__init__).parameters[self.params[key]].default
-
 
 _FEDOPT = {"server_lr": "eta", "beta_1": "beta_1", "beta_2": "beta_2", "tau": "tau"}
 AGGREGATORS: dict[str, Aggregator] = {
@@ -41,6 +47,8 @@ AGGREGATORS: dict[str, Aggregator] = {
     "fedadam": Aggregator(FedAdam, _FEDOPT),
     "fedyogi": Aggregator(FedYogi, _FEDOPT),
     "fedadagrad": Aggregator(FedAdagrad, {"server_lr": "eta", "tau": "tau"}),
+    # fedwon's layer-wise gradient normalization (LAMB trust ratios), a FedOpt like Flower's
+    "lamb": Aggregator(FedLAMB, {**_FEDOPT, "server_weight_decay": "weight_decay"}),
 }
 # Config keys an aggregator may read, and the value meaning "not set".
 _UNSET: dict[str, Any] = {
@@ -49,6 +57,7 @@ _UNSET: dict[str, Any] = {
     "beta_1": None,
     "beta_2": None,
     "tau": None,
+    "server_weight_decay": None,
     "proximal_mu": 0.0,
 }
 
@@ -80,7 +89,7 @@ def build_aggregator(
     kwargs: dict[str, Any] = {
         arg: getattr(cfg, key) for key, arg in agg.params.items() if getattr(cfg, key) is not None
     }
-    if agg.cls in (FedAdam, FedYogi, FedAdagrad):
+    if issubclass(agg.cls, FedOpt):
         kwargs["eta_l"] = cfg.lr  # logged by Flower only; clients use their own lr
     n = cfg.num_clients
     return agg.cls(

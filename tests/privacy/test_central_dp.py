@@ -30,7 +30,8 @@ from fedwon.privacy import (
     clip_update,
     compute_epsilon,
 )
-from fedwon.privacy.central_dp import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY, averages_replies
+from fedwon.privacy.central_dp import averages_replies
+from fedwon.protocol import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY
 
 
 def run_round(

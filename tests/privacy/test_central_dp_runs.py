@@ -39,6 +39,9 @@ TINY: dict[str, Any] = {
     "num_rounds": 2,
     "checkpoint_every": 0,
     "eval_every": 2,
+    # The placements agree only up to float rounding, which FedAdam amplifies to ~1e-4 on some
+    # data layouts: keep the layout this comparison was measured on (no validation split).
+    "val_fraction": 0.0,
 }
 Z, CLIP, DELTA = 0.3, 0.5, 1e-4
 Q = COHORT / CLIENTS
