@@ -27,6 +27,7 @@ from rich.table import Table
 
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
+from fedwon.deploy.cli import deploy
 from fedwon.errors import error_line
 from fedwon.results import (
     Row,
@@ -43,6 +44,7 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True)  # help: main_opti
 cli.add_typer(study_cli, name="study")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error
+cli.add_typer(deploy, name="deploy")
 
 # What a user can cause: bad config, data, paths, or clients all failing on the given settings.
 USER_ERRORS = (ConfigError, DataError, RoundFailedError, OSError)
