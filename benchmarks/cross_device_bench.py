@@ -273,8 +273,10 @@ def run(quick: bool = False, rounds: int | None = None, repeats: int | None = No
     # when other jobs share the cores.
     torch.set_num_threads(1)
     _warm_torch()
-    n = rounds if rounds is not None else (20 if quick else 200)
-    reps = repeats if repeats is not None else (2 if quick else 3)
+    # Many short interleaved runs rather than a few long ones: on a shared machine the load
+    # drifts over minutes, and alternating often spreads it evenly over the systems.
+    n = rounds if rounds is not None else (20 if quick else 60)
+    reps = repeats if repeats is not None else (2 if quick else 7)
     load_before = os.getloadavg()
     rows = summarise(measure(n, reps, flower_rounds=3 if quick else 10))
     for r in rows:
