@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import pfl_workload
+from benchmarks import overhead_breakdown, pfl_workload
 from benchmarks import workloads as w
 from benchmarks.report import DOC, cpu_model, write_section
 
@@ -273,128 +273,19 @@ def run(quick: bool = False, rounds: int | None = None, repeats: int | None = No
     # when other jobs share the cores.
     torch.set_num_threads(1)
     _warm_torch()
-    n = rounds if rounds is not None else (20 if quick else 200)
-    reps = repeats if repeats is not None else (2 if quick else 3)
+    # Many short interleaved runs rather than a few long ones: on a shared machine the load
+    # drifts over minutes, and alternating often spreads it evenly over the systems.
+    n = rounds if rounds is not None else (20 if quick else 60)
+    reps = repeats if repeats is not None else (2 if quick else 7)
     load_before = os.getloadavg()
     rows = summarise(measure(n, reps, flower_rounds=3 if quick else 10))
     for r in rows:
         r["load_before"] = load_before
-    rows.extend(overhead_breakdown())
+    rows.extend(
+        overhead_breakdown.measure(num_rounds=20 if quick else 60, repeats=1 if quick else 3)
+    )
     rows.extend(run_memory(quick))
     return rows
-
-
-# ---- where the per-client overhead goes ------------------------------------------------------
-
-
-def _median_us(fn: Callable[[], object], repeats: int = 200) -> float:
-    """Median wall time of ``fn()`` in microseconds (one warm-up call first)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
-
-
-def overhead_breakdown() -> list[Row]:
-    """Per-client cost of each step outside training, timed one by one in this process.
-
-    Lean loop: copy the global parameters into the local model, add the result to the
-    running sum. Fast engine with the tutorial ClientApp and FedAvg: what the engine does
-    per message, the ClientApp's conversions (``to_torch_state_dict``, ``load_state_dict``,
-    ``ArrayRecord(model.state_dict())``, the reply), and FedAvg's checks and weighted sum per
-    reply. The model copies are the floor: a ClientApp must get arrays it may modify, and
-    FedAvg keeps every reply until the round ends.
-    """
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.serverapp.strategy import FedAvg
-
-    from fedwon.engine.fastarrays import fast_array_codec
-    from fedwon.engine.worker import isolated_message, task_identity
-
-    torch.set_num_threads(1)
-    model, global_model = w.Net(), w.make_model()
-    params = [p.detach() for p in model.parameters()]
-    global_params = [p.detach() for p in global_model.parameters()]
-    sums = [p.clone() for p in params]
-
-    def copy_in() -> None:
-        for dst, src in zip(params, global_params, strict=True):
-            dst.copy_(src)
-
-    def add_to_sum() -> None:
-        for acc, p in zip(sums, params, strict=True):
-            acc += p * 0.1
-
-    rows = [("lean loop", "copy the global parameters into the local model", copy_in)]
-    rows.append(("lean loop", "add the client to the running weighted sum", add_to_sum))
-    with fast_array_codec(), task_identity(1, 0):
-        arrays = ArrayRecord(global_model.state_dict())
-        content = RecordDict({"arrays": arrays, "config": ConfigRecord({"lr": w.LR})})
-        message = Message(content, 1, "train")
-        received = isolated_message(message).content.array_records["arrays"]
-        state = received.to_torch_state_dict()
-
-        def deliver() -> None:
-            msg = isolated_message(message)
-            Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-            metrics = MetricRecord({"train_loss": 1.0, "num-examples": 2})
-            Message(RecordDict({"metrics": metrics}), reply_to=msg)
-
-        def reply() -> Message:
-            metrics = MetricRecord({"train_loss": 1.0, "num-examples": 2})
-            arrays = ArrayRecord(model.state_dict())
-            return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
-
-        replies = [reply() for _ in range(w.CLIENTS_PER_ROUND)]
-        strategy = FedAvg()
-        rows += [
-            ("fast engine", "engine: message copy, context, reply envelope", deliver),
-            (
-                "ClientApp",
-                "arrays.to_torch_state_dict() (a copy of the model)",
-                received.to_torch_state_dict,
-            ),
-            (
-                "ClientApp",
-                "model.load_state_dict(...) (copy into the model)",
-                lambda: model.load_state_dict(state),
-            ),
-            (
-                "ClientApp",
-                "ArrayRecord(model.state_dict()) (a copy of the model)",
-                lambda: ArrayRecord(model.state_dict()),
-            ),
-            (
-                "FedAvg",
-                "checks + weighted sum, per reply",
-                lambda: strategy.aggregate_train(1, replies),
-            ),
-        ]
-        out = []
-        for who, step, fn in rows:
-            per = w.CLIENTS_PER_ROUND if who == "FedAvg" else 1
-            out.append({"bench": "breakdown", "who": who, "step": step, "us": _median_us(fn) / per})
-    return out
-
-
-def breakdown_markdown(rows: list[Row]) -> str:
-    """The breakdown table, with subtotals for the lean loop and for the fast engine."""
-    lines = ["| where | step | µs per client |", "|---|---|---:|"]
-    lean = fast = 0.0
-    for r in (r for r in rows if r["bench"] == "breakdown"):
-        lines.append(f"| {r['who']} | {r['step']} | {r['us']:.0f} |")
-        if r["who"] == "lean loop":
-            lean += r["us"]
-        else:
-            fast += r["us"]
-    total = f"**{fast - lean:.0f}**"
-    lines.append(
-        f"| | **fast engine + tutorial ClientApp + FedAvg, minus the lean loop** | {total} |"
-    )
-    return "\n".join(lines)
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -524,7 +415,7 @@ def to_markdown(rows: list[Row]) -> str:
     """The tables (speed, breakdown, memory) as Markdown."""
     parts = [speed_markdown(rows)] if any(r["bench"] == "speed" for r in rows) else []
     if any(r["bench"] == "breakdown" for r in rows):
-        parts.append(breakdown_markdown(rows))
+        parts.append(overhead_breakdown.to_markdown(rows))
     if any(r["bench"] == "memory" for r in rows):
         parts.append(memory_markdown(rows))
     return "\n\n".join(parts)
@@ -558,41 +449,11 @@ def speed_note(rows: list[Row]) -> str:
 
 
 BREAKDOWN_NOTE = (
-    "Where the per-client overhead goes: each step outside training timed on its own in the "
-    "same process (median of 200 calls; FedAvg's per round, divided by 10). The lean loop's "
-    "steps are what every system must do; the rest is what the Flower programming model "
-    "adds on top.\n\n"
+    "Where the per-client overhead goes, measured inside runs (`benchmarks/"
+    "overhead_breakdown.py`): each step of a client's round timed in place, in CPU time, "
+    "the lean loop and the fast engine interleaved, median over runs; training is the same "
+    "code in both and is left out of the totals.\n\n"
 )
-
-
-def bound_note(rows: list[Row]) -> str:
-    """What bounds the overhead, with this run's numbers from the breakdown."""
-    us = {r["step"]: r["us"] for r in rows if r["bench"] == "breakdown"}
-    copy_in = us["copy the global parameters into the local model"]
-    add = us["add the client to the running weighted sum"]
-    load = us["model.load_state_dict(...) (copy into the model)"]
-    fedavg = us["checks + weighted sum, per reply"]
-    return (
-        "What bounds it: the Flower programming model, not delivery. A tutorial ClientApp "
-        "needs two copies of the model per client that no engine can remove: "
-        "`to_torch_state_dict()` must hand it tensors it owns (it may modify them; Flower "
-        "deserialises a private copy per client), and `ArrayRecord(model.state_dict())` must "
-        "snapshot the parameters, because the next client trains the same cached model before "
-        "FedAvg aggregates. `load_state_dict` adds its own Python "
-        f"({load - copy_in:.0f} µs over a plain `copy_` here). FedAvg keeps every reply until "
-        "the round ends, so it reads each one back after it has left the cache "
-        f"({fedavg - add:.0f} µs per reply more than the lean loop's running sum here); only a "
-        "streaming aggregation avoids that (see the scaling section). What the engine "
-        "removed (issue 13): `.npy` serialisation (`Array`s keep their values as arrays; bytes "
-        "only when something asks: Ray, gRPC, `.data`), FedAvg's decode copy per reply (its "
-        "weighted sum reads replies in place, bit for bit, with one reused product buffer), "
-        "Flower's typing overhead on every record access, and the per-client deep copies "
-        "(clients share read-only values; each gets its own `Array` objects). Tried and "
-        "dropped: handing clients tensors that alias the shared values (a ClientApp writing "
-        "through `.data` or `.numpy()` would corrupt every other client: tensors have no "
-        "copy-on-write), and copy-on-write memory maps (page faults on this VM cost more than "
-        "the copy). See fedwon/engine/fastarrays.py.\n"
-    )
 
 
 def write_docs(rows: list[Row], command: str, path: Path = DOC) -> None:
@@ -601,7 +462,8 @@ def write_docs(rows: list[Row], command: str, path: Path = DOC) -> None:
         speed = "\n## Cross-device: fast engine vs the lean loop, pfl-research and Flower\n"
         body = speed_note(rows) + speed_markdown(rows)
         if any(r["bench"] == "breakdown" for r in rows):
-            body += "\n\n" + BREAKDOWN_NOTE + breakdown_markdown(rows) + "\n\n" + bound_note(rows)
+            table = overhead_breakdown.to_markdown(rows)
+            body += f"\n\n{BREAKDOWN_NOTE}{table}\n\n{overhead_breakdown.bound_note(rows)}"
         write_section("cross_device_bench", speed + _section(body, command), path)
     if any(r["bench"] == "memory" for r in rows):
         memory = "\n## Memory: 1,000 vs 10,000 clients (fast engine)\n"

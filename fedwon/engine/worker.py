@@ -11,7 +11,6 @@ any exception into the error reply Flower sends
 
 from __future__ import annotations
 
-import copy
 import importlib
 import logging
 import time
@@ -21,7 +20,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import ErrorCode
@@ -130,7 +138,15 @@ def isolated_message(message: Message) -> Message:
     for key, record in message.content.items():
         content[key] = isolated_record(record)
     # ``metadata=`` is Flower's internal constructor path (not in its typing overloads).
-    return Message(content=content, metadata=copy.copy(message.metadata))  # type: ignore[call-overload]
+    return Message(content=content, metadata=_copy_metadata(message.metadata))  # type: ignore[call-overload]
+
+
+def _copy_metadata(metadata: Metadata) -> Metadata:
+    """A shallow copy of ``metadata`` (all its fields are immutable values), without the
+    ``copy.copy`` machinery: the per-message cost shows in profiles at 1,000s of messages."""
+    new = object.__new__(Metadata)
+    new.__dict__.update(metadata.__dict__)
+    return new
 
 
 def isolated_record(record: ArrayRecord | MetricRecord | ConfigRecord) -> Any:
