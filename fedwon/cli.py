@@ -29,6 +29,7 @@ from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
 from fedwon.deploy.cli import deploy
 from fedwon.errors import error_line
+from fedwon.privacy_curve import privacy_curve_cli
 from fedwon.results import (
     Row,
     final_metrics,
@@ -367,6 +368,9 @@ def report(
         if target is not None:
             plot_runs(list(runs), dirs, target)
             console.print(f"wrote {escape(str(target))}")
+
+
+cli.add_typer(privacy_curve_cli, name="privacy-curve")
 
 
 def main() -> None:

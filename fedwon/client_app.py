@@ -6,6 +6,8 @@ A message carries the arrays to start from and, in its ``config`` record, the
 ``proximal-mu`` is honoured, keys this client does not know are ignored). The node's own config
 says which data it holds and what it runs on (:class:`~fedwon.protocol.NodeSettings`). Arrays the
 server did not send (FedBN's normalization layers) stay in the client's ``Context.state``.
+With ``dp.level = "sample"`` the client trains with DP-SGD (Opacus) and reports its own
+epsilon, composed over every step it has taken in the run (kept in ``Context.state`` too).
 
 ``make_client_app(mods=[...])`` builds the same app with Flower mods, e.g. Flower's
 ``fixedclipping_mod`` for client-side DP clipping.
@@ -21,7 +23,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from fedwon.clients import ContextStateStore, Workspace, evaluate, partition_of, train_epochs
+from fedwon.clients import (
+    ContextStateStore,
+    TrainStats,
+    Workspace,
+    evaluate,
+    partition_of,
+    train_epochs,
+)
 from fedwon.clients import workspace as cached_workspace
 from fedwon.privacy.client_clipping import dp_clipping_mod
 from fedwon.protocol import (
@@ -29,6 +38,7 @@ from fedwon.protocol import (
     CLIENT,
     CONFIG,
     DOMAIN_KEY,
+    EPSILON_METRIC,
     METRICS,
     PARTITION_KEY,
     PROXIMAL_MU_KEY,
@@ -93,27 +103,87 @@ def train(msg: Message, context: Context) -> Message:
     seed = client_seed(cfg, int(_number(job.config, ROUND_KEY, 0)), job.partition_id)
     torch.manual_seed(seed)
     x, y = ws.federation.train_data(job.partition_id)
-    stats = train_epochs(
-        ws.model,
-        ws.optimizer,
-        x.to(ws.device),
-        y.to(ws.device),
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        agc_clip=cfg.agc_clip,
-        generator=torch.Generator().manual_seed(seed),
-        proximal_mu=_number(job.config, PROXIMAL_MU_KEY, 0.0),
-        anchor=job.received,
-    )
+    x, y = x.to(ws.device), y.to(ws.device)
+    epsilon: float | None = None
+    if cfg.dp_sgd:
+        stats, epsilon = train_dp_sgd(job, x, y, seed, context)
+    else:
+        stats = train_epochs(
+            ws.model,
+            ws.optimizer,
+            x,
+            y,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            agc_clip=cfg.agc_clip,
+            generator=torch.Generator().manual_seed(seed),
+            proximal_mu=_number(job.config, PROXIMAL_MU_KEY, 0.0),
+            anchor=job.received,
+        )
     state = ws.model.state_dict()
     local = {k: v for k, v in state.items() if k not in job.received}
     if local:
         job.store.save(local)
     arrays = ArrayRecord({k: state[k].detach().cpu() for k in job.received})
     metrics = MetricRecord({"train_loss": stats.loss, WEIGHT_KEY: stats.num_examples})
+    if epsilon is not None:
+        metrics[EPSILON_METRIC] = epsilon
     return Message(
         RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT: job.identity()}), reply_to=msg
     )
+
+
+def train_dp_sgd(
+    job: ClientJob, x: torch.Tensor, y: torch.Tensor, seed: int, context: Context
+) -> tuple[TrainStats, float]:
+    """Local DP-SGD (``dp.level = "sample"``): the same loop on Opacus' Poisson batches and
+    clipped, noised steps; returns the stats and this client's epsilon over all the steps it
+    has taken in the run (its history lives in ``Context.state``)."""
+    from fedwon.privacy.dp_sgd import (
+        StepHistory,
+        dp_sgd_noise_multiplier,
+        private_training,
+        sample_dp_config,
+    )
+
+    cfg, ws = job.cfg, job.ws
+    dp = sample_dp_config(cfg)
+    z = dp_sgd_noise_multiplier(
+        dp,
+        num_examples=len(y),
+        batch_size=cfg.batch_size,
+        local_epochs=cfg.local_epochs,
+        num_rounds=cfg.dp_sgd_rounds,
+    )
+    history = StepHistory.load(context.state)
+    with private_training(
+        ws.model,
+        ws.optimizer,
+        x,
+        y,
+        batch_size=cfg.batch_size,
+        noise_multiplier=z,
+        clip_norm=dp.clip_norm,
+        clipping=dp.clipping,
+        split=dp.split,
+        accountant=dp.accountant,
+        generator=torch.Generator(ws.device).manual_seed(seed),
+        secure_rng=dp.secure_rng,
+    ) as private:
+        stats = train_epochs(
+            ws.model,
+            private.optimizer,
+            x,
+            y,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            agc_clip=0.0,  # refused with DP-SGD (check_dp_run)
+            generator=torch.Generator(),
+            batches=lambda: private.loader,
+        )
+        history.extend(private.history())
+    history.save(context.state)
+    return stats, history.epsilon(dp.delta, dp.accountant)
 
 
 def evaluate_step(msg: Message, context: Context) -> Message:

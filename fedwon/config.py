@@ -399,7 +399,27 @@ class RunConfig(BaseModel):
             weight_decay=self.weight_decay,
             agc_clip=self.agc_clip,
             device=self.device,
+            **self.dp_sgd_settings(),
         )
+
+    def dp_sgd_settings(self) -> dict[str, Any]:
+        """The ``dp_sgd*`` fields of :class:`ClientConfig`: what a client needs to run DP-SGD
+        (``dp.level = "sample"``); empty (DP-SGD off) otherwise."""
+        dp = self.dp
+        if not (dp.enabled and dp.level == "sample"):
+            return {}
+        return {
+            "dp_sgd": True,
+            "dp_sgd_clip_norm": dp.clip_norm,
+            "dp_sgd_clipping": dp.clipping,
+            "dp_sgd_split": dp.split,
+            "dp_sgd_noise_multiplier": dp.noise_multiplier,
+            "dp_sgd_target_epsilon": dp.target_epsilon,
+            "dp_sgd_delta": dp.delta,
+            "dp_sgd_accountant": dp.accountant,
+            "dp_sgd_secure_rng": dp.secure_rng,
+            "dp_sgd_rounds": self.num_rounds,
+        }
 
     # ---- (de)serialisation --------------------------------------------------------------------
     def dp_check(self) -> DPRunCheck:
@@ -411,6 +431,7 @@ class RunConfig(BaseModel):
             num_clients=self.num_clients,
             norm=self.resolved_norm,
             agc_clip=self.agc_clip,
+            proximal_mu=self.proximal_mu,
         )
 
     def to_flat(self) -> dict[str, Scalar]:

@@ -43,7 +43,9 @@ PROXIMAL_MU_KEY = "proximal-mu"  # CONFIG record, set by Flower's FedProx
 CLIP_NORM_KEY = "dp-clip-norm"  # CONFIG record, set by CentralDP(placement="client")
 CLIPPING_KEY = "dp-clipping"  # flat | per_layer
 SPLIT_KEY = "dp-split"  # uniform | dim
-EPSILON_METRIC = "epsilon"  # train MetricRecord under DP: epsilon spent after the round
+# train MetricRecord under DP: epsilon spent after the round. Sample level (DP-SGD): each reply
+# carries its client's own epsilon and the round's aggregate is the max over its clients.
+EPSILON_METRIC = "epsilon"
 CLIPPED_METRIC = "clipped_fraction"  # train MetricRecord under DP: share of updates clipped
 TRAIN_LOSS = "train_loss"
 ACCURACY = "accuracy"
@@ -105,6 +107,17 @@ class ClientConfig:
     weight_decay: float = 0.0
     agc_clip: float = 0.0
     device: str = "auto"  # a node's own ``device`` overrides it
+    # sample-level DP (local DP-SGD, ``dp.level = "sample"``); an older server sends none: off
+    dp_sgd: bool = False
+    dp_sgd_clip_norm: float = 1.0  # C: bound on one example's gradient
+    dp_sgd_clipping: str = "per_layer"  # flat | per_layer
+    dp_sgd_split: str = "uniform"  # uniform | dim (per-layer bounds)
+    dp_sgd_noise_multiplier: float = 0.0  # 0 = calibrate to dp_sgd_target_epsilon
+    dp_sgd_target_epsilon: float = 0.0
+    dp_sgd_delta: float = 1e-5
+    dp_sgd_accountant: str = "rdp"  # rdp | prv
+    dp_sgd_secure_rng: bool = False
+    dp_sgd_rounds: int = 0  # the run's num_rounds: the horizon a target epsilon is planned for
 
     def to_record(self) -> ConfigRecord:
         """The ConfigRecord form (hyphenated keys; a strategy adds its own keys to it)."""

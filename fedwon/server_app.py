@@ -24,7 +24,7 @@ from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.preflight import prepare_run, wait_for_nodes
-from fedwon.privacy import CentralDP
+from fedwon.privacy import CentralDP, ClientEpsilons
 from fedwon.process_guard import start_guard
 from fedwon.results import ClientStateHolder, Row, RunRecorder
 from fedwon.run_dir import resolve_out
@@ -108,18 +108,20 @@ def run_server(
             train_config=client_record,
             evaluate_config=ConfigRecord(dict(client_record)),
         )
-    summary = recorder.finish(privacy.summary())
+    summary = recorder.finish(privacy.summary(recorder.rows))
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
 
 
 class PrivacyWrap:
     """The ``wrap`` that :func:`build_strategy` applies: the caller's wrapper, then (with
-    ``dp.enabled`` at user level) fedwon's :class:`~fedwon.privacy.CentralDP` around it, so
-    the round rules stay outermost and DP sees only the replies they kept."""
+    ``dp.enabled``) fedwon's DP wrapper around it -- :class:`~fedwon.privacy.CentralDP` at
+    user level, :class:`~fedwon.privacy.ClientEpsilons` at sample level (the clients run
+    DP-SGD) -- so the round rules stay outermost and DP sees only the replies they kept."""
 
     def __init__(self, cfg: RunConfig, wrap: Callable[[Strategy], Strategy] | None) -> None:
         self.cfg, self.wrap = cfg, wrap
         self.dp: CentralDP | None = None
+        self.sample_dp: ClientEpsilons | None = None
         self.check = cfg.dp_check()
         for warning in self.check.warnings:
             log.warning("%s", warning)
@@ -127,8 +129,11 @@ class PrivacyWrap:
     def __call__(self, strategy: Strategy) -> Strategy:
         inner = self.wrap(strategy) if self.wrap is not None else strategy
         dp = self.cfg.dp
-        if not (dp.enabled and dp.level == "user"):
+        if not dp.enabled:
             return inner
+        if dp.level == "sample":
+            self.sample_dp = ClientEpsilons(inner)
+            return self.sample_dp
         self.dp = CentralDP.from_config(
             inner,
             dp,
@@ -157,8 +162,23 @@ class PrivacyWrap:
             )
         return last
 
-    def summary(self) -> dict[str, Any]:
-        """The ``privacy`` block of summary.json (empty without user-level DP)."""
+    def summary(self, rows: list[Row]) -> dict[str, Any]:
+        """The ``privacy`` block of summary.json (empty without DP)."""
+        if self.sample_dp is not None:
+            dp = self.cfg.dp
+            epsilons = [r["epsilon"] for r in rows if r.get("epsilon") is not None]
+            return {
+                "privacy": {
+                    "level": "sample",
+                    "epsilon": max(epsilons, default=0.0),  # the worst client's, over the run
+                    "delta": dp.delta,
+                    "noise_multiplier": dp.noise_multiplier or None,  # None: per client
+                    "target_epsilon": dp.target_epsilon or None,
+                    "accountant": dp.accountant,
+                    "clip_norm": dp.clip_norm,
+                    "clipping": dp.clipping,
+                }
+            }
         if self.dp is None:
             return {}
         ledger, last = self.dp.ledger, self.last_round()

@@ -104,3 +104,20 @@ def test_node_settings_from_a_supernode_config() -> None:
         read_node_settings({"partition-id": -1})
     with pytest.raises(ProtocolError, match="'device' must be auto, cpu, cuda or cuda:N"):
         read_node_settings({"device": "tpu"})
+
+
+def test_dp_sgd_settings_travel_with_sample_level_dp_only() -> None:
+    plain = make_config({"strategy": "fedwon"}).client_config()
+    assert plain.dp_sgd is False
+    user = make_config(
+        {"strategy": "fedwon", "dp.enabled": True, "dp.noise_multiplier": 1.0, "min_clients": 5}
+    ).client_config()
+    assert user == plain  # user-level DP happens on the server (or in a mod): nothing to send
+    cfg = make_config(
+        {"strategy": "fedwon", "num_rounds": 7, "dp.enabled": True, "dp.level": "sample"}
+        | {"dp.target_epsilon": 3.0, "dp.clip_norm": 0.5, "dp.split": "dim"}
+    )
+    record = cfg.client_config().to_record()
+    assert record["dp-sgd"] is True and record["dp-sgd-rounds"] == 7
+    assert record["dp-sgd-clip-norm"] == 0.5 and record["dp-sgd-split"] == "dim"
+    assert read_client_config(record) == cfg.client_config()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -72,6 +74,22 @@ def batch_bounds(n: int, batch_size: int, *, min_batch: int = 1) -> list[tuple[i
     return bounds
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+# One epoch's mini-batches per call, e.g. the Poisson-sampled batches of DP-SGD
+# (:func:`fedwon.privacy.private_training`), where a batch may be empty.
+BatchSource = Callable[[], Iterable[Batch]]
+
+
+def shuffled_batches(
+    x: torch.Tensor, y: torch.Tensor, bounds: list[tuple[int, int]], generator: torch.Generator
+) -> Iterator[Batch]:
+    """One epoch: a fresh permutation of ``(x, y)`` cut at ``bounds``."""
+    order = torch.randperm(len(y), generator=generator).to(y.device)
+    for start, stop in bounds:
+        idx = order[start:stop]
+        yield x[idx], y[idx]
+
+
 def train_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -84,6 +102,7 @@ def train_epochs(
     generator: torch.Generator,
     proximal_mu: float = 0.0,
     anchor: dict[str, torch.Tensor] | None = None,
+    batches: BatchSource | None = None,
 ) -> TrainStats:
     """SGD over ``(x, y)`` for ``epochs`` passes in shuffled mini-batches.
 
@@ -94,21 +113,25 @@ def train_epochs(
     ``x`` and ``y`` already live on the model's device (moved once per client, not per batch).
     Batches follow :func:`batch_bounds`: a BatchNorm model never trains on a batch of one (a
     last batch of one joins the previous batch; a lone example is skipped), any other model
-    does (cross-device, batch size 1).
+    does (cross-device, batch size 1). ``batches`` replaces them with another source (called
+    once per epoch; ``generator`` and ``batch_size`` are then unused): every batch is a step,
+    and an empty one (Poisson sampling) counts in ``steps`` but not in the mean loss.
     """
     model.train()
     agc_params = clipped_parameters(model) if agc_clip > 0 else []
     prox = proximal_pairs(model, anchor or {}) if proximal_mu > 0 else []
     n = len(y)
-    bounds = batch_bounds(n, batch_size, min_batch=2 if uses_batch_statistics(model) else 1)
-    total, steps = 0.0, 0
+    if batches is None:
+        bounds = batch_bounds(n, batch_size, min_batch=2 if uses_batch_statistics(model) else 1)
+        batches = partial(shuffled_batches, x, y, bounds, generator)
+    total, steps, counted = 0.0, 0, 0
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(y.device)
-        for start, stop in bounds:
-            idx = order[start:stop]
+        for xb, yb in batches():
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            total += float(loss.detach())
+            loss = F.cross_entropy(model(xb), yb)
+            if len(yb):  # the mean loss of an empty batch is NaN
+                total += float(loss.detach())
+                counted += 1
             if prox:
                 loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in prox)
             loss.backward()
@@ -116,9 +139,10 @@ def train_epochs(
                 adaptive_clip_grad(agc_params, clip_factor=agc_clip)
             optimizer.step()
             steps += 1
-    if not steps and n:  # a BatchNorm client with one example: report its loss, untrained
-        return TrainStats(loss=evaluate(model, x, y).loss, num_examples=n, steps=0)
-    return TrainStats(loss=total / max(steps, 1), num_examples=n, steps=steps)
+    if not counted and n:  # no example seen (BatchNorm with one example, or empty Poisson
+        # batches only): report the model's loss on the data instead of none
+        return TrainStats(loss=evaluate(model, x, y).loss, num_examples=n, steps=steps)
+    return TrainStats(loss=total / max(counted, 1), num_examples=n, steps=steps)
 
 
 @torch.no_grad()

@@ -9,6 +9,8 @@
 * :mod:`~fedwon.privacy.client_clipping` -- ``dp_clipping_mod``, clipping on the client;
 * :mod:`~fedwon.privacy.lamb` -- ``FedLAMB``, layer-wise gradient normalization on the server;
 * :mod:`~fedwon.privacy.dp_sgd` -- sample-level DP-SGD on a client (Opacus);
+* :mod:`~fedwon.privacy.client_epsilons` -- ``ClientEpsilons``, sample-level DP's server side
+  (each client's epsilon; a round reports the maximum);
 * :mod:`~fedwon.privacy.config` -- ``DPConfig`` (the ``dp.*`` keys) and ``check_dp_run``.
 """
 
@@ -19,10 +21,12 @@ from fedwon.privacy.accounting import (
     PrivacyLedger,
     calibrate_noise,
     compute_epsilon,
+    history_epsilon,
     sample_rate,
 )
 from fedwon.privacy.central_dp import BudgetExhaustedError, CentralDP, ClientClippingError
 from fedwon.privacy.client_clipping import dp_clipping_mod
+from fedwon.privacy.client_epsilons import ClientEpsilons, MissingEpsilonError
 from fedwon.privacy.clipping import CLIP_MODES, SPLITS, clip_update, layer_bounds, update_norms
 from fedwon.privacy.config import DPConfig, DPRunCheck, check_dp_run
 from fedwon.privacy.lamb import FedLAMB
@@ -62,9 +66,11 @@ __all__ = [
     "BudgetExhaustedError",
     "CentralDP",
     "ClientClippingError",
+    "ClientEpsilons",
     "DPConfig",
     "DPRunCheck",
     "FedLAMB",
+    "MissingEpsilonError",
     "PrivacyLedger",
     "PrivateTraining",
     "calibrate_noise",
@@ -75,6 +81,7 @@ __all__ = [
     "compute_epsilon",
     "dp_clipping_mod",
     "dp_sgd_noise_multiplier",
+    "history_epsilon",
     "layer_bounds",
     "noise_std",
     "private_training",

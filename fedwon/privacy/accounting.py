@@ -22,6 +22,7 @@ are not privatized.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -92,6 +93,7 @@ def compute_epsilon(
     return float(acc.get_epsilon(delta=delta))
 
 
+@lru_cache(maxsize=256)
 def calibrate_noise(
     target_epsilon: float,
     delta: float,
@@ -103,7 +105,8 @@ def calibrate_noise(
     """The smallest noise multiplier (to within ``tolerance`` in epsilon) meeting a budget.
 
     Returns z with ``target_epsilon - tolerance <= compute_epsilon(z, ...) <= target_epsilon``
-    (Opacus' bisection, ``get_noise_multiplier``).
+    (Opacus' bisection, ``get_noise_multiplier``). Cached: each call costs seconds (a dozen
+    RDP curves), and runs that differ only in what they do with the noise share it.
     """
     from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
@@ -131,9 +134,11 @@ def calibrate_noise(
         ) from None
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)
 def _rdp_per_round(noise_multiplier: float, sample_rate: float) -> np.ndarray:
-    """RDP of one round at every order (compute_rdp is linear in the number of steps)."""
+    """RDP of one round (or DP-SGD step) at every order (compute_rdp is linear in the number
+    of steps). Cached per (z, q): a DP-SGD client's q depends on its data size, so a run sees
+    as many pairs as distinct client sizes."""
     from opacus.accountants.analysis import rdp as rdp_analysis
 
     return np.asarray(
@@ -203,3 +208,34 @@ class PrivacyLedger:
             else:
                 high = mid
         return low
+
+
+Mechanism = tuple[float, float, int]  # (noise multiplier, sample rate, steps), as Opacus records
+
+
+def history_epsilon(history: Sequence[Mechanism], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of a composition of subsampled Gaussian mechanisms at ``delta``.
+
+    ``history`` is Opacus' accountant history: ``(z, q, steps)`` entries, e.g. every DP-SGD
+    step a client has taken over a run (its q is its own batch / data size; z may change
+    between entries). RDP gives exactly Opacus' ``RDPAccountant(history).get_epsilon`` (the
+    same sum of per-entry curves), from the cached one-step curve of each (z, q): ~0.1 ms
+    instead of the ~100 ms Opacus takes to recompute the curve on every call. PRV is Opacus'
+    ``PRVAccountant`` called directly. 0 for an empty history.
+    """
+    for z, q, steps in history:
+        check_accounting_args(z, q, steps, delta, accountant)
+    history = [(float(z), float(q), int(steps)) for z, q, steps in history if steps]
+    if not history:
+        return 0.0
+    if any(z == 0 for z, _, _ in history):
+        return math.inf
+    if accountant == "prv":
+        acc = _opacus_accountant("prv")
+        acc.history = history
+        return float(acc.get_epsilon(delta=delta))
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    rdp = sum([_rdp_per_round(z, q) * steps for z, q, steps in history])
+    eps, _ = rdp_analysis.get_privacy_spent(orders=rdp_orders(), rdp=rdp, delta=delta)
+    return float(eps)

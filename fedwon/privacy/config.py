@@ -131,13 +131,15 @@ def check_dp_run(
     num_clients: int,
     norm: str,
     agc_clip: float = 0.0,
+    proximal_mu: float = 0.0,
 ) -> DPRunCheck:
     """Check ``dp`` against the run; raise ValueError (one line) or return warnings.
 
     Refused: a user-level DP run that may aggregate fewer replies than it sampled (the noise
     and the 1/m average are calibrated to the full cohort m), a population smaller than the
-    cohort, DP-SGD on a BatchNorm model or with AGC (Opacus replaces the clipped gradient by
-    its own). Warned: delta >= 1/population (a mechanism that
+    cohort, DP-SGD on a BatchNorm model, with AGC or with FedProx's proximal term (Opacus
+    replaces the gradient by its own clipped, noised one, so either would be silently
+    dropped). Warned: delta >= 1/population (a mechanism that
     publishes one random client's data outright is (0, 1/N)-DP, so such a delta means little).
     """
     population = dp.population or num_clients
@@ -163,6 +165,12 @@ def check_dp_run(
         raise ValueError(
             f"dp.level='sample' with agc_clip={agc_clip}: DP-SGD overwrites the gradient AGC "
             "clips with its own clipped, noised one; set agc_clip=0 (DP-SGD clipping replaces it)"
+        )
+    if dp.level == "sample" and proximal_mu > 0:
+        raise ValueError(
+            f"dp.level='sample' with proximal_mu={proximal_mu}: DP-SGD steps with per-example "
+            "gradients of the data loss only, so FedProx's proximal term would be ignored; "
+            "set proximal_mu=0 (or use dp.level='user')"
         )
     warnings: list[str] = []
     if dp.delta >= 1 / population:

@@ -23,10 +23,12 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import cast
 
 import torch
+from flwr.app import ConfigRecord, RecordDict
 from opacus import PrivacyEngine
 from opacus.optimizers import DPOptimizer
 from torch import nn
@@ -34,9 +36,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedwon.privacy import grad_samplers  # noqa: F401  (registers the WSConv2d grad sampler)
-from fedwon.privacy.accounting import calibrate_noise
+from fedwon.privacy.accounting import Mechanism, calibrate_noise, history_epsilon
 from fedwon.privacy.clipping import check_clip_settings, layer_bounds
 from fedwon.privacy.config import DPConfig
+from fedwon.protocol import ClientConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,10 @@ class PrivateTraining:
         """Epsilon this client's training has spent so far in this context (its own steps)."""
         return float(self.engine.get_epsilon(delta))
 
+    def history(self) -> list[Mechanism]:
+        """The DP-SGD steps taken in this context, as Opacus' accountant recorded them."""
+        return [(float(z), float(q), int(n)) for z, q, n in self.engine.accountant.history]
+
 
 @contextmanager
 def private_training(
@@ -112,19 +119,20 @@ def private_training(
     check_clip_settings(clip_norm, clipping, split)
     if batch_size < 1 or len(y) < 1:
         raise ValueError(f"DP-SGD needs batch_size >= 1 and data, got {batch_size}, {len(y)}")
-    try:
-        engine = PrivacyEngine(accountant=accountant, secure_mode=secure_rng)
-    except ImportError as err:
-        raise ImportError(
-            f"dp.secure_rng with dp.level='sample' uses Opacus' secure mode: {err}"
-        ) from None
     max_grad_norm: float | list[float] = (
         parameter_bounds(model, clip_norm, split) if clipping == "per_layer" else clip_norm
     )
     loader = DataLoader(TensorDataset(x, y), batch_size=min(batch_size, len(y)))
+    model.train()  # Opacus refuses a model in eval mode (a cached one may come from evaluation)
     with warnings.catch_warnings():
         # Opacus warns about full backward hooks and secure mode; both are expected here.
         warnings.simplefilter("ignore")
+        try:
+            engine = PrivacyEngine(accountant=accountant, secure_mode=secure_rng)
+        except ImportError as err:
+            raise ImportError(
+                f"dp.secure_rng with dp.level='sample' uses Opacus' secure mode: {err}"
+            ) from None
         hooks, dp_optimizer, dp_loader = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -137,14 +145,17 @@ def private_training(
             wrap_model=False,
         )
     try:
-        yield PrivateTraining(
-            model=model,
-            optimizer=dp_optimizer,
-            loader=dp_loader,
-            sample_rate=1 / len(dp_loader),
-            steps_per_epoch=len(dp_loader),
-            engine=engine,
-        )
+        with warnings.catch_warnings():
+            # the first layer's input needs no gradient: Opacus' full backward hooks say so
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            yield PrivateTraining(
+                model=model,
+                optimizer=dp_optimizer,
+                loader=dp_loader,
+                sample_rate=1 / len(dp_loader),
+                steps_per_epoch=len(dp_loader),
+                engine=engine,
+            )
     finally:
         hooks.cleanup()
         for p in model.parameters():
@@ -191,3 +202,67 @@ def calibrate_sample_noise(
         steps_per_epoch * local_epochs * num_rounds,
         accountant,
     )
+
+
+def sample_dp_config(cfg: ClientConfig) -> DPConfig:
+    """The DP-SGD settings a message carries (``dp_sgd*`` fields), validated as ``dp.*``."""
+    return DPConfig(
+        enabled=True,
+        level="sample",
+        clip_norm=cfg.dp_sgd_clip_norm,
+        clipping=cfg.dp_sgd_clipping,  # type: ignore[arg-type]
+        split=cfg.dp_sgd_split,  # type: ignore[arg-type]
+        noise_multiplier=cfg.dp_sgd_noise_multiplier,
+        target_epsilon=cfg.dp_sgd_target_epsilon,
+        delta=cfg.dp_sgd_delta,
+        accountant=cfg.dp_sgd_accountant,  # type: ignore[arg-type]
+        secure_rng=cfg.dp_sgd_secure_rng,
+    )
+
+
+HISTORY_KEY = "fedwon.dp-sgd"  # Context.state: the client's DP-SGD steps over the run
+
+
+@dataclass
+class StepHistory:
+    """Every DP-SGD step a client has taken in a run, kept in its ``Context.state``.
+
+    A client's epsilon composes all its steps, over every round it was sampled in: the
+    history travels with the client's state (spilled, checkpointed and restored by the fast
+    engine like FedBN's local layers). Entries are Opacus' ``(z, q, steps)``; consecutive
+    entries with the same (z, q) are merged, as Opacus' own accountant does.
+    """
+
+    entries: list[Mechanism] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, state: RecordDict) -> StepHistory:
+        record = state.config_records.get(HISTORY_KEY)
+        if record is None:
+            return cls()
+        z, q, n = (cast(list[float], record[k]) for k in ("noise", "rate", "steps"))
+        return cls([(float(a), float(b), int(c)) for a, b, c in zip(z, q, n, strict=True)])
+
+    def save(self, state: RecordDict) -> None:
+        state[HISTORY_KEY] = ConfigRecord(
+            {
+                "noise": [z for z, _, _ in self.entries],
+                "rate": [q for _, q, _ in self.entries],
+                "steps": [n for _, _, n in self.entries],
+            }
+        )
+
+    def extend(self, steps: list[Mechanism]) -> None:
+        for z, q, n in steps:
+            if self.entries and self.entries[-1][:2] == (z, q):
+                self.entries[-1] = (z, q, self.entries[-1][2] + n)
+            elif n:
+                self.entries.append((z, q, n))
+
+    @property
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.entries)
+
+    def epsilon(self, delta: float, accountant: str = "rdp") -> float:
+        """This client's epsilon over all its steps (:func:`history_epsilon`)."""
+        return history_epsilon(self.entries, delta, accountant)

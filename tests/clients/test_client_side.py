@@ -8,6 +8,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from opacus.accountants import RDPAccountant
 from torch import nn
 
 from fedwon.client_app import evaluate_step, train
@@ -150,3 +151,22 @@ def test_a_node_holding_one_domain_reads_only_that_domain() -> None:
     assert reply.content["metrics"]["num-examples"] == 24 - 2  # 10% (2) held out to validate
     values = [v.numpy() for v in reply.content["arrays"].values()]
     assert all(np.isfinite(v).all() for v in values)
+
+
+def test_dp_sgd_client_reports_its_epsilon_over_all_its_steps() -> None:
+    """dp.level='sample': each message trains with DP-SGD; the client's steps accumulate in
+    its Context.state and the reply carries epsilon over all of them (Opacus' accountant)."""
+    dp = {"strategy": "fedwon", "dp.enabled": True, "dp.level": "sample"}
+    dp |= {"dp.noise_multiplier": 1.2, "local_epochs": 2}
+    ctx = context({"partition-id": 2, "num-partitions": 5})
+    epsilons = []
+    for _ in range(2):
+        reply = train(message(dp), ctx)
+        epsilons.append(reply.content["metrics"]["epsilon"])
+    acc = RDPAccountant()
+    acc.history = [(1.2, 1 / 3, 2 * 2 * 3)]  # 2 messages x 2 epochs x ceil(24 / 8) steps
+    assert epsilons[0] < epsilons[1] == acc.get_epsilon(1e-5)
+    assert ctx.state["fedwon.dp-sgd"]["steps"] == [12]
+    # without DP no epsilon travels, and the history is not touched
+    plain = train(message({"strategy": "fedwon"}), context({"partition-id": 2}))
+    assert "epsilon" not in plain.content["metrics"]

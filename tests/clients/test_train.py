@@ -92,3 +92,48 @@ def test_batch_bounds() -> None:
     assert batch_bounds(8, 3, min_batch=2) == [(0, 3), (3, 6), (6, 8)]
     assert batch_bounds(1, 3, min_batch=2) == []
     assert batch_bounds(0, 3) == []
+
+
+def test_a_batch_source_replaces_the_shuffled_batches_and_empty_batches_step() -> None:
+    """DP-SGD's Poisson batches: every batch (even an empty one) is a step; the mean loss is
+    over the batches that held examples, so an empty one cannot make it NaN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    epochs = [[(x[:2], y[:2]), (x[:0], y[:0]), (x[2:5], y[2:5])], [(x[:0], y[:0])]]
+    calls = iter(epochs)
+    sizes = _batch_sizes(model)
+    stats = train_epochs(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),  # lr 0: the loss is the initial model's
+        x,
+        y,
+        epochs=2,
+        batch_size=99,
+        agc_clip=0.0,
+        generator=torch.Generator(),
+        batches=lambda: next(calls),
+    )
+    assert sizes == [2, 0, 3, 0] and stats.steps == 4 and stats.num_examples == 6
+    with torch.no_grad():
+        losses = [float(nn.functional.cross_entropy(model(a), b)) for a, b in epochs[0][::2]]
+    assert stats.loss == pytest.approx(sum(losses) / 2)
+
+
+def test_only_empty_batches_report_the_loss_on_the_data() -> None:
+    model = nn.Sequential(nn.Linear(4, 3))
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    stats = train_epochs(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        x,
+        y,
+        epochs=1,
+        batch_size=1,
+        agc_clip=0.0,
+        generator=torch.Generator(),
+        batches=lambda: [(x[:0], y[:0])],
+    )
+    assert stats.steps == 1
+    with torch.no_grad():
+        assert stats.loss == pytest.approx(float(nn.functional.cross_entropy(model(x), y)))

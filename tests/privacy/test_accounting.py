@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedwon.privacy import PrivacyLedger, calibrate_noise, compute_epsilon, sample_rate
+from fedwon.privacy import (
+    PrivacyLedger,
+    calibrate_noise,
+    compute_epsilon,
+    history_epsilon,
+    sample_rate,
+)
 
 # ml-pfl4asr (Apple, "Enabling DP FL for speech recognition"), Table 1, delta = 1e-9.
 TABLE_1 = [(0.6144, 0.00295, 2034, 7.2), (2.048, 0.0295, 2006, 4.5)]
@@ -112,3 +118,27 @@ def test_edge_cases_and_errors() -> None:
         calibrate_noise(1e-4, 1e-12, 1.0, 100_000)
     with pytest.raises(ValueError, match="clients_per_round <= population"):
         sample_rate(20, 10)
+
+
+def test_a_history_of_mechanisms_is_opacus_accountant_on_that_history() -> None:
+    # a DP-SGD client: 3 steps at q=1/3, then a round at another noise, then 3 more
+    history = [(1.0, 1 / 3, 3), (1.3, 1 / 3, 2), (1.0, 1 / 3, 3)]
+    acc = RDPAccountant()
+    for z, q, steps in history:
+        for _ in range(steps):
+            acc.step(noise_multiplier=z, sample_rate=q)
+    assert len(acc.history) == 3  # Opacus merges consecutive equal steps the same way
+    assert history_epsilon(history, 1e-5) == acc.get_epsilon(delta=1e-5)  # bit for bit
+    # one mechanism: the same as compute_epsilon, with either accountant
+    for accountant in ("rdp", "prv"):
+        assert history_epsilon([(1.0, 0.25, 12)], 1e-5, accountant) == compute_epsilon(
+            1.0, 0.25, 12, 1e-5, accountant
+        )
+
+
+def test_history_edge_cases() -> None:
+    assert history_epsilon([], 1e-5) == 0.0
+    assert history_epsilon([(1.0, 0.5, 0)], 1e-5) == 0.0
+    assert history_epsilon([(0.0, 0.5, 2)], 1e-5) == math.inf
+    with pytest.raises(ValueError, match=r"sample_rate must be in \(0, 1\]"):
+        history_epsilon([(1.0, 0.0, 2)], 1e-5)

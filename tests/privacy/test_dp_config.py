@@ -78,6 +78,8 @@ def test_run_checks_refuse_what_breaks_the_guarantee() -> None:
         check_dp_run(sample, **{**RUN, "norm": "bn"})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"agc_clip=0\.01: DP-SGD overwrites"):
         check_dp_run(sample, **RUN, agc_clip=0.01)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"proximal_mu=0\.1: DP-SGD steps .* set proximal_mu=0"):
+        check_dp_run(sample, **RUN, proximal_mu=0.1)  # type: ignore[arg-type]
     assert check_dp_run(sample, **{**RUN, "min_clients": 1}).warnings == ()  # type: ignore[arg-type]
 
 

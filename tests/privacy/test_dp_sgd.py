@@ -7,19 +7,24 @@ import warnings
 
 import pytest
 import torch
+from flwr.app import RecordDict
 from opacus import GradSampleModule
+from opacus.accountants import RDPAccountant
 from opacus.grad_sample import GradSampleModule as GSM
 from torch import nn
 from torch.nn import functional as F
 
+from fedwon.config import make_config
 from fedwon.models import build_model
 from fedwon.nn import WSConv2d
 from fedwon.privacy import DPConfig, compute_epsilon, layer_bounds
 from fedwon.privacy.dp_sgd import (
+    StepHistory,
     check_dp_sgd_model,
     dp_sgd_noise_multiplier,
     parameter_bounds,
     private_training,
+    sample_dp_config,
 )
 from fedwon.privacy.grad_samplers import compute_ws_conv_grad_sample
 
@@ -173,3 +178,49 @@ def test_sample_level_noise_comes_from_the_config_and_is_conservative() -> None:
     z = dp_sgd_noise_multiplier(target, **sizes)
     # assumed: the client trains in all 20 rounds, 5 steps each, at q = 1/5
     assert 7.99 <= compute_epsilon(z, 0.2, 100, 1e-5) <= 8.0
+
+
+def test_step_history_lives_in_a_record_dict_and_merges_like_opacus() -> None:
+    state = RecordDict()
+    assert StepHistory.load(state).entries == [] and StepHistory.load(state).epsilon(1e-5) == 0
+    history = StepHistory()
+    history.extend([(1.0, 0.25, 4)])
+    history.extend([(1.0, 0.25, 4), (1.2, 0.25, 0)])  # the same mechanism: merged; 0 steps: none
+    history.extend([(1.2, 0.25, 4)])
+    history.save(state)
+    loaded = StepHistory.load(state)
+    assert loaded.entries == [(1.0, 0.25, 8), (1.2, 0.25, 4)] and loaded.steps == 12
+    acc = RDPAccountant()
+    acc.history = [(1.0, 0.25, 8), (1.2, 0.25, 4)]
+    assert loaded.epsilon(1e-5) == acc.get_epsilon(1e-5)
+
+
+def test_private_training_reports_the_steps_opacus_accounted() -> None:
+    model = build_model("cnn-tiny", norm="ws")
+    x, y = data(10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with private_training(
+        model, opt, x, y, batch_size=4, noise_multiplier=1.1, clip_norm=1.0
+    ) as dp:
+        for _ in range(2):
+            for xb, yb in dp.loader:
+                dp.optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                dp.optimizer.step()
+        assert dp.history() == [(1.1, 1 / 3, 6)]  # ceil(10 / 4) = 3 Poisson batches an epoch
+
+
+def test_the_message_settings_become_a_validated_dp_config() -> None:
+    cfg = make_config(
+        {
+            "strategy": "fedwon",
+            "dp.enabled": True,
+            "dp.level": "sample",
+            "dp.target_epsilon": 5.0,
+            "dp.clipping": "flat",
+            "dp.delta": 1e-4,
+        }
+    )
+    dp = sample_dp_config(cfg.client_config())
+    assert dp == cfg.dp
+    assert cfg.client_config().dp_sgd_rounds == cfg.num_rounds

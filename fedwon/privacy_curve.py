@@ -1,0 +1,352 @@
+"""``fedwon privacy-curve``: the privacy–utility table and plot of FedWon under user-level DP.
+
+Apple's ablation ("Enabling DP FL for speech recognition") on fedwon's cross-device DP recipe
+(``sims/dp_cross_device.toml``): at each target epsilon, **per-layer clipping + LAMB** against
+**flat clipping + FedAvg** -- the same clip norm, cohort, rounds and noise multiplier (each run
+calibrates z to its target over its rounds) -- plus the non-private runs of both aggregators.
+
+Every arm is an ordinary run directory under the cache (``runs/privacy-curve/<arm>``): a
+finished run of the same config is reused, an interrupted one resumed from its checkpoint
+(:func:`fedwon.simulation.run_simulation`), anything else started afresh. The results go to
+``privacy_results.md`` (table), ``privacy_results.json`` (machine-readable, with the command
+and commit) and ``img/privacy_utility.png`` under the output directory (``docs/``).
+``--quick`` runs the same pipeline on a tiny federation for one round (a test of the
+outputs' shape, not a result).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fedwon.config import ConfigError, RunConfig, make_config, read_recipe, resume_conflicts
+from fedwon.results import final_metrics, find_checkpoint, per_domain, read_metrics, read_run_config
+
+log = logging.getLogger(__name__)
+
+RECIPE = Path("sims/dp_cross_device.toml")
+EPSILONS = (2.0, 8.0, 32.0)
+# the paper's ablation: how updates are clipped, and how the server steps
+METHODS: dict[str, dict[str, Any]] = {
+    "per_layer+lamb": {"dp.clipping": "per_layer", "aggregator": "lamb"},
+    "flat+fedavg": {"dp.clipping": "flat", "aggregator": "fedavg", "server_lr": None},
+}
+# a tiny federation for --quick: one round of everything, a few seconds per run
+QUICK: dict[str, Any] = {
+    "num_clients": 10,
+    "clients_per_round": 5,
+    "min_clients": 5,
+    "train_per_domain": 20,
+    "test_per_domain": 10,
+    "num_rounds": 1,
+    "eval_every": 1,
+    "checkpoint_every": 0,
+    "num_workers": 0,
+}
+QUICK_EPSILONS = (4.0, 16.0)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One run of the curve: a method at a target epsilon (``None``: without DP)."""
+
+    method: str
+    target_epsilon: float | None
+
+    @property
+    def name(self) -> str:
+        """The run directory's name, e.g. ``per_layer+lamb-eps8`` or ``flat+fedavg-nodp``."""
+        eps = "nodp" if self.target_epsilon is None else f"eps{self.target_epsilon:g}"
+        return f"{self.method}-{eps}"
+
+    def overrides(self) -> dict[str, Any]:
+        values = dict(METHODS[self.method])
+        if self.target_epsilon is None:
+            values["dp.enabled"] = False
+        else:
+            values.update({"dp.enabled": True, "dp.target_epsilon": self.target_epsilon})
+        return values
+
+
+@dataclass(frozen=True)
+class CurvePlan:
+    """The recipe, the epsilons, and overrides applied to every arm."""
+
+    recipe: Path = RECIPE
+    epsilons: tuple[float, ...] = EPSILONS
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def arms(self) -> list[Arm]:
+        private = [Arm(m, eps) for eps in self.epsilons for m in METHODS]
+        return [Arm(m, None) for m in METHODS] + private
+
+    def config(self, arm: Arm) -> RunConfig:
+        values = read_recipe(self.recipe)
+        values.update(self.overrides)
+        values.update(arm.overrides())
+        values = {k: v for k, v in values.items() if v is not None}  # None: the key unset
+        if values.get("dp.enabled") is False:
+            values = {
+                k: v for k, v in values.items() if not k.startswith("dp.") or k == "dp.enabled"
+            }
+        return make_config(values)
+
+
+def quick_plan(recipe: Path = RECIPE) -> CurvePlan:
+    return CurvePlan(recipe, QUICK_EPSILONS, dict(QUICK))
+
+
+def run_arm(cfg: RunConfig, run_dir: Path) -> str:
+    """Make ``run_dir`` hold the finished run of ``cfg``; say how: cached, resumed, trained."""
+    from fedwon.simulation import run_simulation
+
+    if (run_dir / "config.toml").is_file():
+        stored = read_run_config(run_dir)
+        same = not resume_conflicts(stored, cfg) and stored.num_rounds == cfg.num_rounds
+        if same and (run_dir / "summary.json").is_file():
+            return "cached"
+        if same and find_checkpoint(run_dir) is not None:
+            run_simulation(cfg, run_dir, resume=True)
+            return "resumed"
+    overwrite = run_dir.is_dir() and any(run_dir.iterdir())
+    run_simulation(cfg, run_dir, overwrite=overwrite)
+    return "trained"
+
+
+def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str, Any]:
+    """What the table and plot need from a finished run directory."""
+    rows = read_metrics(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = final_metrics(rows)
+    privacy = summary.get("privacy", {})
+    clipped = [r["clipped_fraction"] for r in rows if r.get("clipped_fraction") is not None]
+    return {
+        "name": arm.name,
+        "method": arm.method,
+        "clipping": cfg.dp.clipping if cfg.dp.enabled else None,
+        "aggregator": cfg.aggregator,
+        "target_epsilon": arm.target_epsilon,
+        "epsilon": privacy.get("epsilon"),
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "accuracy": final.get("accuracy"),
+        "per_domain": per_domain(final),
+        "best_accuracy": summary.get("best_accuracy"),
+        "clipped_fraction": sum(clipped) / len(clipped) if clipped else None,
+        "rounds": len(rows),
+        "seconds": round(sum(r.get("time_s", 0.0) for r in rows), 1),
+        "run_dir": str(run_dir),
+        "status": status,
+    }
+
+
+def git_commit() -> str:
+    """The commit the results were made at (``+dirty`` with uncommitted changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def setting(cfg: RunConfig) -> dict[str, Any]:
+    """The federation every arm shares (taken from a DP arm's config)."""
+    return {
+        "model": cfg.model,
+        "norm": cfg.resolved_norm,
+        "dataset": cfg.dataset,
+        "population": cfg.dp_check().population,
+        "clients_per_round": cfg.sampled_per_round,
+        "sample_rate": cfg.dp_check().sample_rate,
+        "rounds": cfg.num_rounds,
+        "local_epochs": cfg.local_epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "lamb_server_lr": cfg.server_lr,
+        "clip_norm": cfg.dp.clip_norm,
+        "split": cfg.dp.split,
+        "delta": cfg.dp.delta,
+        "accountant": cfg.dp.accountant,
+        "seed": cfg.seed,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """privacy_results.md: the table (accuracy per method and epsilon) and its setting."""
+    runs = results["runs"]
+    s = results["setting"]
+    by = {(r["method"], r["target_epsilon"]): r for r in runs}
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    epsilons = sorted({r["target_epsilon"] for r in runs if r["target_epsilon"] is not None})
+    lines = [
+        "# Privacy–utility: FedWon under user-level DP",
+        "",
+        f"Made by `{results['command']}` at commit `{results['commit']}` "
+        f"({results['date']}); {results['seconds']:.0f} s of training on this machine.",
+        "",
+        f"Setting: `{results['recipe']}` — {s['dataset']}, {s['population']} clients, "
+        f"{s['clients_per_round']} per round (q = {s['sample_rate']:g}), {s['rounds']} rounds, "
+        f"`{s['model']}` with norm `{s['norm']}` (FedWon), {s['local_epochs']} local "
+        f"epoch(s) at batch size {s['batch_size']} and lr {s['lr']:g}; clip norm C = "
+        f"{s['clip_norm']:g} (per-layer split `{s['split']}`), δ = {s['delta']:g}, "
+        f"{s['accountant'].upper()} accountant; LAMB server lr {s['lamb_server_lr']}; seed "
+        f"{s['seed']}. The noise multiplier z of each DP run is calibrated to its target ε "
+        "over all its rounds.",
+        "",
+        "Final test accuracy (%), all domains:",
+        "",
+        "| ε (target) | z | " + " | ".join(f"{m}" for m in methods) + " |",
+        "|---:|---:|" + "---:|" * len(methods),
+    ]
+    for eps in [*epsilons, None]:
+        cells = [by.get((m, eps)) for m in methods]
+        z = next((c["noise_multiplier"] for c in cells if c and c["noise_multiplier"]), None)
+        label = "∞ (no DP)" if eps is None else f"{eps:g}"
+        lines.append(
+            f"| {label} | {'–' if z is None else f'{z:.3f}'} | "
+            + " | ".join(_pct(c["accuracy"] if c else None) for c in cells)
+            + " |"
+        )
+    domains = sorted({d for r in runs for d in r["per_domain"]})
+    lines += [
+        "",
+        "Per run: ε spent, mean share of clipped updates, best accuracy over evaluated rounds, "
+        "and accuracy per domain (%):",
+        "",
+        "| run | ε spent | clipped | best | " + " | ".join(domains) + " | all |",
+        "|---|---:|---:|---:|" + "---:|" * (len(domains) + 1),
+    ]
+    for r in runs:
+        eps = "–" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        clipped = "–" if r["clipped_fraction"] is None else f"{r['clipped_fraction']:.2f}"
+        lines.append(
+            f"| {r['name']} | {eps} | {clipped} | {_pct(r['best_accuracy'])} | "
+            + " | ".join(_pct(r["per_domain"].get(d)) for d in domains)
+            + f" | {_pct(r['accuracy'])} |"
+        )
+    lines += ["", "![privacy-utility](img/privacy_utility.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Accuracy against epsilon (log scale), one line per method; the non-private runs dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in results["runs"])):
+        color = f"C{i}"
+        runs = [r for r in results["runs"] if r["method"] == method]
+        private = sorted(
+            (r["target_epsilon"], r["accuracy"]) for r in runs if r["target_epsilon"] is not None
+        )
+        ax.plot(*zip(*private, strict=True), "o-", color=color, label=method)
+        for r in runs:
+            if r["target_epsilon"] is None and r["accuracy"] is not None:
+                ax.axhline(r["accuracy"], color=color, ls="--", lw=1, label=f"{method}, no DP")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"ε (target, δ = {results['setting']['delta']:g})")
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(f"FedWon, user-level DP, {results['setting']['population']} clients")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_curve(
+    plan: CurvePlan, cache: Path, out: Path, command: str, console: Console | None = None
+) -> dict[str, Any]:
+    """Run (or reuse) every arm, then write the table, the JSON and the plot under ``out``."""
+    configs = {arm: plan.config(arm) for arm in plan.arms()}  # every config checked up front
+    runs = []
+    for i, (arm, cfg) in enumerate(configs.items(), start=1):
+        status = run_arm(cfg, cache / arm.name)
+        result = arm_result(arm, cfg, cache / arm.name, status)
+        runs.append(result)
+        if console is not None:
+            eps = "" if result["epsilon"] is None else f" · ε {result['epsilon']:.2f}"
+            console.print(
+                f"[{i}/{len(configs)}] {arm.name}: {status} · accuracy "
+                f"{_pct(result['accuracy'])}%{eps}",
+                highlight=False,
+            )
+    dp_cfg = next(cfg for arm, cfg in configs.items() if arm.target_epsilon is not None)
+    results = {
+        "command": command,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "recipe": str(plan.recipe),
+        "overrides": plan.overrides,
+        "setting": setting(dp_cfg),
+        "seconds": sum(r["seconds"] for r in runs),
+        "runs": runs,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "privacy_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "privacy_results.md").write_text(markdown(results))
+    plot(results, out / "img" / "privacy_utility.png")
+    return results
+
+
+privacy_curve_cli = typer.Typer(add_completion=False)
+
+
+@privacy_curve_cli.callback(invoke_without_command=True)
+def privacy_curve(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="a tiny federation, one round: the pipeline only")
+    ] = False,
+    recipe: Annotated[Path, typer.Option(help="the DP recipe every arm starts from")] = RECIPE,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="run directories (reused when finished, resumed when interrupted)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where privacy_results.md/.json and img/ go")
+    ] = None,
+) -> None:
+    """Privacy–utility table and plot: per-layer clipping + LAMB vs flat clipping + FedAvg."""
+    from fedwon.cli import one_line_errors
+
+    logging.basicConfig(level=logging.WARNING)
+    # Opacus notes when the best RDP order is at the end of its range (small epsilons)
+    warnings.filterwarnings("ignore", message="Optimal order is the")
+    plan = quick_plan(recipe) if quick else CurvePlan(recipe)
+    cache = cache or Path("runs/privacy-curve-quick" if quick else "runs/privacy-curve")
+    out = out or (cache / "report" if quick else Path("docs"))
+    command = "fedwon privacy-curve" + (" --quick" if quick else "")
+    if recipe != RECIPE:
+        command += f" --recipe {recipe}"
+    console = Console(soft_wrap=True)
+    console.print(f"privacy-curve: {len(plan.arms())} runs under {cache}, results to {out}")
+    with one_line_errors(verbose=False):
+        if not recipe.is_file():
+            raise ConfigError(f"recipe {str(recipe)!r} not found")
+        results = run_curve(plan, cache, out, command, console)
+    seconds = results["seconds"]
+    console.print(f"wrote {out / 'privacy_results.md'} ({seconds:.0f} s of training)")
