@@ -2,8 +2,9 @@
 
 Apple's ablation ("Enabling DP FL for speech recognition") on fedwon's cross-device DP recipe
 (``sims/dp_cross_device.toml``): at each target epsilon, **per-layer clipping + LAMB** against
-**flat clipping + FedAvg** -- the same clip norm, cohort, rounds and noise multiplier (each run
-calibrates z to its target over its rounds) -- plus the non-private runs of both aggregators.
+**flat clipping + FedAvg**, and each change alone (per-layer + FedAvg, flat + LAMB) -- the same
+clip norm, cohort, rounds and noise multiplier (each run calibrates z to its target over its
+rounds) -- plus the non-private runs of both aggregators.
 
 Every arm is an ordinary run directory under the cache (``runs/privacy-curve/<arm>``): a
 finished run of the same config is reused, an interrupted one resumed from its checkpoint
@@ -35,11 +36,16 @@ log = logging.getLogger(__name__)
 
 RECIPE = Path("sims/dp_cross_device.toml")
 EPSILONS = (2.0, 8.0, 32.0)
-# the paper's ablation: how updates are clipped, and how the server steps
+# the paper's ablation: how updates are clipped, and how the server steps -- its two ends,
+# then each change on its own (which of the two does the work)
 METHODS: dict[str, dict[str, Any]] = {
     "per_layer+lamb": {"dp.clipping": "per_layer", "aggregator": "lamb"},
     "flat+fedavg": {"dp.clipping": "flat", "aggregator": "fedavg", "server_lr": None},
+    "per_layer+fedavg": {"dp.clipping": "per_layer", "aggregator": "fedavg", "server_lr": None},
+    "flat+lamb": {"dp.clipping": "flat", "aggregator": "lamb"},
 }
+# without DP clipping does nothing: one non-private run per aggregator
+NON_PRIVATE = ("per_layer+lamb", "flat+fedavg")
 # a tiny federation for --quick: one round of everything, a few seconds per run
 QUICK: dict[str, Any] = {
     "num_clients": 10,
@@ -87,7 +93,7 @@ class CurvePlan:
 
     def arms(self) -> list[Arm]:
         private = [Arm(m, eps) for eps in self.epsilons for m in METHODS]
-        return [Arm(m, None) for m in METHODS] + private
+        return [Arm(m, None) for m in NON_PRIVATE] + private
 
     def config(self, arm: Arm) -> RunConfig:
         values = read_recipe(self.recipe)
@@ -218,15 +224,21 @@ def markdown(results: dict[str, Any]) -> str:
         "| ε (target) | z | " + " | ".join(f"{m}" for m in methods) + " |",
         "|---:|---:|" + "---:|" * len(methods),
     ]
-    for eps in [*epsilons, None]:
+    for eps in epsilons:
         cells = [by.get((m, eps)) for m in methods]
         z = next((c["noise_multiplier"] for c in cells if c and c["noise_multiplier"]), None)
-        label = "∞ (no DP)" if eps is None else f"{eps:g}"
         lines.append(
-            f"| {label} | {'–' if z is None else f'{z:.3f}'} | "
+            f"| {eps:g} | {'–' if z is None else f'{z:.3f}'} | "
             + " | ".join(_pct(c["accuracy"] if c else None) for c in cells)
             + " |"
         )
+    # without DP clipping does nothing: a column shows its aggregator's non-private run
+    plain = {r["aggregator"]: r for r in runs if r["target_epsilon"] is None}
+    aggregator = {r["method"]: r["aggregator"] for r in runs}
+    no_dp = [plain.get(aggregator[m]) for m in methods]
+    lines.append(
+        "| ∞ (no DP) | – | " + " | ".join(_pct(c["accuracy"] if c else None) for c in no_dp) + " |"
+    )
     domains = sorted({d for r in runs for d in r["per_domain"]})
     lines += [
         "",
@@ -283,6 +295,7 @@ def run_curve(
 ) -> dict[str, Any]:
     """Run (or reuse) every arm, then write the table, the JSON and the plot under ``out``."""
     configs = {arm: plan.config(arm) for arm in plan.arms()}  # every config checked up front
+    commit = git_commit()  # of the code that runs (the tree may change while it does)
     runs = []
     for i, (arm, cfg) in enumerate(configs.items(), start=1):
         status = run_arm(cfg, cache / arm.name)
@@ -298,7 +311,7 @@ def run_curve(
     dp_cfg = next(cfg for arm, cfg in configs.items() if arm.target_epsilon is not None)
     results = {
         "command": command,
-        "commit": git_commit(),
+        "commit": commit,
         "date": time.strftime("%Y-%m-%d"),
         "recipe": str(plan.recipe),
         "overrides": plan.overrides,
