@@ -35,7 +35,7 @@ Row = dict[str, Any]
 
 #: (who, step, lean loop's key, fast engine's key); None: the system has no such step.
 STEPS = [
-    ("ClientApp", "`to_torch_state_dict()`: a copy of the model it may modify", None, "decode"),
+    ("ClientApp", "`to_torch_state_dict()`: tensors it may modify", None, "decode"),
     ("ClientApp", "`load_state_dict(...)` / lean: `copy_` in place", "copy", "load"),
     ("ClientApp", "`ArrayRecord(model.state_dict())` + reply: a snapshot", None, "reply"),
     ("server", "FedAvg's weighted sum / lean: running sum", "add", "aggregate"),
@@ -214,25 +214,28 @@ def bound_note(rows: list[Row]) -> str:
     """What bounds the overhead, with this run's numbers."""
     us = {r["step"]: r for r in rows if r["bench"] == "breakdown"}
     decode, load, reply, agg, other = (us[s[1]] for s in STEPS)
-    copies = decode["fast_us"] + (load["fast_us"] - load["lean_us"]) + reply["fast_us"]
     return (
-        "What bounds it: the Flower programming model, not delivery. A tutorial ClientApp "
-        "needs model copies that no engine can remove: `to_torch_state_dict()` must hand it "
-        "tensors it owns (it may modify them; Flower deserialises a private copy per client), "
-        "`load_state_dict` copies them again with its own Python on top, and "
-        "`ArrayRecord(model.state_dict())` must snapshot the parameters because the next "
-        "client trains the same cached model before FedAvg aggregates. Here those cost "
-        f"{copies:.0f} µs per client more than the lean loop's one in-place copy; the engine, "
-        f"strategy and Flower's objects {other['fast_us']:.0f} µs; FedAvg's weighted sum "
-        f"{agg['fast_us'] - agg['lean_us']:+.0f} µs against the lean running sum (it reads "
-        "every reply back after it has left the cache, but with the decode copy gone it does "
-        "no more arithmetic). What the engine removed (issue 13): `.npy` serialisation "
-        "(`Array`s keep their values as arrays; bytes only when something asks: Ray, gRPC, "
-        "`.data`), FedAvg's decode copy per reply (its weighted sum reads replies in place, bit "
-        "for bit, with one reused product buffer), Flower's typing overhead on every record "
-        "access, and the per-client deep copies (clients share read-only values; each gets its "
-        "own `Array` objects). Tried and dropped: handing clients tensors that alias the shared "
-        "values (a ClientApp writing through `.data` or `.numpy()` would corrupt every other "
-        "client: tensors have no copy-on-write), and copy-on-write memory maps (page faults "
-        "on this VM cost more than the copy). See fedwon/engine/fastarrays.py.\n"
+        "What bounds it: FedAvg and the ClientApp API, not delivery. "
+        "`ArrayRecord(model.state_dict())` must snapshot the parameters, because the next "
+        "client trains the same cached model before FedAvg aggregates the round "
+        f"({reply['fast_us']:.0f} µs per client here); `load_state_dict` costs "
+        f"{load['fast_us'] - load['lean_us']:.0f} µs more than the lean loop's plain `copy_` "
+        "(its own Python); the engine, strategy and Flower's message objects "
+        f"{other['fast_us']:.0f} µs; FedAvg's weighted sum {agg['fast_us'] - agg['lean_us']:+.0f}"
+        " µs against the lean running sum (it reads each reply back after it has left the "
+        "cache, but with no decode copy it does no more arithmetic). `to_torch_state_dict()` "
+        f"costs {decode['fast_us']:.0f} µs: it hands out copy-on-write clones "
+        "(`torch._lazy_clone`) of one tensor per round, so a ClientApp that only loads them "
+        "copies nothing and one that writes into them gets its own copy at that moment. "
+        "What the engine removed (issue 13): `.npy` serialisation (`Array`s keep their "
+        "values as arrays; bytes only when something asks: Ray, gRPC, `.data`), the decode "
+        "copy per client (copy-on-write) and per reply (FedAvg's weighted sum reads replies "
+        "in place, bit for bit, with one reused product buffer), Flower's typing overhead on "
+        "every record access, and the per-client deep copies (clients share read-only "
+        "values; each gets its own `Array` objects). Tried and dropped: copy-on-write memory "
+        "maps for numpy (page faults on this VM cost more than the copy), and any "
+        "aliasing without copy-on-write (a ClientApp writing through `.data` or `.numpy()` "
+        "would corrupt every other client). A lower bound needs a streaming aggregation "
+        "(no snapshot held per reply; see the scaling section). See "
+        "fedwon/engine/fastarrays.py.\n"
     )

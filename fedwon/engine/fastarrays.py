@@ -11,7 +11,9 @@ During a run (``fast_array_codec()``; ``install()`` in worker processes the engi
 * ``Array.from_numpy_ndarray`` (hence ``Array(ndarray)``, ``Array(tensor)``,
   ``ArrayRecord(state_dict)``, ``ArrayRecord(list_of_ndarrays)``) copies the input once into a
   private, read-only ndarray — the *payload* — and produces no bytes;
-* ``Array.numpy`` returns a fresh writable copy of the payload (one copy, as before);
+* ``Array.numpy`` returns a fresh writable copy of the payload (one copy, as before), and
+  ``ArrayRecord.to_torch_state_dict`` copy-on-write clones of one tensor per payload (no
+  copy unless the receiver writes: see ``_cow_tensor``);
 * ``ArrayRecord.from_torch_state_dict`` does the same per tensor with less Python, and
   ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares payloads instead
   of re-encoding them;
@@ -38,9 +40,12 @@ out copies. Anything unusual (object or structured dtypes, Fortran-ordered input
 from __future__ import annotations
 
 import ast
+import functools
 import struct
 import sys
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -372,6 +377,90 @@ def _sharing_from_array_dict(
     return record
 
 
+# ---- torch tensors without a copy: copy-on-write clones of one tensor per payload -----------
+#
+# ``to_torch_state_dict()`` must give every ClientApp tensors it may modify. PyTorch can make
+# copy-on-write clones (``torch._lazy_clone``): the clone shares the memory until either side
+# writes — any write, through torch ops, ``.data``, ``.numpy()`` or ``data_ptr()``, first
+# gives the writer its own copy. So each payload gets one torch tensor (a copy made once, on
+# the first decode: the global model once per round) and each client a clone of it, which
+# ``load_state_dict`` only reads. Used only if a self-test shows writes stay private.
+
+_torch_sources: dict[int, tuple[weakref.ref[np.ndarray], Any]] = {}
+_torch_dtypes: dict[np.dtype[Any], bool] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def cow_tensors_work() -> bool:
+    """Whether this torch makes copy-on-write clones whose writes stay private."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "_lazy_clone"):
+        return False
+    try:
+        source = torch.zeros(4)
+        clones = [torch._lazy_clone(source) for _ in range(3)]
+        clones[0].add_(1.0)
+        clones[1].numpy()[0] = 5.0
+        clones[2].data.mul_(2.0).add_(3.0)
+        private = [c.tolist() for c in clones] == [[1.0] * 4, [5.0, 0, 0, 0], [3.0] * 4]
+        return private and source.tolist() == [0.0] * 4
+    except (RuntimeError, TypeError, AttributeError):
+        return False
+
+
+def _torch_supports(dtype: np.dtype[Any]) -> bool:
+    """Whether torch has this numpy dtype (native byte order, no strings or dates)."""
+    ok = _torch_dtypes.get(dtype)
+    if ok is None:
+        try:
+            sys.modules["torch"].from_numpy(np.empty(0, dtype=dtype))
+            ok = True
+        except (TypeError, ValueError, RuntimeError):  # e.g. datetime64, big-endian
+            ok = False
+        _torch_dtypes[dtype] = ok
+    return ok
+
+
+def _torch_source(payload: np.ndarray) -> Any:
+    """The torch tensor holding a copy of ``payload`` (made once per payload, cached while
+    the payload lives); clients get copy-on-write clones of it."""
+    key = id(payload)
+    entry = _torch_sources.get(key)
+    if entry is not None and entry[0]() is payload:
+        return entry[1]
+    torch = sys.modules["torch"]
+    source = torch.empty(payload.shape, dtype=torch.from_numpy(np.empty(0, payload.dtype)).dtype)
+    source.numpy()[...] = payload  # before any clone exists: a plain write into torch memory
+    _torch_sources[key] = (weakref.ref(payload, lambda _: _torch_sources.pop(key, None)), source)
+    return source
+
+
+def _cow_tensor(arr: Array) -> Any:
+    """A tensor with ``arr``'s values that its receiver may modify: a copy-on-write clone
+    where possible, else Flower's ``torch.from_numpy(arr.numpy())``."""
+    torch = sys.modules["torch"]
+    payload = arr.__dict__.get(PAYLOAD_KEY)
+    if (
+        payload is not None
+        and arr.stype == SType.NUMPY
+        and _torch_supports(payload.dtype)
+        and cow_tensors_work()
+    ):
+        return torch._lazy_clone(_torch_source(payload))
+    return torch.from_numpy(arr.numpy())
+
+
+def _cow_to_torch_state_dict(self: ArrayRecord, *, keep_input: bool = True) -> Any:
+    """``ArrayRecord.to_torch_state_dict`` handing out copy-on-write clones (see above)."""
+    if "torch" not in sys.modules:
+        raise RuntimeError("PyTorch is required to use to_torch_state_dict")
+    state: OrderedDict[str, Any] = OrderedDict()
+    for key in list(self.keys()):
+        arr = self[key] if keep_input else self.pop(key)
+        state[key] = _cow_tensor(arr)
+    return state
+
+
 def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str) -> ArrayRecord:
     """Flower's ``aggregate_arrayrecords``, bit for bit, reading replies in place.
 
@@ -518,6 +607,7 @@ def _patches() -> list[tuple[Any, str, Any]]:
         (Array, "from_numpy_ndarray", classmethod(_lazy_from_numpy_ndarray)),
         (ArrayRecord, "from_array_dict", classmethod(_sharing_from_array_dict)),
         (ArrayRecord, "from_torch_state_dict", classmethod(_lazy_from_torch_state_dict)),
+        (ArrayRecord, "to_torch_state_dict", _cow_to_torch_state_dict),
         (TypedDict, "__setitem__", _typed_setitem),
         (TypedDict, "__getitem__", _typed_getitem),
         (TypedDict, "__delitem__", _typed_delitem),

@@ -78,8 +78,9 @@ def mutate(msg: Message, context: Context) -> Message:
 
 
 def _fingerprint(record: ArrayRecord) -> list[float]:
-    """What a client saw: every array's sum, in key order."""
-    return [float(a.sum()) for a in record.to_numpy_ndarrays()]
+    """What a client saw: every array's sum in key order, decoded for numpy then for torch."""
+    numpy_sums = [float(a.sum()) for a in record.to_numpy_ndarrays()]
+    return numpy_sums + [float(t.sum()) for t in record.to_torch_state_dict().values()]
 
 
 @client_app.train("mutate_arrays")
@@ -91,6 +92,10 @@ def mutate_arrays(msg: Message, context: Context) -> Message:
         array += 100.0  # a decoded copy
     for tensor in record.to_torch_state_dict().values():
         tensor.add_(100.0)
+    for tensor in record.to_torch_state_dict().values():
+        tensor.numpy()[...] = 7.0
+    for tensor in record.to_torch_state_dict().values():
+        tensor.data.mul_(3.0)
     first_key = next(iter(record.keys()))
     record[first_key].numpy()[...] = -1.0
     record[first_key].shape = (1,)  # the Array object itself

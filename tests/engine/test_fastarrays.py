@@ -59,6 +59,26 @@ def test_state_dicts_stay_arrays_until_bytes_are_asked_for() -> None:
     assert not any(is_lazy(a) for a in record.values())
 
 
+def test_torch_decoding_shares_values_until_someone_writes() -> None:
+    as_bytes = ArrayRecord([np.arange(3)])  # made outside a run: Flower's copy path
+    with fast_array_codec():
+        record = ArrayRecord([np.arange(6, dtype=np.float32), np.arange(3)])
+        first, second = record.to_torch_state_dict(), record.to_torch_state_dict()
+        from_bytes = as_bytes.to_torch_state_dict()
+    if fastarrays.cow_tensors_work():
+        assert torch._C._is_cow_tensor(first["0"]) and torch._C._is_cow_tensor(second["0"])
+    first["0"].add_(1.0)
+    second["0"].numpy()[0] = -1.0
+    first["1"].data.mul_(5)
+    from_bytes["0"].add_(1)
+    assert first["0"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert second["0"].tolist() == [-1.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert (first["1"].tolist(), second["1"].tolist()) == ([0, 5, 10], [0, 1, 2])
+    assert np.array_equal(record["0"].numpy(), np.arange(6, dtype=np.float32))
+    assert np.array_equal(record["1"].numpy(), np.arange(3))
+    assert np.array_equal(as_bytes["0"].numpy(), np.arange(3))
+
+
 def test_payloads_cannot_be_written_through_views() -> None:
     with fast_array_codec():
         arr = Array(np.arange(4.0))
