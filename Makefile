@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test test-all lint bench report clean
+.PHONY: setup demo test test-all lint bench report report-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,23 @@ lint: setup
 	$(BIN)/ruff format --check fedwon tests benchmarks
 	$(BIN)/mypy
 
-bench: setup
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install -e ".[bench]"
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
 
+# The FedWon paper's comparisons -> docs/results.md, docs/results.json, docs/img/ (hours of CPU;
+# finished runs are reused from runs/study/, interrupted ones resumed). JOBS=N trains N runs at
+# once (each on one thread: the results do not depend on N).
+JOBS ?= 1
 report: setup
-	$(BIN)/python -m fedwon.cli report-docs
+	$(BIN)/python -m fedwon.cli study --jobs $(JOBS)
+
+# The same pipeline with a tiny model, data and rounds (a few minutes) -> runs/study-quick/report/
+report-quick: setup
+	$(BIN)/python -m fedwon.cli study --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

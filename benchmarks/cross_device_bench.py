@@ -1,17 +1,22 @@
-"""Cross-device speed and memory benchmarks of the fast engine, measured side by side.
+"""Cross-device speed and memory: fedwon's fast engine against its real peers, in one run.
 
-Speed (one process, one machine, same workload — see ``benchmarks.workloads``):
-  (a) the bare PyTorch FedAvg loop (the speed limit),
-  (b) the fast engine running the tutorial-style Flower ClientApp under Flower's FedAvg,
-      in-process and with Ray actors,
-  (c) Flower's ``run_simulation`` with the same ServerApp and ClientApp (a few rounds).
-Each configuration's steady-state time per round is the median of the mean round time over
-blocks of rounds after a warm-up (robust to other jobs sharing the machine); start-up (Ray,
-imports, first round's one-time work) is reported separately.
+Speed (same workload everywhere — see ``benchmarks.workloads``), in this order:
+  1. in-process, interleaved repeats (lean loop, state-dict loop, pfl, fast engine, lean, ...):
+     - the lean bare PyTorch loop (the limit: ``workloads.lean_fedavg``),
+     - the bare loop with state-dict clones (``workloads.bare_fedavg``),
+     - apple/pfl-research's ``SimulatedBackend`` (``benchmarks.pfl_workload``; a row saying
+       so when pfl is not installed),
+     - the fast engine in-process running the tutorial ClientApp under Flower's ``FedAvg``;
+  2. the fast engine with Ray actors (repeats), then Flower's ``run_simulation`` (once: it is
+     an order of magnitude slower, and it shuts Ray down when it finishes).
+A run's steady time per round is the median of its rounds after a warm-up; a row reports the
+median over its runs, their spread, and the per-client overhead: (ms/round - lean ms/round) /
+clients per round. Start-up is the time steady rounds do not explain (Ray, actors, first
+rounds).
 
 Memory: peak RSS of the fast engine with 1,000 vs 10,000 clients, each in a fresh subprocess.
 
-    python -m benchmarks.cross_device_bench [--rounds N] [--quick] [--no-write]
+    python -m benchmarks.cross_device_bench [--rounds N] [--repeats R] [--quick] [--no-write]
 
 writes the tables into docs/benchmarks.md between the ``cross_device_bench`` and
 ``memory_bench`` markers (nothing else in the file is touched).
@@ -20,6 +25,7 @@ writes the tables into docs/benchmarks.md between the ``cross_device_bench`` and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -31,54 +37,66 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks import overhead_breakdown, pfl_workload
 from benchmarks import workloads as w
 from benchmarks.report import DOC, cpu_model, write_section
 
 CLIENT_APP_REF = "benchmarks.workloads:client_app"
 WARMUP_ROUNDS = 3
-BLOCK = 10
 
 Row = dict[str, Any]
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class Run:
+    """One run of one system: round timestamps, wall time of the call, final weights."""
+
+    stamps: list[w.Stamp]
+    seconds: float
+    final: State | None = None
+
+
+@dataclass
+class System:
+    """A row of the speed table: how to run it, and its runs so far."""
+
+    key: str
+    label: str
+    run: Callable[[int], Run]
+    fedavg_weights: bool = True  # aggregates like FedAvg: its weights can equal the lean loop's
+    in_process: bool = True  # all its work in this process: its CPU time per round is its cost
+    runs: list[Run] = field(default_factory=list)
 
 
 # ---- timing helpers ------------------------------------------------------------------------
 
 
-def steady_ms_per_round(stamps: list[float], warmup: int = WARMUP_ROUNDS) -> float:
-    """Median over blocks of ``BLOCK`` rounds of the mean round time, after ``warmup`` rounds.
-
-    ``stamps[0]`` is taken before round 1 and ``stamps[r]`` after round r.
-    """
-    durations = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
+def steady_ms_per_round(
+    stamps: list[w.Stamp], warmup: int = WARMUP_ROUNDS, cpu: bool = False
+) -> float:
+    """Median round time after ``warmup`` rounds (``stamps[0]``: before round 1), wall
+    clock or (``cpu``) this process's CPU time."""
+    i = 1 if cpu else 0
+    ticks = [s[i] for s in stamps[warmup:]]
+    durations = [b - a for a, b in itertools.pairwise(ticks)]
     if not durations:
         raise ValueError("no steady-state rounds measured")
-    blocks = [durations[i : i + BLOCK] for i in range(0, len(durations), BLOCK)]
-    blocks = [b for b in blocks if len(b) == BLOCK] or [durations]
-    return 1000 * statistics.median(statistics.fmean(b) for b in blocks)
+    return 1000 * statistics.median(durations)
 
 
-def _row(name: str, stamps: list[float], t_call: float, t_end: float, **extra: Any) -> Row:
-    """One result row: steady ms/round, rounds/s, start-up and end-to-end seconds."""
-    ms = steady_ms_per_round(stamps)
-    rounds = len(stamps) - 1
-    total = t_end - t_call
-    return {
-        "bench": "speed",
-        "engine": name,
-        "rounds": rounds,
-        "ms_per_round": ms,
-        "rounds_per_s": 1000 / ms,
-        # Whatever steady-state rounds do not explain: Ray/actor start-up, imports, the first
-        # rounds' one-time work (Flower starts Ray while its round 1 is already waiting).
-        "startup_s": max(0.0, total - rounds * ms / 1000),
-        "total_s": total,
-        **extra,
-    }
+def _timed(fn: Callable[[list[w.Stamp]], State | None]) -> Run:
+    """Call ``fn(stamps)`` and wrap its timestamps, wall time and final weights."""
+    stamps: list[w.Stamp] = []
+    t0 = time.perf_counter()
+    final = fn(stamps)
+    return Run(stamps, time.perf_counter() - t0, final)
 
 
 def _quiet_flower() -> None:
@@ -86,52 +104,80 @@ def _quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
-# ---- the configurations -----------------------------------------------------------------
+def _warm_torch() -> None:
+    """Pay one-off costs (the first optimizer imports ``torch._dynamo``, ~1.5 s) before any
+    measured run, so that no system is billed for them."""
+    torch.optim.SGD(w.Net().parameters(), lr=w.LR)
+    w.digits_28()
 
 
-def bench_bare(rounds: int) -> tuple[Row, dict[str, torch.Tensor]]:
-    """(a) the bare loop; returns its row and final weights."""
-    stamps: list[float] = []
-    t0 = time.perf_counter()
-    final = w.bare_fedavg(WARMUP_ROUNDS + rounds, round_times=stamps)
-    return _row("bare PyTorch loop (1 process)", stamps, t0, time.perf_counter()), final
+# ---- the systems ------------------------------------------------------------------------------
 
 
-def bench_fast(rounds: int, num_workers: int, bare_final: dict[str, torch.Tensor] | None) -> Row:
-    """(b) the fast engine with the tutorial ClientApp (``num_workers`` 0 = in-process)."""
-    from fedwon.engine import run_fast
+def run_lean(rounds: int) -> Run:
+    """The lean bare loop."""
+    return _timed(lambda st: w.lean_fedavg(rounds, round_times=st))
+
+
+def run_bare(rounds: int) -> Run:
+    """The bare loop with state-dict clones."""
+    return _timed(lambda st: w.bare_fedavg(rounds, round_times=st))
+
+
+def run_pfl(rounds: int) -> Run:
+    """pfl-research's simulator."""
+    return _timed(lambda st: pfl_workload.pfl_fedavg(rounds, round_times=st))
+
+
+def run_fast(rounds: int, num_workers: int, fast_arrays: bool = True) -> Run:
+    """The fast engine with the tutorial ClientApp (``num_workers`` 0 = in-process);
+    ``fast_arrays=False`` leaves Flower's record layer as it is (``.npy`` bytes)."""
+    from fedwon.engine import run_fast as engine_run_fast
 
     rec = w.RunRecord()
-    app = w.make_server_app(WARMUP_ROUNDS + rounds, record=rec)
+    app = w.make_server_app(rounds, record=rec)
     t0 = time.perf_counter()
-    run_fast(app, CLIENT_APP_REF, w.NUM_CLIENTS, num_workers=num_workers)
-    t1 = time.perf_counter()
-    name = (
-        "fast engine, in-process" if num_workers == 0 else f"fast engine, {num_workers} Ray actors"
+    engine_run_fast(
+        app, CLIENT_APP_REF, w.NUM_CLIENTS, num_workers=num_workers, fast_arrays=fast_arrays
     )
-    equal = None
-    if bare_final is not None and rec.final_state is not None:
-        equal = all(torch.equal(bare_final[k], rec.final_state[k]) for k in bare_final)
-    return _row(name, rec.round_times, t0, t1, bitwise_equal_to_bare=equal)
+    return Run(rec.round_times, time.perf_counter() - t0, rec.final_state)
 
 
-def bench_flower(rounds: int, num_cpus: float) -> Row:
-    """(c) Flower's own simulation engine, same ServerApp and ClientApp."""
+def run_flower(rounds: int) -> Run:
+    """Flower's own simulation engine, same ServerApp and ClientApp, one CPU per client."""
     from flwr.simulation import run_simulation
 
     rec = w.RunRecord()
-    app = w.make_server_app(WARMUP_ROUNDS + rounds, record=rec)
-    backend = {"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0}}
+    app = w.make_server_app(rounds, record=rec)
+    backend = {"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0}}
     t0 = time.perf_counter()
     run_simulation(app, w.client_app, w.NUM_CLIENTS, backend_config=backend)  # type: ignore[arg-type]
-    t1 = time.perf_counter()
-    actors = int((os.cpu_count() or 1) // num_cpus)
-    return _row(f"Flower run_simulation, {actors} actor(s)", rec.round_times, t0, t1)
+    return Run(rec.round_times, time.perf_counter() - t0, rec.final_state)
 
 
-def _with_ray(fn: Callable[[], Row]) -> Row:
-    """Run ``fn`` with Ray started here first, so its start-up is not in the fast engine's
-    numbers twice; Flower's engine shuts Ray down itself when it finishes."""
+def in_process_systems() -> list[System]:
+    """The systems measured with interleaved repeats in this process (pfl if installed)."""
+    systems = [
+        System("lean", "bare PyTorch loop, lean (the limit)", run_lean),
+        System("bare", "bare PyTorch loop, state-dict clones", run_bare),
+    ]
+    if pfl_workload.available():
+        label = f"pfl-research {pfl_workload.PFL_VERSION}, SimulatedBackend in-process"
+        systems.append(System("pfl", label, run_pfl, fedavg_weights=False))
+    systems.append(System("fast", "fedwon fast engine, in-process", lambda n: run_fast(n, 0)))
+    systems.append(
+        System(
+            "fast-bytes",
+            "fedwon fast engine, in-process, Flower's records as they are (`fast_arrays=False`)",
+            lambda n: run_fast(n, 0, fast_arrays=False),
+        )
+    )
+    return systems
+
+
+def _with_ray(fn: Callable[[], None]) -> None:
+    """Run ``fn`` with Ray started here first, so that its start-up is not billed to the
+    fast engine's first run; Flower's engine shuts Ray down itself when it finishes."""
     import ray
 
     from fedwon.engine.executors import ray_pythonpath
@@ -144,46 +190,108 @@ def _with_ray(fn: Callable[[], Row]) -> Row:
                 logging_level=logging.WARNING,
                 runtime_env={"env_vars": {"PYTHONPATH": ray_pythonpath()}},
             )
-    return fn()
+    fn()
 
 
-def run(quick: bool = False, rounds: int | None = None) -> list[Row]:
-    """Speed rows (bare, fast in-process, fast Ray, Flower) then memory rows."""
-    _quiet_flower()
-    # One intra-op thread in this process, like every Ray actor (OMP_NUM_THREADS=1): batch
-    # size 1 gains nothing from a second thread (19.1 vs 19.0 ms/round on an idle machine),
-    # while two spinning OpenMP threads collapse (x30) when other jobs share the cores.
-    torch.set_num_threads(1)
-    n = rounds if rounds is not None else (20 if quick else 100)
-    flower_rounds = 3 if quick else 10
-    cpus = os.cpu_count() or 1
-    bare_row, bare_final = bench_bare(n)
-    rows = [bare_row]
-    rows.append(bench_fast(n, 0, bare_final))
-    rows.append(_with_ray(lambda: bench_fast(n, cpus, bare_final)))
-    rows.append(_with_ray(lambda: bench_flower(flower_rounds, 1.0)))
-    _add_ratios(rows)
-    rows.extend(run_memory(quick))
+def measure(rounds: int, repeats: int, flower_rounds: int) -> list[System]:
+    """Every system's runs: interleaved in-process repeats, then Ray actors, then Flower."""
+    systems = in_process_systems()
+    for _ in range(repeats):
+        for system in systems:
+            system.runs.append(system.run(WARMUP_ROUNDS + rounds))
+    actors = os.cpu_count() or 1
+    fast_ray = System(
+        "fast-ray",
+        f"fedwon fast engine, {actors} Ray actors",
+        lambda n: run_fast(n, actors),
+        in_process=False,
+    )
+    flower = System(
+        "flower", f"Flower run_simulation, {actors} actors", run_flower, in_process=False
+    )
+
+    def ray_runs() -> None:
+        for _ in range(repeats):
+            fast_ray.runs.append(fast_ray.run(WARMUP_ROUNDS + rounds))
+        flower.runs.append(flower.run(WARMUP_ROUNDS + flower_rounds))
+
+    _with_ray(ray_runs)
+    return [*systems, fast_ray, flower]
+
+
+def summarise(systems: list[System]) -> list[Row]:
+    """One row per system: medians over runs, overhead per client against the lean loop."""
+    lean = next(s for s in systems if s.key == "lean")
+    lean_final = lean.runs[0].final
+    rows: list[Row] = []
+    for s in systems:
+        per_run = [steady_ms_per_round(r.stamps) for r in s.runs]
+        cpu_per_run = [steady_ms_per_round(r.stamps, cpu=True) for r in s.runs]
+        ms = statistics.median(per_run)
+        startups = [
+            max(0.0, r.seconds - (len(r.stamps) - 1) * m / 1000)
+            for r, m in zip(s.runs, per_run, strict=True)
+        ]
+        equal = None
+        if s.fedavg_weights and lean_final is not None and s.runs[0].final is not None:
+            final = s.runs[0].final
+            equal = all(torch.equal(lean_final[k], final[k]) for k in lean_final)
+        rows.append(
+            {
+                "bench": "speed",
+                "key": s.key,
+                "engine": s.label,
+                "runs": len(s.runs),
+                "rounds": len(s.runs[0].stamps) - 1 - WARMUP_ROUNDS,
+                "ms_per_round": ms,
+                "cpu_ms_per_round": statistics.median(cpu_per_run) if s.in_process else None,
+                "ms_min": min(per_run),
+                "ms_max": max(per_run),
+                "rounds_per_s": 1000 / ms,
+                "startup_s": statistics.median(startups),
+                "equal_to_lean": equal,
+            }
+        )
+    lean_ms, lean_cpu = rows[0]["ms_per_round"], rows[0]["cpu_ms_per_round"]
+    for r in rows:
+        r["vs_lean"] = r["ms_per_round"] / lean_ms
+        r["overhead_ms_per_client"] = (r["ms_per_round"] - lean_ms) / w.CLIENTS_PER_ROUND
+        cpu = r["cpu_ms_per_round"]
+        r["cpu_overhead_ms_per_client"] = (
+            None if cpu is None else (cpu - lean_cpu) / w.CLIENTS_PER_ROUND
+        )
+    if not pfl_workload.available():
+        rows.insert(2, {"bench": "speed", "key": "pfl", "missing": True})
     return rows
 
 
-def _add_ratios(rows: list[Row]) -> None:
-    """fast/bare (time per round, lower is better) and Flower/this speed-ups: steady state,
-    and end to end (start-up included) for as many rounds as Flower ran."""
-    bare = next(r for r in rows if r["engine"].startswith("bare"))
-    flower = next(r for r in rows if r["engine"].startswith("Flower"))
+def run(quick: bool = False, rounds: int | None = None, repeats: int | None = None) -> list[Row]:
+    """Speed rows (every system) then memory rows."""
+    _quiet_flower()
+    # One intra-op thread in this process, like every Ray actor (OMP_NUM_THREADS=1): batch
+    # size 1 gains nothing from a second thread, while two spinning OpenMP threads collapse
+    # when other jobs share the cores.
+    torch.set_num_threads(1)
+    _warm_torch()
+    # Many short interleaved runs rather than a few long ones: on a shared machine the load
+    # drifts over minutes, and alternating often spreads it evenly over the systems.
+    n = rounds if rounds is not None else (20 if quick else 60)
+    reps = repeats if repeats is not None else (2 if quick else 7)
+    load_before = os.getloadavg()
+    rows = summarise(measure(n, reps, flower_rounds=3 if quick else 10))
     for r in rows:
-        r["vs_bare"] = r["ms_per_round"] / bare["ms_per_round"]
-        r["flower_speedup"] = flower["ms_per_round"] / r["ms_per_round"]
-        r["e2e_s"] = r["startup_s"] + flower["rounds"] * r["ms_per_round"] / 1000
-    for r in rows:
-        r["flower_speedup_e2e"] = flower["e2e_s"] / r["e2e_s"] if r["e2e_s"] > 0 else float("inf")
+        r["load_before"] = load_before
+    rows.extend(
+        overhead_breakdown.measure(num_rounds=20 if quick else 60, repeats=1 if quick else 3)
+    )
+    rows.extend(run_memory(quick))
+    return rows
 
 
 # ---- memory ---------------------------------------------------------------------------------
 
 
-def _rss_mb() -> tuple[float, float]:
+def rss_mb() -> tuple[float, float]:
     """(current, peak) resident set size of this process in MB, from /proc (Linux), else
     ``getrusage`` for both."""
     try:
@@ -198,15 +306,15 @@ def _rss_mb() -> tuple[float, float]:
 
 def memory_child(num_clients: int, rounds: int) -> dict[str, float]:
     """Run the fast engine in this (fresh) process; report RSS before, after and peak."""
-    from fedwon.engine import run_fast
+    from fedwon.engine import run_fast as engine_run_fast
 
     _quiet_flower()
     torch.set_num_threads(1)
     w.digits_28()  # data set and imports loaded before the baseline
-    before, _ = _rss_mb()
+    before, _ = rss_mb()
     app = w.make_server_app(rounds, num_clients=num_clients)
-    run_fast(app, CLIENT_APP_REF, num_clients, num_workers=0)
-    after, peak = _rss_mb()
+    engine_run_fast(app, CLIENT_APP_REF, num_clients, num_workers=0)
+    after, peak = rss_mb()
     return {"rss_before_mb": before, "rss_after_mb": after, "peak_mb": peak}
 
 
@@ -247,21 +355,43 @@ def machine() -> str:
     )
 
 
+def _equal_cell(r: Row) -> str:
+    """The 'final weights == lean' cell."""
+    if r["key"] == "pfl":
+        return "n/a (uniform weights)"
+    eq = r["equal_to_lean"]
+    if eq is None or r["key"] == "lean":
+        return ""
+    return "yes" if eq else "no"
+
+
+def _cpu_cells(r: Row) -> str:
+    """The CPU-time cells: in-process systems only (others work in other processes)."""
+    if r["cpu_ms_per_round"] is None:
+        return "– | –"
+    return f"{r['cpu_ms_per_round']:.1f} | {r['cpu_overhead_ms_per_client']:.2f}"
+
+
 def speed_markdown(rows: list[Row]) -> str:
     """The speed table."""
-    flower_rounds = next((r["rounds"] for r in rows if r["engine"].startswith("Flower")), 0)
     lines = [
-        "| engine | ms/round | rounds/s | time vs bare | Flower time / this | start-up s "
-        f"| Flower / this, {flower_rounds} rounds end to end | final weights == bare |",
-        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+        "| system | ms/round | rounds/s | time vs lean | overhead ms/client | CPU ms/round "
+        "| CPU overhead ms/client | runs x rounds: ms/round min-max | start-up s "
+        "| final weights == lean |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in (r for r in rows if r["bench"] == "speed"):
-        eq = r.get("bitwise_equal_to_bare")
-        same = "" if eq is None else ("yes" if eq else "no")
+        if r.get("missing"):
+            lines.append(
+                f"| pfl-research {pfl_workload.PFL_VERSION} | not installed: "
+                "`pip install -e '.[bench]'` | | | | | | | | |"
+            )
+            continue
+        spread = f"{r['runs']} x {r['rounds']}: {r['ms_min']:.1f}-{r['ms_max']:.1f}"
         lines.append(
             f"| {r['engine']} | {r['ms_per_round']:.1f} | {r['rounds_per_s']:.1f} "
-            f"| {r['vs_bare']:.2f}x | {r['flower_speedup']:.1f}x | {r['startup_s']:.1f} "
-            f"| {r['flower_speedup_e2e']:.1f}x | {same} |"
+            f"| {r['vs_lean']:.2f}x | {r['overhead_ms_per_client']:.2f} | {_cpu_cells(r)} "
+            f"| {spread} | {r['startup_s']:.1f} | {_equal_cell(r)} |"
         )
     return "\n".join(lines)
 
@@ -282,8 +412,10 @@ def memory_markdown(rows: list[Row]) -> str:
 
 
 def to_markdown(rows: list[Row]) -> str:
-    """Both tables (speed, then memory) as Markdown."""
+    """The tables (speed, breakdown, memory) as Markdown."""
     parts = [speed_markdown(rows)] if any(r["bench"] == "speed" for r in rows) else []
+    if any(r["bench"] == "breakdown" for r in rows):
+        parts.append(overhead_breakdown.to_markdown(rows))
     if any(r["bench"] == "memory" for r in rows):
         parts.append(memory_markdown(rows))
     return "\n\n".join(parts)
@@ -294,40 +426,63 @@ def _section(body: str, command: str) -> str:
     return f"\nMachine: {machine()}.\nCommand: `{command}`.\n\n{body}\n"
 
 
+def speed_note(rows: list[Row]) -> str:
+    """What the speed table measured, and under which conditions."""
+    speed = [r for r in rows if r["bench"] == "speed" and not r.get("missing")]
+    load = ", ".join(f"{x:.1f}" for x in speed[0]["load_before"]) if speed else "?"
+    return (
+        "Workload: 1,000 clients x 1-2 digits (1x28x28), 10 clients/round, batch size 1, "
+        "1 local epoch, CNN 421,642 params, SGD 0.05. fedwon and Flower rows: Flower's own "
+        "`FedAvg` (train only) and a tutorial-style ClientApp (`ArrayRecord(model."
+        "state_dict())`, one cached model per process). Lean loop: parameters copied in place "
+        "into one reused model, each client added to a running weighted sum; its weights are "
+        "bitwise FedAvg's. pfl: `FederatedAveraging` on `SimulatedBackend`, uniform user "
+        "weights, same users per round. ms/round: median of each run's rounds after "
+        f"{WARMUP_ROUNDS} warm-up rounds, then the median over runs (in-process systems "
+        "interleaved in table order, run after run); overhead ms/client = "
+        "(ms/round - lean ms/round) / 10. CPU columns: the same from this process's CPU "
+        "time, which leaves out the time other jobs on a shared machine keep it waiting "
+        "(in-process systems only; Ray and Flower work in other processes). One torch "
+        f"thread per process; load average {load} when the runs started (other jobs share "
+        "these cores: compare rows within one table, not across tables).\n\n"
+    )
+
+
+BREAKDOWN_NOTE = (
+    "Where the per-client overhead goes, measured inside runs (`benchmarks/"
+    "overhead_breakdown.py`): each step of a client's round timed in place, in CPU time, "
+    "the lean loop and the fast engine interleaved, median over runs; training is the same "
+    "code in both and is left out of the totals.\n\n"
+)
+
+
 def write_docs(rows: list[Row], command: str, path: Path = DOC) -> None:
     """Write both tables between their markers, re-reading the file right before writing."""
-    note = (
-        "Workload: 1,000 clients x 1-2 digits (1x28x28), 10 clients/round, batch size 1, "
-        "1 local epoch, CNN 421,642 params, SGD 0.05, Flower's FedAvg (train only). ms/round: "
-        f"median over {BLOCK}-round blocks after {WARMUP_ROUNDS} warm-up rounds; one torch "
-        "thread per process (as in Ray actors); start-up: time not explained by steady "
-        "rounds (Ray, actors, first rounds). Final weights == bare: the engine sampled the "
-        "same clients (same seed) and its weights are bitwise equal to the bare loop's.\n\n"
-    )
-    speed = "\n## Cross-device: fast engine vs bare PyTorch vs Flower\n" + _section(
-        note + speed_markdown(rows), command
-    )
-    memory = "\n## Memory: 1,000 vs 10,000 clients (fast engine)\n" + _section(
-        memory_markdown(rows), command
-    )
     if any(r["bench"] == "speed" for r in rows):
-        write_section("cross_device_bench", speed, path)
+        speed = "\n## Cross-device: fast engine vs the lean loop, pfl-research and Flower\n"
+        body = speed_note(rows) + speed_markdown(rows)
+        if any(r["bench"] == "breakdown" for r in rows):
+            table = overhead_breakdown.to_markdown(rows)
+            body += f"\n\n{BREAKDOWN_NOTE}{table}\n\n{overhead_breakdown.bound_note(rows)}"
+        write_section("cross_device_bench", speed + _section(body, command), path)
     if any(r["bench"] == "memory" for r in rows):
-        write_section("memory_bench", memory, path)
+        memory = "\n## Memory: 1,000 vs 10,000 clients (fast engine)\n"
+        write_section("memory_bench", memory + _section(memory_markdown(rows), command), path)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="steady-state rounds")
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="steady-state rounds per run")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per system")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and runs")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child is not None:
         print(json.dumps(memory_child(args.memory_child, args.rounds or 100)))
         return
-    rows = run(quick=args.quick, rounds=args.rounds)
+    rows = run(quick=args.quick, rounds=args.rounds, repeats=args.repeats)
     print(to_markdown(rows))
     if not args.no_write:
         command = "python -m benchmarks.cross_device_bench " + " ".join(sys.argv[1:])

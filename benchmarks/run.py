@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, side by side on this machine, into docs/benchmarks.md.
 
-python -m benchmarks.run [--quick] [--only layer,cross_device,memory,cross_silo,dp]
+python -m benchmarks.run [--quick] [--only layer,cross_device,memory,scaling,recipe,cross_silo,dp]
 """
 
 from __future__ import annotations
@@ -9,10 +9,17 @@ import argparse
 import logging
 import sys
 
-from benchmarks import cross_device_bench, cross_silo_bench, dp_bench, layer_bench
+from benchmarks import (
+    cross_device_bench,
+    cross_silo_bench,
+    dp_bench,
+    layer_bench,
+    recipe_bench,
+    scaling_bench,
+)
 from benchmarks.report import DOC, write_section
 
-ALL = ("layer", "cross_device", "memory", "cross_silo", "dp")
+ALL = ("layer", "cross_device", "memory", "scaling", "recipe", "cross_silo", "dp")
 
 
 def write_cross_silo(rows: list[dict], command: str) -> None:
@@ -51,6 +58,19 @@ def main() -> None:
     if device_rows:
         print(cross_device_bench.to_markdown(device_rows))
         cross_device_bench.write_docs(device_rows, command)
+    if "scaling" in only:
+        scaling_rows = scaling_bench.run(quick=args.quick)
+        print(scaling_bench.to_markdown(scaling_rows))
+        scaling_bench.write_docs(scaling_rows, command)
+    if "recipe" in only:
+        recipe_row = recipe_bench.run(
+            recipe_bench.RECIPE,
+            list(recipe_bench.OVERRIDES),
+            rounds=6 if args.quick else 20,
+            repeats=1 if args.quick else 3,
+        )
+        print(recipe_bench.to_markdown(recipe_row))
+        recipe_bench.write_docs(recipe_row, command)
     if "cross_silo" in only:
         silo_rows = cross_silo_bench.run(quick=args.quick)
         print(cross_silo_bench.to_markdown(silo_rows))

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
+from fedwon.deploy.cli import deploy
 from fedwon.errors import error_line
 from fedwon.privacy_curve import privacy_curve_cli
 from fedwon.results import (
@@ -38,10 +39,13 @@ from fedwon.results import (
     run_progress,
 )
 from fedwon.strategies import RoundFailedError
+from fedwon.study.cli import study_cli
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True)  # help: main_options' docstring
+cli.add_typer(study_cli, name="study")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error
+cli.add_typer(deploy, name="deploy")
 
 # What a user can cause: bad config, data, paths, or clients all failing on the given settings.
 USER_ERRORS = (ConfigError, DataError, RoundFailedError, OSError)

@@ -103,6 +103,7 @@ class RunConfig(BaseModel):
     train_per_domain: int = 0  # 0 = data set default
     test_per_domain: int = 0
     image_size: int = 0  # 0 = data set default
+    val_fraction: float = 0.1  # share of each client's training data held out for validation
     # rounds and sampling
     num_rounds: int = 10
     clients_per_round: int = 0  # 0 = use fraction_train
@@ -233,6 +234,13 @@ class RunConfig(BaseModel):
     def _fraction(cls, value: float) -> float:
         if not 0.0 < value <= 1.0:
             raise ValueError(f"must be in (0, 1], got {value}")
+        return value
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _val_fraction(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1) (0 = no validation split), got {value}")
         return value
 
     @field_validator("lr", "alpha", "cpus_per_client")
@@ -383,6 +391,7 @@ class RunConfig(BaseModel):
             train_per_domain=self.train_per_domain,
             test_per_domain=self.test_per_domain,
             image_size=self.image_size,
+            val_fraction=self.val_fraction,
             local_epochs=self.local_epochs,
             batch_size=self.batch_size,
             lr=self.lr,

@@ -16,37 +16,33 @@ from pathlib import Path
 import torch
 from flwr.serverapp import Grid
 
-from fedwon.clients.workspace import data_spec
+from fedwon.clients.workspace import IN_CHANNELS, data_spec
 from fedwon.config import ConfigError, RunConfig
-from fedwon.datasets import Federation, load_federation
+from fedwon.datasets import load_federation, validate_spec
 from fedwon.models import build_model
 from fedwon.results import check_resumable
 from fedwon.run_dir import check_new_run_dir, prepare_run_dir
 
 
-def check_model_input(cfg: RunConfig, federation: Federation) -> None:
+def check_model_input(cfg: RunConfig, num_classes: int, in_channels: int, size: int) -> None:
     """The model takes the data's images (e.g. ``cnn`` needs 28x28: ``image_size=2`` is
     refused here, not by a shape error in every client)."""
     model = build_model(
-        cfg.model,
-        norm=cfg.resolved_norm,
-        num_classes=federation.num_classes,
-        in_channels=federation.in_channels,
+        cfg.model, norm=cfg.resolved_norm, num_classes=num_classes, in_channels=in_channels
     ).eval()
-    size = federation.image_size
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, federation.in_channels, size, size))
+            out = model(torch.zeros(2, in_channels, size, size))
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
             f"model {cfg.model!r} cannot take the {size}x{size} images of image_size="
             f"{cfg.image_size or size}: {first}"
         ) from None
-    if tuple(out.shape) != (2, federation.num_classes):
+    if tuple(out.shape) != (2, num_classes):
         raise ConfigError(
             f"model {cfg.model!r} returns shape {tuple(out.shape)[1:]} per image, not "
-            f"({federation.num_classes},) class scores"
+            f"({num_classes},) class scores"
         )
 
 
@@ -56,11 +52,14 @@ def prepare_run(
     *,
     resume: bool = False,
     overwrite: bool = False,
-) -> Federation:
+    load_data: bool = True,
+) -> None:
     """Check everything a run needs before it starts, then create its directory.
 
     Order matters: every check only reads, so a refused run leaves the directory as it was
     (a resume refused for ``--set model=...`` can still be resumed without it).
+    ``load_data=False`` (a ServerApp facing real SuperNodes, which hold the data) checks the
+    data set's metadata only: names, domains, classes and image size, never its files.
     """
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give only one")
@@ -70,11 +69,15 @@ def prepare_run(
         check_resumable(out_dir, cfg)
     elif out_dir is not None:
         check_new_run_dir(out_dir, overwrite=overwrite)
-    federation = load_federation(data_spec(cfg.client_config()))
-    check_model_input(cfg, federation)
+    spec = data_spec(cfg.client_config())
+    if load_data:
+        fed = load_federation(spec)
+        check_model_input(cfg, fed.num_classes, fed.in_channels, fed.image_size)
+    else:
+        resolved = validate_spec(spec)
+        check_model_input(cfg, resolved.info.num_classes, IN_CHANNELS, resolved.image_size)
     if out_dir is not None and not resume:
         prepare_run_dir(out_dir, overwrite=overwrite)
-    return federation
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.5) -> None:

@@ -98,6 +98,7 @@ class ClientConfig:
     train_per_domain: int = 0  # 0 = the data set's default
     test_per_domain: int = 0
     image_size: int = 0
+    val_fraction: float = 0.0  # each client's validation share; absent (older server) = none
     # local training
     local_epochs: int = 1
     batch_size: int = 32

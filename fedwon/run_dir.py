@@ -34,6 +34,9 @@ RUN_FILES = frozenset(
     }
 )
 """What a fedwon run writes into its directory (all that ``--overwrite`` may delete)."""
+LAUNCHER_ENTRIES = frozenset({"logs", "deploy"})
+"""What ``fedwon deploy local`` puts into the run directory before its ServerApp starts (process
+logs, certificates, node configs): a new run may find them, and nothing here ever deletes them."""
 
 _OPTIONS = "resume it (--resume), replace it (--overwrite) or choose another directory"
 
@@ -82,7 +85,7 @@ def check_new_run_dir(path: Path, *, overwrite: bool = False) -> None:
         raise ConfigError(f"run directory {path} is not writable: no permission to write {what}")
     if existing != path:
         return
-    entries = sorted(p.name for p in path.iterdir())
+    entries = sorted(p.name for p in path.iterdir() if p.name not in LAUNCHER_ENTRIES)
     if not entries:
         return
     if not overwrite:

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
-from fedwon.datasets import validate_spec
+from fedwon.datasets import DataError, validate_spec
 from fedwon.preflight import prepare_run, wait_for_nodes
 from fedwon.privacy import CentralDP, ClientEpsilons
 from fedwon.process_guard import start_guard
@@ -260,9 +260,16 @@ def main(grid: Grid, context: Context) -> None:
         settings = settings_from_run_config(dict(context.run_config))
         out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
         start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
-        prepare_run(settings.cfg, out_dir, resume=settings.resume, overwrite=settings.overwrite)
+        # the server never opens client data: metadata checks only (SuperNodes hold the data)
+        prepare_run(
+            settings.cfg,
+            out_dir,
+            resume=settings.resume,
+            overwrite=settings.overwrite,
+            load_data=False,
+        )
         wait_for_nodes(grid, settings.cfg.num_clients, timeout_s=settings.node_timeout)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         log.error("%s", err)
         raise
     outcome = run_server(grid, settings.cfg, out_dir, resume=settings.resume)

@@ -109,3 +109,15 @@ def test_flat_round_trip() -> None:
     cfg = make_config({"strategy": "fedbn", "domains": "mnist,svhn", "lr": 0.02})
     assert make_config(cfg.to_flat()) == cfg
     assert cfg.domain_list == ("mnist", "svhn")
+
+
+def test_val_fraction_defaults_to_a_tenth_and_reaches_the_data_spec() -> None:
+    from fedwon.clients.workspace import data_spec
+
+    assert make_config({}).val_fraction == 0.1
+    assert data_spec(make_config({"val_fraction": 0.2}).client_config()).val_fraction == 0.2
+    no_split = make_config({"val_fraction": 0.0}).client_config()
+    assert data_spec(no_split).val_fraction == 0.0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"val_fraction: must be in \[0, 1\)"):
+            make_config({"val_fraction": bad})

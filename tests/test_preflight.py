@@ -72,3 +72,18 @@ def test_the_server_app_reads_its_flwr_run_settings() -> None:
     assert flat.cfg.model == "cnn-tiny" and not flat.overwrite
     with pytest.raises(ConfigError, match="node_timeout must be a number of seconds > 0"):
         settings_from_run_config({"recipe": "sims/cross_silo.toml", "node_timeout": 0})
+
+
+def test_a_server_facing_supernodes_checks_metadata_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedwon.preflight as preflight
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the server opened client data")
+
+    monkeypatch.setattr(preflight, "load_federation", refuse)
+    prepare_run(make_config(TINY), tmp_path / "run", load_data=False)
+    assert (tmp_path / "run").is_dir()
+    with pytest.raises(ConfigError, match="cannot take the 8x8 images"):
+        prepare_run(make_config({**TINY, "image_size": 8}), None, load_data=False)

@@ -64,6 +64,14 @@ def test_an_older_server_without_optional_keys_still_works() -> None:
     old = ConfigRecord({k: v for k, v in full.items() if k in required})
     cfg = read_client_config(old)
     assert cfg.batch_size == ClientConfig.batch_size  # defaults fill the rest
+    assert cfg.val_fraction == 0.0  # an older server's clients trained on all their data
+
+
+def test_the_validation_share_travels_to_clients() -> None:
+    """It decides what each client trains on: a server's split must reach every client."""
+    record = make_config({"val_fraction": 0.2}).client_config().to_record()
+    assert record["val-fraction"] == 0.2
+    assert read_client_config(record).val_fraction == 0.2
 
 
 def test_missing_required_key_and_wrong_type_are_named() -> None:

@@ -44,6 +44,17 @@ def test_overwrite_deletes_only_a_previous_run(tmp_path: Path) -> None:
     assert run.is_dir() and not any(run.iterdir())
 
 
+def test_what_fedwon_deploy_prepared_counts_as_empty_and_is_kept(tmp_path: Path) -> None:
+    for name in ("logs", "deploy"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "superlink.log").write_text("...")
+    check_new_run_dir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    check_new_run_dir(tmp_path, overwrite=True)
+    prepare_run_dir(tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy", "logs"]
+
+
 def test_overwrite_refuses_a_directory_holding_other_files(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "notes.txt").write_text("mine")

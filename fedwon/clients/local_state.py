@@ -12,7 +12,7 @@ import hashlib
 from functools import lru_cache
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedwon.protocol import ClientConfig
 
@@ -28,6 +28,17 @@ def owner_tag(cfg: ClientConfig) -> str:
     return hashlib.sha1(repr(sorted(cfg.to_record().items())).encode()).hexdigest()[:16]
 
 
+def local_arrays(state: RecordDict, owner: str) -> dict[str, torch.Tensor] | None:
+    """The local arrays a client state holds for the setup ``owner`` (:func:`owner_tag`), if
+    any: what a client loads, and what reading a checkpoint's client states needs."""
+    if STATE_KEY not in state.array_records:
+        return None
+    tag = state.config_records.get(OWNER_KEY)
+    if tag is None or tag.get("tag") != owner:
+        return None
+    return dict(state.array_records[STATE_KEY].to_torch_state_dict())
+
+
 class ContextStateStore:
     """A client's local arrays in ``context.state[STATE_KEY]`` as an ArrayRecord."""
 
@@ -37,13 +48,7 @@ class ContextStateStore:
 
     def load(self) -> dict[str, torch.Tensor] | None:
         """The arrays saved by this client's previous message of the run, if any."""
-        state = self.context.state
-        if STATE_KEY not in state.array_records:
-            return None
-        owner = state.config_records.get(OWNER_KEY)
-        if owner is None or owner.get("tag") != self.owner:
-            return None
-        return dict(state.array_records[STATE_KEY].to_torch_state_dict())
+        return local_arrays(self.context.state, self.owner)
 
     def save(self, arrays: dict[str, torch.Tensor]) -> None:
         """Keep ``arrays`` (copied to the CPU: the context may be pickled or spilled)."""

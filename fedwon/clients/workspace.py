@@ -45,6 +45,7 @@ def data_spec(cfg: ClientConfig, node: NodeSettings | None = None) -> DataSpec:
         train_per_domain=cfg.train_per_domain or None,
         test_per_domain=cfg.test_per_domain or None,
         image_size=cfg.image_size or None,
+        val_fraction=cfg.val_fraction,
         seed=cfg.seed,
     )
 

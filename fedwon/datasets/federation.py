@@ -1,11 +1,13 @@
 """``load_federation(spec)``: the per-process cached, partitioned data set clients read from.
 
 Building a :class:`Federation` loads (or builds) every selected domain once, pools the domains,
-runs the partitioner and then lays the pooled train and test images out *client by client* in one
-float32 tensor each (normalized, NCHW). A client's data is then a slice of that tensor — a view,
-no copy — so ``train_data(pid)`` costs microseconds however often a cross-device run asks. The
-whole object is cached per process by :func:`load_federation` (``functools.lru_cache`` on the
-frozen :class:`DataSpec`).
+runs the partitioner, sets each client's validation share aside (``spec.val_fraction``, see
+:mod:`fedwon.datasets.validation`) and then lays the pooled train, validation and test images out
+*client by client* in one float32 tensor each (normalized, NCHW). A client's data is then a slice
+of that tensor — a view, no copy — so ``train_data(pid)`` costs microseconds however often a
+cross-device run asks. Domains of the data set that no client holds (domain generalization) are
+read on demand by :meth:`Federation.heldout_test_data`. The whole object is cached per process
+by :func:`load_federation` (``functools.lru_cache`` on the frozen :class:`DataSpec`).
 
 The returned tensors are shared by every caller in the process: treat them as read-only (copy
 before modifying in place).
@@ -13,13 +15,14 @@ before modifying in place).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedwon.datasets.base import DatasetInfo, DomainArrays
+from fedwon.datasets.base import DatasetInfo, DomainArrays, rng_for
 from fedwon.datasets.errors import DataError, PartitionIdError
 from fedwon.datasets.images import normalize
 from fedwon.datasets.partition import (
@@ -32,6 +35,7 @@ from fedwon.datasets.partition import (
 )
 from fedwon.datasets.registry import dataset_info, select_domains
 from fedwon.datasets.spec import DataSpec, check_fields
+from fedwon.datasets.validation import validation_split
 
 FEDERATION_CACHE_SIZE = 8
 
@@ -105,13 +109,26 @@ def _client_major(pooled: np.ndarray, parts: list[np.ndarray]) -> tuple[np.ndarr
     return pooled[order], offsets
 
 
+def split_validation(
+    parts: list[np.ndarray], labels: np.ndarray, fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's train share (pool indices) cut into (fit, validation) pool indices."""
+    fit, val = [], []
+    for pid, part in enumerate(parts):
+        keep, held = validation_split(labels[part], fraction, rng_for(seed, "validation", pid))
+        fit.append(part[keep])
+        val.append(part[held])
+    return fit, val
+
+
 class Federation:
     """Partitioned data of one :class:`DataSpec`; client ``pid`` is partition id ``pid``.
 
     Attributes: ``spec``, ``domains`` (selected, in client order), ``num_clients``,
     ``num_classes``, ``in_channels``, ``image_size``; for inspection, ``pool`` (pooled labels and
-    domain ids) and ``assignment`` (each client's pool indices, see
-    :mod:`fedwon.datasets.partition`).
+    domain ids), ``assignment`` (each client's pool indices, see
+    :mod:`fedwon.datasets.partition`; its train shares *before* the validation split) and
+    ``validation`` (each client's validation pool indices, empty when ``val_fraction`` is 0).
     """
 
     def __init__(self, spec: DataSpec, resolved: Resolved, arrays: dict[str, DomainArrays]) -> None:
@@ -130,19 +147,25 @@ class Federation:
         )
         self.assignment: Assignment = PARTITIONERS[spec.partition](pool, options)
         self.pool = pool
-        train_u8, self._train_offsets = _client_major(
-            np.concatenate([arrays[d].train_x for d in resolved.domains]), self.assignment.train
+        fit, self.validation = split_validation(
+            self.assignment.train, pool.train_y, float(spec.val_fraction), spec.seed
         )
+        pooled_train = np.concatenate([arrays[d].train_x for d in resolved.domains])
+        train_u8, self._train_offsets = _client_major(pooled_train, fit)
+        val_u8, self._val_offsets = _client_major(pooled_train, self.validation)
         test_u8, self._test_offsets = _client_major(
             np.concatenate([arrays[d].test_x for d in resolved.domains]), self.assignment.test
         )
         self._train_x = normalize(train_u8)
+        self._val_x = normalize(val_u8)
         self._test_x = normalize(test_u8)
-        self._train_y = torch.from_numpy(pool.train_y[np.concatenate(self.assignment.train)])
+        self._train_y = torch.from_numpy(pool.train_y[np.concatenate(fit)])
+        self._val_y = torch.from_numpy(pool.train_y[np.concatenate(self.validation)])
         test_order = np.concatenate(self.assignment.test)
         self._test_y = torch.from_numpy(pool.test_y[test_order])
         self._test_row_domain = pool.test_d[test_order]
         self._domain_test: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._heldout_test: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- clients -------------------------------------------------------------------------------
 
@@ -169,10 +192,20 @@ class Federation:
         return [pid for pid, dom in enumerate(self.assignment.domain_of) if dom == d]
 
     def train_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x float32 (N, C, H, W) normalized, y int64 (N,))`` — views, do not modify."""
+        """``(x float32 (N, C, H, W) normalized, y int64 (N,))`` — views, do not modify.
+
+        What the client trains on: its training share minus its validation share.
+        """
         p = self._check_pid(pid)
         a, b = int(self._train_offsets[p]), int(self._train_offsets[p + 1])
         return self._train_x[a:b], self._train_y[a:b]
+
+    def val_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client's validation share (empty when ``val_fraction`` is 0 or it is too small);
+        disjoint from :meth:`train_data`, drawn from the same training share."""
+        p = self._check_pid(pid)
+        a, b = int(self._val_offsets[p]), int(self._val_offsets[p + 1])
+        return self._val_x[a:b], self._val_y[a:b]
 
     def test_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's share of the test set (see :mod:`fedwon.datasets.partition`)."""
@@ -184,13 +217,24 @@ class Federation:
         p = self._check_pid(pid)
         return int(self._train_offsets[p + 1] - self._train_offsets[p])
 
+    def num_val(self, pid: int) -> int:
+        p = self._check_pid(pid)
+        return int(self._val_offsets[p + 1] - self._val_offsets[p])
+
     def num_test(self, pid: int) -> int:
         p = self._check_pid(pid)
         return int(self._test_offsets[p + 1] - self._test_offsets[p])
 
+    def client_data(self, pid: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A client's ``"train"``, ``"val"`` or ``"test"`` data (what an evaluation split names)."""
+        readers = {"train": self.train_data, "val": self.val_data, "test": self.test_data}
+        if split not in readers:
+            raise DataError(f"unknown data split {split!r}; valid: {list(readers)}")
+        return readers[split](pid)
+
     def label_counts(self, pid: int, split: str = "train") -> np.ndarray:
-        """Per-class sample counts of a client's ``"train"`` or ``"test"`` data."""
-        _, y = self.train_data(pid) if split == "train" else self.test_data(pid)
+        """Per-class sample counts of a client's ``"train"``, ``"val"`` or ``"test"`` data."""
+        _, y = self.client_data(pid, split)
         return np.bincount(y.numpy(), minlength=self.num_classes)
 
     # -- domains -------------------------------------------------------------------------------
@@ -212,18 +256,46 @@ class Federation:
                 self._domain_test[domain] = (self._test_x[index], self._test_y[index])
         return self._domain_test[domain]
 
+    @property
+    def heldout_domains(self) -> list[str]:
+        """Domains of the data set that no client of this federation holds (domain
+        generalization: train on the others, test on these), in the data set's order."""
+        return [d for d in dataset_info(self.spec.dataset).domains if d not in self.domains]
+
+    def heldout_test_data(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test set of a held-out ``domain`` (see :attr:`heldout_domains`), normalized as
+        the clients' data; the same images :meth:`domain_test_data` gives in a federation that
+        trains on ``domain``. Loaded on first use and kept."""
+        if domain not in self._heldout_test:
+            if domain not in self.heldout_domains:
+                raise DataError(
+                    f"domain {domain!r} is not held out of this federation; held-out domains: "
+                    f"{self.heldout_domains} (a training domain's test set is domain_test_data)"
+                )
+            self._heldout_test[domain] = load_heldout_test_data(self.spec, domain)
+        return self._heldout_test[domain]
+
     def describe(self) -> str:
         """One line: data set, partition and client sizes."""
         sizes = np.diff(self._train_offsets)
+        val = f" val={len(self._val_y)}" if len(self._val_y) else ""
         return (
             f"{self.spec.dataset} {self.domains} partition={self.spec.partition} "
             f"clients={self.num_clients} train/client min={sizes.min()} "
-            f"median={int(np.median(sizes))} max={sizes.max()} test={len(self._test_y)} "
+            f"median={int(np.median(sizes))} max={sizes.max()}{val} test={len(self._test_y)} "
             f"image={self.in_channels}x{self.image_size}x{self.image_size}"
         )
 
     def __repr__(self) -> str:
         return f"Federation({self.describe()})"
+
+
+def load_heldout_test_data(spec: DataSpec, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test images and labels of ``domain`` under ``spec``'s settings (size caps, image size,
+    seed), whichever domains ``spec`` selects: loaders draw each domain independently."""
+    alone = dataclasses.replace(spec, domains=(domain,), partition="domain", num_clients=1)
+    arrays = load_domain_arrays(alone)[domain]
+    return normalize(arrays.test_x), torch.from_numpy(np.asarray(arrays.test_y, dtype=np.int64))
 
 
 def build_federation(spec: DataSpec) -> Federation:

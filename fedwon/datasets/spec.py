@@ -23,6 +23,8 @@ class DataSpec:
     partition files are read; default one file, like FedBN).
     ``image_size``: side of the square images clients see (default per data set: 28 for digits,
     32 for CIFAR-10, 256 for Office-Caltech-10 and DomainNet).
+    ``val_fraction``: share of each client's training data held back for validation (see
+    :mod:`fedwon.datasets.validation`); 0 keeps all of it for training.
     """
 
     dataset: str = "digits-embedded"
@@ -35,6 +37,7 @@ class DataSpec:
     train_per_domain: int | None = None
     test_per_domain: int | None = None
     image_size: int | None = None
+    val_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +70,9 @@ def check_fields(spec: DataSpec) -> None:
         raise DataError(f"alpha must be a finite number > 0, got {alpha!r}")
     if alpha <= 0:
         raise DataError(f"dirichlet alpha must be > 0, got {alpha}")
+    frac = spec.val_fraction
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac < 1:
+        raise DataError(f"val_fraction must be a number in [0, 1), got {frac!r}")
     if spec.domains is not None and not isinstance(spec.domains, tuple):
         raise DataError(f"domains must be a tuple of names or None, got {spec.domains!r}")
     if spec.data_root is not None and not isinstance(spec.data_root, str):

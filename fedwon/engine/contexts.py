@@ -25,6 +25,8 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.app.user_config import UserConfig
 
+from .fastarrays import array_nbytes
+
 logger = logging.getLogger(__name__)
 
 NodeConfigFn = Callable[[int], UserConfig]
@@ -39,7 +41,7 @@ def state_nbytes(state: RecordDict) -> int:
     total = 0
     for record in state.values():
         if isinstance(record, ArrayRecord):
-            total += sum(len(arr.data) for arr in record.values())
+            total += sum(array_nbytes(arr) for arr in record.values())
         elif isinstance(record, ConfigRecord | MetricRecord):
             for value in record.values():
                 total += len(value) if isinstance(value, str | bytes) else 64

@@ -192,8 +192,9 @@ class RayExecutor(Executor):
 
     ``num_actors=None`` starts as many actors as fit ``cpus_per_client``/``gpus_per_client``
     (one per CPU by default). Ray is initialised only if needed and shut down only if this
-    executor initialised it. ``fast_arrays`` installs the byte-identical fast ``Array``
-    codec in the actors (see ``fastarrays``).
+    executor initialised it. ``fast_arrays`` installs the fast record layer in the actors
+    (``Array`` values kept as arrays, sent through Ray's object store as ndarrays; see
+    ``fastarrays``).
     """
 
     def __init__(

@@ -1,46 +1,82 @@
-"""Byte-identical, faster ``.npy`` encoding/decoding for Flower's ``Array``.
+"""Flower's record layer, fast for a run: ``Array`` values stay arrays, ``.npy`` bytes on demand.
 
-This module owns one optimisation of Flower's own data structure. ``flwr.app.Array`` stores
-every tensor as ``.npy`` bytes: ``Array.from_numpy_ndarray`` calls ``np.save`` and
-``Array.numpy`` calls ``np.load``, which parses the text header with ``ast.literal_eval`` and
-copies the payload twice. A tutorial ClientApp converts its whole ``state_dict`` twice per
-message and FedAvg decodes every reply once more, so on the cross-device workload this
-header parsing and copying was the largest engine-side cost after training itself.
+This module owns how the fast engine handles Flower's ``Array`` and the records carrying it.
+``flwr.app.Array`` stores a tensor as ``.npy`` bytes: every ``ArrayRecord(model.state_dict())``
+serialises the model, every ``.numpy()``/``.to_torch_state_dict()`` parses a header and copies
+the payload, and FedAvg's ``aggregate_arrayrecords`` decodes every reply once more. In one
+process none of that is needed: on the cross-device workload it was most of the engine's cost.
 
-The fast path keeps the format and the results exactly: headers are produced by ``np.save``
-itself (once per dtype/shape, then cached) and parsed by ``np.load``'s own parser (once per
-distinct header, then cached); payloads are copied once. Anything unusual (object or
-structured dtypes, non C-contiguous inputs, non-.npy data) goes to Flower's original code.
-``fast_array_codec()`` installs it for the duration of a run (re-entrant) and restores
-Flower's methods afterwards; ``install()`` is for worker processes the engine owns.
+During a run (``fast_array_codec()``; ``install()`` in worker processes the engine owns):
+
+* ``Array.from_numpy_ndarray`` (hence ``Array(ndarray)``, ``Array(tensor)``,
+  ``ArrayRecord(state_dict)``, ``ArrayRecord(list_of_ndarrays)``) copies the input once into a
+  private, read-only ndarray — the *payload* — and produces no bytes;
+* ``Array.numpy`` returns a fresh writable copy of the payload (one copy, as before), and
+  ``ArrayRecord.to_torch_state_dict`` copy-on-write clones of one tensor per payload (no
+  copy unless the receiver writes: see ``_cow_tensor``);
+* ``ArrayRecord.from_torch_state_dict`` does the same per tensor with less Python, and
+  ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares payloads instead
+  of re-encoding them;
+* Flower's ``aggregate_arrayrecords`` (used by ``FedAvg`` and its subclasses, ``MultiKrum``)
+  is replaced by ``aggregate_arrayrecords`` below: the same arithmetic in the same order,
+  bit for bit, reading each reply's values in place instead of through a copy;
+* Flower's ``TypedDict`` item access and ``RecordDict.array_records``/``metric_records``/
+  ``config_records`` behave as before without building typing objects or re-assigning every
+  record on each call (dozens of times per message).
+
+``Array.data`` itself is a property (installed once, kept for the process's life, so that
+arrays created during a run stay valid after it): it returns the stored bytes, or encodes the
+payload exactly as ``np.save`` would — cached header plus one payload copy — the first time
+something asks (gRPC deflation, ``==``, ``repr``, a size in bytes). Pickling a lazy ``Array``
+(Ray transfers, spilled client states, checkpoints) carries the payload as an ndarray, which
+Ray sends without copying and which unpickles into a lazy ``Array`` again.
+
+Payloads are never written after creation, so sharing one between the server's copy and
+every client's copy is safe: each side gets its own ``Array`` objects, and ``numpy()`` hands
+out copies. Anything unusual (object or structured dtypes, Fortran-ordered inputs, non-numpy
+``stype``) takes Flower's original code path.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import struct
+import sys
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.message.recorddict import _check_key as _check_record_key
+from flwr.app.message.recorddict import _SyncedDict
+from flwr.app.message.typeddict import TypedDict
 from flwr.common.constant import SType
 
 _MAGIC = b"\x93NUMPY"
 _MAX_CACHE = 4096
+#: ``Array.__dict__`` key of a lazy array's payload (a private, read-only, C-ordered ndarray).
+PAYLOAD_KEY = "_fedwon_payload"
+_STRATEGY_PACKAGE = "flwr.serverapp.strategy"
 
 _ORIG_NUMPY: Callable[[Array], np.ndarray] = Array.numpy
-_ORIG_FROM_NUMPY: Any = Array.__dict__["from_numpy_ndarray"]  # the classmethod object
+_ORIG_FROM_NUMPY: Any = Array.__dict__["from_numpy_ndarray"]  # the classmethod objects
 
 # header bytes -> (dtype, shape, fortran_order, payload offset)
 _decode_cache: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], bool, int]] = {}
 # (dtype, shape) -> header bytes as np.save writes them
 _encode_cache: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes] = {}
+_dtype_names: dict[np.dtype[Any], str] = {}
 _lock = threading.Lock()
 _depth = 0
+
+
+# ---- .npy headers ---------------------------------------------------------------------
 
 
 def _header_span(data: bytes) -> int | None:
@@ -63,52 +99,41 @@ def _parse_header(header: bytes, offset: int) -> tuple[np.dtype[Any], tuple[int,
     return dtype, tuple(d["shape"]), bool(d["fortran_order"]), offset
 
 
-def fast_numpy(self: Array) -> np.ndarray:
-    """``Array.numpy`` with a cached header parse and a single payload copy."""
-    if self.stype != SType.NUMPY:
-        return _ORIG_NUMPY(self)
-    data = self.data
+def _parsed_header(data: bytes) -> tuple[np.dtype[Any], tuple[int, ...], bool, int] | None:
+    """The (cached) parse of ``data``'s .npy header; None if not plain, complete .npy."""
     offset = _header_span(data)
     if offset is None:
-        return _ORIG_NUMPY(self)
+        return None
     key = data[:offset]
     parsed = _decode_cache.get(key)
     if parsed is None:
         parsed = _parse_header(key, offset)
         if parsed[0].hasobject:
-            return _ORIG_NUMPY(self)
+            return None
         if len(_decode_cache) < _MAX_CACHE:
             _decode_cache[key] = parsed
-    dtype, shape, fortran, offset = parsed
+    dtype, shape, _, offset = parsed
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if len(data) - offset < count * dtype.itemsize:
-        return _ORIG_NUMPY(self)  # truncated: let numpy raise its own error
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    if fortran:
-        return flat.reshape(shape[::-1]).transpose().copy(order="K")
-    return flat.reshape(shape).copy()
+        return None  # truncated: let numpy raise its own error
+    return parsed
 
 
-def _fast_from_numpy_ndarray(cls: type[Array], ndarray: np.ndarray) -> Array:
-    """``Array.from_numpy_ndarray`` with a cached header and a single payload copy."""
-    if (
-        not isinstance(ndarray, np.ndarray)
-        or ndarray.dtype.hasobject
-        or ndarray.dtype.names is not None
-        or not ndarray.flags.c_contiguous
-    ):
-        return _ORIG_FROM_NUMPY.__func__(cls, ndarray)
+def _header_only(ndarray: np.ndarray) -> bytes:
+    """Header bytes exactly as ``np.save`` writes them (computed once per dtype/shape)."""
     key = (ndarray.dtype, ndarray.shape)
     header = _encode_cache.get(key)
     if header is None:
-        header = _header_only(ndarray)
+        buf = BytesIO()
+        np.save(buf, ndarray, allow_pickle=False)
+        full = buf.getvalue()
+        header = full[: len(full) - ndarray.nbytes]
         if len(_encode_cache) < _MAX_CACHE:
             _encode_cache[key] = header
-    data = b"".join((header, _payload(ndarray)))
-    return Array(dtype=str(ndarray.dtype), shape=tuple(ndarray.shape), stype=SType.NUMPY, data=data)
+    return header
 
 
-def _payload(ndarray: np.ndarray) -> Any:
+def _payload_bytes(ndarray: np.ndarray) -> Any:
     """The array's bytes without an intermediate copy (``tobytes`` where buffers can't)."""
     if ndarray.size == 0:
         return b""
@@ -118,29 +143,507 @@ def _payload(ndarray: np.ndarray) -> Any:
         return ndarray.tobytes()
 
 
-def _header_only(ndarray: np.ndarray) -> bytes:
-    """Header bytes exactly as ``np.save`` writes them (computed once per dtype/shape)."""
-    buf = BytesIO()
-    np.save(buf, ndarray, allow_pickle=False)
-    full = buf.getvalue()
-    return full[: len(full) - ndarray.nbytes]
+def encode(payload: np.ndarray) -> bytes:
+    """``np.save`` bytes of a C-ordered array: cached header + one payload copy."""
+    return b"".join((_header_only(payload), _payload_bytes(payload)))
+
+
+# ---- lazy arrays ------------------------------------------------------------------------
+
+
+def _lazy_eligible(ndarray: Any) -> bool:
+    """Whether ``ndarray`` can be kept as a payload and encoded later byte-identically."""
+    return (
+        isinstance(ndarray, np.ndarray)
+        and not ndarray.dtype.hasobject
+        and ndarray.dtype.names is None
+        and (ndarray.flags.c_contiguous or not ndarray.flags.f_contiguous)
+    )
+
+
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    """``str(dtype)`` (what Flower stores), cached: numpy computes it in Python each time."""
+    name = _dtype_names.get(dtype)
+    if name is None:
+        name = _dtype_names[dtype] = str(dtype)
+    return name
+
+
+def adopt(payload: np.ndarray) -> Array:
+    """An ``Array`` whose payload *is* ``payload`` (no copy): the caller gives it up.
+
+    ``payload`` must be a C-contiguous ndarray nobody else writes to; it is made read-only.
+    """
+    payload.flags.writeable = False
+    arr = object.__new__(Array)
+    d = arr.__dict__
+    d["dtype"] = _dtype_name(payload.dtype)
+    d["shape"] = tuple(payload.shape)
+    d["stype"] = SType.NUMPY
+    d[PAYLOAD_KEY] = payload
+    return arr
+
+
+def is_lazy(arr: Array) -> bool:
+    """Whether ``arr`` holds a payload whose bytes were not produced yet."""
+    return PAYLOAD_KEY in arr.__dict__
+
+
+def array_nbytes(arr: Array) -> int:
+    """Bytes held by ``arr`` (payload or .npy data), without producing bytes."""
+    payload = arr.__dict__.get(PAYLOAD_KEY)
+    return int(payload.nbytes) if payload is not None else len(arr.data)
+
+
+def clone_array(arr: Array) -> Array:
+    """A new ``Array`` with the same values, sharing the (immutable) payload or bytes.
+
+    What each client gets instead of the server's object: reassigning its fields cannot
+    touch the server's ``Array``, and nothing can write into a shared payload.
+    """
+    if type(arr) is not Array:  # a user subclass: let it copy itself
+        import copy
+
+        return copy.copy(arr)
+    src = arr.__dict__
+    new = object.__new__(Array)
+    d = new.__dict__
+    d["dtype"] = src["dtype"]
+    d["shape"] = tuple(src["shape"])
+    d["stype"] = src["stype"]
+    payload = src.get(PAYLOAD_KEY)
+    if payload is not None:
+        d[PAYLOAD_KEY] = payload
+    else:
+        d["data"] = src["data"]
+    return new
+
+
+def clone_array_record(record: ArrayRecord) -> ArrayRecord:
+    """A new ``ArrayRecord`` of cloned ``Array`` objects (no bytes produced, no copies)."""
+    new = record.copy()
+    data = cast(dict[str, Array], new.__dict__["_data"])
+    for key, arr in data.items():
+        data[key] = clone_array(arr)
+    return new
+
+
+def payload_view(arr: Array) -> np.ndarray:
+    """The array's values as a read-only ndarray, without copying when possible.
+
+    For server-side code that only reads (aggregation, NaN/Inf checks): a view of the
+    payload or of the .npy bytes; ``arr.numpy()`` (a copy) when neither applies.
+    """
+    payload = arr.__dict__.get(PAYLOAD_KEY)
+    if payload is not None:
+        return cast(np.ndarray, payload.view())
+    if arr.stype == SType.NUMPY:
+        data = arr.data
+        parsed = _parsed_header(data) if isinstance(data, bytes) else None
+        if parsed is not None and not parsed[2]:
+            dtype, shape, _, offset = parsed
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    view = arr.numpy()
+    view.flags.writeable = False
+    return view
+
+
+def _data_get(self: Array) -> bytes:
+    """``Array.data``: the stored bytes, or the payload encoded now (and then kept)."""
+    d = self.__dict__
+    data = d.get("data")
+    if data is None:
+        payload = d.get(PAYLOAD_KEY)
+        if payload is None:
+            raise AttributeError("'Array' object has no attribute 'data'")
+        data = encode(payload)
+        d["data"] = data
+        d.pop(PAYLOAD_KEY, None)  # one representation at a time: bytes from now on
+    return cast(bytes, data)
+
+
+def _data_set(self: Array, value: bytes) -> None:
+    """Assigning ``Array.data`` replaces the payload (Flower's ``__setattr__`` runs first)."""
+    self.__dict__["data"] = value
+    self.__dict__.pop(PAYLOAD_KEY, None)
+
+
+def _rebuild(dtype: str, shape: tuple[int, ...], stype: str, payload: np.ndarray) -> Array:
+    """Unpickle a lazy ``Array`` (in any process: the ``data`` property is ensured first)."""
+    _ensure_lazy_data()
+    arr = adopt(payload if payload.flags.c_contiguous else np.ascontiguousarray(payload))
+    arr.__dict__.update(dtype=dtype, shape=tuple(shape), stype=stype)
+    return arr
+
+
+def _reduce_ex(self: Array, protocol: Any) -> Any:
+    """Pickle a lazy ``Array`` as its payload ndarray (out of band under Ray), others as
+    Flower's dataclass pickles them."""
+    payload = self.__dict__.get(PAYLOAD_KEY)
+    if payload is None:
+        return object.__reduce_ex__(self, protocol)
+    return _rebuild, (self.dtype, self.shape, self.stype, payload)
+
+
+def _ensure_lazy_data() -> None:
+    """Make ``Array.data`` a property and lazy arrays picklable (once, for the process).
+
+    Kept after runs on purpose: lazy arrays a run leaves behind (the final model, client
+    states) must keep producing their bytes. Arrays holding bytes behave exactly as before.
+    """
+    if not isinstance(Array.__dict__.get("data"), property):
+        Array.data = property(_data_get, _data_set)  # type: ignore[assignment]
+        Array.__reduce_ex__ = _reduce_ex  # type: ignore[method-assign,assignment]
+
+
+# ---- the methods installed for a run ------------------------------------------------------
+
+
+def fast_numpy(self: Array) -> np.ndarray:
+    """``Array.numpy``: a copy of the payload, or a cached-header single-copy decode."""
+    payload = self.__dict__.get(PAYLOAD_KEY)
+    if payload is not None and self.stype == SType.NUMPY:
+        return cast(np.ndarray, payload.copy())
+    if self.stype != SType.NUMPY:
+        return _ORIG_NUMPY(self)
+    data = self.data
+    parsed = _parsed_header(data) if isinstance(data, bytes) else None
+    if parsed is None:
+        return _ORIG_NUMPY(self)
+    dtype, shape, fortran, offset = parsed
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    if fortran:
+        return flat.reshape(shape[::-1]).transpose().copy(order="K")
+    return flat.reshape(shape).copy()
+
+
+def _lazy_from_numpy_ndarray(cls: type[Array], ndarray: np.ndarray) -> Array:
+    """``Array.from_numpy_ndarray``: one copy into a payload, no bytes."""
+    if not _lazy_eligible(ndarray):
+        return cast(Array, _ORIG_FROM_NUMPY.__func__(cls, ndarray))
+    if type(ndarray) is np.ndarray and ndarray.flags.c_contiguous:
+        return adopt(ndarray.copy())
+    return adopt(np.array(ndarray, order="C", copy=True))
+
+
+def _lazy_from_torch_state_dict(
+    cls: type[ArrayRecord], state_dict: dict[str, Any], *, keep_input: bool = True
+) -> ArrayRecord:
+    """``ArrayRecord.from_torch_state_dict``: one copy per tensor into a payload.
+
+    Flower's loop per tensor (``detach().cpu().numpy()``, ``Array.from_numpy_ndarray``,
+    a type-checked ``record[k] = ...``) costs ~10 µs of Python, i.e. more than copying a
+    small tensor; this does the same with one copy and no bytes.
+    """
+    record = ArrayRecord()
+    data = record.__dict__["_data"]
+    for key in list(state_dict.keys()):
+        tensor = state_dict[key] if keep_input else state_dict.pop(key)
+        if not isinstance(key, str):
+            raise TypeError(f"Key must be of type `str` but `{type(key)}` was passed.")
+        data[key] = _array_from_tensor(tensor)
+    return record
+
+
+def _array_from_tensor(tensor: Any) -> Array:
+    """A lazy ``Array`` holding a copy of ``tensor`` (Flower's path for anything unusual)."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if not tensor.is_cpu:
+        ndarray = tensor.cpu().numpy()  # a fresh copy already: adopt it when C-ordered
+        if ndarray.flags.c_contiguous and _lazy_eligible(ndarray):
+            return adopt(ndarray)
+        return Array.from_numpy_ndarray(ndarray)
+    try:
+        ndarray = tensor.numpy()
+    except (TypeError, RuntimeError):  # e.g. bfloat16: Flower's path raises its own error
+        return Array.from_numpy_ndarray(tensor.detach().cpu().numpy())
+    if ndarray.flags.c_contiguous:  # tensors are never object or structured arrays
+        return adopt(ndarray.copy())
+    return Array.from_numpy_ndarray(ndarray)
+
+
+def _sharing_from_array_dict(
+    cls: type[ArrayRecord], array_dict: dict[str, Array], *, keep_input: bool = True
+) -> ArrayRecord:
+    """``ArrayRecord.from_array_dict``: new ``Array`` objects sharing payloads or bytes."""
+    record = ArrayRecord()
+    for key, arr in array_dict.items():
+        record[key] = clone_array(arr)
+    if not keep_input:
+        array_dict.clear()
+    return record
+
+
+# ---- torch tensors without a copy: copy-on-write clones of one tensor per payload -----------
+#
+# ``to_torch_state_dict()`` must give every ClientApp tensors it may modify. PyTorch can make
+# copy-on-write clones (``torch._lazy_clone``): the clone shares the memory until either side
+# writes — any write, through torch ops, ``.data``, ``.numpy()`` or ``data_ptr()``, first
+# gives the writer its own copy. So each payload gets one torch tensor (a copy made once, on
+# the first decode: the global model once per round) and each client a clone of it, which
+# ``load_state_dict`` only reads. Used only if a self-test shows writes stay private.
+
+_torch_sources: dict[int, tuple[weakref.ref[np.ndarray], Any]] = {}
+_torch_dtypes: dict[np.dtype[Any], bool] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def cow_tensors_work() -> bool:
+    """Whether this torch makes copy-on-write clones whose writes stay private."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "_lazy_clone"):
+        return False
+    try:
+        source = torch.zeros(4)
+        clones = [torch._lazy_clone(source) for _ in range(3)]
+        clones[0].add_(1.0)
+        clones[1].numpy()[0] = 5.0
+        clones[2].data.mul_(2.0).add_(3.0)
+        private = [c.tolist() for c in clones] == [[1.0] * 4, [5.0, 0, 0, 0], [3.0] * 4]
+        return private and source.tolist() == [0.0] * 4
+    except (RuntimeError, TypeError, AttributeError):
+        return False
+
+
+def _torch_supports(dtype: np.dtype[Any]) -> bool:
+    """Whether torch has this numpy dtype (native byte order, no strings or dates)."""
+    ok = _torch_dtypes.get(dtype)
+    if ok is None:
+        try:
+            sys.modules["torch"].from_numpy(np.empty(0, dtype=dtype))
+            ok = True
+        except (TypeError, ValueError, RuntimeError):  # e.g. datetime64, big-endian
+            ok = False
+        _torch_dtypes[dtype] = ok
+    return ok
+
+
+def _torch_source(payload: np.ndarray) -> Any:
+    """The torch tensor holding a copy of ``payload`` (made once per payload, cached while
+    the payload lives); clients get copy-on-write clones of it."""
+    key = id(payload)
+    entry = _torch_sources.get(key)
+    if entry is not None and entry[0]() is payload:
+        return entry[1]
+    torch = sys.modules["torch"]
+    source = torch.empty(payload.shape, dtype=torch.from_numpy(np.empty(0, payload.dtype)).dtype)
+    source.numpy()[...] = payload  # before any clone exists: a plain write into torch memory
+    _torch_sources[key] = (weakref.ref(payload, lambda _: _torch_sources.pop(key, None)), source)
+    return source
+
+
+def _cow_tensor(arr: Array) -> Any:
+    """A tensor with ``arr``'s values that its receiver may modify: a copy-on-write clone
+    where possible, else Flower's ``torch.from_numpy(arr.numpy())``."""
+    torch = sys.modules["torch"]
+    payload = arr.__dict__.get(PAYLOAD_KEY)
+    if (
+        payload is not None
+        and arr.stype == SType.NUMPY
+        and _torch_supports(payload.dtype)
+        and cow_tensors_work()
+    ):
+        return torch._lazy_clone(_torch_source(payload))
+    return torch.from_numpy(arr.numpy())
+
+
+def _cow_to_torch_state_dict(self: ArrayRecord, *, keep_input: bool = True) -> Any:
+    """``ArrayRecord.to_torch_state_dict`` handing out copy-on-write clones (see above)."""
+    if "torch" not in sys.modules:
+        raise RuntimeError("PyTorch is required to use to_torch_state_dict")
+    state: OrderedDict[str, Any] = OrderedDict()
+    for key in list(self.keys()):
+        arr = self[key] if keep_input else self.pop(key)
+        state[key] = _cow_tensor(arr)
+    return state
+
+
+def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str) -> ArrayRecord:
+    """Flower's ``aggregate_arrayrecords``, bit for bit, reading replies in place.
+
+    Same weights, same order, same numpy arithmetic (``x * w`` rounded to the sum's dtype,
+    then ``+=``) as ``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords``; only
+    the per-reply copy made by ``value.numpy()`` and the per-reply product array are gone
+    (one scratch array per key is reused), and the sums become the result's payloads.
+    """
+    weights: list[float] = []
+    for record in records:
+        metricrecord = next(iter(record.metric_records.values()))
+        weights.append(cast(float, metricrecord[weighting_metric_name]))
+    total_weight = sum(weights)
+    weight_factors = [w / total_weight for w in weights]
+    sums: dict[str, Any] = {}
+    scratch: dict[str, np.ndarray] = {}
+    for record, weight in zip(records, weight_factors, strict=True):
+        for record_item in record.array_records.values():
+            for key, value in record_item.items():
+                view = payload_view(value)
+                if key not in sums:
+                    sums[key] = view * weight
+                else:
+                    sums[key] += _product(view, weight, sums[key], scratch, key)
+    result = ArrayRecord()
+    for key, total in sums.items():
+        total = np.asarray(total)
+        result[key] = (
+            adopt(total) if _lazy_eligible(total) and total.flags.c_contiguous else Array(total)
+        )
+    return result
+
+
+def _product(
+    view: np.ndarray, weight: float, total: Any, scratch: dict[str, np.ndarray], key: str
+) -> Any:
+    """``view * weight``, written into a reused scratch array when that gives the same
+    dtype and shape as the running sum (numpy then runs the very same loop)."""
+    if not isinstance(total, np.ndarray) or view.shape != total.shape or view.ndim == 0:
+        return view * weight
+    buf = scratch.get(key)
+    if buf is None:
+        buf = scratch[key] = np.empty_like(total)
+    if np.result_type(view, weight) != buf.dtype:
+        return view * weight
+    return np.multiply(view, weight, out=buf)
+
+
+def _strategy_modules() -> Iterator[Any]:
+    """Loaded Flower strategy modules that hold Flower's ``aggregate_arrayrecords``."""
+    from flwr.serverapp.strategy import strategy_utils
+
+    original = strategy_utils.__dict__["aggregate_arrayrecords"]
+    for name, module in list(sys.modules.items()):
+        loaded = getattr(module, "__dict__", None) or {}
+        if name.startswith(_STRATEGY_PACKAGE) and loaded.get("aggregate_arrayrecords") is original:
+            yield module
+
+
+# ---- Flower's typed dicts without per-call typing overhead -----------------------------
+#
+# ``flwr.app``'s ``TypedDict`` (base of ``ArrayRecord``, ``RecordDict``, ...) evaluates
+# ``cast(Callable[[K], None], ...)``/``cast(dict[K, V], ...)`` on every item access: a new
+# typing object per call, ~1 µs each, dozens of times per message. Same behaviour without:
+
+
+def _typed_setitem(self: TypedDict[Any, Any], key: Any, value: Any) -> None:
+    d = self.__dict__
+    d["_check_key_fn"](key)
+    d["_check_value_fn"](value)
+    d["_data"][key] = value
+
+
+def _typed_getitem(self: TypedDict[Any, Any], item: Any) -> Any:
+    return self.__dict__["_data"][item]
+
+
+def _typed_delitem(self: TypedDict[Any, Any], key: Any) -> None:
+    del self.__dict__["_data"][key]
+
+
+def _typed_iter(self: TypedDict[Any, Any]) -> Iterator[Any]:
+    return iter(self.__dict__["_data"])
+
+
+def _typed_len(self: TypedDict[Any, Any]) -> int:
+    return len(self.__dict__["_data"])
+
+
+def _typed_contains(self: TypedDict[Any, Any], key: object) -> bool:
+    return key in self.__dict__["_data"]
+
+
+def _typed_keys(self: TypedDict[Any, Any]) -> Any:
+    return self.__dict__["_data"].keys()
+
+
+def _typed_values(self: TypedDict[Any, Any]) -> Any:
+    return self.__dict__["_data"].values()
+
+
+def _typed_items(self: TypedDict[Any, Any]) -> Any:
+    return self.__dict__["_data"].items()
+
+
+def _records_view(recorddict: RecordDict, allowed: type) -> Any:
+    """What ``RecordDict.array_records`` (etc.) return: a ``_SyncedDict`` of the records of
+    one type, built directly (Flower re-assigns every record into the ``RecordDict`` while
+    building it, with two type checks each, on every property access)."""
+    synced = object.__new__(_SyncedDict)
+    d = synced.__dict__
+    d["_check_key_fn"] = _check_record_key
+    d["_check_value_fn"] = synced.check_value
+    d["_data"] = {k: v for k, v in recorddict.__dict__["_data"].items() if isinstance(v, allowed)}
+    d["recorddict"] = recorddict
+    d["allowed_type"] = allowed
+    return synced
+
+
+def _array_records(self: RecordDict) -> Any:
+    """``RecordDict.array_records`` (see ``_records_view``)."""
+    return _records_view(self, ArrayRecord)
+
+
+def _metric_records(self: RecordDict) -> Any:
+    """``RecordDict.metric_records`` (see ``_records_view``)."""
+    return _records_view(self, MetricRecord)
+
+
+def _config_records(self: RecordDict) -> Any:
+    """``RecordDict.config_records`` (see ``_records_view``)."""
+    return _records_view(self, ConfigRecord)
+
+
+# ---- installing for a run ------------------------------------------------------------------
+
+_saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, Flower's original)
+
+
+def _patches() -> list[tuple[Any, str, Any]]:
+    """What a run replaces: (class or module, attribute, replacement)."""
+    return [
+        (Array, "numpy", fast_numpy),
+        (Array, "from_numpy_ndarray", classmethod(_lazy_from_numpy_ndarray)),
+        (ArrayRecord, "from_array_dict", classmethod(_sharing_from_array_dict)),
+        (ArrayRecord, "from_torch_state_dict", classmethod(_lazy_from_torch_state_dict)),
+        (ArrayRecord, "to_torch_state_dict", _cow_to_torch_state_dict),
+        (TypedDict, "__setitem__", _typed_setitem),
+        (TypedDict, "__getitem__", _typed_getitem),
+        (TypedDict, "__delitem__", _typed_delitem),
+        (TypedDict, "__iter__", _typed_iter),
+        (TypedDict, "__len__", _typed_len),
+        (TypedDict, "__contains__", _typed_contains),
+        (TypedDict, "keys", _typed_keys),
+        (TypedDict, "values", _typed_values),
+        (TypedDict, "items", _typed_items),
+        (RecordDict, "array_records", property(_array_records)),
+        (RecordDict, "metric_records", property(_metric_records)),
+        (RecordDict, "config_records", property(_config_records)),
+        *((m, "aggregate_arrayrecords", aggregate_arrayrecords) for m in _strategy_modules()),
+    ]
 
 
 def install() -> None:
-    """Install the fast codec (idempotent); used in worker processes owned by the engine."""
-    Array.numpy = fast_numpy  # type: ignore[method-assign]
-    Array.from_numpy_ndarray = classmethod(_fast_from_numpy_ndarray)  # type: ignore[method-assign,assignment]
+    """Install the fast record layer (idempotent); used as is in worker processes we own."""
+    _ensure_lazy_data()
+    if _saved:
+        return
+    for owner, name, new in _patches():
+        _saved.append((owner, name, vars(owner)[name]))
+        setattr(owner, name, new)
 
 
 def uninstall() -> None:
-    """Restore Flower's original methods."""
-    Array.numpy = _ORIG_NUMPY  # type: ignore[method-assign,assignment]
-    Array.from_numpy_ndarray = _ORIG_FROM_NUMPY  # type: ignore[method-assign]
+    """Restore Flower's originals (lazy arrays stay valid: ``Array.data`` stays a property)."""
+    while _saved:
+        owner, name, original = _saved.pop()
+        setattr(owner, name, original)
 
 
 @contextmanager
 def fast_array_codec(enabled: bool = True) -> Iterator[None]:
-    """Use the fast codec inside the ``with`` block (nested blocks are fine)."""
+    """Use lazy payloads inside the ``with`` block (nested blocks are fine)."""
     global _depth
     if not enabled:
         yield

@@ -104,8 +104,9 @@ def run_fast(
     ``make_executor``). ``cpus_per_client``/``gpus_per_client`` size each actor; the caller
     sets ``gpus_per_client > 0`` only when GPUs exist. ``ray_init_args`` go to ``ray.init``
     (e.g. ``{"address": "auto"}``). Client states beyond ``state_budget_bytes`` are spilled
-    to ``spill_dir`` (a temporary directory by default). ``fast_arrays`` speeds up Flower's
-    ``Array`` <-> numpy conversions for the run, producing identical bytes (``fastarrays``).
+    to ``spill_dir`` (a temporary directory by default). ``fast_arrays`` keeps Flower's
+    ``Array`` values as arrays for the run: no serialisation in-process, bytes identical to
+    Flower's whenever something asks for them, FedAvg's sums bit for bit (``fastarrays``).
 
     Returns the server ``Context`` after the ServerApp's main returned; the ServerApp's
     exceptions propagate.

@@ -3,7 +3,8 @@
 ``MODELS`` maps names to factories: ``cnn`` (FedBN's DigitModel), ``alexnet`` (FedBN's
 AlexNet), ``resnet18`` (ImageNet stem), ``resnet18-cifar`` (CIFAR stem), ``mobilenetv2``,
 and a ``-tiny`` variant of each family for fast tests. ``norm="ws"`` gives FedWon's
-normalization-free model (WSConv2d everywhere, no normalization layer).
+normalization-free model (WSConv2d everywhere, no normalization layer); ``norm="ws_gn"`` the
+WS+GN baseline (plain weight-standardized StdConv2d everywhere, each followed by GroupNorm).
 """
 
 # Importing the family modules registers their models in MODELS.

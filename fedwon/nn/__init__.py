@@ -1,8 +1,9 @@
 """Layers for normalization-free federated learning.
 
-``WSConv2d`` (scaled weight standardization), ``adaptive_clip_grad`` (AGC), activation
-gains, and the ``norm`` kinds that select a model's normalization (``make_norm``,
-``conv_layer_for``) plus the type-based test for normalization layers.
+``WSConv2d`` (scaled weight standardization), ``StdConv2d`` (plain weight standardization, the
+WS+GN baseline's conv), ``adaptive_clip_grad`` (AGC), activation gains, and the ``norm`` kinds
+that select a model's normalization (``make_norm``, ``conv_layer_for``) plus the type-based test
+for normalization layers.
 """
 
 from fedwon.nn.activations import ACTIVATION_GAINS, activation_gain
@@ -18,6 +19,7 @@ from fedwon.nn.norms import (
     is_norm_layer,
     make_norm,
 )
+from fedwon.nn.std_conv import StdConv2d, plain_standardize_weight
 from fedwon.nn.ws_conv import WSConv2d, standardize_weight
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "NORM_FREE_KINDS",
     "NORM_KINDS",
     "NORM_LAYER_TYPES",
+    "StdConv2d",
     "WSConv2d",
     "activation_gain",
     "adaptive_clip_grad",
@@ -34,6 +37,7 @@ __all__ = [
     "has_norm_layers",
     "is_norm_layer",
     "make_norm",
+    "plain_standardize_weight",
     "standardize_weight",
     "unitwise_norm",
 ]

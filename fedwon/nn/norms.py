@@ -9,7 +9,9 @@ One string, ``norm``, selects a model's normalization scheme everywhere (config,
 * ``ln``   LayerNorm (GroupNorm(1, C) on feature maps = LayerNorm over C, H, W),
 * ``in``   InstanceNorm (affine),
 * ``none`` no normalization, plain convolutions,
-* ``ws``   FedWon: no normalization, every conv is a scaled weight-standardized WSConv2d.
+* ``ws``   FedWon: no normalization, every conv is a scaled weight-standardized WSConv2d,
+* ``ws_gn`` the micro-batch baseline of Qiao et al. (2019): every conv a plainly
+           weight-standardized StdConv2d, followed by the same GroupNorm as ``gn``.
 
 It also owns the *type-based* definition of "a normalization layer" (``NORM_LAYER_TYPES``),
 which FedBN (keep those layers local) and FedWon (refuse models that have any) rely on:
@@ -25,6 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from fedwon.nn.activations import activation_gain
+from fedwon.nn.std_conv import StdConv2d
 from fedwon.nn.ws_conv import WSConv2d
 
 __all__ = [
@@ -39,7 +42,7 @@ __all__ = [
     "make_norm",
 ]
 
-NORM_KINDS: tuple[str, ...] = ("bn", "gn", "ln", "in", "none", "ws")
+NORM_KINDS: tuple[str, ...] = ("bn", "gn", "ln", "in", "none", "ws", "ws_gn")
 """Valid values of ``norm``."""
 
 NORM_FREE_KINDS: tuple[str, ...] = ("none", "ws")
@@ -100,7 +103,8 @@ def make_norm(kind: str, channels: int, dim: int = 2) -> nn.Module:
         dim: 2 for conv feature maps (N, C, H, W), 1 for fc features (N, C).
 
     ``none`` and ``ws`` give ``nn.Identity`` so models can call their norm slot
-    unconditionally. For fc features ``in`` has no spatial extent to normalize over
+    unconditionally. ``ws_gn`` gives the same GroupNorm as ``gn`` (its convs differ, see
+    :func:`conv_layer_for`). For fc features ``in`` has no spatial extent to normalize over
     (one value per channel), so it falls back to ``nn.LayerNorm`` — the per-sample
     normalization closest in spirit, and like IN independent of the batch.
     """
@@ -111,7 +115,7 @@ def make_norm(kind: str, channels: int, dim: int = 2) -> nn.Module:
         return nn.Identity()
     if kind == "bn":
         return nn.BatchNorm2d(channels) if dim == 2 else nn.BatchNorm1d(channels)
-    if kind == "gn":
+    if kind in ("gn", "ws_gn"):
         min_size = 1 if dim == 2 else _FC_MIN_GROUP_SIZE
         return nn.GroupNorm(gn_groups(channels, min_group_size=min_size), channels)
     if kind == "ln":
@@ -121,7 +125,8 @@ def make_norm(kind: str, channels: int, dim: int = 2) -> nn.Module:
 
 
 def conv_layer_for(norm: str, activation: str = "relu") -> Callable[..., nn.Conv2d]:
-    """Conv constructor implied by ``norm``: WSConv2d with the activation's γ for "ws".
+    """Conv constructor implied by ``norm``: WSConv2d with the activation's γ for "ws",
+    StdConv2d (plain WS, no gain: the GroupNorm after it scales) for "ws_gn".
 
     Every other kind uses plain ``nn.Conv2d`` (its normalization layer, if any, handles
     the scale).
@@ -129,6 +134,8 @@ def conv_layer_for(norm: str, activation: str = "relu") -> Callable[..., nn.Conv
     check_norm_kind(norm)
     if norm == "ws":
         return functools.partial(WSConv2d, gamma=activation_gain(activation))
+    if norm == "ws_gn":
+        return StdConv2d
     return nn.Conv2d
 
 

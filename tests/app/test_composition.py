@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engines import run_apps
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
@@ -28,7 +29,6 @@ from flwr.serverapp.strategy import (
 from fedwon.client_app import app as plain_client_app
 from fedwon.client_app import make_client_app
 from fedwon.config import RunConfig, make_config
-from fedwon.engine import run_fast
 from fedwon.models import build_model
 from fedwon.server_app import RunOutcome, initial_arrays, run_server
 from fedwon.simulation import NodeConfigs
@@ -92,21 +92,7 @@ def clipping_client_app() -> ClientApp:
 def run_matrix(engine: str) -> dict[str, RunOutcome]:
     out: dict[str, RunOutcome] = {}
     for dp_client, client_app in ((False, plain_client_app), (True, clipping_client_app())):
-        server_app = matrix_server_app(cells(dp_client), out)
-        if engine == "fast":
-            run_fast(server_app, client_app, CLIENTS, num_workers=0, node_configs=NODES)
-        else:
-            from flwr.simulation import run_simulation
-
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=CLIENTS,
-                backend_config={
-                    "client_resources": {"num_cpus": 1, "num_gpus": 0},
-                    "init_args": {"include_dashboard": False, "log_to_driver": False},
-                },
-            )
+        run_apps(engine, matrix_server_app(cells(dp_client), out), client_app, CLIENTS)
     return out
 
 
@@ -194,7 +180,7 @@ def test_dp_client_clipping_bounds_every_update(tmp_path: Path) -> None:
     def _main(grid: Grid, context: Context) -> None:
         run_server(grid, cfg.replace(num_rounds=1), wrap=wrap)
 
-    run_fast(server_app, client_app, CLIENTS, num_workers=0, node_configs=NODES)
+    run_apps("fast", server_app, client_app, CLIENTS)
     assert train is not None and len(norms) == CLIENTS
     assert all(n <= 0.25 + 1e-5 for n in norms.values()), norms
     assert max(norms.values()) > 0.2  # lr 0.5 moves far more than 0.25 unclipped

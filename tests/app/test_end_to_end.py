@@ -43,7 +43,16 @@ def arrays_of(outcome: RunOutcome) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("strategy", ["fedavg", "fedbn", "fedwon"])
+@pytest.mark.parametrize(
+    "strategy",
+    # fedbn (local state) by default; the matrix in test_composition.py covers the engines'
+    # agreement for all three methods, so the other two learning checks run with -m slow
+    [
+        pytest.param("fedavg", marks=pytest.mark.slow),
+        "fedbn",
+        pytest.param("fedwon", marks=pytest.mark.slow),
+    ],
+)
 def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_path: Path) -> None:
     before = set(descendants(os.getpid()))
     flower = run_simulation(small(strategy, engine="flower"), tmp_path / "flower")

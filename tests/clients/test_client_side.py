@@ -128,7 +128,7 @@ def test_client_trains_with_flowers_extra_keys_and_keeps_fedbn_layers_in_context
     assert list(reply.content["arrays"].keys()) == list(sent.keys())  # the keys received
     assert reply.content["client"]["partition-id"] == 2
     assert reply.content["client"]["domain"] == "svhn"
-    assert reply.content["metrics"]["num-examples"] == 24
+    assert reply.content["metrics"]["num-examples"] == 24 - 2  # 10% (2) held out to validate
     local = ctx.state["fedwon.local"]
     assert isinstance(local, ArrayRecord) and local.keys() and not set(local) & set(sent)
     ev = evaluate_step(message({"strategy": "fedbn"}, kind="evaluate"), ctx)
@@ -148,7 +148,7 @@ def test_node_config_errors_name_the_key() -> None:
 def test_a_node_holding_one_domain_reads_only_that_domain() -> None:
     reply = train(message({}), context({"domain": "usps"}))
     assert reply.content["client"]["domain"] == "usps"
-    assert reply.content["metrics"]["num-examples"] == 24
+    assert reply.content["metrics"]["num-examples"] == 24 - 2  # 10% (2) held out to validate
     values = [v.numpy() for v in reply.content["arrays"].values()]
     assert all(np.isfinite(v).all() for v in values)
 

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch  # noqa: F401 - ArrayRecord.to_torch_state_dict needs it imported
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -74,6 +75,42 @@ def mutate(msg: Message, context: Context) -> Message:
     msg.content["config"]["poison"] = 1
     del msg.content["arrays"]
     return Message(RecordDict({"seen": ConfigRecord({"poison-seen": seen})}), reply_to=msg)
+
+
+def _fingerprint(record: ArrayRecord) -> list[float]:
+    """What a client saw: every array's sum in key order, decoded for numpy then for torch."""
+    numpy_sums = [float(a.sum()) for a in record.to_numpy_ndarrays()]
+    return numpy_sums + [float(t.sum()) for t in record.to_torch_state_dict().values()]
+
+
+@client_app.train("mutate_arrays")
+def mutate_arrays(msg: Message, context: Context) -> Message:
+    """Report what arrived, then tamper with it every way Flower's API allows."""
+    record = msg.content["arrays"]
+    seen = _fingerprint(record)
+    for array in record.to_numpy_ndarrays(keep_input=True):
+        array += 100.0  # a decoded copy
+    for tensor in record.to_torch_state_dict().values():
+        tensor.add_(100.0)
+    for tensor in record.to_torch_state_dict().values():
+        tensor.numpy()[...] = 7.0
+    for tensor in record.to_torch_state_dict().values():
+        tensor.data.mul_(3.0)
+    first_key = next(iter(record.keys()))
+    record[first_key].numpy()[...] = -1.0
+    record[first_key].shape = (1,)  # the Array object itself
+    record[first_key].data = b"tampered"
+    record["extra"] = ArrayRecord([np.zeros(1)])["0"]
+    context.state["kept"] = msg.content["arrays"]
+    return Message(RecordDict({"seen": ConfigRecord({"sums": seen})}), reply_to=msg)
+
+
+@client_app.train("keep")
+def keep(msg: Message, context: Context) -> Message:
+    """Keep what arrived in the node's state (compared later with the server's copy)."""
+    context.state["kept"] = msg.content["arrays"]
+    seen = _fingerprint(msg.content["arrays"])
+    return Message(RecordDict({"seen": ConfigRecord({"sums": seen})}), reply_to=msg)
 
 
 @client_app.train("mutate_config")

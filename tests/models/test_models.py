@@ -13,7 +13,7 @@ from torch import nn
 
 from fedwon.models import MODELS, build_model
 from fedwon.models.resnet import BasicBlock
-from fedwon.nn import NORM_KINDS, WSConv2d, has_norm_layers, is_norm_layer
+from fedwon.nn import NORM_KINDS, StdConv2d, WSConv2d, has_norm_layers, is_norm_layer
 
 TINY = {"cnn-tiny": 28, "alexnet-tiny": 64, "resnet18-tiny": 16, "mobilenetv2-tiny": 16}
 BN_MESSAGE = "norm='bn' cannot train with batch size 1"
@@ -28,7 +28,7 @@ def test_registry_names() -> None:
 def test_unknown_name_and_norm_errors_list_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'vgg'.*cnn-tiny.*resnet18-cifar"):
         build_model("vgg")
-    with pytest.raises(ValueError, match=r"unknown norm 'batch'.*bn, gn, ln, in, none, ws"):
+    with pytest.raises(ValueError, match=r"unknown norm 'batch'.*bn, gn, ln, in, none, ws, ws_gn"):
         build_model("cnn-tiny", norm="batch")
 
 
@@ -62,7 +62,7 @@ def test_ws_models_are_normalization_free(name: str) -> None:
     assert any(m.gamma != 1.0 for m in convs)
     none = build_model(name, norm="none")
     assert not has_norm_layers(none)
-    for norm in ("bn", "gn", "ln", "in"):
+    for norm in ("bn", "gn", "ln", "in", "ws_gn"):
         model = build_model(name, norm=norm)
         assert has_norm_layers(model)
         assert not any(isinstance(m, WSConv2d) for m in model.modules())
@@ -175,13 +175,27 @@ def test_alexnet_matches_fedbn_layout_and_rejects_tiny_inputs() -> None:
         tiny(torch.randn(1, 3, 32, 32))
 
 
-def test_full_size_forward_passes() -> None:
+@pytest.mark.parametrize("norm", ["ws", "ws_gn"])
+def test_full_size_forward_passes(norm: str) -> None:
     """One forward of each non-tiny family at a small input (shapes, not speed)."""
     with torch.no_grad():
-        assert build_model("cnn", norm="ws").eval()(torch.randn(1, 3, 28, 28)).shape == (1, 10)
+        assert build_model("cnn", norm=norm).eval()(torch.randn(1, 3, 28, 28)).shape == (1, 10)
         for name, size in (("resnet18", 32), ("resnet18-cifar", 8), ("mobilenetv2", 32)):
-            out = build_model(name, norm="ws").eval()(torch.randn(1, 3, size, size))
+            out = build_model(name, norm=norm).eval()(torch.randn(1, 3, size, size))
             assert out.shape == (1, 10), name
+
+
+@pytest.mark.parametrize("name", [*TINY, "cnn"])
+def test_ws_gn_is_plain_weight_standardization_followed_by_group_norm(name: str) -> None:
+    """Qiao et al.'s WS+GN: every conv a StdConv2d, the gn model's GroupNorms, same state keys."""
+    ws_gn, gn = build_model(name, norm="ws_gn"), build_model(name, norm="gn")
+    convs = [m for m in ws_gn.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is StdConv2d for m in convs)
+    norms = [type(m) for m in ws_gn.modules() if is_norm_layer(m)]
+    assert norms and set(norms) == {nn.GroupNorm}
+    assert norms == [type(m) for m in gn.modules() if is_norm_layer(m)]
+    assert ws_gn.state_dict().keys() == gn.state_dict().keys()  # no gain, unlike WSConv2d
+    assert not ws_gn.norm_free  # type: ignore[union-attr]
 
 
 def test_resnet18_structure() -> None:
@@ -231,19 +245,21 @@ def test_ws_model_trains(name: str, size: int, batch: int, steps: int) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("norm", ["ws", "ws_gn"])
 @pytest.mark.parametrize("name", list(TINY))
-def test_ws_models_support_opacus_per_sample_gradients(name: str) -> None:
-    """DP-SGD (Opacus) on FedWon models: every parameter gets a per-sample gradient."""
+def test_ws_models_support_opacus_per_sample_gradients(name: str, norm: str) -> None:
+    """DP-SGD (Opacus) on weight-standardized models: every parameter gets a per-sample grad."""
     from opacus import GradSampleModule
     from opacus.validators import ModuleValidator
 
-    model = build_model(name, norm="ws")
+    model = build_model(name, norm=norm)
     assert ModuleValidator.validate(model, strict=False) == []
     wrapped = GradSampleModule(model, loss_reduction="sum")
     x = torch.randn(3, 3, TINY[name], TINY[name])
     F.cross_entropy(wrapped(x), torch.tensor([0, 1, 2]), reduction="sum").backward()
     for param in model.parameters():
         assert param.grad_sample is not None and param.grad_sample.shape[0] == 3  # type: ignore[attr-defined]
-    # per-sample gradients sum to the batch gradient
-    head = model.get_submodule(model.head_name).weight
-    torch.testing.assert_close(head.grad_sample.sum(0), head.grad)  # type: ignore[attr-defined]
+    # per-sample gradients sum to the batch gradient (also through the weight standardization)
+    for name_, param in model.named_parameters():
+        summed = param.grad_sample.sum(0)  # type: ignore[attr-defined]
+        torch.testing.assert_close(summed, param.grad, rtol=1e-4, atol=1e-5, msg=name_)

@@ -12,6 +12,7 @@ from fedwon.nn import (
     ACTIVATION_GAINS,
     NORM_KINDS,
     NORM_LAYER_TYPES,
+    StdConv2d,
     WSConv2d,
     activation_gain,
     conv_layer_for,
@@ -34,11 +35,13 @@ EXPECTED = {
     ("none", 1): nn.Identity,
     ("ws", 2): nn.Identity,
     ("ws", 1): nn.Identity,
+    ("ws_gn", 2): nn.GroupNorm,
+    ("ws_gn", 1): nn.GroupNorm,
 }
 
 
 def test_norm_kinds() -> None:
-    assert NORM_KINDS == ("bn", "gn", "ln", "in", "none", "ws")
+    assert NORM_KINDS == ("bn", "gn", "ln", "in", "none", "ws", "ws_gn")
 
 
 @pytest.mark.parametrize(("kind", "dim"), list(EXPECTED))
@@ -49,7 +52,7 @@ def test_make_norm_every_kind_and_dim(kind: str, dim: int) -> None:
     x = torch.randn(3, 64, 5, 5) if dim == 2 else torch.randn(3, 64)
     y = layer.train()(x)
     assert y.shape == x.shape
-    if kind in ("bn", "gn", "ln", "in"):
+    if kind in ("bn", "gn", "ln", "in", "ws_gn"):
         assert sum(p.numel() for p in layer.parameters()) == 2 * 64  # affine scale + shift
 
 
@@ -58,6 +61,8 @@ def test_group_and_layer_norm_details() -> None:
     assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 32
     ln = make_norm("ln", 16)
     assert isinstance(ln, nn.GroupNorm) and ln.num_groups == 1  # LayerNorm over C, H, W
+    ws_gn = make_norm("ws_gn", 64)  # the WS+GN baseline's norm is exactly the gn one
+    assert isinstance(ws_gn, nn.GroupNorm) and ws_gn.num_groups == 32
     inorm = make_norm("in", 8)
     assert isinstance(inorm, nn.InstanceNorm2d) and inorm.affine
     assert [gn_groups(c) for c in (64, 32, 48, 24, 8, 6, 7, 1, 96)] == [
@@ -88,7 +93,7 @@ def test_group_and_layer_norm_details() -> None:
 
 
 def test_make_norm_errors_name_valid_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown norm 'batch'.*bn, gn, ln, in, none, ws"):
+    with pytest.raises(ValueError, match=r"unknown norm 'batch'.*bn, gn, ln, in, none, ws, ws_gn"):
         make_norm("batch", 8)
     with pytest.raises(ValueError, match="dim"):
         make_norm("bn", 8, dim=3)
@@ -97,6 +102,7 @@ def test_make_norm_errors_name_valid_choices() -> None:
 def test_conv_layer_for() -> None:
     assert conv_layer_for("bn") is nn.Conv2d
     assert conv_layer_for("none") is nn.Conv2d
+    assert conv_layer_for("ws_gn") is StdConv2d  # plain WS, whatever the activation
     factory = conv_layer_for("ws", "relu")
     assert isinstance(factory, functools.partial)
     conv = factory(3, 4, 3)
@@ -121,7 +127,8 @@ def test_norm_layer_types_by_type_not_name() -> None:
         nn.LazyBatchNorm2d(),
     ):
         assert is_norm_layer(layer), layer
-    for layer in (nn.Conv2d(1, 1, 1), WSConv2d(1, 1, 1), nn.Identity(), nn.Linear(2, 2)):
+    not_norms = (nn.Conv2d(1, 1, 1), WSConv2d(1, 1, 1), StdConv2d(1, 1, 3), nn.Identity())
+    for layer in (*not_norms, nn.Linear(2, 2)):
         assert not is_norm_layer(layer), layer
 
     class Sneaky(nn.Module):  # named like a norm, is not one

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engines import run_apps
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -19,11 +20,9 @@ from flwr.serverapp.strategy import Strategy
 from fedwon.client_app import app as plain_client_app
 from fedwon.client_app import make_client_app
 from fedwon.config import make_config
-from fedwon.engine import run_fast
 from fedwon.models import build_model
 from fedwon.privacy import CentralDP, compute_epsilon, dp_clipping_mod
 from fedwon.server_app import RunOutcome, run_server
-from fedwon.simulation import NodeConfigs
 from fedwon.strategies import norm_state_keys
 
 CLIENTS = 10
@@ -39,6 +38,9 @@ TINY: dict[str, Any] = {
     "num_rounds": 2,
     "checkpoint_every": 0,
     "eval_every": 2,
+    # The placements agree only up to float rounding, which FedAdam amplifies to ~1e-4 on some
+    # data layouts: keep the layout this comparison was measured on (no validation split).
+    "val_fraction": 0.0,
 }
 Z, CLIP, DELTA = 0.3, 0.5, 1e-4
 Q = COHORT / CLIENTS
@@ -89,22 +91,7 @@ def run_cells(
             outcome = run_server(grid, cfg, wrap=wrap)
             out[f"{method}/{aggregator}/{placement}"] = (outcome, made[0])
 
-    if engine == "fast":
-        run_fast(
-            server_app, client_app, CLIENTS, num_workers=0, node_configs=NodeConfigs(CLIENTS, 1)
-        )
-    else:
-        from flwr.simulation import run_simulation
-
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=CLIENTS,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0},
-                "init_args": {"include_dashboard": False, "log_to_driver": False},
-            },
-        )
+    run_apps(engine, server_app, client_app, CLIENTS)
     return out
 
 

@@ -1,0 +1,104 @@
+"""``fedwon study``: run (or reuse) the study's runs and write the report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedwon.study.plan import PLANS
+from fedwon.study.runs import RunRecord
+
+study_cli = typer.Typer(
+    add_completion=False, help="Reproduce the FedWon paper's comparisons and write the report."
+)
+console = Console(soft_wrap=True)  # one line per run, however narrow the terminal
+
+DEFAULT_CACHE = {"full": Path("runs/study"), "quick": Path("runs/study-quick")}
+DEFAULT_OUT = {"full": Path("docs"), "quick": Path("runs/study-quick/report")}
+
+
+def progress_line(done: int, total: int, record: RunRecord) -> str:
+    """``[ 3/57] cross_silo fedwon lr=0.05 clip=0.32 seed 0 (tune): trained in 12s · val 71.2%``"""
+    width = len(str(total))
+    how = {"cached": "cached", "failed": "FAILED"}.get(record.status, record.status)
+    if record.status in ("trained", "resumed"):
+        how += f" in {record.seconds:.0f}s"
+    scores = []
+    if record.val:
+        scores.append(f"val {100 * record.val['accuracy']:.1f}%")
+    if record.test.get("accuracy") is not None:
+        scores.append(f"test {100 * record.test['accuracy']:.1f}%")
+    if record.heldout:
+        scores.append(f"held-out {100 * record.heldout['accuracy']:.1f}%")
+    if record.error:
+        scores.append(record.error)
+    return f"[{done:>{width}}/{total}] {record.spec.describe()}: {how} · " + " · ".join(scores)
+
+
+@study_cli.callback(invoke_without_command=True)
+def study(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="tiny model, data and rounds: the pipeline in minutes")
+    ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="run directories (reused when finished, resumed when interrupted)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where results.md, results.json and img/ go")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="runs trained in parallel processes")] = 1,
+    part: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--part",
+            help="only this part (repeatable; with the part it reuses): "
+            + ", ".join(p.name for p in PLANS["full"].parts),
+        ),
+    ] = None,
+) -> None:
+    """Reproduce the FedWon paper's comparisons: tune on validation, run seeds, write report."""
+    from fedwon.study.report import write_report
+    from fedwon.study.runner import run_study
+
+    logging.basicConfig(level=logging.WARNING)
+    base = PLANS["quick" if quick else "full"]
+    try:
+        plan = base.only(part) if part else base
+    except KeyError as err:
+        from fedwon.cli import fail  # the main CLI imports this module: import it when needed
+
+        raise fail(ValueError(err.args[0])) from None
+    cache = cache or DEFAULT_CACHE[base.name]
+    out = out or DEFAULT_OUT[base.name]
+    command = " ".join(
+        ["fedwon study", *(["--quick"] if quick else []), *(f"--part {p}" for p in part or [])]
+    )
+    console.print(f"[bold]study[/bold] plan {plan.name}: runs under {cache}, report to {out}")
+    results = run_study(
+        plan,
+        cache,
+        command=command,
+        jobs=jobs,
+        on_run=lambda done, total, record: console.print(
+            progress_line(done, total, record), highlight=False
+        ),
+    )
+    for path in write_report(results, out):
+        console.print(f"wrote {path}")
+    console.print(summary_line(results.records))
+
+
+def summary_line(records: list[RunRecord]) -> str:
+    """How many runs were trained, reused or failed, and the training time they record."""
+    counts = {s: sum(r.status == s for r in records) for s in ("trained", "resumed", "cached")}
+    failed = sum(not r.ok for r in records)
+    hours = sum(r.train_seconds for r in records) / 3600
+    return (
+        f"{len(records)} runs: {counts['trained']} trained, {counts['resumed']} resumed, "
+        f"{counts['cached']} reused, {failed} failed; their rounds took {hours:.2f} h in all"
+    )

@@ -1,0 +1,255 @@
+"""The study's runs: one normal run directory each, cached, reused and resumed.
+
+Every run of the study is an ordinary ``fedwon run`` directory under the cache folder::
+
+    CACHE/<part>/<method>-<lr…>-seed<s>[-holdout_<domain>]-<config digest>/
+
+The digest is a hash of the fully resolved config, so a directory only ever holds the run of
+exactly one config: a finished one (``summary.json`` and every round recorded) is reused as is,
+an interrupted one is resumed from its last checkpoint, a directory that never reached a
+checkpoint is cleared and started again. After training, the evaluations the study adds
+(validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are computed once
+and kept beside the run directory in ``<directory>.study.json`` (never inside it: a run
+directory holds only what a run writes), together with the commit that trained it.
+
+A run that fails (e.g. every client diverged at a too-large learning rate of the grid) is a
+result, not a crash: its error is kept in the same file and reported, and the grid point is
+never chosen. It is not retried on the next report; delete that file to retry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedwon.config import ConfigError, RunConfig, load_config
+from fedwon.datasets import DATASETS
+from fedwon.errors import error_line
+from fedwon.results import checkpoint_round, final_metrics, per_domain, read_metrics
+from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
+from fedwon.study.plan import METHODS, Candidate, Part
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RunRecord",
+    "RunSpec",
+    "code_commit",
+    "execute",
+    "refusal",
+    "run_config",
+    "run_dir",
+]
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def code_commit() -> str:
+    """The last commit that changed the code or recipes (``unknown`` outside a git checkout),
+    ``+dirty`` when they have uncommitted changes. Generated docs do not count, so committing
+    the report does not change the commit it names."""
+    paths = ["fedwon", "sims", "pyproject.toml"]
+    try:
+        sha = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "--", *paths],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", *paths],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if dirty else "")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the study: part, method, hyper-parameters, seed (and held-out domain)."""
+
+    part: str
+    method: str
+    candidate: Candidate
+    seed: int
+    role: str  # "tune" (grid point on the tuning seed) or "report" (a reported seed)
+    heldout: str = ""  # domain generalization: the domain no client trains on
+
+    @property
+    def name(self) -> str:
+        holdout = f"-holdout_{self.heldout}" if self.heldout else ""
+        return f"{self.method}-{self.candidate.tag()}-seed{self.seed}{holdout}"
+
+    def describe(self) -> str:
+        clip = f" clip={self.candidate.agc_clip:g}" if self.candidate.agc_clip else ""
+        held = f" held-out {self.heldout}" if self.heldout else ""
+        return (
+            f"{self.part} {self.method} lr={self.candidate.lr:g}{clip} seed {self.seed}"
+            f"{held} ({self.role})"
+        )
+
+
+def _overrides(part: Part, method: str, seed: int) -> dict[str, Any]:
+    return {**part.settings, **METHODS[method].overrides, "seed": seed}
+
+
+def _heldout_overrides(cfg: RunConfig, heldout: str) -> dict[str, Any]:
+    """Train on every domain but ``heldout``, with as many clients per domain as before."""
+    domains = cfg.domain_list or DATASETS[cfg.dataset].domains
+    kept = [d for d in domains if d != heldout]
+    per_domain = max(1, cfg.num_clients // len(domains))
+    return {"domains": ",".join(kept), "num_clients": per_domain * len(kept)}
+
+
+def run_config(part: Part, spec: RunSpec) -> RunConfig:
+    """The validated config of ``spec``: recipe, part settings, method, candidate, seed."""
+    values = {**_overrides(part, spec.method, spec.seed), **spec.candidate.overrides()}
+    cfg = load_config(part.recipe_path, values)
+    if spec.heldout:
+        cfg = cfg.replace(**_heldout_overrides(cfg, spec.heldout))
+    return cfg
+
+
+def refusal(part: Part, method: str) -> str:
+    """The one-line config error that refuses ``method`` in ``part`` ("" if it is accepted)."""
+    try:
+        load_config(part.recipe_path, _overrides(part, method, 0))
+    except ConfigError as err:
+        return str(err)
+    return ""
+
+
+def run_dir(cache: Path, spec: RunSpec, cfg: RunConfig) -> Path:
+    digest = hashlib.sha256(cfg.to_toml().encode()).hexdigest()[:10]
+    return cache / spec.part / f"{spec.name}-{digest}"
+
+
+def _finished(path: Path, cfg: RunConfig) -> bool:
+    if not (path / "summary.json").exists():
+        return False
+    rows = read_metrics(path)
+    return bool(rows) and rows[-1]["round"] == cfg.num_rounds
+
+
+def _domain_mean(row: dict[str, Any]) -> float | None:
+    accs = [v for v in per_domain(row).values() if v is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+@dataclass
+class RunRecord:
+    """What the report needs from one run of the study."""
+
+    spec: RunSpec
+    path: str
+    status: str  # "cached", "resumed", "trained" or "failed"
+    seconds: float  # wall time spent on it now (0 when cached)
+    test: dict[str, Any]  # {"accuracy": mean over domains, "per_domain": {...}} of the final round
+    curve: list[tuple[int, float]]  # (round, test accuracy averaged over domains)
+    train_seconds: float  # the run's own per-round times summed (what training it cost)
+    commit: str  # the code that trained it
+    val: dict[str, Any] | None = None
+    heldout: dict[str, Any] | None = None
+    error: str = ""  # why a failed run failed
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def study_file(path: Path) -> Path:
+    """Where the study keeps what it adds to the run in ``path`` (beside it, not inside)."""
+    return path.with_name(path.name + ".study.json")
+
+
+def _read_study(path: Path) -> dict[str, Any]:
+    file = study_file(path)
+    loaded: dict[str, Any] = json.loads(file.read_text()) if file.exists() else {}
+    return loaded
+
+
+def _write_study(path: Path, info: dict[str, Any]) -> None:
+    file = study_file(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    part = file.with_name(file.name + ".part")
+    part.write_text(json.dumps(info, indent=1))
+    part.replace(file)
+
+
+def _train(path: Path, cfg: RunConfig) -> str:
+    """Bring ``path`` to a finished run of ``cfg``: cached, resumed, trained, or failed."""
+    from fedwon.simulation import run_simulation
+
+    if _finished(path, cfg):
+        return "cached"
+    if "failed" in _read_study(path):
+        return "failed"
+    resume = path.is_dir() and checkpoint_round(path) is not None
+    if not resume:
+        shutil.rmtree(path, ignore_errors=True)  # started but never checkpointed: nothing to keep
+        _write_study(path, {"commit": code_commit()})
+    try:
+        run_simulation(cfg, path, resume=resume)
+    except Exception as err:  # a diverged grid point is a result; Ctrl-C is not caught
+        log.warning("%s failed: %s", path, err)
+        _write_study(path, {**_read_study(path), "failed": error_line(err)})
+        return "failed"
+    return "resumed" if resume else "trained"
+
+
+def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
+    """Train (or reuse, or resume) ``spec``'s run and evaluate what the study needs from it."""
+    cfg = run_config(part, spec)
+    path = run_dir(cache, spec, cfg)
+    start = time.perf_counter()
+    status = _train(path, cfg)
+    info = _read_study(path)
+    if status == "failed":
+        return RunRecord(
+            spec=spec,
+            path=str(path),
+            status=status,
+            seconds=time.perf_counter() - start,
+            test={},
+            curve=[],
+            train_seconds=0.0,
+            commit=str(info.get("commit", "unknown")),
+            error=str(info["failed"]),
+        )
+    if spec.role == "tune" and "val" not in info:
+        info["val"] = split_accuracy(path, cfg, "val").as_dict()
+    if spec.heldout and "heldout" not in info:
+        info["heldout"] = heldout_accuracy(path, cfg, [spec.heldout]).as_dict()
+    info.setdefault("commit", "unknown (trained outside the study)")
+    _write_study(path, info)
+    rows = read_metrics(path)
+    final = final_metrics(rows)
+    curve = [
+        (int(r["round"]), acc)
+        for r in rows
+        if r.get("accuracy") is not None and (acc := _domain_mean(r)) is not None
+    ]
+    return RunRecord(
+        spec=spec,
+        path=str(path),
+        status=status,
+        seconds=time.perf_counter() - start if status != "cached" else 0.0,
+        test={"accuracy": _domain_mean(final), "per_domain": per_domain(final)},
+        curve=curve,
+        train_seconds=float(sum(r.get("time_s") or 0.0 for r in rows)),
+        commit=str(info["commit"]),
+        val=info.get("val"),
+        heldout=info.get("heldout"),
+    )

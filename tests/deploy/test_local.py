@@ -1,0 +1,270 @@
+"""Real SuperLink + SuperNodes on loopback (gRPC Fleet API), driven like ``fedwon deploy local``.
+
+The first test runs in the default suite (1-3 minutes on a busy 2-core machine: each message
+starts a ClientApp process); the others are marked slow.
+"""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from loopback import SMALL, assert_nothing_left, fitted, run_config_for
+
+from fedwon.config import make_config, read_recipe
+from fedwon.deploy.certs import make_certificates
+from fedwon.deploy.diagnose import supernode_exit
+from fedwon.deploy.errors import DeployError
+from fedwon.deploy.keys import make_node_key, make_node_keys
+from fedwon.deploy.local import APP_DIR, LocalFederation, LocalResult, deploy_local
+from fedwon.deploy.plan import node_config
+from fedwon.results import load_checkpoint, read_metrics
+from fedwon.simulation import run_simulation
+
+RESULT_FILES = ("config.toml", "metrics.jsonl", "summary.json", "per_domain.csv", "accuracy.png")
+
+
+def test_two_supernodes_two_rounds_of_fedwon_write_results(tmp_path: Path) -> None:
+    events: list[str] = []
+    overrides = [*SMALL, "eval_every=2"]  # one evaluation (the last round): 3 messages per node
+    result = deploy_local(tmp_path / "run", 2, 2, overrides=overrides, on_event=events.append)
+    out = result.out
+    rows = read_metrics(out)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["clients"] == 2 and r["dropped"] == 0 for r in rows)
+    assert rows[0]["accuracy"] is None
+    assert rows[-1]["accuracy"] > 0.1  # chance is 0.1 after two tiny rounds
+    assert result.summary["strategy"] == "fedwon"
+    assert set(result.summary["final"]["per_domain"]) == {"mnist", "mnist_m"}
+    for name in RESULT_FILES:
+        assert (out / name).stat().st_size > 0, name
+    for i in range(2):  # each SuperNode trained twice and evaluated once, each in a ClientApp
+        log = (out / "logs" / f"supernode-{i}.log").read_text()
+        assert log.count("Start `flwr-clientapp` process") == 3
+        assert "--insecure" in log.splitlines()[0]
+    assert "[ROUND 2/2]" in (out / "logs" / "flwr-run.log").read_text()
+    assert (out / "logs" / "superlink.log").exists()
+    assert "round 2/2" in events
+    assert len(result.round_s) == 2 and result.wall_s > result.run_s > sum(result.round_s) > 0
+    assert_nothing_left(out, result.ports)
+
+
+@pytest.mark.slow
+def test_two_deployments_side_by_side(tmp_path: Path) -> None:
+    results: dict[str, object] = {}
+
+    def deploy(name: str) -> None:
+        try:
+            results[name] = deploy_local(tmp_path / name, 1, 1, overrides=SMALL, timeout=500)
+        except Exception as err:  # reported below, with the other run's outcome
+            results[name] = err
+
+    threads = [threading.Thread(target=deploy, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    a, b = results["a"], results["b"]
+    assert isinstance(a, LocalResult) and isinstance(b, LocalResult), results
+    assert not set(a.ports) & set(b.ports)
+    for result in (a, b):
+        assert [r["clients"] for r in result.rows] == [1]
+        assert_nothing_left(result.out, result.ports)
+
+
+@pytest.mark.slow
+def test_the_same_run_over_tls(tmp_path: Path) -> None:
+    result = deploy_local(tmp_path / "run", 2, 2, overrides=SMALL, tls=True)
+    logs = result.out / "logs"
+    ca = result.out / "deploy" / "certs" / "ca.crt"
+    for i in range(2):
+        command = (logs / f"supernode-{i}.log").read_text().splitlines()[0]
+        assert f"--root-certificates {ca}" in command and "--insecure" not in command
+    assert "--insecure" not in (logs / "superlink.log").read_text().splitlines()[0]
+    assert [r["clients"] for r in result.rows] == [2, 2]
+    assert_nothing_left(result.out, result.ports)
+
+
+@pytest.mark.slow
+def test_auth_refuses_an_unregistered_supernode_while_registered_ones_train(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "run"
+    cfg = fitted(2)
+    with LocalFederation(root, tls=True, auth=True) as federation:
+        federation.start_superlink()
+        keys = make_node_keys(root / "deploy" / "keys", 2)
+        stranger = make_node_key(tmp_path / "elsewhere", "stranger")
+        for key in keys:
+            federation.register(key)
+        intruder = federation.start_node(9, node_config(cfg, 0, 2), key=stranger, required=False)
+        for i, key in enumerate(keys):
+            federation.start_node(i, node_config(cfg, i, 2), key=key)
+        federation.run(APP_DIR, run_config_for(root, cfg), timeout=600)
+        ports = federation.ports
+    assert intruder.process.exit_code is not None
+    assert "Start `flwr-clientapp`" not in intruder.process.log_text()
+    assert "public key is not registered" in supernode_exit(
+        "supernode-9", 1, intruder.process.log, intruder.process.log_text()
+    )
+    assert [r["clients"] for r in read_metrics(root)] == [2, 2]
+    assert_nothing_left(root, ports)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mistake", "detail"), [("other CA", "TLS handshake failed"), ("no TLS", "attempts failed")]
+)
+def test_a_supernode_that_cannot_reach_a_tls_superlink_is_explained(
+    tmp_path: Path, mistake: str, detail: str
+) -> None:
+    root = tmp_path / "run"
+    other_ca = make_certificates(tmp_path / "other").ca_cert if mistake == "other CA" else None
+    start = time.monotonic()
+    with LocalFederation(root, tls=True) as federation:
+        federation.start_superlink()
+        values = node_config(fitted(1), 0, 1)
+        federation.start_node(0, values, root_certificates=other_ca, insecure=other_ca is None)
+        with pytest.raises(DeployError) as caught:
+            while time.monotonic() - start < 120:
+                federation.check()
+                time.sleep(0.5)
+        ports = federation.ports
+    message = str(caught.value)
+    assert message.startswith("supernode-0 cannot connect to the SuperLink (")
+    assert detail in message.split(":")[0]
+    cause = "does not trust the SuperLink's certificate" if other_ca else "(not --insecure)"
+    assert cause in message
+    assert message.endswith(f"see {root / 'logs' / 'supernode-0.log'}")
+    assert_nothing_left(root, ports)
+
+
+@pytest.mark.slow
+def test_killing_a_supernode_mid_run_does_not_hang_the_server(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    cfg = fitted(2, "min_clients=1")
+    timeout = 300
+    with LocalFederation(root) as federation:
+        federation.start_superlink()
+        federation.start_node(0, node_config(cfg, 0, 2))
+        victim = federation.start_node(1, node_config(cfg, 1, 2), required=False)
+
+        def kill_when_training() -> None:  # a crash: the node and its ClientApp vanish at once
+            while "Start `flwr-clientapp`" not in victim.process.log_text():
+                time.sleep(0.2)
+            os.killpg(victim.process.pid, signal.SIGKILL)
+
+        threading.Thread(target=kill_when_training, daemon=True).start()
+        start = time.monotonic()
+        try:
+            federation.run(APP_DIR, run_config_for(root, cfg), timeout=timeout)
+            outcome = "completed"
+        except DeployError as err:
+            outcome = str(err)
+        elapsed = time.monotonic() - start
+        ports = federation.ports
+    assert victim.process.exit_code == -signal.SIGKILL
+    assert elapsed < timeout  # decided before the deadline: it did not hang
+    if outcome == "completed":
+        rows = read_metrics(root)
+        assert sum(r["dropped"] for r in rows) >= 1 and rows[-1]["round"] == 2
+    else:
+        assert "supernode-1 exited (killed by SIGKILL" in outcome, outcome
+        assert "the server waits for 2 nodes but 1 are connected" in outcome
+    assert_nothing_left(root, ports)
+
+
+NEWER_SERVER = '''
+"""A server one release ahead: every instruction carries a config key clients never heard of."""
+from collections.abc import Iterable
+from logging import INFO
+
+from flwr.app import Message
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedwon.server_app import app as fedwon_server
+
+NEW_KEY = "x-newer-server-setting"
+
+
+class NewerGrid(Grid):
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+
+    def _add_key(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for message in messages:
+            for record in message.content.config_records.values():
+                record[NEW_KEY] = 1
+        log(INFO, "newer server: %s added to %d messages", NEW_KEY, len(messages))
+        return messages
+
+    def set_run(self, run):
+        self.inner.set_run(run)
+
+    @property
+    def run(self):
+        return self.inner.run
+
+    def create_message(self, *args, **kwargs):
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self):
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages):
+        return self.inner.push_messages(self._add_key(messages))
+
+    def pull_messages(self, message_ids):
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.inner.send_and_receive(self._add_key(messages), timeout=timeout)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context) -> None:
+    fedwon_server(NewerGrid(grid), context)
+'''
+
+
+@pytest.mark.slow
+def test_a_server_newer_than_its_clients_still_trains(tmp_path: Path) -> None:
+    app = tmp_path / "newer_app"
+    app.mkdir()
+    (app / "newer_server.py").write_text(NEWER_SERVER)
+    pyproject = (APP_DIR / "pyproject.toml").read_text()
+    (app / "pyproject.toml").write_text(
+        pyproject.replace('"fedwon.server_app:app"', '"newer_server:app"')
+    )
+    result = deploy_local(tmp_path / "run", 2, 2, overrides=SMALL, app_dir=app, timeout=400)
+    server_log = (result.out / "logs" / "flwr-run.log").read_text()
+    assert "newer server: x-newer-server-setting added to 2 messages" in server_log
+    assert [r["clients"] for r in result.rows] == [2, 2]
+    assert_nothing_left(result.out, result.ports)
+
+
+@pytest.mark.slow
+def test_fedbn_over_grpc_equals_the_same_run_simulated(tmp_path: Path) -> None:
+    overrides = [*SMALL, "strategy=fedbn", "lr=0.05", "local_epochs=2"]
+    deployed = deploy_local(tmp_path / "grpc", 2, 2, overrides=overrides)
+    cfg = make_config(read_recipe(deployed.out / "config.toml"))
+    simulated = run_simulation(cfg.replace(engine="fast", num_workers=0), tmp_path / "sim")
+    assert len(deployed.rows) == len(simulated.rows) == 2
+    for grpc_row, sim_row in zip(deployed.rows, simulated.rows, strict=True):
+        grpc_row.pop("time_s"), sim_row.pop("time_s")
+        assert grpc_row == sim_row
+    grpc_arrays = load_checkpoint(deployed.out).arrays
+    assert grpc_arrays.keys() == simulated.arrays.keys()
+    for key in grpc_arrays:
+        np.testing.assert_array_equal(
+            grpc_arrays[key].numpy(), simulated.arrays[key].numpy(), err_msg=key
+        )
+    assert_nothing_left(deployed.out, deployed.ports)

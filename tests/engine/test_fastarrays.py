@@ -1,0 +1,148 @@
+"""Tests of the fast record layer: byte-identical encoding, Flower's aggregation bit for bit,
+pickling, arrays outliving the run, and Flower's methods restored afterwards."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app.message.typeddict import TypedDict
+from flwr.serverapp.strategy import fedavg, strategy_utils
+
+from fedwon.engine import fastarrays
+from fedwon.engine.fastarrays import fast_array_codec, is_lazy, payload_view
+
+FLOWER_AGGREGATE = strategy_utils.aggregate_arrayrecords
+
+CASES = [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.arange(12.0).reshape(3, 4)[:, ::2],
+    np.array(3.5),
+    np.zeros((2, 0, 3), np.int8),
+    np.array([True, False]),
+    np.arange(5, dtype=">i4"),
+    np.arange(6, dtype=np.float16),
+    np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+    np.array(["2020-01-01"], dtype="datetime64[D]"),
+]
+
+
+@pytest.mark.parametrize("arr", CASES, ids=lambda a: f"{a.dtype}{a.shape}")
+def test_lazy_arrays_encode_and_decode_like_flower(arr: np.ndarray) -> None:
+    ref = Array(arr)
+    expected = ref.numpy()
+    with fast_array_codec():
+        fast = Array(arr)
+        decoded = [fast.numpy(), ref.numpy()]
+        assert fast.data == ref.data
+    for got in decoded:
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert got.tobytes() == expected.tobytes() and got.flags.writeable
+
+
+def test_state_dicts_stay_arrays_until_bytes_are_asked_for() -> None:
+    model = torch.nn.Linear(3, 2)
+    expected = ArrayRecord(model.state_dict())
+    with fast_array_codec():
+        record = ArrayRecord(model.state_dict())
+        assert all(is_lazy(a) for a in record.values())
+        with torch.no_grad():
+            model.weight.add_(1.0)  # the record holds a copy, not the live tensor
+        back = record.to_torch_state_dict()
+    assert all(torch.equal(back[k], torch.from_numpy(expected[k].numpy())) for k in back)
+    assert {k: a.data for k, a in record.items()} == {k: a.data for k, a in expected.items()}
+    assert not any(is_lazy(a) for a in record.values())
+
+
+def test_torch_decoding_shares_values_until_someone_writes() -> None:
+    as_bytes = ArrayRecord([np.arange(3)])  # made outside a run: Flower's copy path
+    with fast_array_codec():
+        record = ArrayRecord([np.arange(6, dtype=np.float32), np.arange(3)])
+        first, second = record.to_torch_state_dict(), record.to_torch_state_dict()
+        from_bytes = as_bytes.to_torch_state_dict()
+    if fastarrays.cow_tensors_work():
+        assert torch._C._is_cow_tensor(first["0"]) and torch._C._is_cow_tensor(second["0"])
+    first["0"].add_(1.0)
+    second["0"].numpy()[0] = -1.0
+    first["1"].data.mul_(5)
+    from_bytes["0"].add_(1)
+    assert first["0"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert second["0"].tolist() == [-1.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert (first["1"].tolist(), second["1"].tolist()) == ([0, 5, 10], [0, 1, 2])
+    assert np.array_equal(record["0"].numpy(), np.arange(6, dtype=np.float32))
+    assert np.array_equal(record["1"].numpy(), np.arange(3))
+    assert np.array_equal(as_bytes["0"].numpy(), np.arange(3))
+
+
+def test_payloads_cannot_be_written_through_views() -> None:
+    with fast_array_codec():
+        arr = Array(np.arange(4.0))
+    view = payload_view(arr)
+    with pytest.raises(ValueError):
+        view[0] = 9.0
+    with pytest.raises(ValueError):
+        view.flags.writeable = True
+    assert np.array_equal(arr.numpy(), np.arange(4.0))
+
+
+def _reply(w: np.ndarray, b: np.ndarray, steps: np.ndarray, n: int) -> RecordDict:
+    """A reply as FedAvg sees it: two ArrayRecords, mixed dtypes, an integer weight."""
+    return RecordDict(
+        {
+            "a": ArrayRecord({"w": Array(w), "steps": Array(steps)}),
+            "b": ArrayRecord({"bias": Array(b)}),
+            "m": MetricRecord({"num-examples": n}),
+        }
+    )
+
+
+def _replies(seed: int, lazy: bool) -> list[RecordDict]:
+    """Four replies with random values, built with or without lazy payloads."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in (3, 1, 7, 2):
+        args = (
+            rng.standard_normal((5, 4)).astype(np.float32),
+            rng.standard_normal(4),
+            rng.integers(0, 9, size=3),
+            n,
+        )
+        with fast_array_codec(lazy):
+            out.append(_reply(*args))
+    return out
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy-replies", "byte-replies"])
+def test_aggregation_is_flowers_bit_for_bit(lazy: bool) -> None:
+    expected = FLOWER_AGGREGATE(_replies(1, lazy=False), "num-examples")
+    replies = _replies(1, lazy)
+    with fast_array_codec():
+        assert fedavg.aggregate_arrayrecords is fastarrays.aggregate_arrayrecords
+        got = fedavg.aggregate_arrayrecords(replies, "num-examples")
+    assert list(got.keys()) == list(expected.keys()) == ["w", "steps", "bias"]
+    for key, arr in expected.items():
+        assert (got[key].dtype, got[key].shape, got[key].data) == (arr.dtype, arr.shape, arr.data)
+
+
+def test_lazy_arrays_pickle_copy_and_outlive_the_run() -> None:
+    with fast_array_codec():
+        record = ArrayRecord([np.arange(6, dtype=np.float32).reshape(2, 3)])
+        inside = pickle.loads(pickle.dumps(record))
+    after = pickle.loads(pickle.dumps(record))
+    expected = ArrayRecord([np.arange(6, dtype=np.float32).reshape(2, 3)])
+    for rec in (record, inside, after, copy.copy(record), copy.deepcopy(record)):
+        assert rec["0"].data == expected["0"].data
+        assert np.array_equal(rec["0"].numpy(), expected["0"].numpy())
+
+
+def test_flower_methods_are_restored_after_the_run() -> None:
+    originals = (Array.numpy, TypedDict.__setitem__, fedavg.aggregate_arrayrecords)
+    with fast_array_codec(), fast_array_codec():  # nested runs: restored by the outer one
+        assert Array.numpy is not originals[0]
+    assert (Array.numpy, TypedDict.__setitem__, fedavg.aggregate_arrayrecords) == originals
+    assert RecordDict.__dict__["array_records"].fget.__module__.startswith("flwr")
