@@ -1,6 +1,7 @@
 """``make bench``: every benchmark, side by side on this machine, into docs/benchmarks.md.
 
-python -m benchmarks.run [--quick] [--only layer,cross_device,memory,scaling,recipe,cross_silo,dp]
+python -m benchmarks.run [--quick]
+    [--only layer,cross_device,memory,scaling,recipe,cross_silo,dp,dp_run]
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from benchmarks import (
     cross_device_bench,
     cross_silo_bench,
     dp_bench,
+    dp_run_bench,
     layer_bench,
     recipe_bench,
     scaling_bench,
 )
 from benchmarks.report import DOC, write_section
 
-ALL = ("layer", "cross_device", "memory", "scaling", "recipe", "cross_silo", "dp")
+ALL = ("layer", "cross_device", "memory", "scaling", "recipe", "cross_silo", "dp", "dp_run")
 
 
 def write_cross_silo(rows: list[dict], command: str) -> None:
@@ -79,6 +81,10 @@ def main() -> None:
         dp_rows = dp_bench.run(quick=args.quick)
         print(dp_bench.to_markdown(dp_rows))
         dp_bench.write_docs(dp_rows, command)
+    if "dp_run" in only:
+        dp_run_rows = dp_run_bench.run(*((4, 1) if args.quick else (12, 2)))
+        print(dp_run_bench.to_markdown(dp_run_rows))
+        dp_run_bench.write_docs(dp_run_rows, command)
     print(f"wrote {DOC}")
 
 
