@@ -53,6 +53,7 @@ from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, c
 from fedwon.privacy.config import DPConfig
 from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
+from fedwon.privacy.train_wrapper import TrainWrapper
 from fedwon.privacy.updates import apply_update, arrays_of, is_learned, update_tensors
 from fedwon.protocol import (
     CLIP_NORM_KEY,
@@ -91,7 +92,7 @@ class ClientClippingError(RuntimeError):
     """With placement="client" a reply exceeded its bound: that client did not clip."""
 
 
-class CentralDP(Strategy):
+class CentralDP(TrainWrapper):
     """Clip, sum with equal weights, add Gaussian noise, average over the expected cohort.
 
     Args:
@@ -334,17 +335,6 @@ class CentralDP(Strategy):
         (metric_key,) = contents[0].metric_records.keys()
         content = RecordDict({array_key: released, metric_key: metrics})
         return [make_message(metadata=replies[0].metadata, content=content)]
-
-    # ---- evaluation: untouched ----------------------------------------------------------------
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def averages_replies(strategy: Strategy) -> bool:

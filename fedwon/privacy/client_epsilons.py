@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedwon.privacy.train_wrapper import TrainWrapper
 from fedwon.protocol import EPSILON_METRIC
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def reply_epsilon(msg: Message) -> float | None:
     return None
 
 
-class ClientEpsilons(Strategy):
+class ClientEpsilons(TrainWrapper):
     """Delegate everything to ``strategy``; the train metrics' ``epsilon`` is the maximum of
     the clients' own epsilons (``epsilon_spent``: the maximum over the run so far)."""
 
@@ -80,13 +81,3 @@ class ClientEpsilons(Strategy):
             metrics[EPSILON_METRIC] = max(epsilons)
             self.epsilon_spent = max(self.epsilon_spent, *epsilons)
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
