@@ -101,7 +101,7 @@ def train(msg: Message, context: Context) -> Message:
     job = prepare(msg, context)
     cfg, ws = job.cfg, job.ws
     seed = client_seed(cfg, int(_number(job.config, ROUND_KEY, 0)), job.partition_id)
-    torch.manual_seed(seed)
+    ws.seed(seed)
     x, y = ws.federation.train_data(job.partition_id)
     x, y = x.to(ws.device), y.to(ws.device)
     epsilon: float | None = None
@@ -120,7 +120,7 @@ def train(msg: Message, context: Context) -> Message:
             proximal_mu=_number(job.config, PROXIMAL_MU_KEY, 0.0),
             anchor=job.received,
         )
-    state = ws.model.state_dict()
+    state = ws.targets  # the trained tensors themselves; ArrayRecord snapshots what it sends
     local = {k: v for k, v in state.items() if k not in job.received}
     if local:
         job.store.save(local)

@@ -11,7 +11,7 @@ own :class:`~fedwon.protocol.NodeSettings`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
@@ -92,6 +92,12 @@ class Workspace:
     optimizer: torch.optim.SGD
     initial_state: dict[str, torch.Tensor]
     device: torch.device
+    targets: dict[str, torch.Tensor] = field(init=False, repr=False)
+    """The model's state-dict tensors (detached views of its parameters and buffers): reset
+    writes into them in place and the reply reads them, without building a state dict."""
+
+    def __post_init__(self) -> None:
+        self.targets = {k: v.detach() for k, v in self.model.state_dict(keep_vars=True).items()}
 
     def reset(self, arrays: dict[str, torch.Tensor], local: dict[str, torch.Tensor] | None) -> None:
         """Load a client's full state: received arrays, then its local ones, else initial."""
@@ -99,8 +105,46 @@ class Workspace:
         if local:
             state.update(local)
         state.update(arrays)
-        self.model.load_state_dict(state, strict=True)
+        load_in_place(self.model, self.targets, state)
         self.optimizer.state.clear()
+
+    def seed(self, seed: int) -> None:
+        """Seed the global generators a client's training may draw from (dropout, augmentation).
+
+        Not ``torch.manual_seed``: it also seeds every accelerator backend through a dynamo-
+        disable wrapper, 0.1-0.4 ms per call, more than the engine's whole per-client cost on
+        cross-device rounds. The CPU generator gets the same seed, so results do not change."""
+        torch.random.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed_all(seed)
+        elif self.device.type == "mps":
+            torch.mps.manual_seed(seed)
+
+
+def _has_load_hooks(model: nn.Module) -> bool:
+    return any(
+        m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks for m in model.modules()
+    )
+
+
+def load_in_place(
+    model: nn.Module, targets: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> None:
+    """``model.load_state_dict(state, strict=True)`` as one fused in-place copy.
+
+    ``load_state_dict`` walks every module in Python (~0.2-0.7 ms per client for a small CNN);
+    a full state with matching shapes is just ``copy_`` into every tensor, which is what it
+    does in the end. Anything else — missing or unknown keys, another shape, load hooks — goes
+    through ``load_state_dict`` for its checks and error messages."""
+    if state.keys() != targets.keys() or _has_load_hooks(model):
+        model.load_state_dict(state, strict=True)
+        return
+    sources = [state[k] for k in targets]
+    if any(s.shape != t.shape for s, t in zip(sources, targets.values(), strict=True)):
+        model.load_state_dict(state, strict=True)
+        return
+    with torch.no_grad():
+        torch._foreach_copy_(list(targets.values()), sources)
 
 
 def workspace(cfg: ClientConfig, node: NodeSettings) -> Workspace:

@@ -14,6 +14,7 @@ from torch import nn
 from fedwon.client_app import evaluate_step, train
 from fedwon.clients import ContextStateStore, evaluate, train_epochs, workspace
 from fedwon.clients.train import clipped_parameters
+from fedwon.clients.workspace import load_in_place
 from fedwon.config import make_config
 from fedwon.models import build_model
 from fedwon.protocol import NodeSettings, ProtocolError
@@ -107,6 +108,45 @@ def test_workspace_reset_leaves_nothing_of_the_previous_client() -> None:
     assert not ws.optimizer.state
     for key, value in ws.model.state_dict().items():
         assert torch.equal(value, ws.initial_state[key]), key
+
+
+def test_in_place_load_equals_load_state_dict_and_keeps_its_errors() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn-tiny", norm="bn")
+    reference = build_model("cnn-tiny", norm="bn")
+    targets = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v + 3 for k, v in targets.items()}
+    load_in_place(model, targets, state)
+    reference.load_state_dict(state)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    params = dict(model.named_parameters())
+    assert params["conv1.weight"].requires_grad and params["conv1.weight"].grad is None
+    bad = {**state, "conv1.weight": torch.zeros(1, 2, 3)}
+    with pytest.raises(RuntimeError, match=r"size mismatch for conv1\.weight"):
+        load_in_place(model, targets, bad)
+    missing = {k: v for k, v in state.items() if k != "fc3.bias"}
+    with pytest.raises(RuntimeError, match=r"Missing key.*fc3\.bias"):
+        load_in_place(model, targets, missing)
+
+
+def test_in_place_load_defers_to_load_state_dict_when_a_module_has_load_hooks() -> None:
+    model = nn.Linear(2, 2)
+    seen: list[str] = []
+    model.register_load_state_dict_post_hook(lambda module, keys: seen.append("post"))
+    targets = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+    load_in_place(model, targets, {k: torch.ones_like(v) for k, v in targets.items()})
+    assert seen == ["post"] and torch.equal(model.weight, torch.ones(2, 2))
+
+
+def test_workspace_seed_draws_what_torch_manual_seed_draws() -> None:
+    cfg = make_config(TINY).client_config()
+    ws = workspace(cfg, NodeSettings(partition_id=0))
+    torch.manual_seed(123)
+    expected = torch.rand(5), torch.nn.functional.dropout(torch.ones(8), 0.5)
+    ws.seed(123)
+    got = torch.rand(5), torch.nn.functional.dropout(torch.ones(8), 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
 
 
 def test_context_store_keeps_local_layers_for_the_same_setup_only() -> None:
