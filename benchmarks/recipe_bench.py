@@ -47,9 +47,10 @@ def recipe_config(recipe: str, overrides: list[str], rounds: int) -> RunConfig:
 def bare_loop(cfg: RunConfig) -> list[w.Stamp]:
     """The same client training in one process; a timestamp after every round."""
     torch.set_num_threads(max(1, int(cfg.cpus_per_client)))  # what each fedwon client uses
-    fed = load_federation(data_spec(cfg))
-    model = initial_model(cfg, fed.num_classes, fed.in_channels)
-    global_model = initial_model(cfg, fed.num_classes, fed.in_channels)
+    client = cfg.client_config()  # what each fedwon client trains with (resolved norm)
+    fed = load_federation(data_spec(client))
+    model = initial_model(client, fed.num_classes, fed.in_channels)
+    global_model = initial_model(client, fed.num_classes, fed.in_channels)
     params = [p.detach() for p in model.parameters()]
     global_params = [p.detach() for p in global_model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
@@ -102,7 +103,7 @@ def steady_ms(stamps: list[w.Stamp]) -> tuple[float, float]:
 def run(recipe: str, overrides: list[str], rounds: int, repeats: int) -> Row:
     """Interleaved bare/fedwon runs; medians of their steady ms/round."""
     cfg = recipe_config(recipe, overrides, rounds)
-    load_federation(data_spec(cfg))  # build/cache the data outside every timing
+    load_federation(data_spec(cfg.client_config()))  # build/cache the data outside every timing
     bare, fedwon = [], []
     for _ in range(repeats):
         bare.append(steady_ms(bare_loop(cfg)))
