@@ -4,13 +4,14 @@ Population 10,000 clients of the cross-device workload (``benchmarks.workloads``
 (system, cohort) runs in a fresh subprocess, so that its peak RSS is its own:
 
 * the lean bare loop (``workloads.lean_fedavg``): one running weighted sum, the memory floor;
-* the fast engine in-process with Flower's ``FedAvg`` and the tutorial ClientApp.
+* the fast engine in-process with Flower's ``FedAvg`` and the tutorial ClientApp;
+* the same inside fedwon's ``RoundRules``, which streams: each reply is folded into one
+  running mean as the client finishes and dropped (``fedwon.strategies.streaming``).
 
 Reported per cohort: median ms/round after one warm-up round, ms per client (linear scaling
 keeps it constant), and peak RSS above the RSS before the run, in total and per client of the
-cohort. Flower's ``FedAvg`` aggregates only once every reply of the round has arrived, so it
-holds one model per client of the cohort; the fast engine cannot change that without changing
-the strategy (a streaming aggregation belongs in a strategy wrapper — see docs/benchmarks.md).
+cohort. Flower's ``FedAvg`` on its own aggregates only once every reply of the round has
+arrived, so it holds one model per client of the cohort; around it, the round rules hold one.
 
     python -m benchmarks.scaling_bench [--quick] [--repeats R] [--no-write]
 """
@@ -35,8 +36,12 @@ from benchmarks.report import DOC, write_section
 
 POPULATION = 10_000
 COHORTS = (10, 100, 1_000)
-SYSTEMS = ("lean", "fast")
-LABELS = {"lean": "bare loop, lean", "fast": "fedwon fast engine, in-process, Flower FedAvg"}
+SYSTEMS = ("lean", "fast", "stream")
+LABELS = {
+    "lean": "bare loop, lean",
+    "fast": "fedwon fast engine, in-process, Flower FedAvg",
+    "stream": "fedwon fast engine, in-process, RoundRules(Flower FedAvg): streaming mean",
+}
 
 Row = dict[str, Any]
 
@@ -63,7 +68,11 @@ def child(system: str, cohort: int, rounds: int) -> dict[str, float]:
     else:
         rec = w.RunRecord()
         app = w.make_server_app(
-            rounds, num_clients=POPULATION, clients_per_round=cohort, record=rec
+            rounds,
+            num_clients=POPULATION,
+            clients_per_round=cohort,
+            record=rec,
+            round_rules=system == "stream",
         )
         run_fast(app, CLIENT_APP_REF, POPULATION, num_workers=0)
         stamps = rec.round_times
@@ -144,20 +153,16 @@ def linearity(rows: list[Row]) -> str:
 
 
 STREAMING_NOTE = (
-    "Memory: Flower's `FedAvg` aggregates only after every reply of the round has arrived, and "
-    "`Strategy.start` still holds the previous round's replies (`train_replies`) while the "
-    "next round trains, so the peak is about two models per client of the cohort (1,000 "
-    "clients: ~3 GB for a 1.6 MB model). The engine cannot change that without changing "
-    "the strategy. A streaming aggregation would need (1) the grid to hand replies over one "
-    "at a time as clients finish — `FastGrid` can: in-process it runs clients one after "
-    "another, with Ray as each actor's batch returns — through an iterator next to "
-    "`send_and_receive` (Flower's own grids would fall back to the whole list); and (2) a "
-    "round-rules strategy wrapper that consumes that iterator: drop failed or NaN/Inf "
-    "replies, add `weight * x` into one running sum with the total weight, divide once at "
-    "the end, keep no reply, and run its own round loop instead of `Strategy.start` (which "
-    "keeps the last round's replies). Memory is then one running sum plus one reply in "
-    "flight, for any cohort. The sum is not bit-for-bit FedAvg's (FedAvg normalises the "
-    "weights before summing), so results equal FedAvg's to rounding only.\n"
+    "Memory: Flower's `FedAvg` on its own aggregates only after every reply of the round has "
+    "arrived, and `Strategy.start` still holds the previous round's replies (`train_replies`) "
+    "while the next round trains: about two models per client of the cohort. Inside fedwon's "
+    "`RoundRules` (what `fedwon run` builds; `fedwon.strategies.streaming`) the fast engine's "
+    "grid hands replies over one at a time, each client running when the round rules ask "
+    "for its reply; the reply is checked for errors and NaN/Inf, added into one running "
+    "weighted sum and dropped before the next client trains, and FedAvg receives the mean as "
+    "a single reply. Memory is one running sum plus one reply, whatever the cohort; results "
+    "equal FedAvg's to rounding (the sum is `sum(w_i x_i) / W` where FedAvg adds "
+    "`x_i (w_i / W)`). With Ray actors a batch still returns whole.\n"
 )
 
 

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
+
+from fedwon.strategies import RoundRules
 
 #: A timestamp: (wall seconds, this process's CPU seconds). CPU time leaves out the time other
 #: jobs on a shared machine keep this process waiting, so in-process systems compare robustly.
@@ -297,11 +299,15 @@ def make_server_app(
     clients_per_round: int = CLIENTS_PER_ROUND,
     seed: int = SEED,
     record: RunRecord | None = None,
+    round_rules: bool = False,
 ) -> ServerApp:
     """A ServerApp running Flower's FedAvg (train only: ``fraction_evaluate=0``).
 
     ``record`` (filled in place) gets a timestamp before round 1 and after every round, and
     the final weights; the ServerApp runs in the driver process, so a closure is fine here.
+    ``round_rules``: the same FedAvg inside fedwon's ``RoundRules`` (as ``fedwon run`` builds
+    it), whose streaming mean holds one running sum instead of every reply of the round; it
+    samples with its own seeding, so its cohorts differ from the plain FedAvg's.
     """
     rec = record if record is not None else RunRecord()
     app = ServerApp()
@@ -309,12 +315,14 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         random.seed(seed)
-        strategy = FedAvg(
+        strategy: Strategy = FedAvg(
             fraction_train=clients_per_round / num_clients,
             fraction_evaluate=0.0,
             min_train_nodes=clients_per_round,
             min_available_nodes=clients_per_round,
         )
+        if round_rules:
+            strategy = RoundRules(strategy, num_rounds=num_rounds, seed=seed)
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(make_model(seed).state_dict()),

@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,10 @@ class Executor(ABC):
     def execute(self, jobs: Sequence[Job], deadline: float | None) -> Results:
         """Run ``jobs``; results align with ``jobs``; ``deadline`` is a ``time.monotonic``."""
 
+    def iter_execute(self, jobs: Sequence[Job], deadline: float | None) -> Iterator[Outcome | None]:
+        """The outcomes of ``jobs`` one at a time, in order (default: :meth:`execute`'s list)."""
+        yield from self.execute(jobs, deadline)
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Release whatever ``start`` acquired."""
 
@@ -84,6 +88,10 @@ class InProcessExecutor(Executor):
     def execute(self, jobs: Sequence[Job], deadline: float | None) -> Results:
         """Run the jobs in order; stop starting new ones once the deadline has passed."""
         return self._runner.run_batch(jobs, remaining(deadline))
+
+    def iter_execute(self, jobs: Sequence[Job], deadline: float | None) -> Iterator[Outcome | None]:
+        """Run each job when its outcome is asked for: nothing of a reply outlives its use."""
+        return self._runner.iter_batch(jobs, remaining(deadline))
 
 
 # ---- Ray --------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -28,7 +29,7 @@ from flwr.supercore.run import Run
 
 from .contexts import ContextStore
 from .executors import Executor
-from .worker import Job, error_reply
+from .worker import Job, Outcome, error_reply
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class FastGrid(Grid):
             budget_bytes=state_budget_bytes,
             spill_dir=spill_dir,
         )
-        self._replies: dict[str, Message] = {}
+        self._pending: dict[str, Message] = {}
+        self._streaming = False
         self.stats = {"messages": 0, "batches": 0, "execute_s": 0.0}
 
     # -- nodes ---------------------------------------------------------------------------
@@ -128,14 +130,14 @@ class FastGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver messages now; their replies wait for ``pull_messages``."""
         ids, replies = self._deliver(messages, deadline=None)
-        self._replies.update((r.metadata.reply_to_message_id, r) for r in replies)
+        self._pending.update((r.metadata.reply_to_message_id, r) for r in replies)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Replies to the given message ids that are available (each returned once)."""
         out = []
         for mid in message_ids:
-            reply = self._replies.pop(mid, None)
+            reply = self._pending.pop(mid, None)
             if reply is not None:
                 out.append(reply)
         return out
@@ -149,8 +151,22 @@ class FastGrid(Grid):
         error reply; a message not processed in time gets none (as in Flower).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._streaming:
+            return self._stream(messages, deadline)
         _, replies = self._deliver(messages, deadline)
         return replies
+
+    @contextmanager
+    def streaming_replies(self) -> Iterator[None]:
+        """While active, ``send_and_receive`` returns a one-shot iterator instead of a list:
+        each client runs when its reply is asked for (in message order; with Ray, the batch
+        runs at the first request). A consumer that folds replies into a sum — the round
+        rules' streaming mean — then holds one reply at a time, not the whole cohort's."""
+        self._streaming = True
+        try:
+            yield
+        finally:
+            self._streaming = False
 
     def snapshot_states(self) -> dict[int, RecordDict]:
         """Every node's ``context.state`` that holds something, by partition index."""
@@ -172,7 +188,21 @@ class FastGrid(Grid):
     def _deliver(
         self, messages: Iterable[Message], deadline: float | None
     ) -> tuple[list[str], list[Message]]:
-        """Validate and id the messages, run them through the executor, store contexts."""
+        """Validate and id the messages, run them as one batch, store contexts."""
+        ids, jobs = self._jobs(messages)
+        if not jobs:
+            return ids, []
+        return ids, list(self._replies(jobs, lambda: self._executor.execute(jobs, deadline)))
+
+    def _stream(self, messages: Iterable[Message], deadline: float | None) -> Iterator[Message]:
+        """Validate the messages now; run each one when its reply is asked for."""
+        _, jobs = self._jobs(messages)
+        if not jobs:
+            return iter(())
+        return self._replies(jobs, lambda: self._executor.iter_execute(jobs, deadline))
+
+    def _jobs(self, messages: Iterable[Message]) -> tuple[list[str], list[Job]]:
+        """Validate and id the messages; one job each (a node's messages share its context)."""
         jobs: list[Job] = []
         ids: list[str] = []
         batch_contexts: dict[int, Job] = {}
@@ -190,23 +220,28 @@ class FastGrid(Grid):
             batch_contexts[dst] = job
             jobs.append(job)
             ids.append(msg.metadata.message_id)
-        if not jobs:
-            return ids, []
-        t0 = time.perf_counter()
-        outcomes = self._executor.execute(jobs, deadline)
-        self.stats["execute_s"] += time.perf_counter() - t0
+        return ids, jobs
+
+    def _replies(
+        self, jobs: list[Job], run: Callable[[], Iterable[Outcome | None]]
+    ) -> Iterator[Message]:
+        """Replies to ``jobs`` from the outcomes ``run`` produces, contexts stored on the way."""
         self.stats["batches"] += 1
         self.stats["messages"] += len(jobs)
-        replies: list[Message] = []
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if outcome is None:
-                continue  # not processed before the deadline: no reply
-            reply = outcome.reply
-            if outcome.context is not None:
-                reply = self._store_context(job, outcome.context, reply)
-            reply.metadata.__dict__["_message_id"] = str(uuid4())
-            replies.append(reply)
-        return ids, replies
+        t0 = time.perf_counter()
+        outcomes = iter(run())
+        for job in jobs:
+            outcome = next(outcomes)
+            self.stats["execute_s"] += time.perf_counter() - t0
+            if outcome is not None:  # None: not processed before the deadline, no reply
+                reply = outcome.reply
+                if outcome.context is not None:
+                    reply = self._store_context(job, outcome.context, reply)
+                reply.metadata.__dict__["_message_id"] = str(uuid4())
+                yield reply
+                del reply  # the consumer's now: not kept while the next client runs
+            del outcome
+            t0 = time.perf_counter()
 
     def _store_context(self, job: Job, ctx: Context, reply: Message) -> Message:
         """Keep the updated context; refuse (like Flower) one whose run_config changed."""

@@ -204,11 +204,19 @@ class ClientRunner:
         Jobs not started before the budget ran out get ``None`` (no reply, like a Flower
         message that timed out); a job that finishes late is still returned.
         """
+        return list(self.iter_batch(jobs, time_budget))
+
+    def iter_batch(
+        self, jobs: Sequence[Job], time_budget: float | None
+    ) -> Iterator[Outcome | None]:
+        """:meth:`run_batch`, one job per request (the budget starts now)."""
         deadline = None if time_budget is None else time.monotonic() + time_budget
-        out: list[Outcome | None] = []
-        for job in jobs:
-            if deadline is not None and time.monotonic() >= deadline:
-                out.append(None)
-                continue
-            out.append(self.run_one(job))
-        return out
+
+        def outcomes() -> Iterator[Outcome | None]:
+            for job in jobs:
+                if deadline is not None and time.monotonic() >= deadline:
+                    yield None
+                else:
+                    yield self.run_one(job)
+
+        return outcomes()

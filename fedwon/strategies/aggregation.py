@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
+from fedwon.engine.fastarrays import payload_view
 from fedwon.errors import failure_line
 from fedwon.protocol import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
 
@@ -37,12 +38,18 @@ def total_weight(contents: Iterable[RecordDict], weight_key: str = WEIGHT_KEY) -
 
 
 def non_finite_arrays(content: RecordDict) -> list[str]:
-    """Names of arrays in a reply holding NaN or Inf (an update that would poison the average)."""
+    """Names of arrays in a reply holding NaN or Inf (an update that would poison the average).
+
+    Reads the values in place and sums them first (NaN and Inf survive a sum; one pass, no
+    temporary); only a non-finite sum, which finite values reach only by overflowing, is
+    checked element by element."""
     bad = []
     for record in content.array_records.values():
         for name, array in record.items():
-            values = array.numpy()
-            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            values = payload_view(array)
+            if not np.issubdtype(values.dtype, np.floating):
+                continue
+            if not np.isfinite(values.sum()) and not np.isfinite(values).all():
                 bad.append(name)
     return bad
 
@@ -58,26 +65,34 @@ def non_finite_metrics(content: RecordDict) -> list[str]:
     return bad
 
 
+def reply_problem(msg: Message) -> str | None:
+    """Why ``msg`` cannot be aggregated (one line), or None when it can."""
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        reason = str(msg.error.reason)
+        log.debug("node %s failed:\n%s", node, reason)  # the whole traceback, with -v
+        return f"node {node} failed: {failure_line(reason)}"
+    bad = non_finite_arrays(msg.content) + non_finite_metrics(msg.content)
+    if bad:
+        return f"node {node} sent non-finite values in {', '.join(bad[:5])}"
+    return None
+
+
 def split_usable(replies: Iterable[Message]) -> tuple[list[Message], list[str]]:
-    """Replies that can be aggregated, and a one-line reason for each one that cannot."""
+    """Replies that can be aggregated (in :func:`reply_order`), and a one-line reason for each
+    one that cannot."""
     usable: list[Message] = []
     problems: list[str] = []
     for msg in replies:
-        node = msg.metadata.src_node_id
-        if msg.has_error():
-            reason = str(msg.error.reason)
-            log.debug("node %s failed:\n%s", node, reason)  # the whole traceback, with -v
-            problems.append(f"node {node} failed: {failure_line(reason)}")
-            continue
-        bad = non_finite_arrays(msg.content) + non_finite_metrics(msg.content)
-        if bad:
-            problems.append(f"node {node} sent non-finite values in {', '.join(bad[:5])}")
-            continue
-        usable.append(msg)
-    return sorted(usable, key=_reply_order), problems
+        problem = reply_problem(msg)
+        if problem is None:
+            usable.append(msg)
+        else:
+            problems.append(problem)
+    return sorted(usable, key=reply_order), problems
 
 
-def _reply_order(msg: Message) -> tuple[int, int]:
+def reply_order(msg: Message) -> tuple[int, int]:
     """Aggregate in partition order: float sums then do not depend on arrival order or on the
     (random, per-run) node ids, so engines and resumed runs agree bit for bit."""
     client = msg.content.config_records.get(CLIENT)

@@ -13,6 +13,9 @@ wrappers: it holds the inner strategy and delegates every hook, adding
 - *round offset*: a resumed run starts Flower's loop at 1 again; the offset makes the round
   numbers the inner strategy, clients and callbacks see identical to an uninterrupted run;
 - *evaluation cadence*: federated evaluation every ``eval_every`` rounds and on the last round;
+- *streaming*: around FedAvg and the server optimizers built on its mean, train replies are
+  folded into one running mean as they arrive and the inner strategy gets the mean as a single
+  reply (:mod:`fedwon.strategies.streaming`): memory stays one model whatever the cohort;
 - *per-round reporting*: after each round, ``on_round`` receives a :class:`RoundReport`
   (arrays, aggregated train/evaluate metrics, dropped replies). Recording (metrics rows,
   checkpoints, progress) is that callback's business, not the strategy's.
@@ -22,15 +25,18 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedwon.protocol import WEIGHT_KEY
-from fedwon.strategies.aggregation import split_usable, total_weight
+from fedwon.strategies.aggregation import reply_order, reply_problem, total_weight
+from fedwon.strategies.streaming import RunningMean, streams
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +105,58 @@ class RoundRules(Strategy):
         """Evaluate every ``eval_every`` rounds and always on the run's last round."""
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
 
-    def _usable(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
-        """The replies an inner strategy may see; the round fails below ``min_clients``
-        (unless the inner strategy chose to send nothing in this phase)."""
-        replies = list(replies)
-        usable, problems = split_usable(replies)
-        for problem in problems:
-            log.warning("round %d %s: dropped %s", server_round, phase, problem)
-        if self._report is not None:
-            self._report.dropped.extend(problems)
-        if len(usable) < self.min_clients and (self._sent[phase] or replies):
+    def _filtered(
+        self, server_round: int, replies: Iterable[Message], phase: str
+    ) -> Iterator[Message]:
+        """The replies an inner strategy may see, one at a time as they arrive; the round fails
+        below ``min_clients`` (unless the inner strategy chose to send nothing this phase)."""
+        received, kept, problems = 0, 0, []
+        for msg in replies:
+            received += 1
+            problem = reply_problem(msg)
+            if problem is not None:
+                log.warning("round %d %s: dropped %s", server_round, phase, problem)
+                problems.append(problem)
+                if self._report is not None:
+                    self._report.dropped.append(problem)
+                continue
+            kept += 1
+            yield msg
+            del msg  # not held while the next reply is produced (the next client trains)
+        if kept < self.min_clients and (self._sent[phase] or received):
             detail = "; ".join(problems[:3]) or "no replies arrived"
             raise RoundFailedError(
-                f"round {server_round} {phase}: {len(usable)} of {len(replies)} clients returned "
+                f"round {server_round} {phase}: {kept} of {received} clients returned "
                 f"usable results, fewer than min_clients={self.min_clients} ({detail})"
             )
-        return usable
+
+    def _usable(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
+        """All usable replies, in :func:`reply_order`."""
+        return sorted(self._filtered(server_round, replies, phase), key=reply_order)
+
+    def _streamed_mean(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[list[Message], float, int]:
+        """Fold the usable replies into a running mean as they arrive (:mod:`.streaming`):
+        the inner strategy's one reply, the total weight and the number of clients."""
+        weight_key = getattr(self.strategy, "weighted_by_key", WEIGHT_KEY)
+        mean = RunningMean(weight_key)
+        if not isinstance(replies, list | tuple):  # streamed by the grid, in partition order
+            previous: tuple[int, int] | None = None
+            for msg in self._filtered(server_round, replies, "train"):
+                order = reply_order(msg)
+                if previous is not None and order < previous:
+                    log.debug("round %d: replies arrived out of partition order", server_round)
+                previous = order
+                mean.add(msg)
+                del msg  # folded in: let it go before the next client trains
+        else:
+            for msg in self._usable(server_round, replies, "train"):
+                mean.add(msg)
+        if not mean.count:
+            return [], 0.0, 0
+        aggr_fn = getattr(self.strategy, "train_metrics_aggr_fn", aggregate_metricrecords)
+        return [mean.reply(aggr_fn)], mean.total, mean.count
 
     # ---- Flower hooks -------------------------------------------------------------------------
     def configure_train(
@@ -124,6 +166,9 @@ class RoundRules(Strategy):
         self._report = RoundReport(server_round, arrays)
         self._seed_sampling(server_round, "train")
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        # in node order: a grid that delivers in order (the fast engine's, whose node ids are
+        # partition order) then streams replies in the order the running mean adds them
+        messages.sort(key=lambda m: m.metadata.dst_node_id)
         self._sent["train"] = len(messages)
         return messages
 
@@ -131,11 +176,15 @@ class RoundRules(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        usable = self._usable(server_round, replies, "train")
+        if streams(self.strategy):
+            usable, weight, clients = self._streamed_mean(server_round, replies)
+        else:
+            usable = self._usable(server_round, replies, "train")
+            weight, clients = total_weight(m.content for m in usable), len(usable)
         arrays, metrics = self.strategy.aggregate_train(server_round, usable)
         if metrics is not None:
-            metrics[WEIGHT_KEY] = total_weight(m.content for m in usable)
-            metrics["clients"] = len(usable)
+            metrics[WEIGHT_KEY] = int(weight)
+            metrics["clients"] = clients
         if self._report is not None:
             self._report.train_metrics = metrics
             if arrays is not None:
@@ -190,12 +239,14 @@ class RoundRules(Strategy):
                 self.on_round(report)
             return result
 
-        return super().start(
-            grid,
-            initial_arrays,
-            num_rounds=num_rounds,
-            timeout=timeout,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-            evaluate_fn=end_of_round,
-        )
+        streaming = getattr(grid, "streaming_replies", None)
+        with streaming() if streaming is not None and streams(self.strategy) else nullcontext():
+            return super().start(
+                grid,
+                initial_arrays,
+                num_rounds=num_rounds,
+                timeout=timeout,
+                train_config=train_config,
+                evaluate_config=evaluate_config,
+                evaluate_fn=end_of_round,
+            )

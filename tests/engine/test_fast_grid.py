@@ -7,11 +7,13 @@ the in-process result, bit for bit, and the Ray executor's fault handling.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +129,26 @@ def test_replies_follow_send_order_and_carry_ids() -> None:
     ]
     ids = {r.metadata.message_id for r in replies}
     assert len(ids) == len(replies) and "" not in ids
+
+
+def test_streamed_replies_run_each_client_on_request_and_are_not_kept() -> None:
+    grid = make_grid(4)
+    nodes = list(grid.get_node_ids())
+    with server_identity(), grid.streaming_replies():
+        stream = grid.send_and_receive([train_msg(n) for n in nodes])
+        assert not isinstance(stream, list) and grid.stats["messages"] == 0  # nothing ran yet
+        previous: weakref.ref[RecordDict] | None = None
+        for node in nodes:
+            reply = next(iter(stream))  # type: ignore[call-overload]
+            assert reply.metadata.src_node_id == node and not reply.has_error()
+            gc.collect()
+            # the grid let go of the previous reply before running this client
+            assert previous is None or previous() is None
+            previous = weakref.ref(reply.content)
+            del reply
+        assert list(stream) == [] and grid.stats["messages"] == 4
+    with server_identity():
+        assert isinstance(grid.send_and_receive([train_msg(nodes[0])]), list)
 
 
 # ---- nodes and contexts ----------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""Streaming FedAvg: the running mean against the formula and against Flower's own strategies,
+and replies not outliving their addition to the sum."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from fakes import BASE, FakeGrid, train_reply
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fedwon.strategies import RoundRules
+from fedwon.strategies.streaming import RunningMean, streams
+
+RNG = np.random.default_rng(0)
+N = 6
+WEIGHTS = [3, 1, 7, 2, 5, 4]
+VALUES = [
+    {
+        "w": RNG.standard_normal((4, 3)).astype(np.float32),
+        "b": np.float32(RNG.standard_normal()),  # 0-d
+        "n": np.int64(10 * i),  # an integer buffer (BN's num_batches_tracked)
+    }
+    for i in range(N)
+]
+W0 = ArrayRecord({k: Array(np.zeros_like(np.asarray(v))) for k, v in VALUES[0].items()})
+
+
+def respond(msg: Message, pid: int) -> Message:
+    return train_reply(msg, pid, VALUES[pid], n=WEIGHTS[pid], loss=float(pid))
+
+
+def replies_for(grid: FakeGrid) -> list[Message]:
+    inner = FedAvg(min_available_nodes=N)
+    msgs = list(inner.configure_train(1, W0, ConfigRecord(), grid))  # type: ignore[arg-type]
+    return [respond(m, m.metadata.dst_node_id - BASE) for m in msgs]
+
+
+def test_running_mean_is_the_example_weighted_mean_in_fedavgs_dtypes() -> None:
+    mean = RunningMean("num-examples")
+    for reply in replies_for(FakeGrid(N)):
+        mean.add(reply)
+    out = mean.reply(aggregate_metricrecords)
+    arrays, metrics = out.content["arrays"], out.content["metrics"]
+    total = sum(WEIGHTS)
+    for key in ("w", "b", "n"):
+        expected = sum(np.float64(w) * v[key] for w, v in zip(WEIGHTS, VALUES, strict=True)) / total
+        np.testing.assert_allclose(arrays[key].numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert arrays["w"].numpy().dtype == np.float32 and arrays["b"].numpy().shape == ()
+    assert arrays["n"].numpy().dtype == np.float64  # as FedAvg's int * float
+    assert metrics["num-examples"] == total and mean.count == N
+    assert metrics["train_loss"] == pytest.approx(sum(w * i for i, w in enumerate(WEIGHTS)) / total)
+
+
+def test_running_mean_refuses_replies_unlike_the_others() -> None:
+    first, second = replies_for(FakeGrid(N))[:2]
+    mean = RunningMean("num-examples")
+    mean.add(first)
+    del second.content["arrays"]["w"]
+    with pytest.raises(ValueError, match=r"node \d+ sends arrays \['w'\] unlike"):
+        mean.add(second)
+    with pytest.raises(ValueError, match="no replies were added"):
+        RunningMean("num-examples").reply(aggregate_metricrecords)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: FedAvg(min_available_nodes=N), lambda: FedAdam(min_available_nodes=N)]
+)
+def test_round_rules_stream_into_flowers_strategy_and_agree_with_it(make) -> None:  # type: ignore[no-untyped-def]
+    direct, wrapped = make(), make()
+    assert streams(wrapped) and not streams(type("Sub", (FedAvg,), {})())
+    grid = FakeGrid(N)
+    replies = replies_for(grid)
+    for strategy in (direct, wrapped):  # FedAdam needs the current arrays from configure_train
+        list(strategy.configure_train(1, W0, ConfigRecord(), grid))  # type: ignore[arg-type]
+    expected, expected_metrics = direct.aggregate_train(1, replies)
+    rules = RoundRules(wrapped, num_rounds=1)
+    seen: list[int] = []
+    original = wrapped.aggregate_train
+    wrapped.aggregate_train = lambda rnd, rs: (seen.append(len(list(rs))), original(rnd, rs))[1]  # type: ignore[method-assign]
+    rules._sent["train"] = N
+    got, metrics = rules.aggregate_train(1, replies[::-1])  # order does not matter
+    assert seen == [1]  # the inner strategy saw one reply: the mean
+    assert got is not None and expected is not None and metrics is not None
+    for key in ("w", "b", "n"):
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=2e-6, atol=1e-6)
+    assert metrics["train_loss"] == pytest.approx(expected_metrics["train_loss"])  # type: ignore[index]
+    assert metrics["num-examples"] == sum(WEIGHTS) and metrics["clients"] == N
+
+
+class StreamingGrid(FakeGrid):
+    """A FakeGrid that, like the fast engine's, answers each message only when its reply is
+    asked for while ``streaming_replies`` is active, and checks that no earlier reply lives."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n, respond)
+        self.streaming = False
+        self.alive: list[weakref.ref[ArrayRecord]] = []
+        self.most_alive = 0
+
+    @contextmanager
+    def streaming_replies(self) -> Iterator[None]:
+        self.streaming = True
+        try:
+            yield
+        finally:
+            self.streaming = False
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        batch = list(messages)
+        if not self.streaming:
+            return super().send_and_receive(batch)
+
+        def replies() -> Iterator[Message]:
+            for m in batch:
+                gc.collect()
+                self.most_alive = max(self.most_alive, sum(r() is not None for r in self.alive))
+                reply = respond(m, m.metadata.dst_node_id - BASE)
+                self.alive.append(weakref.ref(reply.content["arrays"]))
+                yield reply
+                del reply  # a generator's locals live on: drop it before the next client
+
+        return replies()
+
+
+def test_a_streamed_round_holds_no_earlier_reply_while_the_next_client_trains() -> None:
+    grid = StreamingGrid(N)
+    rules = RoundRules(FedAvg(min_available_nodes=N, fraction_evaluate=0.0), num_rounds=2)
+    result = rules.start(grid, W0, num_rounds=2)  # type: ignore[arg-type]
+    assert len(grid.alive) == 2 * N and grid.most_alive == 0
+    expected = sum(np.float64(w) * v["w"] for w, v in zip(WEIGHTS, VALUES, strict=True))
+    np.testing.assert_allclose(
+        result.arrays["w"].numpy(), expected / sum(WEIGHTS), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_other_strategies_see_every_reply_and_no_stream() -> None:
+    class Median(FedAvg):  # a subclass may aggregate differently: not streamed
+        def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+            replies = list(replies)
+            assert isinstance(replies[0].content["arrays"], ArrayRecord) and len(replies) == N
+            return super().aggregate_train(server_round, replies)
+
+    grid = StreamingGrid(N)
+    inner: Strategy = Median(min_available_nodes=N, fraction_evaluate=0.0)
+    RoundRules(inner, num_rounds=1).start(grid, W0, num_rounds=1)  # type: ignore[arg-type]
+    assert grid.most_alive == 0 and not grid.streaming  # a list: the grid never streamed
