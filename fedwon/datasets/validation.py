@@ -18,7 +18,7 @@ import numpy as np
 
 from fedwon.datasets.partition import largest_remainder
 
-__all__ = ["num_validation", "validation_split"]
+__all__ = ["num_validation", "val_counts", "validation_split"]
 
 
 def num_validation(n: int, fraction: float) -> int:
@@ -26,6 +26,29 @@ def num_validation(n: int, fraction: float) -> int:
     if n <= 1 or fraction <= 0:
         return 0
     return min(n - 1, math.floor(fraction * n + 0.5))
+
+
+def val_counts(counts: np.ndarray, n_val: int, rng: np.random.Generator) -> np.ndarray:
+    """Validation examples per class: ``n_val`` in proportion to ``counts`` (largest
+    remainder), classes tied for the last units drawn at random.
+
+    Without the draw, ties went to the lowest class: a client holding one example of each of
+    ten classes gave its class-0 example to validation, so with ``val_fraction=0.1`` no client
+    of a cross-device federation ever trained on a 0. ``rng`` is used only when there is such
+    a tie, so every other split is what it was."""
+    per_class = largest_remainder(counts.astype(np.float64), n_val)
+    exact = counts / counts.sum() * n_val
+    floors = np.floor(exact).astype(np.int64)
+    extra = per_class > floors
+    if extra.any():
+        remainder = exact - floors
+        last = remainder[extra].min()
+        tied = np.flatnonzero(remainder == last)
+        if not extra[tied].all():  # some of the tied classes got a unit, some did not
+            units = int(extra[tied].sum())
+            per_class[tied] = floors[tied]
+            per_class[rng.choice(tied, size=units, replace=False)] += 1
+    return per_class
 
 
 def validation_split(
@@ -42,7 +65,7 @@ def validation_split(
     if n_val == 0:
         return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
     classes, counts = np.unique(labels, return_counts=True)
-    per_class = largest_remainder(counts.astype(np.float64), n_val)
+    per_class = val_counts(counts, n_val, rng)
     picked = [
         rng.choice(np.flatnonzero(labels == c), size=int(k), replace=False)
         for c, k in zip(classes, per_class, strict=True)

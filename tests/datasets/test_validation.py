@@ -11,7 +11,7 @@ import torch
 
 from fedwon.datasets import DataError, DataSpec, DomainArrays, load_federation
 from fedwon.datasets.base import rng_for
-from fedwon.datasets.validation import num_validation, validation_split
+from fedwon.datasets.validation import num_validation, val_counts, validation_split
 
 
 def examples(x: torch.Tensor, y: torch.Tensor) -> list[bytes]:
@@ -45,6 +45,25 @@ def test_split_is_disjoint_complete_stratified_and_seeded() -> None:
     assert np.array_equal(again_val, val) and np.array_equal(again_fit, fit)
     _, other = validation_split(labels, 0.2, rng_for(1, "t"))
     assert not np.array_equal(other, val)
+
+
+def test_classes_tied_for_the_last_validation_unit_are_drawn_at_random() -> None:
+    # one example of each of ten classes, 10%: one validation example. Ties used to go to the
+    # lowest class, so every such client held back its 0 and no client trained on a 0.
+    labels = np.arange(10)
+    held = [
+        int(labels[validation_split(labels, 0.1, rng_for(pid, "t"))[1]][0]) for pid in range(60)
+    ]
+    assert len(set(held)) >= 8  # random over the ten classes (seen: all of them)
+    # no tie at the boundary: the allocation, and the rng's use, are exactly as before
+    counts = np.array([50, 30, 15, 5])
+    rng = rng_for(0, "t")
+    state = rng.bit_generator.state
+    assert val_counts(counts, 20, rng).tolist() == [10, 6, 3, 1]
+    assert rng.bit_generator.state == state
+    # a partial tie: classes 1 and 2 (remainder 0.5) share one unit, class 0 keeps its own
+    picks = {tuple(val_counts(np.array([3, 1, 1]), 2, rng_for(s, "t")).tolist()) for s in range(20)}
+    assert picks == {(1, 1, 0), (1, 0, 1)}
 
 
 def test_fraction_zero_keeps_everything_and_draws_nothing() -> None:
