@@ -35,6 +35,9 @@ class Aggregator:
 
     cls: type[FedAvg]
     params: dict[str, str]  # config key -> constructor argument
+    streams: bool = True
+    """``aggregate_train`` is FedAvg's weighted mean (then, maybe, a server optimizer step), so
+    the round rules may fold replies into a running mean for it (:mod:`.streaming`)."""
 
 
 _FEDOPT = {"server_lr": "eta", "beta_1": "beta_1", "beta_2": "beta_2", "tau": "tau"}

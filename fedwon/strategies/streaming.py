@@ -23,33 +23,18 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import (
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedProx,
-    FedYogi,
-    Strategy,
-)
+from flwr.serverapp.strategy import Strategy
 
 from fedwon.engine.fastarrays import payload_view
-from fedwon.privacy.lamb import FedLAMB
 from fedwon.strategies.aggregation import reply_weight
+from fedwon.strategies.aggregators import AGGREGATORS
 
 __all__ = ["STREAMABLE", "RunningMean", "streams"]
 
-STREAMABLE: tuple[type[Strategy], ...] = (
-    FedAvg,
-    FedProx,
-    FedAvgM,
-    FedAdam,
-    FedYogi,
-    FedAdagrad,
-    FedLAMB,
-)
+STREAMABLE: tuple[type[Strategy], ...] = tuple(a.cls for a in AGGREGATORS.values() if a.streams)
 """Strategies whose ``aggregate_train`` is FedAvg's weighted mean (then, for some, a server
-optimizer step on it). Exact types only: a subclass may aggregate differently."""
+optimizer step on it): Flower's FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad and
+fedwon's LAMB. Exact types only: a subclass may aggregate differently."""
 
 
 def streams(strategy: Strategy) -> bool:

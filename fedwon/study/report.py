@@ -121,6 +121,9 @@ def _settings(part: PartResult) -> dict[str, Any]:
     )
     values = cfg.to_flat()
     settings = {k: values[k] for k in keys}
+    for k in ("train_per_domain", "test_per_domain"):
+        if not settings[k]:
+            settings[k] = "data set default"
     settings["clients_per_round"] = cfg.sampled_per_round
     if cfg.partition == "dirichlet":
         settings["alpha"] = cfg.alpha
