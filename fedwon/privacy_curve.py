@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import typer
 from rich.console import Console
 
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe, resume_conflicts
+from fedwon.provenance import code_commit
 from fedwon.results import final_metrics, find_checkpoint, per_domain, read_metrics, read_run_config
 
 log = logging.getLogger(__name__)
@@ -152,23 +152,6 @@ def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str
         "run_dir": str(run_dir),
         "status": status,
     }
-
-
-def git_commit() -> str:
-    """The commit the results were made at (``+dirty`` with uncommitted changes)."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def setting(cfg: RunConfig) -> dict[str, Any]:
@@ -297,7 +280,7 @@ def run_curve(
 ) -> dict[str, Any]:
     """Run (or reuse) every arm, then write the table, the JSON and the plot under ``out``."""
     configs = {arm: plan.config(arm) for arm in plan.arms()}  # every config checked up front
-    commit = git_commit()  # of the code that runs (the tree may change while it does)
+    commit = code_commit()  # of the code that runs (the tree may change while it does)
     runs = []
     for i, (arm, cfg) in enumerate(configs.items(), start=1):
         status = run_arm(cfg, cache / arm.name)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from fedwon.config import load_config
 from fedwon.datasets import DATASETS
+from fedwon.provenance import code_commit
 from fedwon.study.plan import METHODS, TUNING_SEED, Candidate, Part, StudyPlan
-from fedwon.study.runs import RunRecord, RunSpec, code_commit, execute, refusal
+from fedwon.study.runs import RunRecord, RunSpec, execute, refusal
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 from fedwon.config import ConfigError, RunConfig, load_config
 from fedwon.datasets import DATASETS
 from fedwon.errors import error_line
+from fedwon.provenance import code_commit
 from fedwon.results import checkpoint_round, final_metrics, per_domain, read_metrics
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
 from fedwon.study.plan import METHODS, Candidate, Part
@@ -41,39 +41,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RunRecord",
     "RunSpec",
-    "code_commit",
     "execute",
     "refusal",
     "run_config",
     "run_dir",
 ]
-
-REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def code_commit() -> str:
-    """The last commit that changed the code or recipes (``unknown`` outside a git checkout),
-    ``+dirty`` when they have uncommitted changes. Generated docs do not count, so committing
-    the report does not change the commit it names."""
-    paths = ["fedwon", "sims", "pyproject.toml"]
-    try:
-        sha = subprocess.run(
-            ["git", "log", "-1", "--format=%H", "--", *paths],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", *paths],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return (sha or "unknown") + ("+dirty" if dirty else "")
 
 
 @dataclass(frozen=True)
