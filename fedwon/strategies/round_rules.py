@@ -141,18 +141,13 @@ class RoundRules(Strategy):
         the inner strategy's one reply, the total weight and the number of clients."""
         weight_key = getattr(self.strategy, "weighted_by_key", WEIGHT_KEY)
         mean = RunningMean(weight_key)
-        if not isinstance(replies, list | tuple):  # streamed by the grid, in partition order
-            previous: tuple[int, int] | None = None
-            for msg in self._filtered(server_round, replies, "train"):
-                order = reply_order(msg)
-                if previous is not None and order < previous:
-                    log.debug("round %d: replies arrived out of partition order", server_round)
-                previous = order
-                mean.add(msg)
-                del msg  # folded in: let it go before the next client trains
-        else:
-            for msg in self._usable(server_round, replies, "train"):
-                mean.add(msg)
+        # a list (Flower's grids) is sorted into partition order first; the fast engine's
+        # stream already comes in it (train messages go out in node order)
+        streamed = not isinstance(replies, list | tuple)
+        usable = self._filtered if streamed else self._usable
+        for msg in usable(server_round, replies, "train"):
+            mean.add(msg)
+            del msg  # folded in: let it go before the next client trains
         if not mean.count:
             return [], 0.0, 0
         aggr_fn = getattr(self.strategy, "train_metrics_aggr_fn", aggregate_metricrecords)
