@@ -267,6 +267,7 @@ def run(
         f"{cfg.num_clients} clients ({cfg.sampled_per_round}/round) · engine {cfg.engine} → "
         f"{escape(str(run_dir))}"
     )
+    console.print(escape(cfg.dp.describe(cfg.dp_check().population, cfg.num_clients)))
     hint = f"; continue with: fedwon run --resume {run_dir}"
     with (
         one_line_errors(verbose, interrupted_hint=hint),

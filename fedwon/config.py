@@ -8,9 +8,7 @@ all read exactly the same values. Nothing downstream re-parses strings.
 
 from __future__ import annotations
 
-import math
 import re
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +28,7 @@ from pydantic import (
 )
 
 from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
+from fedwon.strict_scalars import check_scalar
 
 if TYPE_CHECKING:
     from fedwon.protocol import ClientConfig
@@ -39,37 +38,6 @@ Scalar = bool | int | float | str
 
 class ConfigError(ValueError):
     """A recipe or override is invalid; the message names the key and the valid choices."""
-
-
-def _type_name(value: object) -> str:
-    names = {str: "a string", bool: "a boolean", float: "a float", int: "an integer"}
-    return names.get(type(value), f"a {type(value).__name__}")
-
-
-def check_scalar(value: object, annotation: object) -> object:
-    """Refuse what pydantic's lax mode would coerce: ``"1"``, ``true`` or ``5.0`` for an
-    integer, ``"0.1"`` or ``true`` for a number, ``1`` or ``"yes"`` for a boolean, and NaN or
-    infinite numbers. A recipe with ``num_rounds = "10"`` is a mistake worth naming, and NaN
-    passes every range check (``nan <= 0`` is false) only to fail deep inside training.
-
-    Any pydantic model can call this from a ``@field_validator("*", mode="before")``.
-    Optional fields (``float | None``) are checked as their type when a value is given.
-    """
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if len(args) == 1 and type(None) in typing.get_args(annotation):
-        if value is None:
-            return value
-        annotation = args[0]
-    if annotation is bool and not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
-    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"expected a finite number, got {value!r}")
-    return value
 
 
 RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[\w.\-]+:\d{1,5})$")
@@ -446,8 +414,8 @@ class RunConfig(BaseModel):
         return tomli_w.dumps({**top, "dp": self.dp.model_dump()})
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A validated copy with some keys changed."""
-        return make_config({**self.to_flat(), **changes})
+        """A validated copy with some keys changed (``None``: back to the key's default)."""
+        return make_config(without_unset({**self.to_flat(), **changes}))
 
 
 def _choice(value: str, key: str, choices: Any) -> str:
@@ -473,6 +441,13 @@ def _format_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def without_unset(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the keys an override unset (``--set key=`` gives ``None``), so each
+    falls back to its default: how a recipe's ``server_lr`` is dropped to switch the
+    aggregator from the command line."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def make_config(values: dict[str, Any]) -> RunConfig:
     """Validate a flat dict of settings, raising :class:`ConfigError` with a one-line message."""
     try:
@@ -484,15 +459,19 @@ def make_config(values: dict[str, Any]) -> RunConfig:
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with a TOML value (``lr=0.1``, ``strategy=fedbn``, ``x="a b"``).
 
-    A bare word that is not valid TOML is taken as a string so ``--set strategy=fedbn`` works,
-    and a bracketed list of bare words as a list of strings, so ``--set domains=[mnist,usps]``
-    means what ``domains = ["mnist", "usps"]`` means in a recipe.
+    ``key=`` (nothing after ``=``) unsets the key: the value is ``None`` and the key falls back
+    to its default (:func:`without_unset`). A bare word that is not valid TOML is taken as a
+    string so ``--set strategy=fedbn`` works, and a bracketed list of bare words as a list of
+    strings, so ``--set domains=[mnist,usps]`` means what ``domains = ["mnist", "usps"]``
+    means in a recipe.
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form key=value")
     raw = raw.strip()
+    if not raw:
+        return key, None
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -535,7 +514,7 @@ def load_config(
         values.update(overrides)
     else:
         values.update(parse_override(o) for o in overrides or [])
-    return make_config(values)
+    return make_config(without_unset(values))
 
 
 # Keys a resumed run may change: where and how fast it runs, how often it evaluates and

@@ -20,6 +20,8 @@ from fedwon.clients.workspace import IN_CHANNELS, data_spec
 from fedwon.config import ConfigError, RunConfig
 from fedwon.datasets import load_federation, validate_spec
 from fedwon.models import build_model
+from fedwon.privacy.accounting import PrivacyLedger
+from fedwon.privacy.central_dp import planned_noise
 from fedwon.results import check_resumable
 from fedwon.run_dir import check_new_run_dir, prepare_run_dir
 
@@ -76,8 +78,34 @@ def prepare_run(
     else:
         resolved = validate_spec(spec)
         check_model_input(cfg, resolved.info.num_classes, IN_CHANNELS, resolved.image_size)
+    if not resume:
+        check_first_round_budget(cfg)
     if out_dir is not None and not resume:
         prepare_run_dir(out_dir, overwrite=overwrite)
+
+
+def check_first_round_budget(cfg: RunConfig) -> None:
+    """Refuse a user-level DP run whose ``dp.max_epsilon`` is below a single round's epsilon:
+    it would stop before its first round, with an empty run directory and exit status 0."""
+    dp = cfg.dp
+    if not (dp.enabled and dp.level == "user" and dp.max_epsilon):
+        return
+    try:
+        z, q = planned_noise(
+            dp,
+            expected_clients=cfg.sampled_per_round,
+            population=cfg.dp_check().population,
+            num_rounds=cfg.num_rounds,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    first = PrivacyLedger(z, q, dp.delta, dp.accountant).epsilon(1)
+    if first > dp.max_epsilon:
+        raise ConfigError(
+            f"dp.max_epsilon={dp.max_epsilon:g} is below the epsilon of a single round "
+            f"({first:.4g} at delta {dp.delta:g}, noise multiplier {z:.4g}): no round can run; "
+            "raise dp.max_epsilon or the noise"
+        )
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout_s: float, poll_s: float = 0.5) -> None:

@@ -161,6 +161,7 @@ def setting(cfg: RunConfig) -> dict[str, Any]:
         "norm": cfg.resolved_norm,
         "dataset": cfg.dataset,
         "population": cfg.dp_check().population,
+        "simulated_clients": cfg.num_clients,
         "clients_per_round": cfg.sampled_per_round,
         "sample_rate": cfg.dp_check().sample_rate,
         "rounds": cfg.num_rounds,
@@ -180,6 +181,16 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _population(setting: dict[str, Any]) -> str:
+    """The clients an epsilon is stated for; says so when that population is larger than the
+    simulated one (the sample rate, and so epsilon, is then an extrapolation)."""
+    population = setting["population"]
+    simulated = setting.get("simulated_clients", population)
+    if population > simulated:
+        return f"ε stated for a population of {population} (simulated: {simulated} clients)"
+    return f"{population} clients"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """privacy_results.md: the table (accuracy per method and epsilon) and its setting."""
     runs = results["runs"]
@@ -193,7 +204,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Made by `{results['command']}` at commit `{results['commit']}` "
         f"({results['date']}); {results['seconds']:.0f} s of training on this machine.",
         "",
-        f"Setting: `{results['recipe']}` — {s['dataset']}, {s['population']} clients, "
+        f"Setting: `{results['recipe']}` — {s['dataset']}, {_population(s)}, "
         f"{s['clients_per_round']} per round (q = {s['sample_rate']:g}), {s['rounds']} rounds, "
         f"`{s['model']}` with norm `{s['norm']}` (FedWon), {s['local_epochs']} local "
         f"epoch(s) at batch size {s['batch_size']} and lr {s['lr']:g}; clip norm C = "
@@ -266,7 +277,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
     ax.set_xlabel(f"ε (target, δ = {results['setting']['delta']:g})")
     ax.set_ylabel("final test accuracy")
-    ax.set_title(f"FedWon, user-level DP, {results['setting']['population']} clients")
+    ax.set_title(f"FedWon, user-level DP, {_population(results['setting'])}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -163,6 +163,9 @@ class Checkpoint:
     rows: list[Row] = field(default_factory=list)
     client_states: dict[int, RecordDict] | None = None  # None: not captured by this grid
     server_state: dict[str, np.ndarray] = field(default_factory=dict)  # optimizer moments
+    # user-level DP: the (noise multiplier, sample rate, rounds) of rounds 1..round, so a
+    # resumed run accounts every round at the noise it actually used (None: no DP ledger)
+    privacy: list[tuple[float, float, int]] | None = None
 
 
 def _save_states(directory: Path, states: dict[int, RecordDict]) -> None:
@@ -208,7 +211,10 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
         np.savez(tmp / "server_state.npz", **ckpt.server_state)  # type: ignore[arg-type]
     if ckpt.client_states is not None:
         _save_states(tmp / CLIENT_STATES, ckpt.client_states)
-    _write_text_atomic(tmp / STATE_FILE, json.dumps({"round": ckpt.round, "rows": ckpt.rows}))
+    state: dict[str, Any] = {"round": ckpt.round, "rows": ckpt.rows}
+    if ckpt.privacy is not None:
+        state["privacy_history"] = [list(entry) for entry in ckpt.privacy]
+    _write_text_atomic(tmp / STATE_FILE, json.dumps(state))
     old = run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if (run_dir / CHECKPOINT).exists():
@@ -287,7 +293,11 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     if (path / "server_state.npz").exists():
         with np.load(path / "server_state.npz") as npz:
             server_state = {k: npz[k] for k in npz.files}
-    return Checkpoint(int(state["round"]), arrays, list(state["rows"]), states, server_state)
+    privacy = state.get("privacy_history")
+    history = None if privacy is None else [(float(z), float(q), int(n)) for z, q, n in privacy]
+    return Checkpoint(
+        int(state["round"]), arrays, list(state["rows"]), states, server_state, history
+    )
 
 
 class RunRecorder:
@@ -303,6 +313,8 @@ class RunRecorder:
         self.cfg = cfg
         self.client_states = client_states
         self.server_state: Callable[[], dict[str, np.ndarray]] | None = None
+        # user-level DP: the privacy ledger's history of rounds 1..r, saved with checkpoints
+        self.privacy_history: Callable[[int], list[tuple[float, float, int]] | None] | None = None
         self.final_round = cfg.num_rounds  # always checkpointed (fewer under a DP budget)
         self.rows: list[Row] = []
         self.arrays: ArrayRecord | None = None
@@ -325,14 +337,20 @@ class RunRecorder:
         (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
         self._started = True
 
-    def resume(self) -> Checkpoint:
-        """Continue from the run directory's checkpoint (rows after it are discarded).
-
-        Everything is checked (:func:`check_resumable`) before the first write."""
+    def load_resume(self) -> Checkpoint:
+        """The checkpoint a resumed run continues from, checked (:func:`check_resumable`);
+        writes nothing, so whatever else the caller checks can still refuse the resume."""
         if self.run_dir is None:
             raise ConfigError("cannot resume a run that has no output directory")
         check_resumable(self.run_dir, self.cfg)
-        ckpt = load_checkpoint(self.run_dir)
+        return load_checkpoint(self.run_dir)
+
+    def resume(self, ckpt: Checkpoint | None = None) -> Checkpoint:
+        """Continue from the run directory's checkpoint (rows after it are discarded): the
+        first write of a resumed run (its config, its metrics up to the checkpoint)."""
+        if ckpt is None:
+            ckpt = self.load_resume()
+        assert self.run_dir is not None
         self.rows = list(ckpt.rows)
         self.arrays = ckpt.arrays
         _write_text_atomic(self.run_dir / "config.toml", self.cfg.to_toml())
@@ -368,7 +386,8 @@ class RunRecorder:
             if server_round == self.final_round or (every and server_round % every == 0):
                 states = self.client_states.snapshot_states() if self.client_states else None
                 server = self.server_state() if self.server_state else {}
-                ckpt = Checkpoint(server_round, arrays, self.rows, states, server)
+                privacy = self.privacy_history(server_round) if self.privacy_history else None
+                ckpt = Checkpoint(server_round, arrays, self.rows, states, server, privacy)
                 save_checkpoint(self.run_dir, ckpt)
         return row
 

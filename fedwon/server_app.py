@@ -23,10 +23,10 @@ from flwr.serverapp.strategy import Strategy
 from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
-from fedwon.preflight import prepare_run, wait_for_nodes
+from fedwon.preflight import check_first_round_budget, prepare_run, wait_for_nodes
 from fedwon.privacy import CentralDP, ClientEpsilons
 from fedwon.process_guard import start_guard
-from fedwon.results import ClientStateHolder, Row, RunRecorder
+from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.run_dir import resolve_out
 from fedwon.strategies import METHODS, RoundReport, build_strategy
 from fedwon.strategies.server_state import restore_server_state, snapshot_server_state
@@ -71,16 +71,10 @@ def run_server(
     arrays = initial_arrays(cfg)
     holder = grid if isinstance(grid, ClientStateHolder) else None
     recorder = RunRecorder(out_dir, cfg, client_states=holder)
-    start_round, server_state = 0, {}
-    if resume:
-        ckpt = recorder.resume()
-        start_round, arrays, server_state = ckpt.round, ckpt.arrays, ckpt.server_state
-        if cfg.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
-            log.warning(
-                "resuming FedBN without the clients' local layers (this engine does not "
-                "checkpoint Context.state): clients restart them from the initial model; "
-                "use engine='fast' to resume exactly"
-            )
+    ckpt = recorder.load_resume() if resume else None
+    if ckpt is None:
+        check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public API)
+    start_round = ckpt.round if ckpt is not None else 0
 
     def record(report: RoundReport) -> None:
         row = recorder.record(
@@ -93,11 +87,22 @@ def run_server(
         if on_round is not None:
             on_round(row)
 
-    privacy = PrivacyWrap(cfg, wrap)
+    # built (noise calibrated against the rounds already run) before the resume writes
+    privacy = PrivacyWrap(cfg, wrap, checkpoint=ckpt)
     strategy = build_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
-    restore_server_state(strategy, server_state)
+    last = privacy.last_round(start_round)
+    if ckpt is not None:
+        recorder.resume(ckpt)
+        arrays = ckpt.arrays
+        restore_server_state(strategy, ckpt.server_state)
+        if cfg.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
+            log.warning(
+                "resuming FedBN without the clients' local layers (this engine does not "
+                "checkpoint Context.state): clients restart them from the initial model; "
+                "use engine='fast' to resume exactly"
+            )
     recorder.server_state = lambda: snapshot_server_state(strategy)
-    last = privacy.last_round()
+    recorder.privacy_history = privacy.history
     strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
     client_record = cfg.client_config().to_record()
     if last > start_round:
@@ -116,13 +121,24 @@ class PrivacyWrap:
     """The ``wrap`` that :func:`build_strategy` applies: the caller's wrapper, then (with
     ``dp.enabled``) fedwon's DP wrapper around it -- :class:`~fedwon.privacy.CentralDP` at
     user level, :class:`~fedwon.privacy.ClientEpsilons` at sample level (the clients run
-    DP-SGD) -- so the round rules stay outermost and DP sees only the replies they kept."""
+    DP-SGD) -- so the round rules stay outermost and DP sees only the replies they kept.
 
-    def __init__(self, cfg: RunConfig, wrap: Callable[[Strategy], Strategy] | None) -> None:
+    A resumed user-level run continues the privacy ledger of its ``checkpoint``: the rounds
+    already run keep the noise they used, and epsilon (reported, capped by ``dp.max_epsilon``,
+    targeted by ``dp.target_epsilon``) is always that of every round of the run composed.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        wrap: Callable[[Strategy], Strategy] | None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
         self.cfg, self.wrap = cfg, wrap
         self.dp: CentralDP | None = None
         self.sample_dp: ClientEpsilons | None = None
         self.check = cfg.dp_check()
+        self.prior = prior_privacy_history(cfg, checkpoint)
         for warning in self.check.warnings:
             log.warning("%s", warning)
 
@@ -134,18 +150,28 @@ class PrivacyWrap:
         if dp.level == "sample":
             self.sample_dp = ClientEpsilons(inner)
             return self.sample_dp
-        self.dp = CentralDP.from_config(
-            inner,
-            dp,
-            expected_clients=self.cfg.sampled_per_round,
-            population=self.check.population,
-            num_rounds=self.cfg.num_rounds,
-            seed=self.cfg.seed,
-        )
+        try:
+            self.dp = CentralDP.from_config(
+                inner,
+                dp,
+                expected_clients=self.cfg.sampled_per_round,
+                population=self.check.population,
+                num_rounds=self.cfg.num_rounds,
+                seed=self.cfg.seed,
+                prior=self.prior,
+            )
+        except ValueError as err:  # a budget out of reach: the user's settings
+            raise ConfigError(str(err)) from None
         return self.dp
 
-    def last_round(self) -> int:
-        """The last round the run may take: ``num_rounds``, or fewer under ``dp.max_epsilon``."""
+    def history(self, rounds: int) -> list[tuple[float, float, int]] | None:
+        """The privacy ledger's ``(z, q, rounds)`` segments of rounds 1..``rounds`` (None
+        without user-level DP): what a checkpoint keeps."""
+        return None if self.dp is None else self.dp.ledger.history(rounds)
+
+    def last_round(self, start_round: int = 0) -> int:
+        """The last round the run may take: ``num_rounds``, or fewer under ``dp.max_epsilon``
+        (``start_round`` when a resumed run has spent its budget already)."""
         if self.dp is None:
             return self.cfg.num_rounds
         last = self.dp.rounds_within_budget(self.cfg.num_rounds)
@@ -163,7 +189,9 @@ class PrivacyWrap:
         return last
 
     def summary(self, rows: list[Row]) -> dict[str, Any]:
-        """The ``privacy`` block of summary.json (empty without DP)."""
+        """The ``privacy`` block of summary.json (empty without DP). Epsilon is that of the
+        rounds recorded in the run directory (all of them, over every process that ran
+        some), never only of the rounds run by this process."""
         if self.sample_dp is not None:
             dp = self.cfg.dp
             epsilons = [r["epsilon"] for r in rows if r.get("epsilon") is not None]
@@ -181,22 +209,77 @@ class PrivacyWrap:
             }
         if self.dp is None:
             return {}
-        ledger, last = self.dp.ledger, self.last_round()
+        ledger = self.dp.ledger
+        done = max((int(r["round"]) for r in rows), default=0)
+        last = self.dp.rounds_within_budget(self.cfg.num_rounds)
         return {
             "privacy": {
                 "level": "user",
-                "epsilon": self.dp.epsilon_spent,
+                "epsilon": ledger.epsilon(done),
                 "delta": ledger.delta,
                 "noise_multiplier": ledger.noise_multiplier,
+                "noise_history": [
+                    {"noise_multiplier": z, "sample_rate": q, "rounds": n}
+                    for z, q, n in ledger.history(done)
+                ],
                 "sample_rate": ledger.sample_rate,
+                "target_epsilon": self.cfg.dp.target_epsilon or None,
+                "max_epsilon": self.cfg.dp.max_epsilon or None,
                 "accountant": ledger.accountant,
                 "clip_norm": self.dp.clip_norm,
                 "clipping": self.dp.clipping,
                 "placement": self.dp.placement,
+                **population_statement(self.check.population, self.cfg.num_clients),
                 "rounds_within_budget": last,
                 "stopped_by_budget": last < self.cfg.num_rounds,
             }
         }
+
+
+def prior_privacy_history(
+    cfg: RunConfig, checkpoint: Checkpoint | None
+) -> list[tuple[float, float, int]]:
+    """The noise history of the rounds a resumed user-level DP run has already run.
+
+    A checkpoint without one (written by an older fedwon, which did not record the noise of
+    each round) is refused: its rounds' noise cannot be known, and a guessed one could state
+    an epsilon below the truth."""
+    if checkpoint is None or checkpoint.round == 0:
+        return []
+    if not (cfg.dp.enabled and cfg.dp.level == "user"):
+        return []
+    history = checkpoint.privacy
+    if history is None:
+        raise ConfigError(
+            "cannot resume this DP run: its checkpoint holds no privacy ledger (it was written "
+            "by an older fedwon that did not record each round's noise), so the epsilon of its "
+            f"{checkpoint.round} rounds cannot be verified; start the run again"
+        )
+    covered = sum(n for _, _, n in history)
+    if covered != checkpoint.round:
+        raise ConfigError(
+            f"cannot resume this DP run: its checkpoint's privacy ledger covers {covered} "
+            f"rounds, but the checkpoint is at round {checkpoint.round}"
+        )
+    return list(history)
+
+
+def population_statement(population: int, simulated: int) -> dict[str, Any]:
+    """What an epsilon is stated for: the population sampled from, and whether that is the
+    simulated clients or an extrapolation to a larger population (q = m / N with N beyond
+    the clients that exist in the simulation)."""
+    extrapolated = population > simulated
+    statement = (
+        f"epsilon stated for a population of {population} (simulated: {simulated} clients)"
+        if extrapolated
+        else f"epsilon for the {simulated} simulated clients"
+    )
+    return {
+        "population": population,
+        "simulated_clients": simulated,
+        "population_extrapolated": extrapolated,
+        "statement": statement,
+    }
 
 
 @dataclass(frozen=True)

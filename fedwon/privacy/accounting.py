@@ -149,58 +149,92 @@ def _rdp_per_round(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     )
 
 
+Mechanism = tuple[float, float, int]  # (noise multiplier, sample rate, steps), as Opacus records
+
+
+def merge_history(history: Sequence[Mechanism]) -> list[Mechanism]:
+    """``history`` with consecutive entries of the same (z, q) merged and empty ones dropped,
+    as Opacus' accountants record steps. Merging makes a run that was stopped and resumed at
+    the same noise compose *exactly* like an uninterrupted one (one ``curve * steps`` product
+    instead of two summed)."""
+    merged: list[Mechanism] = []
+    for z, q, steps in history:
+        if not steps:
+            continue
+        if merged and merged[-1][:2] == (float(z), float(q)):
+            merged[-1] = (merged[-1][0], merged[-1][1], merged[-1][2] + int(steps))
+        else:
+            merged.append((float(z), float(q), int(steps)))
+    return merged
+
+
 class PrivacyLedger:
-    """Epsilon after r rounds of one fixed mechanism (z, q) at a fixed delta, cached.
+    """Epsilon of a run's rounds at a fixed delta: the rounds already run, then more at the
+    current noise.
+
+    ``prior`` is the history of the rounds run before this process (``(z, q, rounds)``
+    segments, Opacus' form, read from the run's checkpoint): a resumed run may continue at
+    another noise multiplier, and every round is accounted at the noise it actually used.
+    ``epsilon(r)`` composes ``prior`` with rounds ``len(prior)+1 .. r`` at ``noise_multiplier``.
 
     A DP run asks after every round; Opacus' RDP accountant recomputes the RDP curve from
     scratch on each call (tens of ms, more than a cross-device round). The ledger computes it
-    once per (z, q) and scales it by r -- exactly Opacus' arithmetic (``compute_rdp`` returns
-    r times the one-step curve), so the numbers agree bit for bit. PRV values are cached
-    per round count (each costs ~0.1-0.5 s).
+    once per (z, q) and scales it by the number of rounds -- exactly Opacus' arithmetic
+    (``compute_rdp`` returns r times the one-step curve), so the numbers agree bit for bit.
+    PRV values are cached per round count (each costs ~0.1-0.5 s).
     """
 
     def __init__(
-        self, noise_multiplier: float, sample_rate: float, delta: float, accountant: str = "rdp"
+        self,
+        noise_multiplier: float,
+        sample_rate: float,
+        delta: float,
+        accountant: str = "rdp",
+        prior: Sequence[Mechanism] = (),
     ) -> None:
         check_accounting_args(noise_multiplier, sample_rate, 0, delta, accountant)
+        for z, q, steps in prior:
+            check_accounting_args(z, q, steps, delta, accountant)
         self.noise_multiplier = float(noise_multiplier)
         self.sample_rate = float(sample_rate)
         self.delta = float(delta)
         self.accountant = accountant
+        self.prior = merge_history(prior)
+        self.start = sum(steps for _, _, steps in self.prior)
         self._cache: dict[int, float] = {0: 0.0}
+
+    def history(self, rounds: int) -> list[Mechanism]:
+        """The ``(z, q, rounds)`` segments of rounds 1..``rounds`` (what a checkpoint keeps)."""
+        if rounds < self.start:
+            raise ValueError(
+                f"rounds 1..{self.start} were run before this ledger; ask for >= {self.start}, "
+                f"got {rounds}"
+            )
+        extra = (self.noise_multiplier, self.sample_rate, rounds - self.start)
+        return merge_history([*self.prior, extra])
 
     def epsilon(self, rounds: int) -> float:
         """Epsilon spent after ``rounds`` rounds (0 for none, inf without noise)."""
         if rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {rounds}")
         cached = self._cache.get(rounds)
-        if cached is not None:
-            return cached
-        if self.noise_multiplier == 0:
-            value = math.inf
-        elif self.accountant == "rdp":
-            from opacus.accountants.analysis import rdp as rdp_analysis
-
-            rdp = _rdp_per_round(self.noise_multiplier, self.sample_rate) * rounds
-            eps, _ = rdp_analysis.get_privacy_spent(orders=rdp_orders(), rdp=rdp, delta=self.delta)
-            value = float(eps)
-        else:
-            value = compute_epsilon(
-                self.noise_multiplier, self.sample_rate, rounds, self.delta, "prv"
+        if cached is None:
+            cached = self._cache[rounds] = history_epsilon(
+                self.history(rounds), self.delta, self.accountant
             )
-        self._cache[rounds] = value
-        return value
+        return cached
 
     def rounds_within(self, max_epsilon: float, horizon: int) -> int:
-        """How many of the next ``horizon`` rounds fit in ``max_epsilon`` (0..horizon).
+        """The last round up to ``horizon`` whose epsilon is within ``max_epsilon``
+        (``start`` .. ``horizon``; ``start`` when not even the next round fits).
 
         Epsilon grows with the number of rounds, so a bisection needs ~log2(horizon) values.
         """
-        if horizon < 0:
-            raise ValueError(f"horizon must be >= 0, got {horizon}")
+        if horizon < self.start:
+            raise ValueError(f"horizon must be >= {self.start} (rounds already run), got {horizon}")
         if self.epsilon(horizon) <= max_epsilon:
             return horizon
-        low, high = 0, horizon  # epsilon(low) <= max < epsilon(high)
+        low, high = self.start, horizon  # epsilon(high) > max; low fits or is what was run
         while high - low > 1:
             mid = (low + high) // 2
             if self.epsilon(mid) <= max_epsilon:
@@ -210,7 +244,64 @@ class PrivacyLedger:
         return low
 
 
-Mechanism = tuple[float, float, int]  # (noise multiplier, sample rate, steps), as Opacus records
+def calibrate_noise_after(
+    prior: Sequence[Mechanism],
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    rounds: int,
+    accountant: str = "rdp",
+    tolerance: float = 0.01,
+) -> float:
+    """The noise multiplier for ``rounds`` more rounds so that, composed with ``prior`` (the
+    rounds already run), epsilon ends within ``target_epsilon``.
+
+    What a resumed run under ``dp.target_epsilon`` uses: the noise of the rounds already run
+    cannot change, so the remaining ones absorb what is left of the budget. The previous
+    noise is kept when it still fits (an interrupted run resumed with the same ``num_rounds``
+    continues bit for bit); otherwise z is found by Opacus' bisection on the *composed*
+    epsilon (``target - tolerance <= epsilon <= target``). Without ``prior`` this is
+    :func:`calibrate_noise`. A budget the rounds already run have spent is refused.
+    """
+    from opacus.accountants.utils import MAX_SIGMA
+
+    prior = merge_history(prior)
+    if not prior:
+        return calibrate_noise(target_epsilon, delta, sample_rate, rounds, accountant, tolerance)
+    check_accounting_args(1.0, sample_rate, rounds, delta, accountant)
+    done = sum(steps for _, _, steps in prior)
+
+    def composed(z: float) -> float:
+        return history_epsilon([*prior, (z, sample_rate, rounds)], delta, accountant)
+
+    if composed(prior[-1][0]) <= target_epsilon:
+        return prior[-1][0]
+    spent = history_epsilon(prior, delta, accountant)
+    if spent >= target_epsilon:
+        raise ValueError(
+            f"the {done} rounds already run spent epsilon {spent:.4g} of "
+            f"dp.target_epsilon={target_epsilon:g}: no budget is left for {rounds} more rounds"
+        )
+    low, high = 0.0, 10.0
+    eps_high = composed(high)
+    while eps_high > target_epsilon:
+        low, high = high, 2 * high
+        if high > MAX_SIGMA:
+            raise ValueError(
+                f"the {done} rounds already run spent epsilon {spent:.4g}; "
+                f"dp.target_epsilon={target_epsilon:g} leaves too little for {rounds} more "
+                f"rounds even at noise multiplier {MAX_SIGMA:g}; raise target_epsilon or lower "
+                "num_rounds"
+            )
+        eps_high = composed(high)
+    while target_epsilon - eps_high > tolerance:
+        mid = (low + high) / 2
+        eps = composed(mid)
+        if eps <= target_epsilon:
+            high, eps_high = mid, eps
+        else:
+            low = mid
+    return high
 
 
 def history_epsilon(history: Sequence[Mechanism], delta: float, accountant: str = "rdp") -> float:

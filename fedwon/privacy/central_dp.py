@@ -36,7 +36,7 @@ round and the cohort has at most ``expected_clients`` members (checked).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -48,7 +48,12 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from fedwon.privacy.accounting import PrivacyLedger, calibrate_noise, sample_rate
+from fedwon.privacy.accounting import (
+    Mechanism,
+    PrivacyLedger,
+    calibrate_noise_after,
+    sample_rate,
+)
 from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
 from fedwon.privacy.config import DPConfig
 from fedwon.privacy.lamb import FedLAMB
@@ -109,6 +114,8 @@ class CentralDP(TrainWrapper):
         max_epsilon: refuse rounds beyond this budget (0 = no cap); see
             :meth:`rounds_within_budget` to plan a run that ends within it.
         seed: noise seed (simulation); with ``secure_rng`` the OS CSPRNG is used instead.
+        prior: the ``(z, q, rounds)`` history of the rounds a resumed run has already run
+            (from its checkpoint); epsilon composes it with the rounds run here.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class CentralDP(TrainWrapper):
         max_epsilon: float = 0.0,
         seed: int = 0,
         secure_rng: bool = False,
+        prior: Sequence[Mechanism] = (),
     ) -> None:
         super().__init__()
         check_clip_settings(clip_norm, clipping, split)
@@ -137,7 +145,7 @@ class CentralDP(TrainWrapper):
         if max_epsilon < 0:
             raise ValueError(f"max_epsilon must be >= 0 (0 = no cap), got {max_epsilon}")
         self.strategy = strategy
-        self.ledger = PrivacyLedger(noise_multiplier, sample_rate, delta, accountant)
+        self.ledger = PrivacyLedger(noise_multiplier, sample_rate, delta, accountant, prior)
         self.noise_multiplier = float(noise_multiplier)
         self.clip_norm = float(clip_norm)
         self.expected_clients = int(expected_clients)
@@ -164,16 +172,22 @@ class CentralDP(TrainWrapper):
         population: int,
         num_rounds: int,
         seed: int,
+        prior: Sequence[Mechanism] = (),
     ) -> CentralDP:
         """The wrapper a run's ``dp.*`` settings describe (user level).
 
         ``population`` is ``dp.population`` or, when that is 0, the number of simulated
         clients (:func:`fedwon.privacy.check_dp_run` resolves it). With ``dp.target_epsilon``
-        the noise multiplier is calibrated here for ``num_rounds`` rounds at q = m / N.
+        the noise multiplier is calibrated here so that rounds 1..``num_rounds`` end within
+        it; a resumed run's rounds already run (``prior``) keep the noise they used and the
+        remaining ones get what is left of the budget (:func:`calibrate_noise_after`).
         """
-        q = sample_rate(expected_clients, population)
-        z = dp.noise_multiplier or calibrate_noise(
-            dp.target_epsilon, dp.delta, q, num_rounds, dp.accountant
+        z, q = planned_noise(
+            dp,
+            expected_clients=expected_clients,
+            population=population,
+            num_rounds=num_rounds,
+            prior=prior,
         )
         return cls(
             strategy,
@@ -189,6 +203,7 @@ class CentralDP(TrainWrapper):
             max_epsilon=dp.max_epsilon,
             seed=seed,
             secure_rng=dp.secure_rng,
+            prior=prior,
         )
 
     # ---- budget ---------------------------------------------------------------------------------
@@ -335,6 +350,32 @@ class CentralDP(TrainWrapper):
         (metric_key,) = contents[0].metric_records.keys()
         content = RecordDict({array_key: released, metric_key: metrics})
         return [make_message(metadata=replies[0].metadata, content=content)]
+
+
+def planned_noise(
+    dp: DPConfig,
+    *,
+    expected_clients: int,
+    population: int,
+    num_rounds: int,
+    prior: Sequence[Mechanism] = (),
+) -> tuple[float, float]:
+    """``(z, q)``: the noise multiplier of the rounds still to run and the sample rate m / N.
+
+    ``dp.noise_multiplier`` as given, or calibrated so that rounds 1..``num_rounds``, composed
+    with the ``prior`` rounds a resumed run has already run, end within ``dp.target_epsilon``
+    (:func:`~fedwon.privacy.accounting.calibrate_noise_after`; ValueError when out of reach).
+    """
+    q = sample_rate(expected_clients, population)
+    done = sum(steps for _, _, steps in prior)
+    if dp.noise_multiplier:
+        return dp.noise_multiplier, q
+    if num_rounds > done:
+        z = calibrate_noise_after(
+            prior, dp.target_epsilon, dp.delta, q, num_rounds - done, dp.accountant
+        )
+        return z, q
+    return prior[-1][0], q  # nothing left to run: the last noise used stands for the ledger
 
 
 def averages_replies(strategy: Strategy) -> bool:

@@ -12,9 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+
+from fedwon.strict_scalars import check_scalar
 
 DP_PREFIX = "dp."
+# A bound beyond this clips nothing a float32 update can hold meaningfully, and its noise
+# (z * C per coordinate) would overflow float32 long before it protected anyone.
+MAX_CLIP_NORM = 1e6
 
 
 class DPConfig(BaseModel):
@@ -49,11 +54,25 @@ class DPConfig(BaseModel):
     secure_rng: bool = False
     placement: Literal["server", "client"] = "server"
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        """The run config's strictness (``dp.enabled=yes`` or ``dp.population=20.0`` is a
+        mistake to name, not a value to coerce)."""
+        field = cls.model_fields.get(info.field_name or "")
+        return check_scalar(value, field.annotation) if field is not None else value
+
     @field_validator("clip_norm")
     @classmethod
     def _positive(cls, value: float) -> float:
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"must be a positive finite number, got {value}")
+        if value > MAX_CLIP_NORM:
+            raise ValueError(
+                f"{value:g} is beyond {MAX_CLIP_NORM:g}: a bound that large clips nothing and "
+                "its noise (noise_multiplier x clip_norm) overflows float32 updates; typical "
+                "bounds are 0.01-10"
+            )
         return value
 
     @field_validator("noise_multiplier", "target_epsilon", "max_epsilon")
@@ -80,6 +99,7 @@ class DPConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> DPConfig:
         if not self.enabled:
+            self._check_unused()
             return self
         if (self.noise_multiplier > 0) == (self.target_epsilon > 0):
             raise ValueError(
@@ -102,6 +122,40 @@ class DPConfig(BaseModel):
                 "DP-SGD (dp.level='sample') always clips on the client: leave placement='server'"
             )
         return self
+
+    def _check_unused(self) -> None:
+        """With DP off, any dp.* setting away from its default is refused: a ``[dp]`` table
+        whose ``enabled = true`` line was forgotten would otherwise train with no privacy at
+        all while its author believes otherwise."""
+        changed = [
+            f"{DP_PREFIX}{name}"
+            for name, field in type(self).model_fields.items()
+            if name != "enabled" and getattr(self, name) != field.default
+        ]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} set but dp.enabled is false, so the run would train "
+                "without differential privacy; set dp.enabled=true (or remove the dp.* keys)"
+            )
+
+    def describe(self, population: int = 0, simulated: int = 0) -> str:
+        """One line for a run's banner: whether DP is on, at which level and target, and
+        (user level) the population its epsilon is stated for."""
+        if not self.enabled:
+            return "DP off"
+        if self.level == "user" and population > simulated > 0:
+            scope = f", epsilon stated for a population of {population} (simulated: {simulated})"
+        elif self.level == "user" and population:
+            scope = f", population {population}"
+        else:
+            scope = ""
+        level = "user-level" if self.level == "user" else "sample-level (DP-SGD)"
+        if self.target_epsilon:
+            noise = f"target epsilon {self.target_epsilon:g}"
+        else:
+            noise = f"noise multiplier {self.noise_multiplier:g}"
+        cap = f", max epsilon {self.max_epsilon:g}" if self.max_epsilon else ""
+        return f"DP {level}: {noise} at delta {self.delta:g}{cap}, clip {self.clip_norm:g}{scope}"
 
     # ---- (de)serialisation (Flower's ConfigRecord carries flat scalars) -----------------------
     def to_flat(self, prefix: str = DP_PREFIX) -> dict[str, bool | int | float | str]:
