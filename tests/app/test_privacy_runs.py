@@ -139,3 +139,90 @@ def test_the_dp_cross_device_recipe_runs(tmp_path: Path) -> None:
     assert 7.99 <= last["epsilon"] <= 8.0  # z calibrated to the recipe's target over 2 rounds
     assert outcome.summary["privacy"]["sample_rate"] == 0.1
     assert last["accuracy"] is not None and last["clipped_fraction"] > 0.5
+
+
+# ---- issue repros: resume, DP silently off, population, bounds ------------------------------
+REPRO: dict[str, Any] = {**DP_RUN, "num_rounds": 4, "dp.delta": 1e-4}
+
+
+def test_a_resume_raising_rounds_under_a_target_stays_within_it(tmp_path: Path) -> None:
+    """The reported epsilon composes the noise each round actually used (Opacus' accountant
+    over the summary's noise history) and never exceeds the target or the cap."""
+    target = {"dp.noise_multiplier": 0.0, "dp.target_epsilon": 6.0, "dp.max_epsilon": 6.1}
+    run_simulation(make_config({**REPRO, **target}), tmp_path / "run")
+    first = json.loads((tmp_path / "run" / "summary.json").read_text())["privacy"]
+    cfg = make_config({**REPRO, **target, "num_rounds": 8})
+    outcome = run_simulation(cfg, tmp_path / "run", resume=True)
+    privacy = outcome.summary["privacy"]
+    history = [
+        (h["noise_multiplier"], h["sample_rate"], h["rounds"]) for h in privacy["noise_history"]
+    ]
+    assert [n for _, _, n in history] == [4, 4] and history[0][0] == first["noise_multiplier"]
+    accountant = RDPAccountant()
+    accountant.history = history
+    assert privacy["epsilon"] == pytest.approx(accountant.get_epsilon(1e-4), rel=1e-12)
+    assert first["epsilon"] <= privacy["epsilon"] <= 6.0
+    eps = [r["epsilon"] for r in read_metrics(tmp_path / "run")]
+    assert eps == sorted(eps) and eps[-1] == privacy["epsilon"]
+
+
+def test_resuming_a_finished_dp_run_keeps_its_epsilon(tmp_path: Path) -> None:
+    cfg = make_config(REPRO)
+    run_simulation(cfg, tmp_path / "run")
+    before = json.loads((tmp_path / "run" / "summary.json").read_text())["privacy"]
+    run_simulation(cfg, tmp_path / "run", resume=True)
+    after = json.loads((tmp_path / "run" / "summary.json").read_text())["privacy"]
+    assert (
+        after["epsilon"]
+        == before["epsilon"]
+        == pytest.approx(compute_epsilon(0.8, 0.5, 4, 1e-4), rel=1e-12)
+    )
+
+
+def test_a_budget_below_one_round_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    cfg = make_config({**REPRO, "dp.max_epsilon": 0.1})
+    with pytest.raises(ConfigError, match=r"dp\.max_epsilon=0\.1 is below the epsilon of a single"):
+        run_simulation(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_epsilon_for_a_larger_population_says_so(tmp_path: Path) -> None:
+    outcome = run_simulation(make_config({**REPRO, "dp.population": 100_000}), tmp_path / "run")
+    privacy = outcome.summary["privacy"]
+    assert privacy["population_extrapolated"] is True
+    assert (
+        privacy["statement"] == "epsilon stated for a population of 100000 (simulated: 10 clients)"
+    )
+    assert privacy["sample_rate"] == 5 / 100_000
+
+
+def test_dp_keys_while_dp_is_off_are_refused_naming_dp_enabled(tmp_path: Path) -> None:
+    sims = Path(__file__).resolve().parents[2] / "sims"
+    with pytest.raises(ConfigError, match=r"dp\.clip_norm, dp\.target_epsilon set but dp\.enabled"):
+        load_config(sims / "cross_silo.toml", ["dp.target_epsilon=8", "dp.clip_norm=0.1"])
+    text = (sims / "dp_cross_device.toml").read_text()
+    forgot = tmp_path / "forgot_enabled.toml"  # the DP recipe with its `enabled` line deleted
+    forgot.write_text("\n".join(line for line in text.splitlines() if "enabled" not in line))
+    with pytest.raises(ConfigError, match=r"set but dp\.enabled is false, so the run would train"):
+        load_config(forgot)
+    assert load_config(sims / "dp_cross_device.toml").dp.enabled
+
+
+def test_dp_values_are_as_strict_as_top_level_ones_and_bounded() -> None:
+    with pytest.raises(ConfigError, match=r"dp\.enabled: expected true or false, got a string"):
+        make_config({**REPRO, "dp.enabled": "yes"})
+    with pytest.raises(ConfigError, match=r"dp\.population: expected an integer, got a float"):
+        make_config({**REPRO, "dp.population": 20.0})
+    with pytest.raises(ConfigError, match=r"dp\.population: expected an integer, got a boolean"):
+        make_config({**REPRO, "dp.population": True})
+    with pytest.raises(ConfigError, match=r"dp\.clip_norm: 1e\+308 is beyond 1e\+06"):
+        make_config({**REPRO, "dp.clip_norm": 1e308})
+
+
+def test_an_empty_override_unsets_a_recipe_key() -> None:
+    recipe = Path(__file__).resolve().parents[2] / "sims" / "dp_cross_device.toml"
+    with pytest.raises(ConfigError, match="server_lr"):
+        load_config(recipe, ["aggregator=fedavg"])
+    cfg = load_config(recipe, ["aggregator=fedavg", "server_lr=", "server_weight_decay="])
+    assert (cfg.aggregator, cfg.server_lr) == ("fedavg", None)
+    assert cfg.replace(server_lr=None) == cfg
