@@ -148,14 +148,16 @@ def train_dp_sgd(
 
     cfg, ws = job.cfg, job.ws
     dp = sample_dp_config(cfg)
+    history = StepHistory.load(context.state)
     z = dp_sgd_noise_multiplier(
         dp,
         num_examples=len(y),
         batch_size=cfg.batch_size,
         local_epochs=cfg.local_epochs,
         num_rounds=cfg.dp_sgd_rounds,
+        server_round=int(_number(job.config, ROUND_KEY, 1)),
+        history=history.entries,
     )
-    history = StepHistory.load(context.state)
     with private_training(
         ws.model,
         ws.optimizer,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,7 +36,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedwon.privacy import grad_samplers  # noqa: F401  (registers the WSConv2d grad sampler)
-from fedwon.privacy.accounting import Mechanism, calibrate_noise, history_epsilon
+from fedwon.privacy.accounting import (
+    Mechanism,
+    calibrate_noise,
+    calibrate_noise_after,
+    history_epsilon,
+)
 from fedwon.privacy.clipping import check_clip_settings, layer_bounds
 from fedwon.privacy.config import DPConfig
 from fedwon.protocol import ClientConfig
@@ -166,20 +171,42 @@ def private_training(
 
 
 def dp_sgd_noise_multiplier(
-    dp: DPConfig, *, num_examples: int, batch_size: int, local_epochs: int, num_rounds: int
+    dp: DPConfig,
+    *,
+    num_examples: int,
+    batch_size: int,
+    local_epochs: int,
+    num_rounds: int,
+    server_round: int = 1,
+    history: Sequence[Mechanism] = (),
 ) -> float:
-    """This client's DP-SGD noise: dp.noise_multiplier, or calibrated to dp.target_epsilon."""
+    """This client's DP-SGD noise for round ``server_round``: dp.noise_multiplier, or
+    calibrated to dp.target_epsilon.
+
+    The calibrated noise assumes the client trains in each of the run's ``num_rounds``. When
+    the steps it has already taken (``history``), composed with that noise for every round
+    left, would pass the target -- a resumed run whose ``num_rounds`` was raised -- the
+    remaining rounds are recalibrated against the history
+    (:func:`~fedwon.privacy.accounting.calibrate_noise_after`), so no client ever ends above
+    the target. In a run that was not extended the planned noise always fits and is kept.
+    """
     if dp.noise_multiplier:
         return dp.noise_multiplier
-    return calibrate_sample_noise(
-        dp.target_epsilon,
-        dp.delta,
-        num_examples,
-        min(batch_size, num_examples),
-        local_epochs,
-        num_rounds,
-        dp.accountant,
+    batch = min(batch_size, num_examples)
+    z = calibrate_sample_noise(
+        dp.target_epsilon, dp.delta, num_examples, batch, local_epochs, num_rounds, dp.accountant
     )
+    if not history:
+        return z
+    steps_per_epoch = -(-num_examples // batch)
+    left = steps_per_epoch * local_epochs * max(num_rounds - server_round + 1, 1)
+    q = 1 / steps_per_epoch
+    if history_epsilon([*history, (z, q, left)], dp.delta, dp.accountant) <= dp.target_epsilon:
+        return z
+    try:
+        return calibrate_noise_after(history, dp.target_epsilon, dp.delta, q, left, dp.accountant)
+    except ValueError as err:
+        raise ValueError(f"DP-SGD on this client: {err}") from None
 
 
 @lru_cache(maxsize=256)

@@ -226,3 +226,18 @@ def test_an_empty_override_unsets_a_recipe_key() -> None:
     cfg = load_config(recipe, ["aggregator=fedavg", "server_lr=", "server_weight_decay="])
     assert (cfg.aggregator, cfg.server_lr) == ("fedavg", None)
     assert cfg.replace(server_lr=None) == cfg
+
+
+def test_a_dp_sgd_resume_raising_rounds_keeps_every_client_within_the_target(
+    tmp_path: Path,
+) -> None:
+    """Clients calibrated for 2 rounds trained in both; resumed to 5 rounds, they recalibrate
+    the rounds left against the steps they took, instead of ending above the target."""
+    target = {**SAMPLE_RUN, "dp.noise_multiplier": 0.0, "dp.target_epsilon": 3.0}
+    run_simulation(make_config({**target, "num_rounds": 2}), tmp_path / "run")
+    outcome = run_simulation(
+        make_config({**target, "num_rounds": 5}), tmp_path / "run", resume=True
+    )
+    eps = [r["epsilon"] for r in outcome.rows]
+    assert len(eps) == 5 and eps == sorted(eps)
+    assert 2.9 <= outcome.summary["privacy"]["epsilon"] == eps[-1] <= 3.0
