@@ -153,7 +153,8 @@ def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def numpy_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    # np.asarray keeps 0-d arrays 0-d (np.ascontiguousarray would make BN counters (1,))
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 @dataclass

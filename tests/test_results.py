@@ -211,3 +211,12 @@ def test_finish_writes_summary_csv_and_plot(tmp_path: Path) -> None:
     ]
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text())["strategy"] == "fedavg"
+
+
+def test_a_checkpoint_keeps_0d_arrays_0d(tmp_path: Path) -> None:
+    """A BN counter restored as shape (1,) would not fit the clients' 0-d replies."""
+    arrays = ArrayRecord({"n": Array(np.array(7, np.int64)), "w": Array(np.ones((2, 2), "f4"))})
+    save_checkpoint(tmp_path, Checkpoint(1, arrays, [{"round": 1}]))
+    back = load_checkpoint(tmp_path).arrays
+    assert back["n"].numpy().shape == () and back["n"].numpy().dtype == np.int64
+    assert back["w"].numpy().shape == (2, 2)

@@ -107,4 +107,5 @@ class FedLAMB(FedOpt):
             ratios[key] = ratio
             new[key] = (w + (self.eta * ratio) * u).astype(w.dtype, copy=False)
         self.last_trust_ratios = ratios
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()}), metrics
+        # np.asarray keeps 0-d arrays 0-d (np.ascontiguousarray would make BN counters (1,))
+        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics

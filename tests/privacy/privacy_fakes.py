@@ -34,7 +34,7 @@ def model_arrays(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 def client_delta(node: int, scale: float, template: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -110,3 +110,10 @@ def test_a_resumed_run_with_restored_moments_continues_exactly() -> None:
     resumed = lamb(eta=0.1, weight_decay=0.01)  # a fresh process: moments from the checkpoint
     resumed.m_t, resumed.v_t = checkpoint
     np.testing.assert_array_equal(step(resumed, start, ROUND_2, 2)["a"], uninterrupted["a"])
+
+
+def test_a_0d_counter_stays_0d_so_a_real_clients_next_reply_fits() -> None:
+    """BatchNorm's ``num_batches_tracked`` is a 0-d int64; a (1,) aggregate made FedOpt's
+    round-2 shape check fail against the clients' 0-d replies (fedavg + lamb + BN)."""
+    w1 = step(lamb(eta=0.1), W0, ROUND_1, 1)
+    assert w1["n"].shape == () and w1["a"].shape == (2,)
