@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from flwr.app import Context
+from lock_holder import holder
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
@@ -32,29 +29,6 @@ TINY = [
     "engine=fast",
     "num_workers=0",
 ]
-HOLD = (
-    "import sys, time\n"
-    "from pathlib import Path\n"
-    "from fedwon.run_lock import lock_dir\n"
-    "with lock_dir(Path(sys.argv[1]), 'run directory'):\n"
-    "    print('held', flush=True)\n"
-    "    time.sleep(120)\n"
-)
-
-
-@contextmanager
-def holder(directory: Path) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding ``directory``'s lock (SIGKILLed at the end, if still alive)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def test_a_second_process_is_refused_by_pid_until_the_holder_is_killed(tmp_path: Path) -> None:
