@@ -70,8 +70,11 @@ def _acquire(path: Path, what: str) -> int:
 def lock_dir(directory: Path, what: str = "directory") -> Iterator[None]:
     """Hold ``directory``'s lock (creating the directory) while the block runs.
 
-    ``what`` names the directory in the refusal ("run directory", "study cache", ...).
+    ``what`` names the directory in the refusal ("run directory", "study cache", ...). The
+    directories it had to create are removed again if they are still empty when the lock is
+    released, so a run refused by a later check leaves nothing behind.
     """
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -85,6 +88,13 @@ def lock_dir(directory: Path, what: str = "directory") -> Iterator[None]:
         with suppress(OSError):
             path.unlink(missing_ok=True)
         os.close(fd)
+        for made in created:  # innermost first; stop at the first one holding anything
+            try:
+                made.rmdir()
+            except FileNotFoundError:
+                continue  # already removed (a run that failed before its first round)
+            except OSError:
+                break
 
 
 @contextmanager
