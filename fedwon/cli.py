@@ -6,7 +6,6 @@ and exit status 2 (``-v`` adds the traceback); an unexpected one says so, with e
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -36,7 +35,8 @@ from fedwon.results import (
     per_domain,
     read_metrics,
     read_run_config,
-    run_progress,
+    read_summary,
+    run_state,
 )
 from fedwon.strategies import RoundFailedError
 from fedwon.study.cli import study_cli
@@ -288,17 +288,18 @@ def run(
 
 def load_runs(dirs: list[Path]) -> dict[str, Row]:
     """Final metrics of each run directory, named by strategy (and directory when ambiguous);
-    a run that has not reached its last round is named so, with the round it reached."""
+    a run that has not reached its last round is named so, with the round it reached (or the
+    privacy budget that stopped it)."""
     runs: dict[str, Row] = {}
     for d in dirs:
         rows = read_metrics(d)
-        summary_path = d / "summary.json"
-        name = json.loads(summary_path.read_text())["strategy"] if summary_path.exists() else d.name
+        summary = read_summary(d)
+        name = str((summary or {}).get("strategy", d.name))
         if name in runs:
             name = f"{name} ({d.name})"
-        last, total = run_progress(d, rows)
-        if total is None or last < total:
-            name = f"{name} (unfinished: round {last} of {total or '?'})"
+        state = run_state(d, rows, summary)
+        if state:
+            name = f"{name} ({state})"
         runs[name] = final_metrics(rows)
     return runs
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
@@ -42,12 +42,14 @@ from fedwon.config import (
     read_recipe,
     resume_conflicts,
 )
+from fedwon.errors import error_line
 from fedwon.protocol import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
 from fedwon.strategies.aggregation import as_number
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+T = TypeVar("T")
 CHECKPOINT = "checkpoint"
 CLIENT_STATES = "client_states"  # in the checkpoint: one <partition>.pb per client
 STATE_FILE = "state.json"  # written last: a checkpoint copy holding it is complete
@@ -138,6 +140,43 @@ def run_progress(run_dir: str | Path, rows: Sequence[Row]) -> tuple[int, int | N
         return last, None
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run_dir/summary.json``; ``None`` when there is none or it cannot be read.
+
+    A run writes its summary last, so a truncated or invalid one (a disk that filled up, a
+    copy interrupted) is a run that has not finished: said in one warning naming the file,
+    never as a parser's traceback.
+    """
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s cannot be read (%s): the run counts as not finished", path, error_line(err))
+        return None
+    if not isinstance(summary, dict):
+        log.warning("%s is not a JSON object: the run counts as not finished", path)
+        return None
+    return summary
+
+
+def run_state(run_dir: str | Path, rows: Sequence[Row], summary: dict[str, Any] | None) -> str:
+    """How a run ended, as a table shows it: ``""`` when it finished, else why it did not.
+
+    A DP run stopped by its privacy budget (``privacy.stopped_by_budget``) ended as planned,
+    short of ``num_rounds``: it is not an unfinished run to resume.
+    """
+    last, total = run_progress(run_dir, rows)
+    if summary is None and (Path(run_dir) / "summary.json").exists():
+        return f"unfinished: round {last} of {total or '?'}, summary.json unreadable"
+    if ((summary or {}).get("privacy") or {}).get("stopped_by_budget"):
+        return f"stopped at the privacy budget after round {last} of {total or '?'}"
+    if total is None or last < total:
+        return f"unfinished: round {last} of {total or '?'}"
+    return ""
+
+
 def final_metrics(rows: Sequence[Row]) -> Row:
     """The last evaluated round's metrics (the run's result)."""
     evaluated = [r for r in rows if r.get("accuracy") is not None]
@@ -176,13 +215,17 @@ def _save_states(directory: Path, states: dict[int, RecordDict]) -> None:
         (directory / f"{partition}.pb").write_bytes(recorddict_to_proto(state).SerializeToString())
 
 
+def _load_state(path: Path) -> RecordDict:
+    proto = ProtoRecordDict()
+    proto.ParseFromString(path.read_bytes())
+    return recorddict_from_proto(proto)
+
+
 def _load_states(directory: Path) -> dict[int, RecordDict]:
-    states = {}
-    for path in sorted(directory.glob("*.pb")):
-        proto = ProtoRecordDict()
-        proto.ParseFromString(path.read_bytes())
-        states[int(path.stem)] = recorddict_from_proto(proto)
-    return states
+    return {
+        int(path.stem): _read_checkpoint_file(path, _load_state)
+        for path in sorted(directory.glob("*.pb"))
+    }
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -244,12 +287,32 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def _read_checkpoint_file(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, or one line naming the file when it cannot be read.
+
+    A checkpoint file can be damaged in any way (truncated by a full disk, corrupted, edited):
+    whatever the parser raises (``BadZipFile``, ``JSONDecodeError``, a protobuf ``DecodeError``,
+    ``KeyError``...), the user needs to know which file, not the parser's exception alone.
+    """
+    try:
+        return read(path)
+    except Exception as err:
+        raise ConfigError(
+            f"checkpoint file {path} cannot be read ({error_line(err)}); the run cannot resume "
+            "from it: start it again with --overwrite"
+        ) from None
+
+
+def _state_round(path: Path) -> int:
+    return int(json.loads(path.read_text())["round"])
+
+
 def checkpoint_round(run_dir: Path) -> int | None:
     """The round of the run's checkpoint (``None`` without one); reads only ``state.json``."""
     path = find_checkpoint(run_dir)
     if path is None:
         return None
-    return int(json.loads((path / STATE_FILE).read_text())["round"])
+    return _read_checkpoint_file(path / STATE_FILE, _state_round)
 
 
 def check_resumable(run_dir: Path, cfg: RunConfig) -> int:
@@ -286,19 +349,23 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     path = find_checkpoint(run_dir)
     if path is None:
         raise ConfigError(f"cannot resume: {run_dir / CHECKPOINT} holds no checkpoint")
-    state = json.loads((path / STATE_FILE).read_text())
-    with np.load(path / "arrays.npz") as npz:
-        arrays = numpy_to_arrays({k: npz[k] for k in npz.files})
+    state = _read_checkpoint_file(path / STATE_FILE, lambda p: json.loads(p.read_text()))
+    arrays = numpy_to_arrays(_read_checkpoint_file(path / "arrays.npz", _load_npz))
     states = _load_states(path / CLIENT_STATES) if (path / CLIENT_STATES).is_dir() else None
     server_state: dict[str, np.ndarray] = {}
     if (path / "server_state.npz").exists():
-        with np.load(path / "server_state.npz") as npz:
-            server_state = {k: npz[k] for k in npz.files}
+        server_state = _read_checkpoint_file(path / "server_state.npz", _load_npz)
+    round_, rows = _read_checkpoint_file(
+        path / STATE_FILE, lambda _: (int(state["round"]), list(state["rows"]))
+    )
     privacy = state.get("privacy_history")
     history = None if privacy is None else [(float(z), float(q), int(n)) for z, q, n in privacy]
-    return Checkpoint(
-        int(state["round"]), arrays, list(state["rows"]), states, server_state, history
-    )
+    return Checkpoint(round_, arrays, rows, states, server_state, history)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 class RunRecorder:

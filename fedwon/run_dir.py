@@ -34,6 +34,10 @@ RUN_FILES = frozenset(
     }
 )
 """What a fedwon run writes into its directory (all that ``--overwrite`` may delete)."""
+LOCK_FILE = ".fedwon.lock"
+"""The lock of the process writing the directory (:mod:`fedwon.run_lock`): never part of a run,
+never deleted by ``--overwrite`` (its holder is the overwriting run itself), and a directory
+holding only it counts as empty (a run killed outright can leave it behind)."""
 LAUNCHER_ENTRIES = frozenset({"logs", "deploy"})
 """What ``fedwon deploy local`` puts into the run directory before its ServerApp starts (process
 logs, certificates, node configs): a new run may find them, and nothing here ever deletes them."""
@@ -85,7 +89,8 @@ def check_new_run_dir(path: Path, *, overwrite: bool = False) -> None:
         raise ConfigError(f"run directory {path} is not writable: no permission to write {what}")
     if existing != path:
         return
-    entries = sorted(p.name for p in path.iterdir() if p.name not in LAUNCHER_ENTRIES)
+    ignored = LAUNCHER_ENTRIES | {LOCK_FILE}
+    entries = sorted(p.name for p in path.iterdir() if p.name not in ignored)
     if not entries:
         return
     if not overwrite:
@@ -124,5 +129,6 @@ def discard_unstarted_run(path: Path, *, created: bool) -> None:
     if (path / "metrics.jsonl").exists() or not path.is_dir():
         return
     prepare_run_dir(path, overwrite=True)
-    if created and not any(path.iterdir()):
+    if created and all(p.name == LOCK_FILE for p in path.iterdir()):
+        (path / LOCK_FILE).unlink(missing_ok=True)  # the caller's lock: released right after
         path.rmdir()

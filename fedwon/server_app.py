@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from fedwon.privacy import CentralDP, ClientEpsilons
 from fedwon.process_guard import start_guard
 from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.run_dir import resolve_out
+from fedwon.run_lock import lock_run_dir
 from fedwon.strategies import METHODS, RoundReport, build_strategy
 from fedwon.strategies.server_state import restore_server_state, snapshot_server_state
 
@@ -339,21 +341,26 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run`` and deployment: the same checks as ``fedwon run`` before
     anything is written, then one SuperNode per client (or a one-line error after
     ``node_timeout`` seconds instead of Flower's endless wait)."""
-    try:
-        settings = settings_from_run_config(dict(context.run_config))
-        out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
-        start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
-        # the server never opens client data: metadata checks only (SuperNodes hold the data)
-        prepare_run(
-            settings.cfg,
-            out_dir,
-            resume=settings.resume,
-            overwrite=settings.overwrite,
-            load_data=False,
-        )
-        wait_for_nodes(grid, settings.cfg.num_clients, timeout_s=settings.node_timeout)
-    except (ConfigError, DataError) as err:
-        log.error("%s", err)
-        raise
-    outcome = run_server(grid, settings.cfg, out_dir, resume=settings.resume)
+    with ExitStack() as held:
+        try:
+            settings = settings_from_run_config(dict(context.run_config))
+            out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
+            start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
+            # one writer per run directory, held until the run has ended (fedwon.run_lock)
+            held.enter_context(
+                lock_run_dir(out_dir, resume=settings.resume, overwrite=settings.overwrite)
+            )
+            # the server never opens client data: metadata checks only (SuperNodes hold the data)
+            prepare_run(
+                settings.cfg,
+                out_dir,
+                resume=settings.resume,
+                overwrite=settings.overwrite,
+                load_data=False,
+            )
+            wait_for_nodes(grid, settings.cfg.num_clients, timeout_s=settings.node_timeout)
+        except (ConfigError, DataError) as err:
+            log.error("%s", err)
+            raise
+        outcome = run_server(grid, settings.cfg, out_dir, resume=settings.resume)
     log.info("final accuracy %s", outcome.summary["final"]["accuracy"])

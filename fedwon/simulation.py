@@ -9,9 +9,11 @@ Resources: with G GPUs each client actor gets ``gpus_per_client`` of one (defaul
 each client trains on its own GPU); without GPUs it asks for none. Asking Ray for a GPU that does
 not exist leaves Flower waiting forever ("ActorPool is empty"), so it is never done.
 
-Everything a run needs is checked before an engine starts (:func:`fedwon.preflight.prepare_run`,
-and a reachable ``ray_address``). A run that may start Ray also starts a process guard
-(:mod:`fedwon.process_guard`) and shuts Ray down when it ends, however it ends.
+The run directory is locked for the whole run (:mod:`fedwon.run_lock`): a second writer is
+refused. Everything a run needs is checked before an engine starts
+(:func:`fedwon.preflight.prepare_run`, and a reachable ``ray_address``). A run that may start
+Ray also starts a process guard (:mod:`fedwon.process_guard`) and shuts Ray down when it ends,
+however it ends.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fedwon.process_guard import ending_started_processes, start_guard
 from fedwon.protocol import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
 from fedwon.results import Row
 from fedwon.run_dir import discard_unstarted_run
+from fedwon.run_lock import lock_run_dir
 from fedwon.server_app import BoundServerApp, RunOutcome
 
 log = logging.getLogger(__name__)
@@ -203,15 +206,16 @@ def run_simulation(
         check_ray_address(cfg.ray_address)
     out_path = Path(out_dir) if out_dir is not None else None
     created = out_path is not None and not out_path.exists()
-    prepare_run(cfg, out_path, resume=resume, overwrite=overwrite)
-    server_app = BoundServerApp(cfg, out_dir, resume=resume, on_round=on_round)
-    try:
-        with ray_owned_by_this_run(cfg):
-            _run_engine(cfg, resources, server_app, verbose)
-    except BaseException:
-        if out_path is not None and not resume:
-            discard_unstarted_run(out_path, created=created)
-        raise
+    with lock_run_dir(out_path, resume=resume, overwrite=overwrite):  # one writer, until the end
+        prepare_run(cfg, out_path, resume=resume, overwrite=overwrite)
+        server_app = BoundServerApp(cfg, out_dir, resume=resume, on_round=on_round)
+        try:
+            with ray_owned_by_this_run(cfg):
+                _run_engine(cfg, resources, server_app, verbose)
+        except BaseException:
+            if out_path is not None and not resume:
+                discard_unstarted_run(out_path, created=created)
+            raise
     if server_app.outcome is None:
         raise RuntimeError("the simulation ended without a result; see the log above")
     return server_app.outcome

@@ -14,10 +14,13 @@ from fedwon.results import (
     Checkpoint,
     RunRecorder,
     check_resumable,
+    checkpoint_round,
     load_checkpoint,
     read_metrics,
+    read_summary,
     round_row,
     run_progress,
+    run_state,
     save_checkpoint,
 )
 
@@ -174,6 +177,42 @@ def test_run_progress_tells_a_finished_run_from_an_unfinished_one(tmp_path: Path
     _checkpointed_run(tmp_path, make_config(TINY), at_round=2)
     assert run_progress(tmp_path, read_metrics(tmp_path)) == (2, 4)
     assert run_progress(tmp_path / "missing", [{"round": 3}]) == (3, None)
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
+    cfg = make_config(TINY)
+    _checkpointed_run(tmp_path, cfg, at_round=2)
+    arrays = tmp_path / "checkpoint" / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:10])  # truncated: numpy raises BadZipFile
+    with pytest.raises(
+        ConfigError, match=rf"checkpoint file {arrays} cannot be read \(BadZipFile: .*overwrite$"
+    ):
+        load_checkpoint(tmp_path)
+    state = tmp_path / "checkpoint" / "state.json"
+    state.write_text('{"round": 2, "ro')
+    with pytest.raises(ConfigError, match=rf"checkpoint file {state} cannot be read \(JSONDecode"):
+        checkpoint_round(tmp_path)
+
+
+def test_run_state_finished_unfinished_budget_stopped_or_broken_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _checkpointed_run(tmp_path, make_config(TINY), at_round=2)
+    rows = read_metrics(tmp_path)
+    assert read_summary(tmp_path) is None
+    assert run_state(tmp_path, rows, None) == "unfinished: round 2 of 4"
+    stopped = {"strategy": "fedwon", "privacy": {"epsilon": 3.9, "stopped_by_budget": True}}
+    (tmp_path / "summary.json").write_text(json.dumps(stopped))
+    assert read_summary(tmp_path) == stopped
+    state = run_state(tmp_path, rows, stopped)
+    assert state == "stopped at the privacy budget after round 2 of 4"
+    (tmp_path / "summary.json").write_text('{"strategy": "fedw')  # truncated
+    assert read_summary(tmp_path) is None
+    assert f"{tmp_path / 'summary.json'} cannot be read (JSONDecodeError" in caplog.text
+    state = run_state(tmp_path, [*rows, {"round": 3}, {"round": 4}], None)
+    assert state == "unfinished: round 4 of 4, summary.json unreadable"
+    (tmp_path / "summary.json").write_text(json.dumps({"strategy": "fedwon"}))
+    assert run_state(tmp_path, [*rows, {"round": 3}, {"round": 4}], {"strategy": "fedwon"}) == ""
 
 
 def test_a_new_recorder_writes_nothing_before_its_first_round_nor_over_another_run(

@@ -63,12 +63,18 @@ def load_or_build(
     name: str,
     params: Mapping[str, object],
     build: Callable[[], dict[str, np.ndarray]],
+    valid: Callable[[dict[str, np.ndarray]], bool] = lambda _: True,
 ) -> dict[str, np.ndarray]:
-    """Return the cached arrays for ``(name, params)``, building and storing them on a miss."""
+    """Return the cached arrays for ``(name, params)``, building and storing them on a miss.
+
+    A cache file that cannot be read, or whose arrays ``valid`` rejects (missing arrays,
+    lengths that do not match: a file edited or written by another build), is a miss too:
+    rebuilt and replaced, never handed to a loader that would fail on it with ``IndexError``.
+    """
     path = cache_path(name, params)
     if path.is_file():
         cached = _read(path)
-        if cached is not None:
+        if cached is not None and valid(cached):
             return cached
     arrays = build()
     _write_atomic(path, arrays)

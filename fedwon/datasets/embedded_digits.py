@@ -513,8 +513,17 @@ def cached_embedded_digits(
         built = build_embedded_digits(train_per_domain, test_per_domain, seed)
         return {f"{d}/{k}": getattr(a, k) for d, a in built.items() for k in _FIELDS}
 
+    def complete(flat: dict[str, np.ndarray]) -> bool:
+        """Every domain's four arrays, at the sizes asked for (else: rebuilt)."""
+        sizes = dict(zip(_FIELDS, (train_per_domain,) * 2 + (test_per_domain,) * 2, strict=True))
+        return all(
+            f"{d}/{k}" in flat and len(flat[f"{d}/{k}"]) == n
+            for d in DOMAINS
+            for k, n in sizes.items()
+        )
+
     flat = load_or_build(
-        "digits-embedded", cache_params(train_per_domain, test_per_domain, seed), build
+        "digits-embedded", cache_params(train_per_domain, test_per_domain, seed), build, complete
     )
     return {d: DomainArrays(*(flat[f"{d}/{k}"] for k in _FIELDS)) for d in DOMAINS}
 

@@ -17,6 +17,7 @@ Every process is stopped when the run ends, fails, times out or is interrupted.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fedwon.config import load_config
+from fedwon.config import RunConfig, load_config
 from fedwon.deploy import commands, diagnose
 from fedwon.deploy.certs import Certificates, make_certificates
 from fedwon.deploy.errors import DeployError
@@ -34,6 +35,8 @@ from fedwon.deploy.plan import Scalar, fit_to_nodes, node_config
 from fedwon.deploy.processes import Process, ProcessSet
 from fedwon.preflight import prepare_run
 from fedwon.results import Row, read_metrics
+from fedwon.run_dir import LOCK_FILE
+from fedwon.run_lock import lock_dir
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml declares the app
 DEFAULT_RECIPE = APP_DIR / "sims" / "cross_silo.toml"
@@ -276,11 +279,21 @@ def check_security(tls: bool, auth: bool) -> None:
         raise DeployError("--auth needs --tls: Flower authenticates SuperNodes only over TLS")
 
 
+def check_timeout(timeout: float) -> None:
+    """Refuse, before any process starts, a timeout the run could never meet (0 or negative:
+    every process would start only to be stopped) or that means nothing (NaN compares false
+    with everything, so it would silently never time out). ``inf`` asks for no limit."""
+    if math.isnan(timeout) or timeout <= 0:
+        raise DeployError(
+            f"--timeout must be a number of seconds > 0 (inf: no limit), got {timeout:g}"
+        )
+
+
 def check_out_dir(out: Path) -> Path:
     """The absolute run directory (the ServerApp runs elsewhere), refused if it holds files:
     the results writer appends to ``metrics.jsonl`` and would mix two runs."""
     out = out.expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise DeployError(f"--out {out} is not empty; choose a new directory")
     return out
 
@@ -314,6 +327,7 @@ def deploy_local(
     Bad input (recipe, overrides, data, directories, flags) is refused before anything starts.
     """
     say: Event = on_event or (lambda _: None)
+    check_timeout(timeout)
     check_security(tls, auth)
     app_dir = check_app_dir(app_dir)
     cfg, changes = fit_to_nodes(load_config(recipe, list(overrides)), nodes, rounds)
@@ -321,6 +335,24 @@ def deploy_local(
     out = check_out_dir(out)
     if set(changes) - {"num_clients", "num_rounds"}:
         say("fitted to the nodes: " + " ".join(f"{k}={v}" for k, v in changes.items()))
+    # One launcher per directory: its own lock in deploy/ (the run directory's lock is the
+    # ServerApp's, a process this one cannot hand a lock to), held until every process stopped.
+    with lock_dir(out / "deploy", "deployment directory"):
+        return _deploy(out, cfg, changes, nodes, tls, auth, timeout, app_dir, say)
+
+
+def _deploy(
+    out: Path,
+    cfg: RunConfig,
+    changes: dict[str, Any],
+    nodes: int,
+    tls: bool,
+    auth: bool,
+    timeout: float,
+    app_dir: Path,
+    say: Event,
+) -> LocalResult:
+    """:func:`deploy_local` once its input is checked and ``out`` is locked."""
     resolved = commands.write_toml(out / "deploy" / "recipe.toml", cfg.to_flat())
     start = time.monotonic()
     with LocalFederation(out, tls=tls, auth=auth) as federation:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedwon.engine.fastarrays import payload_view
 from fedwon.errors import failure_line
@@ -43,14 +43,19 @@ def non_finite_arrays(content: RecordDict) -> list[str]:
     Reads the values in place and sums them first (NaN and Inf survive a sum; one pass, no
     temporary); only a non-finite sum, which finite values reach only by overflowing, is
     checked element by element."""
+    return [name for record in content.array_records.values() for name in non_finite_in(record)]
+
+
+def non_finite_in(record: ArrayRecord) -> list[str]:
+    """Names of the arrays of one ``ArrayRecord`` holding NaN or Inf (see
+    :func:`non_finite_arrays`; also used on the server's own aggregate)."""
     bad = []
-    for record in content.array_records.values():
-        for name, array in record.items():
-            values = payload_view(array)
-            if not np.issubdtype(values.dtype, np.floating):
-                continue
-            if not np.isfinite(values.sum()) and not np.isfinite(values).all():
-                bad.append(name)
+    for name, array in record.items():
+        values = payload_view(array)
+        if not np.issubdtype(values.dtype, np.floating):
+            continue
+        if not np.isfinite(values.sum()) and not np.isfinite(values).all():
+            bad.append(name)
     return bad
 
 

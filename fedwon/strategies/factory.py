@@ -34,6 +34,7 @@ def build_strategy(
     )
     if wrap is not None:
         inner = wrap(inner)
+    lr = "default" if cfg.server_lr is None else f"{cfg.server_lr:g}"
     return RoundRules(
         inner,
         num_rounds=cfg.num_rounds,
@@ -42,4 +43,5 @@ def build_strategy(
         eval_every=cfg.eval_every,
         round_offset=round_offset,
         on_round=on_round,
+        server_step=f"aggregator={cfg.aggregator} server_lr={lr}",
     )

@@ -35,7 +35,12 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedwon.protocol import WEIGHT_KEY
-from fedwon.strategies.aggregation import reply_order, reply_problem, total_weight
+from fedwon.strategies.aggregation import (
+    non_finite_in,
+    reply_order,
+    reply_problem,
+    total_weight,
+)
 from fedwon.strategies.streaming import RunningMean, streams
 
 log = logging.getLogger(__name__)
@@ -73,8 +78,10 @@ class RoundRules(Strategy):
         eval_every: int = 1,
         round_offset: int = 0,
         on_round: RoundCallback | None = None,
+        server_step: str = "",
     ) -> None:
         self.strategy = strategy
+        self.server_step = server_step  # e.g. "aggregator=fedadam server_lr=0.01", for errors
         self.num_rounds = num_rounds
         self.seed = seed
         self.min_clients = min_clients
@@ -110,13 +117,14 @@ class RoundRules(Strategy):
     ) -> Iterator[Message]:
         """The replies an inner strategy may see, one at a time as they arrive; the round fails
         below ``min_clients`` (unless the inner strategy chose to send nothing this phase)."""
-        received, kept, problems = 0, 0, []
+        received, kept, problems, non_finite = 0, 0, [], 0
         for msg in replies:
             received += 1
             problem = reply_problem(msg)
             if problem is not None:
                 log.warning("round %d %s: dropped %s", server_round, phase, problem)
                 problems.append(problem)
+                non_finite += not msg.has_error()
                 if self._report is not None:
                     self._report.dropped.append(problem)
                 continue
@@ -124,6 +132,16 @@ class RoundRules(Strategy):
             yield msg
             del msg  # not held while the next reply is produced (the next client trains)
         if kept < self.min_clients and (self._sent[phase] or received):
+            if phase == "evaluate" and kept == 0 and non_finite == received > 0:
+                # this round's training replies were all finite (or it would have failed
+                # there): the model the server made from them is what breaks every client
+                step = f" ({self.server_step})" if self.server_step else ""
+                raise RoundFailedError(
+                    f"round {server_round}: the server update diverged{step}: every client's "
+                    f"update was finite, but the new model gives non-finite results on all "
+                    f"{received} clients that evaluated it; lower server_lr or choose another "
+                    "aggregator"
+                )
             detail = "; ".join(problems[:3]) or "no replies arrived"
             raise RoundFailedError(
                 f"round {server_round} {phase}: {kept} of {received} clients returned "
@@ -153,6 +171,20 @@ class RoundRules(Strategy):
         aggr_fn = getattr(self.strategy, "train_metrics_aggr_fn", aggregate_metricrecords)
         return [mean.reply(aggr_fn)], mean.total, mean.count
 
+    def _check_server_update(self, server_round: int, arrays: ArrayRecord | None) -> None:
+        """Stop at a non-finite aggregate: every reply it was made from was finite (non-finite
+        ones were dropped), so the server's own step diverged (e.g. FedAdam at a huge
+        ``server_lr``). Sent on, it would make every client fail next round, and the error
+        would blame them."""
+        bad = non_finite_in(arrays) if arrays is not None else []
+        if bad:
+            step = f" ({self.server_step})" if self.server_step else ""
+            raise RoundFailedError(
+                f"round {server_round}: the server update diverged{step}: the new model holds "
+                f"non-finite values in {', '.join(bad[:5])} although every client's update was "
+                "finite; lower server_lr or choose another aggregator"
+            )
+
     # ---- Flower hooks -------------------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -177,6 +209,7 @@ class RoundRules(Strategy):
             usable = self._usable(server_round, replies, "train")
             weight, clients = total_weight(m.content for m in usable), len(usable)
         arrays, metrics = self.strategy.aggregate_train(server_round, usable)
+        self._check_server_update(server_round, arrays)
         if metrics is not None:
             metrics[WEIGHT_KEY] = int(weight)
             metrics["clients"] = clients

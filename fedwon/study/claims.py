@@ -9,6 +9,10 @@ deviations over seeds; 0 with a single seed),
 A claim is ``reproduced`` when every comparison it makes is ``yes``, ``not reproduced`` when any
 is ``no``, and ``inconclusive`` otherwise. The rule is deliberately simple and printed with every
 verdict; the report gives the numbers so that readers can apply their own.
+
+A claim whose methods have fewer seeds than the plan (a run failed) gets no verdict: it is
+``incomplete: <method> n of N seeds``, and its evidence says what the seeds that ran would give.
+A dropped seed can flip a verdict, so a verdict on fewer seeds is never stated as if complete.
 """
 
 from __future__ import annotations
@@ -67,6 +71,24 @@ class Claim:
         return {"claim": self.claim, "verdict": self.verdict, "evidence": self.evidence}
 
 
+def _missing_seeds(methods: dict[str, Entry], names: list[str], labels: dict[str, str]) -> str:
+    """``"FedBN 2 of 3 seeds"`` for each method with fewer seeds than planned (``""``: none)."""
+    short = [
+        f"{labels.get(m, m)} {methods[m]['seeds']} of {methods[m]['planned_seeds']} seeds"
+        for m in names
+        if methods[m]["seeds"] < methods[m].get("planned_seeds", methods[m]["seeds"])
+    ]
+    return ", ".join(short)
+
+
+def _unless_incomplete(claim: Claim, missing: str) -> Claim:
+    """``claim``, or no verdict when a method lacks seeds (module docstring)."""
+    if not missing:
+        return claim
+    evidence = f"{claim.evidence} (on the seeds that ran: {claim.verdict})"
+    return Claim(claim.claim, f"incomplete: {missing}", evidence)
+
+
 def _beats(
     claim: str, methods: dict[str, Entry], winner: str, losers: list[str], labels: dict[str, str]
 ) -> Claim:
@@ -80,7 +102,8 @@ def _beats(
         diff = methods[winner]["mean"] - methods[loser]["mean"]
         parts.append(f"vs {labels[loser]} {_pm(methods[loser])} ({100 * diff:+.1f}: {outcome})")
     evidence = f"{labels[winner]} {_pm(methods[winner])}; " + "; ".join(parts)
-    return Claim(claim, _verdict(outcomes), evidence)
+    short = _missing_seeds(methods, [winner, *losers], labels)
+    return _unless_incomplete(Claim(claim, _verdict(outcomes), evidence), short)
 
 
 def _largest_domain_gain(
@@ -100,7 +123,9 @@ def _largest_domain_gain(
         for b, (gain, domain) in best.items()
     )
     ok = all(gain > threshold for gain, _ in best.values())
-    return Claim(claim, "reproduced" if ok else "not reproduced", evidence)
+    missing = _missing_seeds(methods, ["fedwon", "fedavg", "fedbn"], labels)
+    verdict = Claim(claim, "reproduced" if ok else "not reproduced", evidence)
+    return _unless_incomplete(verdict, missing)
 
 
 def check_claims(results: dict[str, Any], labels: dict[str, str]) -> list[Claim]:

@@ -62,6 +62,7 @@ def study(
     ] = None,
 ) -> None:
     """Reproduce the FedWon paper's comparisons: tune on validation, run seeds, write report."""
+    from fedwon.cli import fail, one_line_errors  # the main CLI imports this module
     from fedwon.study.report import write_report
     from fedwon.study.runner import run_study
 
@@ -70,8 +71,6 @@ def study(
     try:
         plan = base.only(part) if part else base
     except KeyError as err:
-        from fedwon.cli import fail  # the main CLI imports this module: import it when needed
-
         raise fail(ValueError(err.args[0])) from None
     cache = cache or DEFAULT_CACHE[base.name]
     out = out or DEFAULT_OUT[base.name]
@@ -79,17 +78,18 @@ def study(
         ["fedwon study", *(["--quick"] if quick else []), *(f"--part {p}" for p in part or [])]
     )
     console.print(f"[bold]study[/bold] plan {plan.name}: runs under {cache}, report to {out}")
-    results = run_study(
-        plan,
-        cache,
-        command=command,
-        jobs=jobs,
-        on_run=lambda done, total, record: console.print(
-            progress_line(done, total, record), highlight=False
-        ),
-    )
-    for path in write_report(results, out):
-        console.print(f"wrote {path}")
+    with one_line_errors(verbose=False):  # e.g. the cache is in use by another study
+        results = run_study(
+            plan,
+            cache,
+            command=command,
+            jobs=jobs,
+            on_run=lambda done, total, record: console.print(
+                progress_line(done, total, record), highlight=False
+            ),
+        )
+        for path in write_report(results, out):
+            console.print(f"wrote {path}")
     console.print(summary_line(results.records))
 
 

@@ -48,16 +48,20 @@ def _mean_per_domain(per_run: list[dict[str, float]]) -> dict[str, float]:
 
 
 def method_entry(part: PartResult, method: str) -> dict[str, Any] | None:
-    """``{"mean", "std", "per_domain", "seeds", "lr", "agc_clip"}`` of one method in one part."""
+    """``{"mean", "std", "per_domain", "seeds", "planned_seeds", "lr", "agc_clip"}`` of one
+    method in one part. ``seeds`` counts the seeds whose every run finished (a held-out seed
+    with one failed domain does not count): fewer than ``planned_seeds`` makes every claim on
+    this method incomplete (:mod:`fedwon.study.claims`)."""
     runs = [r for r in part.reported.get(method, []) if r.ok]
     if not runs or method not in part.chosen:
         return None
     chosen = part.chosen[method]
     if part.part.heldout:
         # one record per (seed, held-out domain): per seed, the mean over held-out domains
+        broken = {r.spec.seed for r in part.reported.get(method, []) if not r.ok}
         by_seed: dict[int, dict[str, float]] = {}
         for r in runs:
-            if r.heldout:
+            if r.heldout and r.spec.seed not in broken:
                 by_seed.setdefault(r.spec.seed, {}).update(r.heldout["per_domain"])
         per_seed = list(by_seed.values())
         seen = [r.test["accuracy"] for r in runs if r.test.get("accuracy") is not None]
@@ -73,6 +77,7 @@ def method_entry(part: PartResult, method: str) -> dict[str, Any] | None:
         "std": _std(means),
         "per_domain": _mean_per_domain(per_seed),
         "seeds": len(per_seed),
+        "planned_seeds": len(part.part.seeds),
         "lr": chosen.lr,
         "agc_clip": chosen.agc_clip,
         **extra,
@@ -148,6 +153,41 @@ def part_json(part: PartResult) -> dict[str, Any]:
     return out
 
 
+def missing_runs(results: StudyResults) -> list[dict[str, Any]]:
+    """Every planned run without a result: each failed run (tuning and reported), with its
+    error, and each method whose reported seeds never ran because no grid point finished."""
+    missing: list[dict[str, Any]] = []
+    for name, part in results.parts.items():
+        for runs in (*part.tuning.values(), *part.reported.values()):
+            for r in runs:
+                if not r.ok:
+                    missing.append(
+                        {
+                            "part": name,
+                            "method": r.spec.method,
+                            "role": r.spec.role,
+                            "seed": r.spec.seed,
+                            **({"heldout": r.spec.heldout} if r.spec.heldout else {}),
+                            **r.spec.candidate.as_dict(),
+                            "run": f"{name}/{Path(r.path).name}",
+                            "error": r.error,
+                        }
+                    )
+        for method in part.part.methods:
+            if method not in part.chosen and method not in part.reported:
+                source = part.part.reuse or name
+                missing.append(
+                    {
+                        "part": name,
+                        "method": method,
+                        "role": "report",
+                        "seeds": list(part.part.seeds),
+                        "error": f"not run: no grid point of {source} finished, nothing was chosen",
+                    }
+                )
+    return missing
+
+
 def results_json(results: StudyResults) -> dict[str, Any]:
     """The ``docs/results.json`` dictionary (schema: DESIGN.md and issue 14)."""
     parts = {name: part_json(p) for name, p in results.parts.items()}
@@ -158,6 +198,7 @@ def results_json(results: StudyResults) -> dict[str, Any]:
         if name in parts:
             out[name] = parts.pop(name)
     out.update(parts)
+    out["missing_runs"] = missing_runs(results)
     out["claims"] = [c.as_dict() for c in check_claims(out, LABELS)]
     out["claim_rule"] = RULE
     out["plan"] = results.plan.name
@@ -196,7 +237,10 @@ def _table(section: dict[str, Any], avg_label: str = "avg") -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for name, e in methods.items():
         cells = [LABELS.get(name, name), *(_pct(e["per_domain"].get(d)) for d in domains)]
-        cells += [f"**{_pm(e)}**", str(e["seeds"]), _hp(e, name)]
+        seeds = str(e["seeds"])
+        if e["seeds"] < e.get("planned_seeds", e["seeds"]):
+            seeds = f"**{e['seeds']} of {e['planned_seeds']}**"
+        cells += [f"**{_pm(e)}**", seeds, _hp(e, name)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -243,6 +287,31 @@ def _settings_line(section: dict[str, Any]) -> str:
     return "Settings: " + ", ".join(f"`{k}={v}`" for k, v in s.items()) + "."
 
 
+def _missing_lines(missing: list[dict[str, Any]]) -> list[str]:
+    """The "Missing runs" section: every planned run without a result, and why."""
+    if not missing:
+        return []
+    lines = [
+        "## Missing runs",
+        "",
+        f"{len(missing)} planned run{'s' if len(missing) != 1 else ''} have no result. A claim "
+        "on a method with fewer seeds than planned is marked incomplete instead of given a "
+        "verdict. The next `fedwon study` retries each failed run (the failed run directory "
+        "is kept beside it as `<run>.failed-<n>`).",
+        "",
+    ]
+    for m in missing:
+        label = LABELS.get(m["method"], m["method"])
+        if "seeds" in m:
+            what = f"{m['part']} {label} seeds {', '.join(map(str, m['seeds']))} ({m['role']})"
+            lines.append(f"- {what}: {m['error']}")
+            continue
+        held = f" held-out {m['heldout']}" if m.get("heldout") else ""
+        what = f"{m['part']} {label} lr={m['lr']:g} seed {m['seed']}{held} ({m['role']})"
+        lines.append(f"- {what}: failed: `{m['error']}` (`{m['run']}`)")
+    return [*lines, ""]
+
+
 def results_markdown(data: dict[str, Any]) -> str:
     """``docs/results.md`` from the ``results.json`` dictionary (and nothing else)."""
     out = [
@@ -284,6 +353,7 @@ def results_markdown(data: dict[str, Any]) -> str:
     ]
     out += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in data["claims"]]
     out += ["", f"Rule: {data['claim_rule']}.", ""]
+    out += _missing_lines(data.get("missing_runs", []))
 
     silo = data.get("cross_silo", {})
     out += [f"## {silo.get('title', 'Cross-silo')}", "", *_table({"methods": data["methods"]}), ""]

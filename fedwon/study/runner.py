@@ -24,6 +24,7 @@ from pathlib import Path
 from fedwon.config import load_config
 from fedwon.datasets import DATASETS
 from fedwon.provenance import code_commit
+from fedwon.run_lock import lock_dir
 from fedwon.study.plan import METHODS, TUNING_SEED, Candidate, Part, StudyPlan
 from fedwon.study.runs import RunRecord, RunSpec, execute, refusal
 
@@ -147,8 +148,20 @@ def run_study(
     jobs: int = 1,
     on_run: OnRun | None = None,
 ) -> StudyResults:
-    """Tune, then run the reported seeds of every part of ``plan`` (module docstring)."""
+    """Tune, then run the reported seeds of every part of ``plan`` (module docstring).
+
+    The cache is locked for the whole study (:mod:`fedwon.run_lock`): a second study on the same
+    cache is refused at once, instead of colliding with this one run by run.
+    """
     cache = Path(cache)
+    with lock_dir(cache, "study cache"):
+        return _run_study(plan, cache, command, jobs, on_run)
+
+
+def _run_study(
+    plan: StudyPlan, cache: Path, command: str, jobs: int, on_run: OnRun | None
+) -> StudyResults:
+    """:func:`run_study` with its cache locked."""
     parts = {p.name: PartResult(p) for p in plan.parts}
     for p in plan.parts:
         for method in p.refused:

@@ -12,9 +12,13 @@ checkpoint is cleared and started again. After training, the evaluations the stu
 and kept beside the run directory in ``<directory>.study.json`` (never inside it: a run
 directory holds only what a run writes), together with the commit that trained it.
 
-A run that fails (e.g. every client diverged at a too-large learning rate of the grid) is a
-result, not a crash: its error is kept in the same file and reported, and the grid point is
-never chosen. It is not retried on the next report; delete that file to retry it.
+A run that fails (e.g. every client diverged at a too-large learning rate of the grid, or its
+checkpoint is damaged) is a result of this invocation, not a crash: its error is kept in the same
+file and reported, and the grid point is never chosen. The next invocation retries it: the
+failed directory and its record are first set aside as ``<directory>.failed-<n>`` (kept to
+inspect, never deleted), so a failure that was an accident does not stay a hole in the report.
+A record that cannot be read (e.g. truncated) is one warning naming it, and the run counts as
+not finished.
 """
 
 from __future__ import annotations
@@ -29,10 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from fedwon.config import ConfigError, RunConfig, load_config
-from fedwon.datasets import DATASETS
+from fedwon.datasets import DATASETS, DataError
 from fedwon.errors import error_line
 from fedwon.provenance import code_commit
-from fedwon.results import checkpoint_round, final_metrics, per_domain, read_metrics
+from fedwon.results import (
+    checkpoint_round,
+    final_metrics,
+    per_domain,
+    read_metrics,
+    read_summary,
+)
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
 from fedwon.study.plan import METHODS, Candidate, Part
 
@@ -109,7 +119,8 @@ def run_dir(cache: Path, spec: RunSpec, cfg: RunConfig) -> Path:
 
 
 def _finished(path: Path, cfg: RunConfig) -> bool:
-    if not (path / "summary.json").exists():
+    """A readable summary and every round recorded (a broken summary is not finished)."""
+    if read_summary(path) is None:
         return False
     rows = read_metrics(path)
     return bool(rows) and rows[-1]["round"] == cfg.num_rounds
@@ -146,10 +157,38 @@ def study_file(path: Path) -> Path:
     return path.with_name(path.name + ".study.json")
 
 
-def _read_study(path: Path) -> dict[str, Any]:
+def _read_study(path: Path) -> dict[str, Any] | None:
+    """The study's record of the run in ``path``: ``{}`` when there is none, ``None`` when it
+    cannot be read (one warning naming it; the run then counts as not finished)."""
     file = study_file(path)
-    loaded: dict[str, Any] = json.loads(file.read_text()) if file.exists() else {}
+    if not file.exists():
+        return {}
+    try:
+        loaded = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s cannot be read (%s): the run counts as not finished", file, error_line(err))
+        return None
+    if not isinstance(loaded, dict):
+        log.warning("%s is not a JSON object: the run counts as not finished", file)
+        return None
     return loaded
+
+
+def set_aside(path: Path) -> Path:
+    """Move a failed run's directory and record to ``<path>.failed-<n>`` (the first free
+    ``n``), so it can be run again from scratch while what it left stays inspectable."""
+
+    def aside(n: int) -> Path:
+        return path.with_name(f"{path.name}.failed-{n}")
+
+    n = 1
+    while aside(n).exists() or study_file(aside(n)).exists():
+        n += 1
+    if path.exists():
+        path.rename(aside(n))
+    if study_file(path).exists():
+        study_file(path).rename(study_file(aside(n)))
+    return aside(n)
 
 
 def _write_study(path: Path, info: dict[str, Any]) -> None:
@@ -160,23 +199,38 @@ def _write_study(path: Path, info: dict[str, Any]) -> None:
     part.replace(file)
 
 
+def _failure(err: Exception) -> str:
+    """A failure as one line: fedwon's own errors say what failed and name the file (no type
+    needed); anything else is named by its type too."""
+    return error_line(err, with_type=not isinstance(err, ConfigError | DataError))
+
+
 def _train(path: Path, cfg: RunConfig) -> str:
     """Bring ``path`` to a finished run of ``cfg``: cached, resumed, trained, or failed."""
     from fedwon.simulation import run_simulation
 
+    info = _read_study(path)
+    if info is None or "failed" in info:  # failed (or unknown) before: run it again
+        aside = set_aside(path)
+        log.warning("%s: running it again (the previous attempt is kept in %s)", path, aside)
+        info = {}
     if _finished(path, cfg):
         return "cached"
-    if "failed" in _read_study(path):
+    try:
+        resume = path.is_dir() and checkpoint_round(path) is not None
+    except ConfigError as err:  # a damaged checkpoint: this attempt's failure, named
+        log.warning("%s failed: %s", path, err)
+        _write_study(path, {**info, "failed": _failure(err)})
         return "failed"
-    resume = path.is_dir() and checkpoint_round(path) is not None
     if not resume:
         shutil.rmtree(path, ignore_errors=True)  # started but never checkpointed: nothing to keep
-        _write_study(path, {"commit": code_commit()})
+        info = {"commit": code_commit()}
+        _write_study(path, info)
     try:
         run_simulation(cfg, path, resume=resume)
     except Exception as err:  # a diverged grid point is a result; Ctrl-C is not caught
         log.warning("%s failed: %s", path, err)
-        _write_study(path, {**_read_study(path), "failed": error_line(err)})
+        _write_study(path, {**info, "failed": _failure(err)})
         return "failed"
     return "resumed" if resume else "trained"
 
@@ -187,7 +241,7 @@ def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
     path = run_dir(cache, spec, cfg)
     start = time.perf_counter()
     status = _train(path, cfg)
-    info = _read_study(path)
+    info = _read_study(path) or {}
     if status == "failed":
         return RunRecord(
             spec=spec,

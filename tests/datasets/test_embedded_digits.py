@@ -120,6 +120,23 @@ def test_disk_cache_written_reused_and_rebuilt_when_corrupt(
     assert not list(data_cache_dir.glob("*.tmp"))
 
 
+def test_a_cache_with_mismatched_lengths_is_rebuilt_like_a_truncated_one(
+    small_embedded: dict[str, DomainArrays], small_sizes: tuple[int, int], data_cache_dir: Path
+) -> None:
+    path = cache_path("digits-embedded", cache_params(*small_sizes, 0))
+    cached_embedded_digits(*small_sizes, seed=0)  # written
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["usps/train_y"] = arrays["usps/train_y"][:-3]  # labels shorter than images
+    del arrays["mnist/test_x"]
+    np.savez(path, **arrays)
+    rebuilt = cached_embedded_digits(*small_sizes, seed=0)
+    assert np.array_equal(rebuilt["usps"].train_y, small_embedded["usps"].train_y)
+    assert np.array_equal(rebuilt["mnist"].test_x, small_embedded["mnist"].test_x)
+    with np.load(path) as npz:  # and the file was replaced by the rebuilt arrays
+        assert len(npz["usps/train_y"]) == small_sizes[0] and "mnist/test_x" in npz.files
+
+
 def test_default_size_build_is_fast_and_deterministic() -> None:
     start = time.perf_counter()
     first = build_embedded_digits()

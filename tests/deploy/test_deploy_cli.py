@@ -50,6 +50,12 @@ def test_keys_print_how_to_register_them(tmp_path: Path) -> None:
         (["--rounds", "0"], "--rounds must be >= 1, got 0"),
         (["--recipe", "nope.toml"], "nope.toml"),
         (["--app-dir", "/"], "holds no Flower app"),
+        (["--timeout", "0"], "--timeout must be a number of seconds > 0 (inf: no limit), got 0"),
+        (["--timeout", "-5"], "--timeout must be a number of seconds > 0 (inf: no limit), got -5"),
+        (
+            ["--timeout", "nan"],
+            "--timeout must be a number of seconds > 0 (inf: no limit), got nan",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_starts_nothing(

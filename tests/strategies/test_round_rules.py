@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,26 @@ def test_reports_carry_the_inner_strategys_metrics_unchanged() -> None:
     assert reports[0].train_metrics is not None
     assert reports[0].train_metrics["train_loss"] == 42.0
     assert reports[0].evaluate_metrics is None
+
+
+def test_a_diverged_server_step_is_blamed_on_the_server_not_on_the_clients(
+    tmp_path: Path,
+) -> None:
+    from fedwon.config import load_config
+    from fedwon.simulation import run_simulation
+
+    sims = Path(__file__).resolve().parents[2] / "sims"
+    tiny = ["model=cnn-tiny", "num_rounds=2", "train_per_domain=20", "test_per_domain=10"]
+    tiny += ["domains=mnist,usps", "num_clients=2", "engine=fast", "num_workers=0"]
+    cfg = load_config(sims / "cross_silo.toml", [*tiny, "aggregator=fedadam", "server_lr=1e30"])
+    with pytest.raises(
+        RoundFailedError,
+        match=r"^round 1: the server update diverged \(aggregator=fedadam server_lr=1e\+30\): "
+        r"every client's update was finite, .* lower server_lr",
+    ):
+        run_simulation(cfg, tmp_path / "run")
+    # an aggregate that is itself non-finite is caught before any client receives it
+    strategy = build_strategy(make_config({"aggregator": "fedadam", "server_lr": 1e30}))
+    inf = ArrayRecord({"w": Array(np.array([1.0, np.inf], np.float32))})
+    with pytest.raises(RoundFailedError, match=r"round 3: the server update diverged .* in w "):
+        strategy._check_server_update(3, inf)

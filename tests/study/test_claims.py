@@ -66,3 +66,20 @@ def test_claim_verdicts_from_results() -> None:
     assert "no results for fedbn" in find("Label skew").evidence
     assert find("Domain generalization").verdict == "not run"
     assert find("BN cannot train").verdict == "reproduced"
+
+
+def test_a_claim_on_fewer_seeds_than_planned_is_incomplete_not_a_verdict() -> None:
+    full = {
+        "fedwon": entry(0.90, 0.01, mnist=0.95, svhn=0.85),
+        "fedavg": entry(0.70, 0.01, mnist=0.90, svhn=0.50),
+        "fedbn": entry(0.80, 0.01, mnist=0.93, svhn=0.67),
+    }
+    for e in full.values():
+        e["planned_seeds"] = 3
+    (complete, gain, *_) = check_claims({"methods": full}, LABELS)
+    assert complete.verdict == "reproduced" and gain.verdict == "reproduced"
+    short = {**full, "fedbn": {**full["fedbn"], "seeds": 2}}  # one FedBN run failed
+    (silo, gain, *_) = check_claims({"methods": short}, LABELS)
+    assert silo.verdict == "incomplete: FedBN 2 of 3 seeds"
+    assert silo.evidence.endswith("(on the seeds that ran: reproduced)")
+    assert gain.verdict == "incomplete: FedBN 2 of 3 seeds"

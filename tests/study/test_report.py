@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,29 @@ def test_write_report_files_and_byte_identical_rebuild(
     again = write_report(mini_results, tmp_path / "b")
     for first, second in zip(paths, again, strict=True):
         assert first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_failed_runs_are_listed_and_shorten_the_seed_count(mini_results: StudyResults) -> None:
+    results = copy.deepcopy(mini_results)
+    error = "checkpoint file /c/checkpoint/arrays.npz cannot be read (BadZipFile: not a zip)"
+    silo = results.parts["cross_silo"].reported["fedbn"]
+    silo[1] = dataclasses.replace(silo[1], status="failed", test={}, curve=[], error=error)
+    dg = results.parts["domain_generalization"].reported["fedbn"]
+    dg[2] = dataclasses.replace(dg[2], status="failed", test={}, heldout=None, error="boom")
+    data = results_json(results)
+    assert results_json(mini_results)["missing_runs"] == []
+    fedbn = data["methods"]["fedbn"]
+    assert (fedbn["seeds"], fedbn["planned_seeds"], fedbn["failed_runs"]) == (1, 2, 1)
+    assert fedbn["mean"] == pytest.approx(silo[0].test["accuracy"])  # the seed that ran
+    assert "fedbn" not in data["domain_generalization"]["methods"]  # its one seed is broken
+    missing = data["missing_runs"]
+    assert [(m["part"], m["method"], m["seed"], m["error"]) for m in missing] == [
+        ("cross_silo", "fedbn", 2, error),
+        ("domain_generalization", "fedbn", 1, "boom"),
+    ]
+    assert missing[1]["heldout"] == "svhn" and missing[0]["run"].startswith("cross_silo/fedbn-")
+    text = results_markdown(data)
+    assert "## Missing runs" in text and "2 planned runs have no result" in text
+    assert f"- cross_silo FedBN lr={fedbn['lr']:g} seed 2 (report): failed: `{error}`" in text
+    assert "- domain_generalization FedBN lr=" in text and "held-out svhn (report)" in text
+    assert "| **1 of 2** |" in text  # the table's seed count says it too

@@ -67,13 +67,54 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path: Path) -
     assert fresh.status == "trained" and resumed.test == fresh.test  # resume == uninterrupted
 
 
-def test_a_failed_run_is_a_result_and_is_not_retried(tmp_path: Path) -> None:
+def test_a_failed_run_is_a_result_and_is_retried_next_time_its_directory_set_aside(
+    tmp_path: Path,
+) -> None:
     record = execute(PART, spec(lr=1e12), tmp_path)  # every client diverges to inf/NaN
     assert record.status == "failed" and not record.ok
     assert record.error.startswith("RoundFailedError: round 1 ")
     assert "0 of 2 clients returned usable results" in record.error
-    again = execute(PART, spec(lr=1e12), tmp_path)
+    again = execute(PART, spec(lr=1e12), tmp_path)  # tried again: diverges again
     assert again.status == "failed" and again.error == record.error
+    aside = Path(record.path).with_name(Path(record.path).name + ".failed-1")
+    assert json.loads(study_file(aside).read_text())["failed"] == record.error  # kept
+
+
+def test_a_damaged_checkpoint_is_named_then_the_run_is_trained_again(tmp_path: Path) -> None:
+    cfg = run_config(PART, spec())
+    path = run_dir(tmp_path, spec(), cfg)
+    run_simulation(cfg.replace(num_rounds=1), path)  # interrupted after its round-1 checkpoint
+    arrays = path / "checkpoint" / "arrays.npz"
+    arrays.write_bytes(b"PK\x03\x04 not a zip")
+    failed = execute(PART, spec(), tmp_path)
+    assert failed.status == "failed"
+    assert failed.error.startswith(f"checkpoint file {arrays} cannot be read (BadZipFile")
+    retried = execute(PART, spec(), tmp_path)
+    assert retried.status == "trained" and retried.ok
+    assert [r["round"] for r in read_metrics(path)] == [1, 2]
+    aside = path.with_name(path.name + ".failed-1")
+    assert (aside / "checkpoint" / "arrays.npz").read_bytes() == b"PK\x03\x04 not a zip"
+    assert "BadZipFile" in json.loads(study_file(aside).read_text())["failed"]
+    assert execute(PART, spec(), tmp_path).status == "cached"
+
+
+def test_a_truncated_record_or_summary_is_a_run_not_finished(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = execute(PART, spec(), tmp_path)
+    path = Path(first.path)
+    summary = path / "summary.json"
+    summary.write_text(summary.read_text()[:20])
+    again = execute(PART, spec(), tmp_path)  # not "cached": finished from its last checkpoint
+    assert again.status == "resumed" and again.test == first.test
+    assert json.loads(summary.read_text())["strategy"] == "fedbn"
+    record = study_file(path)
+    record.write_text(record.read_text()[:15])
+    third = execute(PART, spec(), tmp_path)
+    assert f"{record} cannot be read (JSONDecodeError" in caplog.text
+    assert third.status == "trained" and third.test == first.test  # trained again, set aside
+    assert json.loads(record.read_text())["commit"] == first.commit
+    assert path.with_name(path.name + ".failed-1").is_dir()
 
 
 def test_refusal_is_the_configs_one_line_error() -> None:

@@ -8,9 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
+from lock_holder import holder
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
+from fedwon.run_dir import LOCK_FILE
 from fedwon.study.plan import FULL, METHODS, QUICK
 from fedwon.study.runner import count_report_runs, tuning_specs
 
@@ -76,3 +78,17 @@ def test_quick_study_is_complete_and_rebuilds_identically(tmp_path: Path) -> Non
     assert len(lines) == total and all(": cached ·" in line for line in lines)
     assert f"{total} runs: 0 trained, 0 resumed, {total} reused, 0 failed" in second.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+
+def test_a_second_study_on_the_same_cache_is_refused_not_recorded_as_failures(
+    tmp_path: Path,
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "report"
+    with holder(cache) as proc:  # another `fedwon study` on this cache
+        result = runner.invoke(cli, ["study", "--quick", "--cache", str(cache), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"study cache {cache} is in use" in error[0]
+    assert f"(PID {proc.pid})" in error[0]
+    assert "FAILED" not in result.output and not out.exists()
+    assert [p.name for p in cache.iterdir()] == [LOCK_FILE]  # left by the killed holder only
