@@ -120,6 +120,11 @@ def _close(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def test_every_aggregator_is_pinned() -> None:
+    """A new aggregator gets its golden run (and settings) when it is registered."""
+    assert set(AGGREGATOR_SETTINGS) == set(AGGREGATORS)
+
+
 @pytest.mark.parametrize("name", sorted(cases()))
 def test_results_are_pinned(name: str, tmp_path: Path) -> None:
     golden = json.loads(GOLDEN.read_text())
