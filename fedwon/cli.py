@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedwon.cli_args import ManySetCommand
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
 from fedwon.deploy.cli import deploy
@@ -235,11 +236,14 @@ def round_progress(total: int) -> Iterator[Callable[[Row], None]]:
         yield on_round
 
 
-@cli.command()
+@cli.command(cls=ManySetCommand)
 def run(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe TOML (see sims/).")] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="Override: key=value; several may follow one --set (repeatable)."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
