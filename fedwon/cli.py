@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -31,6 +32,7 @@ from fedwon.datasets import DataError
 from fedwon.deploy.cli import deploy
 from fedwon.errors import error_line
 from fedwon.privacy_curve import privacy_curve_cli
+from fedwon.protocol import EPSILON_METRIC
 from fedwon.results import (
     Row,
     final_metrics,
@@ -137,6 +139,12 @@ def _setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("flwr").propagate = False
+    # Opacus' RDP accountant warns when the best order is the largest one it tried: a larger
+    # order might give a slightly smaller ε. The ε it returns is still a valid upper bound, so
+    # the warning (once per round, with no action for the user) is noise on a DP run's screen.
+    warnings.filterwarnings(
+        "ignore", message="Optimal order is the largest alpha", category=UserWarning
+    )
     if verbose:
         logging.getLogger("fedwon").setLevel(logging.DEBUG)
 
@@ -145,18 +153,38 @@ def _fmt(value: Any) -> str:
     return f"{100 * value:.1f}" if isinstance(value, float) else "-"
 
 
+def _fmt_epsilon(row: Row) -> str:
+    eps = row.get(EPSILON_METRIC)
+    return f"{eps:.2f}" if isinstance(eps, (int, float)) else "-"
+
+
 def results_table(runs: dict[str, Row], title: str = "final test accuracy (%)") -> Table:
-    """One row per run, one column per domain plus the overall accuracy."""
+    """One row per run, one column per domain plus the overall accuracy, and the ε spent
+    when any run is differentially private (a DP result without its ε is half a result)."""
     domains = sorted({d for row in runs.values() for d in per_domain(row)})
+    private = any(row.get(EPSILON_METRIC) is not None for row in runs.values())
     table = Table(title=title)
     table.add_column("run")
     for domain in domains:
         table.add_column(domain, justify="right")
     table.add_column("all", justify="right", style="bold")
+    if private:
+        table.add_column("ε", justify="right")
     for name, row in runs.items():
         pd = per_domain(row)
-        table.add_row(name, *[_fmt(pd.get(d)) for d in domains], _fmt(row.get("accuracy")))
+        cells = [name, *[_fmt(pd.get(d)) for d in domains], _fmt(row.get("accuracy"))]
+        table.add_row(*cells, *([_fmt_epsilon(row)] if private else []))
     return table
+
+
+def privacy_line(summary: dict[str, Any]) -> str | None:
+    """The guarantee a finished DP run gives, in one line (None without DP): the table shows
+    ε, this adds δ and the level, without which ε means nothing."""
+    privacy = summary.get("privacy")
+    if not privacy or privacy.get("epsilon") is None:
+        return None
+    level = "user-level" if privacy.get("level") == "user" else "sample-level (worst client)"
+    return f"privacy: ε = {privacy['epsilon']:.2f} at δ = {privacy['delta']:g}, {level} DP"
 
 
 def default_out(recipe: Path | None, cfg: RunConfig) -> Path:
@@ -207,6 +235,8 @@ def round_line(row: Row, total: int) -> str:
     parts.append(f"train_loss {loss:.4f}" if isinstance(loss, float) else "train_loss -")
     if isinstance(acc, float):
         parts.append(f"accuracy {100 * acc:.1f}%")
+    if isinstance(row.get(EPSILON_METRIC), (int, float)):
+        parts.append(f"ε {row[EPSILON_METRIC]:.2f}")
     if row.get("dropped"):
         parts.append(f"dropped {row['dropped']}")
     parts.append(f"{row.get('time_s', 0):.1f} s")
@@ -231,6 +261,8 @@ def round_progress(total: int) -> Iterator[Callable[[Row], None]]:
         def on_round(row: Row) -> None:
             acc = row.get("accuracy")
             note = f" acc {100 * acc:.1f}%" if acc is not None else ""
+            if isinstance(row.get(EPSILON_METRIC), (int, float)):
+                note += f" ε {row[EPSILON_METRIC]:.2f}"
             progress.update(task, completed=row["round"], description=f"round {row['round']}{note}")
 
         yield on_round
@@ -286,6 +318,8 @@ def run(
             verbose=verbose,
         )
     console.print(results_table({cfg.strategy: final_metrics(outcome.rows)}))
+    if (line := privacy_line(outcome.summary)) is not None:
+        console.print(line, highlight=False, markup=False)
     console.print(f"wrote {escape(str(run_dir))}")
 
 
