@@ -369,11 +369,14 @@ def plot_runs(names: list[str], dirs: list[Path], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, d in zip(names, dirs, strict=True):
         rows = [r for r in read_metrics(d) if r.get("accuracy") is not None]
         ax.plot([r["round"] for r in rows], [r["accuracy"] for r in rows], label=name)
+    ax.set_title("test accuracy per round (all domains)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds: no 2.5
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
