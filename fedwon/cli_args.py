@@ -53,6 +53,15 @@ def expand_sets(args: Sequence[str], takes_value: Iterable[str], positionals: in
     return out
 
 
+def unknown_option(word: str, known: set[str]) -> bool:
+    """``word`` is an option the command does not have (its value then looks like a stray
+    word: the unknown option is the error to report)."""
+    if not word.startswith("-") or word in ("-", "--"):
+        return False
+    name = word.split("=", 1)[0] if word.startswith("--") else word[:2]
+    return name not in known
+
+
 class ManySetCommand(TyperCommand):
     """A typer command whose ``--set`` takes one or more ``key=value`` words per occurrence."""
 
@@ -71,6 +80,9 @@ class ManySetCommand(TyperCommand):
             try:
                 args = expand_sets(args, takes_value, len(args) if unlimited else positionals)
             except ValueError as err:
+                known = {name for p in self.params for name in (*p.opts, *p.secondary_opts)}
+                if any(unknown_option(w, known) for w in args):
+                    return super().parse_args(ctx, args)  # click names the unknown option
                 from fedwon.cli import fail  # the one-line error of every fedwon command
 
                 raise fail(str(err)) from None

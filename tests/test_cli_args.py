@@ -56,3 +56,11 @@ def test_run_refuses_a_stray_word_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "error: unexpected argument 'oops' (an override is written key=value after --set)"
     )
+
+
+def test_an_unknown_option_is_named_not_its_value() -> None:
+    """``--nodez 2``: the error is the unknown option (click's), not a stray word '2'."""
+    result = CliRunner().invoke(cli, ["run", str(SIMS / "cross_silo.toml"), "--outt", "x"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output and "--outt" in result.output
+    assert "unexpected argument" not in result.output
