@@ -167,11 +167,14 @@ def test_a_streamed_round_says_how_many_replies_its_one_result_holds() -> None:
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
     flower = logging.getLogger("flwr")
+    level = flower.level  # a quiet run before this test may have raised it
     flower.addHandler(handler)
+    flower.setLevel(logging.INFO)
     try:
         rules.aggregate_train(1, replies)
     finally:
         flower.removeHandler(handler)
+        flower.setLevel(level)
     received = next(i for i, line in enumerate(lines) if "Received 1 results" in line)
     assert lines[received + 1] == (
         f"aggregate_train: fedwon aggregated {N} replies as one streamed mean (the 1 result above)"
