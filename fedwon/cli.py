@@ -11,6 +11,7 @@ import os
 import signal
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -24,11 +25,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedwon.cli_args import ManySetCommand
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.datasets import DataError
 from fedwon.deploy.cli import deploy
 from fedwon.errors import error_line
 from fedwon.privacy_curve import privacy_curve_cli
+from fedwon.protocol import EPSILON_METRIC
 from fedwon.results import (
     Row,
     final_metrics,
@@ -136,6 +139,12 @@ def _setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("flwr").propagate = False
+    # Opacus' RDP accountant warns when the best order is the largest one it tried: a larger
+    # order might give a slightly smaller ε. The ε it returns is still a valid upper bound, so
+    # the warning (once per round, with no action for the user) is noise on a DP run's screen.
+    warnings.filterwarnings(
+        "ignore", message="Optimal order is the largest alpha", category=UserWarning
+    )
     if verbose:
         logging.getLogger("fedwon").setLevel(logging.DEBUG)
 
@@ -144,18 +153,38 @@ def _fmt(value: Any) -> str:
     return f"{100 * value:.1f}" if isinstance(value, float) else "-"
 
 
+def _fmt_epsilon(row: Row) -> str:
+    eps = row.get(EPSILON_METRIC)
+    return f"{eps:.2f}" if isinstance(eps, (int, float)) else "-"
+
+
 def results_table(runs: dict[str, Row], title: str = "final test accuracy (%)") -> Table:
-    """One row per run, one column per domain plus the overall accuracy."""
+    """One row per run, one column per domain plus the overall accuracy, and the ε spent
+    when any run is differentially private (a DP result without its ε is half a result)."""
     domains = sorted({d for row in runs.values() for d in per_domain(row)})
+    private = any(row.get(EPSILON_METRIC) is not None for row in runs.values())
     table = Table(title=title)
     table.add_column("run")
     for domain in domains:
         table.add_column(domain, justify="right")
     table.add_column("all", justify="right", style="bold")
+    if private:
+        table.add_column("ε", justify="right")
     for name, row in runs.items():
         pd = per_domain(row)
-        table.add_row(name, *[_fmt(pd.get(d)) for d in domains], _fmt(row.get("accuracy")))
+        cells = [name, *[_fmt(pd.get(d)) for d in domains], _fmt(row.get("accuracy"))]
+        table.add_row(*cells, *([_fmt_epsilon(row)] if private else []))
     return table
+
+
+def privacy_line(summary: dict[str, Any]) -> str | None:
+    """The guarantee a finished DP run gives, in one line (None without DP): the table shows
+    ε, this adds δ and the level, without which ε means nothing."""
+    privacy = summary.get("privacy")
+    if not privacy or privacy.get("epsilon") is None:
+        return None
+    level = "user-level" if privacy.get("level") == "user" else "sample-level (worst client)"
+    return f"privacy: ε = {privacy['epsilon']:.2f} at δ = {privacy['delta']:g}, {level} DP"
 
 
 def default_out(recipe: Path | None, cfg: RunConfig) -> Path:
@@ -206,6 +235,8 @@ def round_line(row: Row, total: int) -> str:
     parts.append(f"train_loss {loss:.4f}" if isinstance(loss, float) else "train_loss -")
     if isinstance(acc, float):
         parts.append(f"accuracy {100 * acc:.1f}%")
+    if isinstance(row.get(EPSILON_METRIC), (int, float)):
+        parts.append(f"ε {row[EPSILON_METRIC]:.2f}")
     if row.get("dropped"):
         parts.append(f"dropped {row['dropped']}")
     parts.append(f"{row.get('time_s', 0):.1f} s")
@@ -230,16 +261,21 @@ def round_progress(total: int) -> Iterator[Callable[[Row], None]]:
         def on_round(row: Row) -> None:
             acc = row.get("accuracy")
             note = f" acc {100 * acc:.1f}%" if acc is not None else ""
+            if isinstance(row.get(EPSILON_METRIC), (int, float)):
+                note += f" ε {row[EPSILON_METRIC]:.2f}"
             progress.update(task, completed=row["round"], description=f"round {row['round']}{note}")
 
         yield on_round
 
 
-@cli.command()
+@cli.command(cls=ManySetCommand)
 def run(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe TOML (see sims/).")] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="Override: key=value; several may follow one --set (repeatable)."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -283,6 +319,8 @@ def run(
             verbose=verbose,
         )
     console.print(results_table({cfg.strategy: final_metrics(outcome.rows)}))
+    if (line := privacy_line(outcome.summary)) is not None:
+        console.print(line, highlight=False, markup=False)
     console.print(f"wrote {escape(str(run_dir))}")
 
 
@@ -333,11 +371,14 @@ def plot_runs(names: list[str], dirs: list[Path], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, d in zip(names, dirs, strict=True):
         rows = [r for r in read_metrics(d) if r.get("accuracy") is not None]
         ax.plot([r["round"] for r in rows], [r["accuracy"] for r in rows], label=name)
+    ax.set_title("test accuracy per round (all domains)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds: no 2.5
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)

@@ -5,11 +5,14 @@ naming it, not minutes later inside an engine with a traceback, and leaves nothi
 under ``flwr run`` call it): the run directory may be written (new, ``--overwrite`` or resume),
 the data loads, the model accepts the data's images; only then is the run directory created.
 :func:`wait_for_nodes` is the one check that needs the Grid: enough SuperNodes to serve every
-partition, instead of Flower's sampling waiting for them forever.
+partition, instead of Flower's sampling waiting for them forever. :func:`refused` turns what
+either check raises inside a ServerApp into one logged line and a failed run, without the
+traceback Flower would print under it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -24,6 +27,37 @@ from fedwon.privacy.accounting import PrivacyLedger
 from fedwon.privacy.central_dp import planned_noise
 from fedwon.results import check_resumable
 from fedwon.run_dir import check_new_run_dir, prepare_run_dir
+
+log = logging.getLogger(__name__)
+REFUSED = "_fedwon_refused"  # marks an error already logged as one line
+
+
+class _NoTracebackForRefused(logging.Filter):
+    """Drops the traceback from Flower's own log of an error fedwon already explained."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and getattr(record.exc_info[1], REFUSED, False):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_QUIET = _NoTracebackForRefused()
+
+
+def refused(err: Exception) -> Exception:
+    """``err`` logged as one line and marked, to be raised from a ServerApp's ``main``.
+
+    Raising keeps the run failed (Flower records it as FAILED and the SuperExec exits non-zero);
+    Flower then logs "ServerApp raised an exception" with the traceback of an input error that
+    fedwon checked on purpose (40 lines under the one that matters). A filter on Flower's logger
+    keeps Flower's line and drops that traceback, for these marked errors only.
+    """
+    log.error("%s", err)
+    setattr(err, REFUSED, True)
+    flwr_logger = logging.getLogger("flwr")
+    if _QUIET not in flwr_logger.filters:
+        flwr_logger.addFilter(_QUIET)
+    return err
 
 
 def check_model_input(cfg: RunConfig, num_classes: int, in_channels: int, size: int) -> None:

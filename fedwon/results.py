@@ -494,7 +494,8 @@ class RunRecorder:
                 for domain, acc in summary["final"]["per_domain"].items():
                     writer.writerow([domain, acc])
                 writer.writerow(["all", summary["final"]["accuracy"]])
-            plot_accuracy(self.rows, self.run_dir / "accuracy.png", title=self.cfg.strategy)
+            title = f"{self.cfg.strategy}: test accuracy per round"
+            plot_accuracy(self.rows, self.run_dir / "accuracy.png", title=title)
         return summary
 
 
@@ -504,6 +505,7 @@ def plot_accuracy(rows: Sequence[Row], path: Path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     evaluated = [r for r in rows if r.get("accuracy") is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -518,6 +520,7 @@ def plot_accuracy(rows: Sequence[Row], path: Path, title: str = "") -> None:
         lw=2.5,
         label="all",
     )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds: no 2.5
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)

@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
-from fedwon.preflight import check_first_round_budget, prepare_run, wait_for_nodes
+from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
 from fedwon.privacy import CentralDP, ClientEpsilons
 from fedwon.process_guard import start_guard
 from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
@@ -360,7 +360,6 @@ def main(grid: Grid, context: Context) -> None:
             )
             wait_for_nodes(grid, settings.cfg.num_clients, timeout_s=settings.node_timeout)
         except (ConfigError, DataError) as err:
-            log.error("%s", err)
-            raise
+            raise refused(err) from None  # one line, a failed run, no traceback
         outcome = run_server(grid, settings.cfg, out_dir, resume=settings.resume)
     log.info("final accuracy %s", outcome.summary["final"]["accuracy"])

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedwon.cli_args import ManySetCommand
 from fedwon.deploy.certs import LOCAL_HOSTS, make_certificates
 from fedwon.deploy.errors import DeployError
 from fedwon.deploy.keys import make_node_keys
@@ -21,16 +22,25 @@ deploy = typer.Typer(
 console = Console(soft_wrap=True)  # commands printed here must stay copy-pastable
 
 
-@deploy.command()
+@deploy.command(cls=ManySetCommand)
 def local(
-    out: Annotated[Path, typer.Option(help="run directory: results, logs/, deploy/")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="run directory: results, logs/, deploy/ (default runs/deploy-<recipe>-<strategy>"
+            "-<time>)"
+        ),
+    ] = None,
     nodes: Annotated[int, typer.Option(help="SuperNodes to start (= num_clients)")] = 2,
     rounds: Annotated[int | None, typer.Option(help="rounds (default: the recipe's)")] = None,
     recipe: Annotated[
         Path | None, typer.Option(help="recipe TOML (default sims/cross_silo.toml)")
     ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="override: key=value (repeatable)")
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="override: key=value; several may follow one --set (repeatable)"
+        ),
     ] = None,
     tls: Annotated[
         bool, typer.Option(help="generate a CA and server certificate; use TLS")

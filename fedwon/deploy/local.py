@@ -309,8 +309,14 @@ def check_app_dir(app_dir: Path) -> Path:
     return app_dir.resolve()
 
 
+def default_out(recipe: Path, strategy: str) -> Path:
+    """Where a deployment without ``--out`` writes: beside ``fedwon run``'s default runs, named
+    so that a second trial never meets the first one's files."""
+    return Path("runs") / f"deploy-{recipe.stem}-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def deploy_local(
-    out: Path,
+    out: Path | None,
     nodes: int,
     rounds: int | None = None,
     *,
@@ -332,7 +338,7 @@ def deploy_local(
     app_dir = check_app_dir(app_dir)
     cfg, changes = fit_to_nodes(load_config(recipe, list(overrides)), nodes, rounds)
     prepare_run(cfg, None)  # fedwon run's checks (data, model input): fail here, not in N nodes
-    out = check_out_dir(out)
+    out = check_out_dir(out or default_out(recipe, cfg.strategy))
     if set(changes) - {"num_clients", "num_rounds"}:
         say("fitted to the nodes: " + " ".join(f"{k}={v}" for k, v in changes.items()))
     # One launcher per directory: its own lock in deploy/ (the run directory's lock is the

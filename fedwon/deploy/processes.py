@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from fedwon.deploy.diagnose import strip_ansi
+
 log = logging.getLogger(__name__)
 
 MARKER = "FEDWON_DEPLOY_ID"
@@ -45,10 +47,24 @@ class Process:
         return self.popen.poll()
 
     def log_text(self) -> str:
+        """The log so far, without the colour codes Flower's logger writes (see ``clean_log``)."""
         try:
-            return self.log.read_text(errors="replace")
+            return strip_ansi(self.log.read_text(errors="replace"))
         except OSError:
             return ""
+
+
+def clean_log(path: Path) -> None:
+    """Rewrite a finished process's log without ANSI colour codes. Flower's console handler
+    colours every level name and has no switch for it (flwr 1.39 reads no environment variable
+    for it), and its processes write straight into the file; so the codes are removed once
+    they have stopped, leaving logs that read in an editor, ``less`` and a bug report."""
+    try:
+        text = path.read_text(errors="replace")
+        if (cleaned := strip_ansi(text)) != text:
+            path.write_text(cleaned)
+    except OSError as err:
+        log.debug("could not clean %s: %s", path, err)
 
 
 def marked_pids(deploy_id: str) -> list[int]:
@@ -168,6 +184,8 @@ class ProcessSet:
         left = marked_pids(self.id)
         if left:
             log.warning("processes %s of deployment %s survived SIGKILL", left, self.id)
+        for path in dict.fromkeys(p.log for p in self.processes):
+            clean_log(path)
 
     def __enter__(self) -> ProcessSet:
         return self

@@ -44,6 +44,9 @@ from fedwon.strategies.aggregation import (
 from fedwon.strategies.streaming import RunningMean, streams
 
 log = logging.getLogger(__name__)
+# A child of Flower's logger: its lines appear among Flower's own, wherever those are shown
+# (``fedwon run -v``, ``flwr run``, a SuperLink's log), and nowhere else.
+flower_log = logging.getLogger("flwr.fedwon")
 
 
 class RoundFailedError(RuntimeError):
@@ -209,6 +212,14 @@ class RoundRules(Strategy):
             usable = self._usable(server_round, replies, "train")
             weight, clients = total_weight(m.content for m in usable), len(usable)
         arrays, metrics = self.strategy.aggregate_train(server_round, usable)
+        if streams(self.strategy) and clients:
+            # right under Flower's "aggregate_train: Received 1 results", which reads like a
+            # lost cohort without it
+            flower_log.info(
+                "aggregate_train: fedwon aggregated %d replies as one streamed mean (the 1 "
+                "result above)",
+                clients,
+            )
         self._check_server_update(server_round, arrays)
         if metrics is not None:
             metrics[WEIGHT_KEY] = int(weight)

@@ -97,8 +97,18 @@ def summary_line(records: list[RunRecord]) -> str:
     """How many runs were trained, reused or failed, and the training time they record."""
     counts = {s: sum(r.status == s for r in records) for s in ("trained", "resumed", "cached")}
     failed = sum(not r.ok for r in records)
-    hours = sum(r.train_seconds for r in records) / 3600
+    took = human_duration(sum(r.train_seconds for r in records))
     return (
         f"{len(records)} runs: {counts['trained']} trained, {counts['resumed']} resumed, "
-        f"{counts['cached']} reused, {failed} failed; their rounds took {hours:.2f} h in all"
+        f"{counts['cached']} reused, {failed} failed; their rounds took {took} in all"
     )
+
+
+def human_duration(seconds: float) -> str:
+    """Seconds, minutes or hours, whichever reads best: the quick study's rounds take seconds,
+    which "0.00 h" hid, and the full study's take hours."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

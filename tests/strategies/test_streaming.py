@@ -4,6 +4,7 @@ and replies not outliving their addition to the sum."""
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -151,3 +152,30 @@ def test_other_strategies_see_every_reply_and_no_stream() -> None:
     inner: Strategy = Median(min_available_nodes=N, fraction_evaluate=0.0)
     RoundRules(inner, num_rounds=1).start(grid, W0, num_rounds=1)  # type: ignore[arg-type]
     assert grid.most_alive == 0 and not grid.streaming  # a list: the grid never streamed
+
+
+def test_a_streamed_round_says_how_many_replies_its_one_result_holds() -> None:
+    """Flower's FedAvg logs "Received 1 results" for the mean it is handed; fedwon's line under
+    it, on Flower's logger, says how many replies that one result folds."""
+    grid = FakeGrid(N)
+    replies = replies_for(grid)
+    wrapped = FedAvg(min_available_nodes=N)
+    list(wrapped.configure_train(1, W0, ConfigRecord(), grid))  # type: ignore[arg-type]
+    rules = RoundRules(wrapped, num_rounds=1)
+    rules._sent["train"] = N
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    flower = logging.getLogger("flwr")
+    level = flower.level  # a quiet run before this test may have raised it
+    flower.addHandler(handler)
+    flower.setLevel(logging.INFO)
+    try:
+        rules.aggregate_train(1, replies)
+    finally:
+        flower.removeHandler(handler)
+        flower.setLevel(level)
+    received = next(i for i, line in enumerate(lines) if "Received 1 results" in line)
+    assert lines[received + 1] == (
+        f"aggregate_train: fedwon aggregated {N} replies as one streamed mean (the 1 result above)"
+    )
