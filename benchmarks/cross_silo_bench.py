@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fedwon.clients import data_spec, initial_model, train_epochs
+from fedwon.clients import train_epochs
 from fedwon.config import RunConfig, make_config
 from fedwon.datasets import load_federation
 from fedwon.simulation import run_simulation
@@ -47,16 +47,16 @@ def bare_loop(cfg: RunConfig) -> list[float]:
     One torch thread, like each fedwon client (``cpus_per_client=1``), so both do equal work.
     """
     torch.set_num_threads(1)
-    fed = load_federation(data_spec(cfg.client_config()))
-    model = initial_model(cfg.client_config(), fed.num_classes, fed.in_channels)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    fed = load_federation(cfg.data)
+    model = cfg.model_spec.initial_model(fed.num_classes, fed.in_channels, cfg.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     times = []
-    for rnd in range(1, cfg.num_rounds + 1):
+    for rnd in range(1, cfg.server.num_rounds + 1):
         t0 = time.perf_counter()
         total: dict[str, torch.Tensor] = {}
         n_total = 0
-        for pid in range(cfg.num_clients):
+        for pid in range(cfg.data.num_clients):
             model.load_state_dict(global_state)
             optimizer.state.clear()
             x, y = fed.train_data(pid)
@@ -66,7 +66,7 @@ def bare_loop(cfg: RunConfig) -> list[float]:
                 x,
                 y,
                 epochs=1,
-                batch_size=cfg.batch_size,
+                batch_size=cfg.train.batch_size,
                 agc_clip=0.0,
                 generator=torch.Generator().manual_seed(rnd * 1000 + pid),
             )
@@ -94,7 +94,7 @@ def _steady(times: list[float]) -> float:
 def run(quick: bool = False, rounds: int | None = None) -> list[Row]:
     rounds = rounds or (3 if quick else 4)
     cfg = workload(rounds)
-    load_federation(data_spec(cfg.client_config()))  # build/cache the data outside every timing
+    load_federation(cfg.data)  # build/cache the data outside every timing
     bare_times = bare_loop(cfg)
     rows: list[Row] = [
         {

@@ -27,7 +27,7 @@ import torch
 from benchmarks import workloads as w
 from benchmarks.cross_device_bench import machine
 from benchmarks.report import write_section
-from fedwon.clients import data_spec, initial_model, train_epochs
+from fedwon.clients import train_epochs
 from fedwon.config import RunConfig, load_config
 from fedwon.datasets import load_federation
 from fedwon.simulation import run_simulation
@@ -46,18 +46,18 @@ def recipe_config(recipe: str, overrides: list[str], rounds: int) -> RunConfig:
 
 def bare_loop(cfg: RunConfig) -> list[w.Stamp]:
     """The same client training in one process; a timestamp after every round."""
-    torch.set_num_threads(max(1, int(cfg.cpus_per_client)))  # what each fedwon client uses
-    client = cfg.client_config()  # what each fedwon client trains with (resolved norm)
-    fed = load_federation(data_spec(client))
-    model = initial_model(client, fed.num_classes, fed.in_channels)
-    global_model = initial_model(client, fed.num_classes, fed.in_channels)
+    torch.set_num_threads(max(1, int(cfg.engine.cpus_per_client)))  # what each fedwon client uses
+    spec = cfg.model_spec  # what each fedwon client builds (norm resolved)
+    fed = load_federation(cfg.data)
+    model = spec.initial_model(fed.num_classes, fed.in_channels, cfg.seed)
+    global_model = spec.initial_model(fed.num_classes, fed.in_channels, cfg.seed)
     params = [p.detach() for p in model.parameters()]
     global_params = [p.detach() for p in global_model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
     rng = random.Random(cfg.seed)
     stamps = []
-    for rnd in range(1, cfg.num_rounds + 1):
-        pids = rng.sample(range(cfg.num_clients), cfg.sampled_per_round)
+    for rnd in range(1, cfg.server.num_rounds + 1):
+        pids = rng.sample(range(cfg.data.num_clients), cfg.sampled_per_round)
         total = sum(fed.num_train(pid) for pid in pids)
         sums = [torch.zeros_like(p) for p in params]
         for pid in pids:
@@ -70,9 +70,9 @@ def bare_loop(cfg: RunConfig) -> list[w.Stamp]:
                 optimizer,
                 x,
                 y,
-                epochs=cfg.local_epochs,
-                batch_size=cfg.batch_size,
-                agc_clip=cfg.agc_clip,
+                epochs=cfg.train.local_epochs,
+                batch_size=cfg.train.batch_size,
+                agc_clip=cfg.train.agc_clip,
                 generator=torch.Generator().manual_seed(rnd * 1000 + pid),
             )
             for acc, p in zip(sums, params, strict=True):
@@ -103,7 +103,7 @@ def steady_ms(stamps: list[w.Stamp]) -> tuple[float, float]:
 def run(recipe: str, overrides: list[str], rounds: int, repeats: int) -> Row:
     """Interleaved bare/fedwon runs; medians of their steady ms/round."""
     cfg = recipe_config(recipe, overrides, rounds)
-    load_federation(data_spec(cfg.client_config()))  # build/cache the data outside every timing
+    load_federation(cfg.data)  # build/cache the data outside every timing
     bare, fedwon = [], []
     for _ in range(repeats):
         bare.append(steady_ms(bare_loop(cfg)))
@@ -113,7 +113,7 @@ def run(recipe: str, overrides: list[str], rounds: int, repeats: int) -> Row:
     return {
         "recipe": recipe,
         "overrides": overrides,
-        "model": cfg.model,
+        "model": cfg.model.model,
         "clients_per_round": cfg.sampled_per_round,
         "rounds": rounds,
         "repeats": repeats,

@@ -189,7 +189,7 @@ def privacy_line(summary: dict[str, Any]) -> str | None:
 
 def default_out(recipe: Path | None, cfg: RunConfig) -> Path:
     stem = recipe.stem if recipe else "run"
-    return Path("runs") / f"{stem}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{stem}-{cfg.server.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
@@ -299,16 +299,17 @@ def run(
     with one_line_errors(verbose):
         cfg, run_dir = _run_config(recipe, set_ or [], out, resume, overwrite)
     console.print(
-        f"[bold]{cfg.strategy}[/bold] · {cfg.model}/{cfg.resolved_norm} · {cfg.dataset} · "
-        f"{cfg.num_clients} clients ({cfg.sampled_per_round}/round) · engine {cfg.engine} → "
+        f"[bold]{cfg.server.strategy}[/bold] · {cfg.model.model}/{cfg.resolved_norm} · "
+        f"{cfg.data.dataset} · {cfg.data.num_clients} clients ({cfg.sampled_per_round}/round) · "
+        f"engine {cfg.engine.engine} → "
         f"{escape(str(run_dir))}"
     )
-    console.print(escape(cfg.dp.describe(cfg.dp_check().population, cfg.num_clients)))
+    console.print(escape(cfg.dp.describe(cfg.dp_check().population, cfg.data.num_clients)))
     hint = f"; continue with: fedwon run --resume {run_dir}"
     with (
         one_line_errors(verbose, interrupted_hint=hint),
         signals_interrupt(),
-        round_progress(cfg.num_rounds) as on_round,
+        round_progress(cfg.server.num_rounds) as on_round,
     ):
         outcome = run_simulation(
             cfg,
@@ -318,7 +319,7 @@ def run(
             on_round=on_round,
             verbose=verbose,
         )
-    console.print(results_table({cfg.strategy: final_metrics(outcome.rows)}))
+    console.print(results_table({cfg.server.strategy: final_metrics(outcome.rows)}))
     if (line := privacy_line(outcome.summary)) is not None:
         console.print(line, highlight=False, markup=False)
     console.print(f"wrote {escape(str(run_dir))}")

@@ -23,14 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from fedwon.clients import (
-    ContextStateStore,
-    TrainStats,
-    Workspace,
-    evaluate,
-    partition_of,
-    train_epochs,
-)
+from fedwon.clients import ContextStateStore, TrainStats, Workspace, evaluate, train_epochs
 from fedwon.clients import workspace as cached_workspace
 from fedwon.privacy.client_clipping import dp_clipping_mod
 from fedwon.protocol import (
@@ -46,6 +39,7 @@ from fedwon.protocol import (
     WEIGHT_KEY,
     ClientConfig,
     ProtocolError,
+    node_partition,
     read_client_config,
     read_node_settings,
 )
@@ -74,14 +68,22 @@ def prepare(msg: Message, context: Context) -> ClientJob:
     config = msg.content.config_records[CONFIG]
     cfg = read_client_config(config)
     node = read_node_settings(context.node_config)
-    ws = cached_workspace(cfg, node)
+    ws = cached_workspace(
+        cfg.node_data(node),
+        cfg.model,
+        cfg.train,
+        cfg.seed,
+        threads=node.threads,
+        device=node.device,
+    )
     received = dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
     unknown = sorted(set(received) - set(ws.initial_state))
     if unknown:
         raise ProtocolError(f"received arrays this model does not have: {unknown[:5]}")
-    store = ContextStateStore(context, cfg)
+    store = ContextStateStore(context, cfg.fingerprint())
     ws.reset(received, store.load())
-    return ClientJob(cfg, ws, partition_of(node, ws.federation), received, store, config)
+    partition = node_partition(node, ws.federation.num_clients)
+    return ClientJob(cfg, ws, partition, received, store, config)
 
 
 def client_seed(cfg: ClientConfig, server_round: int, partition_id: int) -> int:
@@ -105,7 +107,7 @@ def train(msg: Message, context: Context) -> Message:
     x, y = ws.federation.train_data(job.partition_id)
     x, y = x.to(ws.device), y.to(ws.device)
     epsilon: float | None = None
-    if cfg.dp_sgd:
+    if cfg.dp.enabled and cfg.dp.level == "sample":
         stats, epsilon = train_dp_sgd(job, x, y, seed, context)
     else:
         stats = train_epochs(
@@ -113,9 +115,9 @@ def train(msg: Message, context: Context) -> Message:
             ws.optimizer,
             x,
             y,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            agc_clip=cfg.agc_clip,
+            epochs=cfg.train.local_epochs,
+            batch_size=cfg.train.batch_size,
+            agc_clip=cfg.train.agc_clip,
             generator=torch.Generator().manual_seed(seed),
             proximal_mu=_number(job.config, PROXIMAL_MU_KEY, 0.0),
             anchor=job.received,
@@ -139,22 +141,17 @@ def train_dp_sgd(
     """Local DP-SGD (``dp.level = "sample"``): the same loop on Opacus' Poisson batches and
     clipped, noised steps; returns the stats and this client's epsilon over all the steps it
     has taken in the run (its history lives in ``Context.state``)."""
-    from fedwon.privacy.dp_sgd import (
-        StepHistory,
-        dp_sgd_noise_multiplier,
-        private_training,
-        sample_dp_config,
-    )
+    from fedwon.privacy.dp_sgd import StepHistory, dp_sgd_noise_multiplier, private_training
 
     cfg, ws = job.cfg, job.ws
-    dp = sample_dp_config(cfg)
+    dp = cfg.dp
     history = StepHistory.load(context.state)
     z = dp_sgd_noise_multiplier(
         dp,
         num_examples=len(y),
-        batch_size=cfg.batch_size,
-        local_epochs=cfg.local_epochs,
-        num_rounds=cfg.dp_sgd_rounds,
+        batch_size=cfg.train.batch_size,
+        local_epochs=cfg.train.local_epochs,
+        num_rounds=cfg.num_rounds,
         server_round=int(_number(job.config, ROUND_KEY, 1)),
         history=history.entries,
     )
@@ -163,7 +160,7 @@ def train_dp_sgd(
         ws.optimizer,
         x,
         y,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.train.batch_size,
         noise_multiplier=z,
         clip_norm=dp.clip_norm,
         clipping=dp.clipping,
@@ -177,8 +174,8 @@ def train_dp_sgd(
             private.optimizer,
             x,
             y,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
+            epochs=cfg.train.local_epochs,
+            batch_size=cfg.train.batch_size,
             agc_clip=0.0,  # refused with DP-SGD (check_dp_run)
             generator=torch.Generator(),
             batches=lambda: private.loader,

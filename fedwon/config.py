@@ -1,16 +1,38 @@
-"""One validated run configuration, shared by the CLI, `flwr run` and the apps.
+"""One validated run configuration, composed of sections, shared by the CLI, `flwr run` and
+the apps.
 
 A run is described by a recipe (TOML, see ``sims/``) plus ``key=value`` overrides. Both are
-merged, validated once by :class:`RunConfig` and then passed around as data: the server sends
-the client-side part inside every message, so simulation, ``flwr run`` and a real deployment
-all read exactly the same values. Nothing downstream re-parses strings.
+merged, validated once by :class:`RunConfig` and then passed around as data. A run config is
+composed of **sections**, each defined and validated by the package that owns it:
+
+===========  ==========================================  =======================================
+section      keys                                        owner
+===========  ==========================================  =======================================
+``data``     dataset, data_root, partition, num_clients  :class:`fedwon.datasets.DataSpec`
+             alpha, dirichlet_scope, domains, ...
+``model``    model, norm                                 :class:`fedwon.models.ModelSpec`
+``train``    local_epochs, batch_size, lr, momentum,     :class:`fedwon.clients.TrainSpec`
+             weight_decay, agc_clip, device
+``server``   strategy, aggregator and its settings,      :class:`fedwon.strategies.ServerSpec`
+             num_rounds, clients_per_round, ...
+``dp``       dp.* (the recipe's ``[dp]`` table)          :class:`fedwon.privacy.DPConfig`
+``engine``   engine, num_workers, gpus_per_client, ...   :class:`EngineSpec` (here)
+``output``   checkpoint_every                            :class:`OutputSpec` (here)
+===========  ==========================================  =======================================
+
+plus the run's ``seed``. Recipe keys stay flat (``lr = 0.05``, ``[dp]`` for ``dp.*``): every
+key name belongs to exactly one section, so ``--set lr=0.05`` and ``flwr run --run-config``
+need no section prefix. This module only composes the sections and checks the rules that span
+two of them (a method's norms, DP against the cohort, batch size 1 without BatchNorm); clients
+receive the data, model, train and dp sections unchanged (:class:`fedwon.protocol.ClientConfig`).
+Nothing downstream re-parses strings.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import tomli_w
 
@@ -27,11 +49,14 @@ from pydantic import (
     model_validator,
 )
 
+from fedwon.clients.spec import TrainSpec
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
 from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
-from fedwon.strict_scalars import check_scalar
-
-if TYPE_CHECKING:
-    from fedwon.protocol import ClientConfig
+from fedwon.protocol import ClientConfig
+from fedwon.section import Section, check_scalar
+from fedwon.strategies.methods import METHODS
+from fedwon.strategies.spec import ServerSpec
 
 Scalar = bool | int | float | str
 
@@ -43,214 +68,28 @@ class ConfigError(ValueError):
 RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[\w.\-]+:\d{1,5})$")
 
 
-class RunConfig(BaseModel):
-    """Every setting of a run. Unknown keys are refused (a typo must not be ignored)."""
+class EngineSpec(Section):
+    """Where and how the simulation runs (never sent to clients)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    # what is learned: the method (what is shared) and Flower's server algorithm
-    strategy: str = "fedavg"  # fedwon.strategies.METHODS
-    aggregator: str = "fedavg"  # fedwon.strategies.AGGREGATORS
-    server_lr: float | None = None  # None = the aggregator's own default
-    server_momentum: float | None = None  # fedavgm
-    beta_1: float | None = None  # fedadam, fedyogi, fedadagrad
-    beta_2: float | None = None
-    tau: float | None = None
-    server_weight_decay: float | None = None  # lamb
-    proximal_mu: float = 0.0  # fedprox: (mu/2)·||w − w_global||² added to the local loss
-    model: str = "cnn"
-    norm: str = "auto"  # auto: "ws" for fedwon, "bn" otherwise
-    # data
-    dataset: str = "digits-embedded"
-    data_root: str = ""
-    partition: str = "domain"  # fedwon.datasets.PARTITIONERS
-    num_clients: int = 5
-    alpha: float = 0.5
-    dirichlet_scope: str = "domain"  # fedwon.datasets.DIRICHLET_SCOPES
-    domains: str = ""  # comma-separated subset; empty = all domains of the data set
-    train_per_domain: int = 0  # 0 = data set default
-    test_per_domain: int = 0
-    image_size: int = 0  # 0 = data set default
-    val_fraction: float = 0.1  # share of each client's training data held out for validation
-    # rounds and sampling
-    num_rounds: int = 10
-    clients_per_round: int = 0  # 0 = use fraction_train
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    eval_every: int = 1
-    min_clients: int = 1  # fewest successful replies a round may aggregate
-    # local training
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    agc_clip: float = 0.0  # adaptive gradient clipping factor; 0 = off
-    seed: int = 0
-    # where it runs
     engine: Literal["fast", "flower"] = "fast"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_client: float = 1.0
     cpus_per_client: float = 1.0
     num_workers: int = -1  # fast engine: -1 = auto, 0 = in-process, N = N Ray actors
     ray_address: str = ""  # join an existing Ray cluster ("auto" or "ray://host:10001")
     client_state_budget_mb: float = 0.0  # fast engine: spill client states past this; 0 = never
-    checkpoint_every: int = 5  # rounds; 0 = never (the final state is always saved)
-    # differential privacy: the [dp] table / dp.* keys (fedwon.privacy.DPConfig)
-    dp: DPConfig = DPConfig()
 
-    @field_validator("strategy")
+    @field_validator("gpus_per_client", "client_state_budget_mb")
     @classmethod
-    def _known_method(cls, value: str) -> str:
-        from fedwon.strategies.aggregators import AGGREGATORS
-        from fedwon.strategies.methods import METHODS
-
-        if value not in METHODS and value in AGGREGATORS:
-            raise ValueError(
-                f"{value!r} is an aggregator, not a method: set aggregator={value!r} and strategy "
-                f"to one of {sorted(METHODS)} (what is shared)"
-            )
-        return _choice(value, "strategy", METHODS)
-
-    @field_validator("aggregator")
-    @classmethod
-    def _known_aggregator(cls, value: str) -> str:
-        from fedwon.strategies.aggregators import AGGREGATORS
-
-        return _choice(value, "aggregator", AGGREGATORS)
-
-    @field_validator("partition")
-    @classmethod
-    def _known_partition(cls, value: str) -> str:
-        from fedwon.datasets import PARTITIONERS
-
-        return _choice(value, "partition", PARTITIONERS)
-
-    @field_validator("dirichlet_scope")
-    @classmethod
-    def _known_scope(cls, value: str) -> str:
-        from fedwon.datasets import DIRICHLET_SCOPES
-
-        return _choice(value, "dirichlet_scope", DIRICHLET_SCOPES)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        return check_scalar(value, field.annotation) if field is not None else value
-
-    @field_validator("domains", mode="before")
-    @classmethod
-    def _domain_names(cls, value: Any) -> Any:
-        """A list of names (TOML ``domains = ["mnist", "usps"]``) is the comma-separated form."""
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return ",".join(value)
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        from fedwon.models import MODELS
-
-        if value not in MODELS:
-            raise ValueError(f"unknown model {value!r}; choose one of {sorted(MODELS)}")
-        return value
-
-    @field_validator("norm")
-    @classmethod
-    def _known_norm(cls, value: str) -> str:
-        from fedwon.nn import NORM_KINDS
-
-        if value != "auto" and value not in NORM_KINDS:
-            raise ValueError(f"unknown norm {value!r}; choose 'auto' or one of {list(NORM_KINDS)}")
-        return value
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        from fedwon.datasets import DATASETS
-
-        if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; choose one of {sorted(DATASETS)}")
-        return value
-
-    @field_validator(
-        "num_clients", "num_rounds", "local_epochs", "batch_size", "eval_every", "min_clients"
-    )
-    @classmethod
-    def _positive_int(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
-
-    @field_validator(
-        "clients_per_round",
-        "train_per_domain",
-        "test_per_domain",
-        "image_size",
-        "checkpoint_every",
-        "seed",
-    )
-    @classmethod
-    def _non_negative_int(cls, value: int) -> int:
+    def _non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
 
-    @field_validator("fraction_train", "fraction_evaluate")
+    @field_validator("cpus_per_client")
     @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"must be in (0, 1], got {value}")
-        return value
-
-    @field_validator("val_fraction")
-    @classmethod
-    def _val_fraction(cls, value: float) -> float:
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"must be in [0, 1) (0 = no validation split), got {value}")
-        return value
-
-    @field_validator("lr", "alpha", "cpus_per_client")
-    @classmethod
-    def _positive_float(cls, value: float) -> float:
+    def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError(f"must be > 0, got {value}")
-        return value
-
-    @field_validator(
-        "momentum",
-        "weight_decay",
-        "agc_clip",
-        "gpus_per_client",
-        "client_state_budget_mb",
-        "proximal_mu",
-    )
-    @classmethod
-    def _non_negative_float(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
-
-    @field_validator("server_lr", "tau")
-    @classmethod
-    def _positive_optional(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
-
-    @field_validator("server_weight_decay")
-    @classmethod
-    def _non_negative_optional(cls, value: float | None) -> float | None:
-        if value is not None and value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
-
-    @field_validator("server_momentum", "beta_1", "beta_2")
-    @classmethod
-    def _unit_interval(cls, value: float | None) -> float | None:
-        if value is not None and not 0.0 <= value < 1.0:
-            raise ValueError(f"must be in [0, 1), got {value}")
         return value
 
     @field_validator("num_workers")
@@ -272,49 +111,122 @@ class RunConfig(BaseModel):
             )
         return value
 
+
+class OutputSpec(Section):
+    """What the run directory keeps."""
+
+    checkpoint_every: int = 5  # rounds; 0 = never (the final state is always saved)
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+
+# The sections of a run config, in the order config.toml lists their keys.
+SECTIONS: dict[str, type[Section]] = {
+    "server": ServerSpec,
+    "model": ModelSpec,
+    "data": DataSpec,
+    "train": TrainSpec,
+    "engine": EngineSpec,
+    "output": OutputSpec,
+    "dp": DPConfig,
+}
+# Every flat recipe key (but ``seed`` and ``dp.*``) names the section it belongs to.
+KEY_SECTION: dict[str, str] = {
+    key: name
+    for name, section in SECTIONS.items()
+    if name != "dp"
+    for key in section.model_fields
+    if key != "seed"
+}
+# What a run gets where its section's own default differs (a data set described on its own
+# keeps all its data; a run holds a tenth of each client's data back for validation).
+RUN_DEFAULTS: dict[str, dict[str, Any]] = {"data": {"val_fraction": 0.1}}
+
+
+def valid_keys() -> list[str]:
+    """Every flat key a recipe may set."""
+    return [*KEY_SECTION, "seed", "dp.*"]
+
+
+class RunConfig(BaseModel):
+    """Every setting of a run, in sections (see the module docstring). Built from flat recipe
+    keys (``make_config({"lr": 0.05, "dp.enabled": True})``) or from sections; unknown keys are
+    refused (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    server: ServerSpec = ServerSpec()
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec(**RUN_DEFAULTS["data"])
+    train: TrainSpec = TrainSpec()
+    engine: EngineSpec = EngineSpec()
+    output: OutputSpec = OutputSpec()
+    dp: DPConfig = DPConfig()
+    seed: int = 0
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _strict_seed(cls, value: Any, info: ValidationInfo) -> Any:
+        check_scalar(value, int)
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
     @model_validator(mode="before")
     @classmethod
-    def _nest_dp(cls, values: Any) -> Any:
-        """Flat ``dp.clip_norm``-style keys (recipes' ``[dp]`` table, ``--set dp.x=...``,
-        Flower's run config) become the ``dp`` sub-config."""
-        if not isinstance(values, dict) or not any(k.startswith(DP_PREFIX) for k in values):
+    def _sections(cls, values: Any) -> Any:
+        """Flat keys (recipes, ``--set``, Flower's run config; ``dp.x`` for the ``[dp]``
+        table) go to the section that owns them; the data section gets the run's seed."""
+        if not isinstance(values, dict):
             return values
-        nested = dict(values.get("dp") or {})
-        rest = {}
+        nested: dict[str, dict[str, Any]] = {
+            name: dict(RUN_DEFAULTS.get(name, {})) for name in SECTIONS
+        }
+        top: dict[str, Any] = {}
         for key, value in values.items():
-            if key.startswith(DP_PREFIX):
-                nested[key[len(DP_PREFIX) :]] = value
-            elif key != "dp":
-                rest[key] = value
-        return {**rest, "dp": nested}
+            if key in SECTIONS and isinstance(value, dict | Section):
+                # a whole section (``model`` is also the flat key naming the model family)
+                given = value.model_dump() if isinstance(value, Section) else dict(value)
+                if isinstance(value, DataSpec):
+                    given.pop("seed", None)
+                nested[key].update(given)
+            elif key.startswith(DP_PREFIX):
+                nested["dp"][key[len(DP_PREFIX) :]] = value
+            elif key in KEY_SECTION:
+                nested[KEY_SECTION[key]][key] = value
+            elif key == "seed":
+                top[key] = value
+            else:
+                raise ValueError(
+                    f"unknown config key {key!r} (valid keys: {', '.join(valid_keys())})"
+                )
+        seed = top.get("seed", 0)
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            nested["data"]["seed"] = seed
+        return {**nested, **top}
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        norm = self.resolved_norm
-        if self.strategy == "fedwon" and norm not in ("ws", "none"):
-            raise ValueError(
-                f"strategy 'fedwon' trains a normalization-free model; got norm={norm!r}. "
-                "Use norm='ws' (scaled weight standardization) or 'none'"
-            )
-        if self.strategy == "fedbn" and norm in ("ws", "none"):
-            raise ValueError(
-                f"strategy 'fedbn' keeps normalization layers local, but norm={norm!r} has "
-                "none; use norm='bn' (or gn/ln/in), or strategy 'fedwon'"
-            )
-        from fedwon.strategies.aggregators import check_aggregator_settings
-
-        check_aggregator_settings(self)
+        """The rules that span sections."""
+        norm = self.resolved_norm  # the method's norms (raises ValueError)
         self.dp_check()  # the dp.* settings against the cohort, population and model
-        if self.clients_per_round > self.num_clients:
+        server, data = self.server, self.data
+        if server.clients_per_round > data.num_clients:
             raise ValueError(
-                f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
+                f"clients_per_round={server.clients_per_round} exceeds "
+                f"num_clients={data.num_clients}"
             )
-        if self.min_clients > self.sampled_per_round:
+        if server.min_clients > self.sampled_per_round:
             raise ValueError(
-                f"min_clients={self.min_clients} exceeds the {self.sampled_per_round} clients "
+                f"min_clients={server.min_clients} exceeds the {self.sampled_per_round} clients "
                 "sampled per round"
             )
-        if self.batch_size == 1 and norm == "bn":
+        if self.train.batch_size == 1 and norm == "bn":
             raise ValueError(
                 "batch_size=1 cannot train with norm='bn' (batch statistics are undefined); "
                 "use norm='ws' (FedWon), 'gn', 'ln' or 'in'"
@@ -324,120 +236,86 @@ class RunConfig(BaseModel):
     # ---- derived values -------------------------------------------------------------------
     @property
     def resolved_norm(self) -> str:
-        """The norm actually built: FedWon's default is scaled WS, everyone else's BN."""
-        if self.norm != "auto":
-            return self.norm
-        return "ws" if self.strategy == "fedwon" else "bn"
+        """The norm actually built: ``auto`` is the method's default (FedWon: scaled WS)."""
+        return METHODS[self.server.strategy].resolve_norm(self.model.norm)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model section with its norm resolved: what clients and the server build."""
+        return self.model.model_copy(update={"norm": self.resolved_norm})
 
     @property
     def sampled_per_round(self) -> int:
-        """Clients asked to train each round (Flower samples max(fraction * n, minimum))."""
-        if self.clients_per_round:
-            return self.clients_per_round
-        return max(1, int(self.num_clients * self.fraction_train))
-
-    @property
-    def domain_list(self) -> tuple[str, ...] | None:
-        names = tuple(d.strip() for d in self.domains.split(",") if d.strip())
-        return names or None
+        """Clients asked to train each round."""
+        return self.server.sampled(self.data.num_clients)
 
     def client_config(self) -> ClientConfig:
-        """The part of this config that local training needs (what travels to clients)."""
-        from fedwon.protocol import ClientConfig
-
+        """What travels to clients: the data, model (norm resolved), train and dp sections as
+        they are, the seed and the number of rounds (the horizon of a DP-SGD target)."""
         return ClientConfig(
-            model=self.model,
-            norm=self.resolved_norm,
-            dataset=self.dataset,
-            partition=self.partition,
-            num_clients=self.num_clients,
+            data=self.data,
+            model=self.model_spec,
+            train=self.train,
+            dp=self.dp,
             seed=self.seed,
-            data_root=self.data_root,
-            alpha=self.alpha,
-            dirichlet_scope=self.dirichlet_scope,
-            domains=self.domains,
-            train_per_domain=self.train_per_domain,
-            test_per_domain=self.test_per_domain,
-            image_size=self.image_size,
-            val_fraction=self.val_fraction,
-            local_epochs=self.local_epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            agc_clip=self.agc_clip,
-            device=self.device,
-            **self.dp_sgd_settings(),
+            num_rounds=self.server.num_rounds,
         )
 
-    def dp_sgd_settings(self) -> dict[str, Any]:
-        """The ``dp_sgd*`` fields of :class:`ClientConfig`: what a client needs to run DP-SGD
-        (``dp.level = "sample"``); empty (DP-SGD off) otherwise."""
-        dp = self.dp
-        if not (dp.enabled and dp.level == "sample"):
-            return {}
-        return {
-            "dp_sgd": True,
-            "dp_sgd_clip_norm": dp.clip_norm,
-            "dp_sgd_clipping": dp.clipping,
-            "dp_sgd_split": dp.split,
-            "dp_sgd_noise_multiplier": dp.noise_multiplier,
-            "dp_sgd_target_epsilon": dp.target_epsilon,
-            "dp_sgd_delta": dp.delta,
-            "dp_sgd_accountant": dp.accountant,
-            "dp_sgd_secure_rng": dp.secure_rng,
-            "dp_sgd_rounds": self.num_rounds,
-        }
-
-    # ---- (de)serialisation --------------------------------------------------------------------
     def dp_check(self) -> DPRunCheck:
         """The dp settings checked against the run (raises ValueError); sample rate, warnings."""
         return check_dp_run(
             self.dp,
             clients_per_round=self.sampled_per_round,
-            min_clients=self.min_clients,
-            num_clients=self.num_clients,
+            min_clients=self.server.min_clients,
+            num_clients=self.data.num_clients,
             norm=self.resolved_norm,
-            agc_clip=self.agc_clip,
-            proximal_mu=self.proximal_mu,
+            agc_clip=self.train.agc_clip,
+            proximal_mu=self.server.proximal_mu,
         )
 
+    # ---- (de)serialisation --------------------------------------------------------------------
     def to_flat(self) -> dict[str, Scalar]:
-        """Scalars only (unset optional keys left out, ``dp.*`` flattened): what overrides and
-        Flower's run config carry."""
-        top = {k: v for k, v in self.model_dump(exclude={"dp"}).items() if v is not None}
-        return {**top, **self.dp.to_flat()}
+        """Flat recipe keys (unset optional keys left out, ``dp.*`` prefixed): what overrides,
+        Flower's run config and ``replace`` use."""
+        flat: dict[str, Scalar] = {}
+        for name in SECTIONS:
+            if name != "dp":
+                flat.update(getattr(self, name).to_flat())
+        flat["seed"] = self.seed
+        return {**flat, **self.dp.to_flat()}
 
     def to_toml(self) -> str:
-        """The resolved config as a recipe (the dp settings as a ``[dp]`` table)."""
-        top = {k: v for k, v in self.model_dump(exclude={"dp"}).items() if v is not None}
+        """The resolved config as a recipe (flat keys; the dp settings as a ``[dp]`` table)."""
+        top = {k: v for k, v in self.to_flat().items() if not k.startswith(DP_PREFIX)}
         return tomli_w.dumps({**top, "dp": self.dp.model_dump()})
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A validated copy with some keys changed (``None``: back to the key's default)."""
+        """A validated copy with some flat keys changed (``None``: back to the key's default)."""
         return make_config(without_unset({**self.to_flat(), **changes}))
 
 
-def _choice(value: str, key: str, choices: Any) -> str:
-    """``value`` if it names one of ``choices`` (a registry), else an error listing them."""
-    if value not in choices:
-        raise ValueError(f"unknown {key} {value!r}; choose one of {sorted(choices)}")
-    return value
+def _error_key(loc: tuple[Any, ...]) -> str:
+    """The key a validation error is about, as a user writes it: the flat key (``lr``), or
+    ``dp.<key>``; empty for a rule that names its keys itself."""
+    parts = [str(p) for p in loc]
+    if parts[:1] == ["dp"]:
+        return ".".join(parts)
+    return parts[-1] if len(parts) >= 2 or (parts and parts[0] not in SECTIONS) else ""
 
 
 def _format_error(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "config"
+        key = _error_key(tuple(item["loc"]))
         if item["type"] == "extra_forbidden":
             if item["loc"][:1] == ("dp",):
                 valid = ", ".join(f"{DP_PREFIX}{k}" for k in DPConfig.model_fields)
             else:
-                valid = ", ".join(k for k in RunConfig.model_fields if k != "dp") + ", dp.*"
+                valid = ", ".join(valid_keys())
             parts.append(f"unknown config key {key!r} (valid keys: {valid})")
         else:
             msg = str(item["msg"]).removeprefix("Value error, ")
-            parts.append(f"{key}: {msg}" if key != "config" else msg)
+            parts.append(f"{key}: {msg}" if key else msg)
     return "; ".join(parts)
 
 

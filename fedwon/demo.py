@@ -41,7 +41,9 @@ def main(out_root: str = "runs/demo") -> None:
     finals = {}
     for name, overrides in METHODS.items():
         cfg = load_config(RECIPE, overrides + SHORT + sys.argv[1:])
-        console.print(f"[bold]{name}[/bold]: {cfg.num_rounds} rounds, {cfg.num_clients} clients")
+        console.print(
+            f"[bold]{name}[/bold]: {cfg.server.num_rounds} rounds, {cfg.data.num_clients} clients"
+        )
         outcome = run_simulation(
             cfg,
             Path(out_root) / name,

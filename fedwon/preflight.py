@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from flwr.serverapp import Grid
 
-from fedwon.clients.workspace import IN_CHANNELS, data_spec
 from fedwon.config import ConfigError, RunConfig
 from fedwon.datasets import load_federation, validate_spec
+from fedwon.datasets.spec import IN_CHANNELS
 from fedwon.models import build_model
 from fedwon.privacy.accounting import PrivacyLedger
 from fedwon.privacy.central_dp import planned_noise
@@ -64,7 +64,7 @@ def check_model_input(cfg: RunConfig, num_classes: int, in_channels: int, size: 
     """The model takes the data's images (e.g. ``cnn`` needs 28x28: ``image_size=2`` is
     refused here, not by a shape error in every client)."""
     model = build_model(
-        cfg.model, norm=cfg.resolved_norm, num_classes=num_classes, in_channels=in_channels
+        cfg.model.model, norm=cfg.resolved_norm, num_classes=num_classes, in_channels=in_channels
     ).eval()
     try:
         with torch.no_grad():
@@ -72,12 +72,12 @@ def check_model_input(cfg: RunConfig, num_classes: int, in_channels: int, size: 
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"model {cfg.model!r} cannot take the {size}x{size} images of image_size="
-            f"{cfg.image_size or size}: {first}"
+            f"model {cfg.model.model!r} cannot take the {size}x{size} images of image_size="
+            f"{cfg.data.image_size or size}: {first}"
         ) from None
     if tuple(out.shape) != (2, num_classes):
         raise ConfigError(
-            f"model {cfg.model!r} returns shape {tuple(out.shape)[1:]} per image, not "
+            f"model {cfg.model.model!r} returns shape {tuple(out.shape)[1:]} per image, not "
             f"({num_classes},) class scores"
         )
 
@@ -105,7 +105,7 @@ def prepare_run(
         check_resumable(out_dir, cfg)
     elif out_dir is not None:
         check_new_run_dir(out_dir, overwrite=overwrite)
-    spec = data_spec(cfg.client_config())
+    spec = cfg.data
     if load_data:
         fed = load_federation(spec)
         check_model_input(cfg, fed.num_classes, fed.in_channels, fed.image_size)
@@ -129,7 +129,7 @@ def check_first_round_budget(cfg: RunConfig) -> None:
             dp,
             expected_clients=cfg.sampled_per_round,
             population=cfg.dp_check().population,
-            num_rounds=cfg.num_rounds,
+            num_rounds=cfg.server.num_rounds,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None

@@ -117,7 +117,9 @@ def run_arm(cfg: RunConfig, run_dir: Path) -> str:
 
     if (run_dir / "config.toml").is_file():
         stored = read_run_config(run_dir)
-        same = not resume_conflicts(stored, cfg) and stored.num_rounds == cfg.num_rounds
+        same = (
+            not resume_conflicts(stored, cfg) and stored.server.num_rounds == cfg.server.num_rounds
+        )
         if same and (run_dir / "summary.json").is_file():
             return "cached"
         if same and find_checkpoint(run_dir) is not None:
@@ -139,7 +141,7 @@ def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str
         "name": arm.name,
         "method": arm.method,
         "clipping": cfg.dp.clipping if cfg.dp.enabled else None,
-        "aggregator": cfg.aggregator,
+        "aggregator": cfg.server.aggregator,
         "target_epsilon": arm.target_epsilon,
         "epsilon": privacy.get("epsilon"),
         "noise_multiplier": privacy.get("noise_multiplier"),
@@ -157,18 +159,18 @@ def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str
 def setting(cfg: RunConfig) -> dict[str, Any]:
     """The federation every arm shares (taken from a DP arm's config)."""
     return {
-        "model": cfg.model,
+        "model": cfg.model.model,
         "norm": cfg.resolved_norm,
-        "dataset": cfg.dataset,
+        "dataset": cfg.data.dataset,
         "population": cfg.dp_check().population,
-        "simulated_clients": cfg.num_clients,
+        "simulated_clients": cfg.data.num_clients,
         "clients_per_round": cfg.sampled_per_round,
         "sample_rate": cfg.dp_check().sample_rate,
-        "rounds": cfg.num_rounds,
-        "local_epochs": cfg.local_epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "lamb_server_lr": cfg.server_lr,
+        "rounds": cfg.server.num_rounds,
+        "local_epochs": cfg.train.local_epochs,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "lamb_server_lr": cfg.server.server_lr,
         "clip_norm": cfg.dp.clip_norm,
         "split": cfg.dp.split,
         "delta": cfg.dp.delta,

@@ -17,14 +17,21 @@ Everything that crosses the wire in either direction is named here, and nowhere 
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from flwr.app import ConfigRecord
 from flwr.app.user_config import UserConfig
+from pydantic import ValidationError
+
+from fedwon.clients.spec import TrainSpec
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
+from fedwon.privacy.config import DPConfig
+from fedwon.section import Section
 
 log = logging.getLogger(__name__)
 
@@ -76,52 +83,56 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """What local training needs, validated on the server, carried by every message.
+    """What local training needs, validated on the server, carried by every message: the run's
+    data, model (norm resolved), train and dp sections as they are, its seed, and its number
+    of rounds (the horizon a DP-SGD target epsilon is planned for).
 
-    Fields without a default are required; fields with one may be absent (an older server).
-    On the wire a field ``local_epochs`` is the key ``local-epochs`` (Flower's style).
-    Hashable: it keys the client's per-process cache of model, optimizer and data.
+    On the wire a section's key is ``<section>.<key>`` with hyphens (``train.local-epochs``,
+    ``dp.clip-norm``); ``seed`` and ``num-rounds`` stand alone. Hashable: it keys the client's
+    per-process cache of model, optimizer and data.
     """
 
-    # model
-    model: str
-    norm: str  # resolved: never "auto"
-    # data (the node's own data root / data set / domain override these, see NodeSettings)
-    dataset: str
-    partition: str
-    num_clients: int
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    dp: DPConfig
     seed: int
-    data_root: str = ""
-    alpha: float = 0.5
-    dirichlet_scope: str = "domain"
-    domains: str = ""  # comma-separated subset, empty = all
-    train_per_domain: int = 0  # 0 = the data set's default
-    test_per_domain: int = 0
-    image_size: int = 0
-    val_fraction: float = 0.0  # each client's validation share; absent (older server) = none
-    # local training
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    agc_clip: float = 0.0
-    device: str = "auto"  # a node's own ``device`` overrides it
-    # sample-level DP (local DP-SGD, ``dp.level = "sample"``); an older server sends none: off
-    dp_sgd: bool = False
-    dp_sgd_clip_norm: float = 1.0  # C: bound on one example's gradient
-    dp_sgd_clipping: str = "per_layer"  # flat | per_layer
-    dp_sgd_split: str = "uniform"  # uniform | dim (per-layer bounds)
-    dp_sgd_noise_multiplier: float = 0.0  # 0 = calibrate to dp_sgd_target_epsilon
-    dp_sgd_target_epsilon: float = 0.0
-    dp_sgd_delta: float = 1e-5
-    dp_sgd_accountant: str = "rdp"  # rdp | prv
-    dp_sgd_secure_rng: bool = False
-    dp_sgd_rounds: int = 0  # the run's num_rounds: the horizon a target epsilon is planned for
+    num_rounds: int
 
     def to_record(self) -> ConfigRecord:
-        """The ConfigRecord form (hyphenated keys; a strategy adds its own keys to it)."""
-        return ConfigRecord({wire_key(f.name): getattr(self, f.name) for f in fields(self)})
+        """The ConfigRecord form (a strategy adds its own keys to it)."""
+        record: dict[str, Any] = {SEED_KEY: self.seed, NUM_ROUNDS_KEY: self.num_rounds}
+        for name in SECTION_TYPES:
+            section: Section = getattr(self, name)
+            flat = (
+                section.to_flat(prefix="") if isinstance(section, DPConfig) else section.to_flat()
+            )
+            record.update({f"{name}.{wire_key(k)}": v for k, v in flat.items()})
+        return ConfigRecord(record)
+
+    def fingerprint(self) -> str:
+        """A short hash of the training setup: a client's local layers saved under one setup
+        are never loaded under another (e.g. another model whose shapes would not fit)."""
+        return hashlib.sha1(repr(sorted(self.to_record().items())).encode()).hexdigest()[:16]
+
+    def node_data(self, node: NodeSettings) -> DataSpec:
+        """The data a client reads: the run's data section, overridden by the node's own (its
+        data root and data set; a node naming a ``domain`` holds only that domain, split into
+        ``num-partitions`` parts)."""
+        updates: dict[str, Any] = {}
+        if node.dataset:
+            updates["dataset"] = node.dataset
+        if node.data_root:
+            updates["data_root"] = node.data_root
+        if node.domain:
+            updates["domains"] = (node.domain,)
+            updates["num_clients"] = node.num_partitions or 1
+        if not updates:
+            return self.data
+        try:
+            return DataSpec.model_validate({**self.data.model_dump(), **updates})
+        except ValidationError as err:
+            raise ProtocolError(f"node config: {_validation_line(err)}") from None
 
 
 def wire_key(field_name: str) -> str:
@@ -129,26 +140,28 @@ def wire_key(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
-_FIELDS = {wire_key(f.name): f for f in fields(ClientConfig)}
-_REQUIRED = [k for k, f in _FIELDS.items() if f.default is dataclasses.MISSING]
-_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+SEED_KEY = "seed"
+NUM_ROUNDS_KEY = "num-rounds"
+SECTION_TYPES: dict[str, type[Section]] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "dp": DPConfig,
+}
+_SECTION_FIELDS = {
+    name: {wire_key(f): f for f in cls.model_fields} for name, cls in SECTION_TYPES.items()
+}
+_REQUIRED = [SEED_KEY, NUM_ROUNDS_KEY, "model.model", "model.norm", "data.dataset"]
 # Keys set by strategies and wrappers, read by the training step or a mod, not by ClientConfig.
 FLOWER_KEYS = frozenset({ROUND_KEY, PROXIMAL_MU_KEY, CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY})
 _reported_unknown: set[str] = set()
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """A record value as the field's type (ints may arrive as floats from older writers)."""
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise ProtocolError(
-        f"message config key {key!r} should be {kind.__name__}, got {type(value).__name__} "
-        f"{value!r}"
-    )
+def _validation_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 @lru_cache(maxsize=32)
@@ -160,16 +173,35 @@ def _parse(items: frozenset[tuple[str, Any]]) -> ClientConfig:
             f"message config lacks required key(s) {missing}: is the server a fedwon ServerApp "
             "of a compatible version?"
         )
-    unknown = sorted(set(values) - set(_FIELDS) - FLOWER_KEYS - _reported_unknown)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTION_TYPES}
+    unknown = []
+    for key, value in values.items():
+        name, _, field = key.partition(".")
+        if name in sections and field in _SECTION_FIELDS[name]:
+            sections[name][_SECTION_FIELDS[name][field]] = value
+        elif key not in (SEED_KEY, NUM_ROUNDS_KEY) and key not in FLOWER_KEYS:
+            unknown.append(key)
+    unknown = sorted(set(unknown) - _reported_unknown)
     if unknown:
         _reported_unknown.update(unknown)
         log.info("ignoring message config key(s) this client does not use: %s", unknown)
-    kwargs = {
-        f.name: _coerce(k, values[k], _TYPES[str(f.type)])
-        for k, f in _FIELDS.items()
-        if k in values
-    }
-    return ClientConfig(**kwargs)
+    seed, num_rounds = values[SEED_KEY], values[NUM_ROUNDS_KEY]
+    for key, value in ((SEED_KEY, seed), (NUM_ROUNDS_KEY, num_rounds)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"message config key {key!r} should be int, got {value!r}")
+    try:
+        built = {name: SECTION_TYPES[name].model_validate(v) for name, v in sections.items()}
+    except ValidationError as err:
+        raise ProtocolError(f"message config: {_validation_line(err)}") from None
+    data = built["data"].model_copy(update={"seed": seed})
+    return ClientConfig(
+        data=data,  # type: ignore[arg-type]
+        model=built["model"],  # type: ignore[arg-type]
+        train=built["train"],  # type: ignore[arg-type]
+        dp=built["dp"],  # type: ignore[arg-type]
+        seed=seed,
+        num_rounds=num_rounds,
+    )
 
 
 def read_client_config(record: ConfigRecord) -> ClientConfig:
@@ -239,3 +271,24 @@ def _node_settings(items: frozenset[tuple[str, Any]]) -> NodeSettings:
         threads=_node_int(node_config, NODE_THREADS) or 0,
         device=device,
     )
+
+
+def node_partition(node: NodeSettings, num_clients: int) -> int:
+    """This node's partition of a federation of ``num_clients``, checked against what the
+    node config says."""
+    if node.domain:
+        pid = node.partition_id or 0
+    elif node.partition_id is None:
+        raise ProtocolError("node config lacks 'partition-id' (or a 'domain' the node holds)")
+    else:
+        pid = node.partition_id
+        if node.num_partitions is not None and node.num_partitions != num_clients:
+            raise ProtocolError(
+                f"node config num-partitions={node.num_partitions} but the run has "
+                f"num_clients={num_clients}"
+            )
+    if not 0 <= pid < num_clients:
+        raise ProtocolError(
+            f"node config partition-id={pid} is out of range for {num_clients} clients"
+        )
+    return pid

@@ -135,7 +135,7 @@ def run_progress(run_dir: str | Path, rows: Sequence[Row]) -> tuple[int, int | N
     when the directory has no readable config. Equal numbers mean the run finished."""
     last = max((int(r["round"]) for r in rows), default=0)
     try:
-        return last, read_run_config(run_dir).num_rounds
+        return last, read_run_config(run_dir).server.num_rounds
     except ConfigError:
         return last, None
 
@@ -336,10 +336,10 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> int:
             f"cannot resume {run_dir}: it holds no checkpoint (the run stopped before its first "
             "one); start it again with --overwrite"
         )
-    if done > cfg.num_rounds:
+    if done > cfg.server.num_rounds:
         raise ConfigError(
             f"cannot resume {run_dir}: its checkpoint is at round {done}, beyond "
-            f"num_rounds={cfg.num_rounds}; give num_rounds >= {done}"
+            f"num_rounds={cfg.server.num_rounds}; give num_rounds >= {done}"
         )
     return done
 
@@ -383,7 +383,7 @@ class RunRecorder:
         self.server_state: Callable[[], dict[str, np.ndarray]] | None = None
         # user-level DP: the privacy ledger's history of rounds 1..r, saved with checkpoints
         self.privacy_history: Callable[[int], list[tuple[float, float, int]] | None] | None = None
-        self.final_round = cfg.num_rounds  # always checkpointed (fewer under a DP budget)
+        self.final_round = cfg.server.num_rounds  # always checkpointed (fewer under a DP budget)
         self.rows: list[Row] = []
         self.arrays: ArrayRecord | None = None
         self._t0 = time.perf_counter()
@@ -450,7 +450,7 @@ class RunRecorder:
             self._start()
             with (self.run_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            every = self.cfg.checkpoint_every
+            every = self.cfg.output.checkpoint_every
             if server_round == self.final_round or (every and server_round % every == 0):
                 states = self.client_states.snapshot_states() if self.client_states else None
                 server = self.server_state() if self.server_state else {}
@@ -463,10 +463,10 @@ class RunRecorder:
         final = final_metrics(self.rows)
         times = [r["time_s"] for r in self.rows]
         return {
-            "strategy": self.cfg.strategy,
-            "model": self.cfg.model,
+            "strategy": self.cfg.server.strategy,
+            "model": self.cfg.model.model,
             "norm": self.cfg.resolved_norm,
-            "dataset": self.cfg.dataset,
+            "dataset": self.cfg.data.dataset,
             "rounds": len(self.rows),
             "final": {
                 "round": final.get("round"),
@@ -494,7 +494,7 @@ class RunRecorder:
                 for domain, acc in summary["final"]["per_domain"].items():
                     writer.writerow([domain, acc])
                 writer.writerow(["all", summary["final"]["accuracy"]])
-            title = f"{self.cfg.strategy}: test accuracy per round"
+            title = f"{self.cfg.server.strategy}: test accuracy per round"
             plot_accuracy(self.rows, self.run_dir / "accuracy.png", title=title)
         return summary
 

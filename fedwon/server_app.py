@@ -21,9 +21,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedwon.clients.workspace import data_spec, initial_model
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
+from fedwon.datasets.spec import IN_CHANNELS
 from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
 from fedwon.privacy import CentralDP, ClientEpsilons
 from fedwon.process_guard import start_guard
@@ -51,9 +51,9 @@ class RunOutcome:
 def initial_arrays(cfg: RunConfig) -> ArrayRecord:
     """The arrays the server starts from: the initial model's state minus what the method keeps
     on clients (FedBN's normalization layers). Built from metadata only, no data loaded."""
-    client_cfg = cfg.client_config()
-    num_classes = validate_spec(data_spec(client_cfg)).info.num_classes
-    return METHODS[cfg.strategy].shared_arrays(initial_model(client_cfg, num_classes))
+    num_classes = validate_spec(cfg.data).info.num_classes
+    model = cfg.model_spec.initial_model(num_classes, IN_CHANNELS, cfg.seed)
+    return METHODS[cfg.server.strategy].shared_arrays(model)
 
 
 def run_server(
@@ -65,7 +65,7 @@ def run_server(
     on_round: RowCallback | None = None,
     wrap: Callable[[Strategy], Strategy] | None = None,
 ) -> RunOutcome:
-    """Run ``cfg.num_rounds`` rounds (or the rest of them after a checkpoint) on ``grid``.
+    """Run ``cfg.server.num_rounds`` rounds (or the rest of them after a checkpoint) on ``grid``.
 
     ``wrap`` puts any Flower strategy wrapper (e.g. Flower's DP wrappers) between fedwon's
     round rules and the aggregator (see :func:`fedwon.strategies.build_strategy`).
@@ -91,13 +91,21 @@ def run_server(
 
     # built (noise calibrated against the rounds already run) before the resume writes
     privacy = PrivacyWrap(cfg, wrap, checkpoint=ckpt)
-    strategy = build_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
+    strategy = build_strategy(
+        cfg.server,
+        num_clients=cfg.data.num_clients,
+        seed=cfg.seed,
+        client_lr=cfg.train.lr,
+        round_offset=start_round,
+        on_round=record,
+        wrap=privacy,
+    )
     last = privacy.last_round(start_round)
     if ckpt is not None:
         recorder.resume(ckpt)
         arrays = ckpt.arrays
         restore_server_state(strategy, ckpt.server_state)
-        if cfg.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
+        if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
             log.warning(
                 "resuming FedBN without the clients' local layers (this engine does not "
                 "checkpoint Context.state): clients restart them from the initial model; "
@@ -158,7 +166,7 @@ class PrivacyWrap:
                 dp,
                 expected_clients=self.cfg.sampled_per_round,
                 population=self.check.population,
-                num_rounds=self.cfg.num_rounds,
+                num_rounds=self.cfg.server.num_rounds,
                 seed=self.cfg.seed,
                 prior=self.prior,
             )
@@ -175,15 +183,15 @@ class PrivacyWrap:
         """The last round the run may take: ``num_rounds``, or fewer under ``dp.max_epsilon``
         (``start_round`` when a resumed run has spent its budget already)."""
         if self.dp is None:
-            return self.cfg.num_rounds
-        last = self.dp.rounds_within_budget(self.cfg.num_rounds)
-        if last < self.cfg.num_rounds:
+            return self.cfg.server.num_rounds
+        last = self.dp.rounds_within_budget(self.cfg.server.num_rounds)
+        if last < self.cfg.server.num_rounds:
             log.warning(
                 "dp.max_epsilon=%g allows %d of the %d rounds (epsilon %.3f after round %d): "
                 "the run stops after round %d",
                 self.cfg.dp.max_epsilon,
                 last,
-                self.cfg.num_rounds,
+                self.cfg.server.num_rounds,
                 self.dp.ledger.epsilon(last),
                 last,
                 last,
@@ -213,7 +221,7 @@ class PrivacyWrap:
             return {}
         ledger = self.dp.ledger
         done = max((int(r["round"]) for r in rows), default=0)
-        last = self.dp.rounds_within_budget(self.cfg.num_rounds)
+        last = self.dp.rounds_within_budget(self.cfg.server.num_rounds)
         return {
             "privacy": {
                 "level": "user",
@@ -231,9 +239,9 @@ class PrivacyWrap:
                 "clip_norm": self.dp.clip_norm,
                 "clipping": self.dp.clipping,
                 "placement": self.dp.placement,
-                **population_statement(self.check.population, self.cfg.num_clients),
+                **population_statement(self.check.population, self.cfg.data.num_clients),
                 "rounds_within_budget": last,
-                "stopped_by_budget": last < self.cfg.num_rounds,
+                "stopped_by_budget": last < self.cfg.server.num_rounds,
             }
         }
 
@@ -358,7 +366,7 @@ def main(grid: Grid, context: Context) -> None:
                 overwrite=settings.overwrite,
                 load_data=False,
             )
-            wait_for_nodes(grid, settings.cfg.num_clients, timeout_s=settings.node_timeout)
+            wait_for_nodes(grid, settings.cfg.data.num_clients, timeout_s=settings.node_timeout)
         except (ConfigError, DataError) as err:
             raise refused(err) from None  # one line, a failed run, no traceback
         outcome = run_server(grid, settings.cfg, out_dir, resume=settings.resume)

@@ -70,27 +70,29 @@ def client_resources(
 
     ``num_gpus``/``num_cpus`` default to what this machine has; tests pass fake counts.
     """
-    if cfg.ray_address and num_gpus is None:
+    if cfg.engine.ray_address and num_gpus is None:
         # A cluster's GPUs are not this machine's: trust the config, Ray enforces it (the
         # fast engine refuses a GPU request the cluster cannot satisfy instead of hanging).
-        gpus_each = cfg.gpus_per_client if cfg.device == "cuda" else 0.0
-        return Resources(num_cpus=cfg.cpus_per_client, num_gpus=gpus_each, num_actors=2**31)
+        gpus_each = cfg.engine.gpus_per_client if cfg.train.device == "cuda" else 0.0
+        return Resources(num_cpus=cfg.engine.cpus_per_client, num_gpus=gpus_each, num_actors=2**31)
     gpus = visible_gpus() if num_gpus is None else num_gpus
     cpus = (os.cpu_count() or 1) if num_cpus is None else num_cpus
-    if cfg.device == "cuda" and gpus == 0:
+    if cfg.train.device == "cuda" and gpus == 0:
         raise ConfigError("device='cuda' but no GPU is visible; use device='auto' or 'cpu'")
-    cpu_share = min(cfg.cpus_per_client, float(cpus))
+    cpu_share = min(cfg.engine.cpus_per_client, float(cpus))
     cpu_slots = max(1, int(cpus // cpu_share))
-    if cfg.device == "cpu" or gpus == 0:
+    if cfg.train.device == "cpu" or gpus == 0:
         return Resources(num_cpus=cpu_share, num_gpus=0.0, num_actors=cpu_slots)
-    if not 0 < cfg.gpus_per_client <= gpus:
+    if not 0 < cfg.engine.gpus_per_client <= gpus:
         raise ConfigError(
-            f"gpus_per_client={cfg.gpus_per_client} must be in (0, {gpus}] on this machine "
+            f"gpus_per_client={cfg.engine.gpus_per_client} must be in (0, {gpus}] on this machine "
             f"({gpus} GPU{'s' if gpus != 1 else ''})"
         )
-    gpu_slots = int(gpus // cfg.gpus_per_client)
+    gpu_slots = int(gpus // cfg.engine.gpus_per_client)
     return Resources(
-        num_cpus=cpu_share, num_gpus=cfg.gpus_per_client, num_actors=min(cpu_slots, gpu_slots)
+        num_cpus=cpu_share,
+        num_gpus=cfg.engine.gpus_per_client,
+        num_actors=min(cpu_slots, gpu_slots),
     )
 
 
@@ -154,7 +156,7 @@ def check_ray_address(address: str, timeout_s: float = 3.0) -> None:
 
 def may_start_ray(cfg: RunConfig) -> bool:
     """Flower's engine always runs on Ray; the fast engine unless told to run in-process."""
-    return cfg.engine == "flower" or cfg.num_workers != 0
+    return cfg.engine.engine == "flower" or cfg.engine.num_workers != 0
 
 
 @contextmanager
@@ -177,10 +179,10 @@ def ray_owned_by_this_run(cfg: RunConfig) -> Iterator[None]:
         with ending_started_processes(shutdown):
             yield
     except ConnectionError as err:  # ray.init could not reach ray_address (or 'auto')
-        if not cfg.ray_address:
+        if not cfg.engine.ray_address:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"ray_address={cfg.ray_address!r}: {first}") from None
+        raise ConfigError(f"ray_address={cfg.engine.ray_address!r}: {first}") from None
 
 
 def run_simulation(
@@ -203,7 +205,7 @@ def run_simulation(
     _quiet_flower(verbose)
     resources = client_resources(cfg)
     if may_start_ray(cfg):
-        check_ray_address(cfg.ray_address)
+        check_ray_address(cfg.engine.ray_address)
     out_path = Path(out_dir) if out_dir is not None else None
     created = out_path is not None and not out_path.exists()
     with lock_run_dir(out_path, resume=resume, overwrite=overwrite):  # one writer, until the end
@@ -223,21 +225,25 @@ def run_simulation(
 
 def _run_engine(cfg: RunConfig, resources: Resources, server_app: ServerApp, verbose: bool) -> None:
     """Hand ``server_app`` to the engine ``cfg`` names."""
-    if cfg.engine == "fast":
+    if cfg.engine.engine == "fast":
         from fedwon.engine import run_fast
 
         # -1: let the engine choose (in-process unless GPUs or >= 4 actor slots make Ray pay)
-        workers = None if cfg.num_workers < 0 else min(cfg.num_workers, resources.num_actors)
+        workers = (
+            None
+            if cfg.engine.num_workers < 0
+            else min(cfg.engine.num_workers, resources.num_actors)
+        )
         run_fast(
             server_app,
             CLIENT_APP,
-            cfg.num_clients,
-            node_configs=NodeConfigs(cfg.num_clients, max(1, int(resources.num_cpus))),
+            cfg.data.num_clients,
+            node_configs=NodeConfigs(cfg.data.num_clients, max(1, int(resources.num_cpus))),
             num_workers=workers,
             cpus_per_client=resources.num_cpus,
             gpus_per_client=resources.num_gpus,
-            ray_init_args={"address": cfg.ray_address} if cfg.ray_address else None,
-            state_budget_bytes=int(cfg.client_state_budget_mb * 2**20) or None,
+            ray_init_args={"address": cfg.engine.ray_address} if cfg.engine.ray_address else None,
+            state_budget_bytes=int(cfg.engine.client_state_budget_mb * 2**20) or None,
         )
     else:
         from flwr.clientapp import ClientApp
@@ -249,13 +255,13 @@ def _run_engine(cfg: RunConfig, resources: Resources, server_app: ServerApp, ver
         flower_run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=cfg.num_clients,
+            num_supernodes=cfg.data.num_clients,
             backend_config={
                 "client_resources": dict(resources.as_flower()),
                 "init_args": {
                     "include_dashboard": False,
                     "log_to_driver": verbose,
-                    **({"address": cfg.ray_address} if cfg.ray_address else {}),
+                    **({"address": cfg.engine.ray_address} if cfg.engine.ray_address else {}),
                 },
             },
             verbose_logging=verbose,

@@ -8,29 +8,17 @@ in its simulation engine, in fedwon's fast engine (which spills states past
 
 from __future__ import annotations
 
-import hashlib
-from functools import lru_cache
-
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-
-from fedwon.protocol import ClientConfig
 
 STATE_KEY = "fedwon.local"
 OWNER_KEY = "fedwon.local.owner"  # which training setup the arrays belong to
 
 
-@lru_cache(maxsize=32)
-def owner_tag(cfg: ClientConfig) -> str:
-    """A fingerprint of the training setup. Local layers saved under one setup are never
-    loaded under another (e.g. several runs sharing one Flower run's contexts, or another
-    model whose shapes would not fit)."""
-    return hashlib.sha1(repr(sorted(cfg.to_record().items())).encode()).hexdigest()[:16]
-
-
 def local_arrays(state: RecordDict, owner: str) -> dict[str, torch.Tensor] | None:
-    """The local arrays a client state holds for the setup ``owner`` (:func:`owner_tag`), if
-    any: what a client loads, and what reading a checkpoint's client states needs."""
+    """The local arrays a client state holds for the setup ``owner`` (the message config's
+    :meth:`~fedwon.protocol.ClientConfig.fingerprint`), if any: what a client loads, and what
+    reading a checkpoint's client states needs."""
     if STATE_KEY not in state.array_records:
         return None
     tag = state.config_records.get(OWNER_KEY)
@@ -40,11 +28,12 @@ def local_arrays(state: RecordDict, owner: str) -> dict[str, torch.Tensor] | Non
 
 
 class ContextStateStore:
-    """A client's local arrays in ``context.state[STATE_KEY]`` as an ArrayRecord."""
+    """A client's local arrays in ``context.state[STATE_KEY]`` as an ArrayRecord, tagged with
+    the training setup (``owner``) they belong to."""
 
-    def __init__(self, context: Context, cfg: ClientConfig) -> None:
+    def __init__(self, context: Context, owner: str) -> None:
         self.context = context
-        self.owner = owner_tag(cfg)
+        self.owner = owner
 
     def load(self) -> dict[str, torch.Tensor] | None:
         """The arrays saved by this client's previous message of the run, if any."""

@@ -5,69 +5,21 @@ Building the model and optimizer or touching the data set per message would domi
 rounds (batch size 1, one or two examples per client), so they are built once per process and
 *reset* per message: every state-dict entry is overwritten (received arrays, the client's local
 arrays, or the initial values) and the optimizer state is cleared, so nothing leaks between
-clients. The cache key is the message's :class:`~fedwon.protocol.ClientConfig` and the node's
-own :class:`~fedwon.protocol.NodeSettings`.
+clients. The cache key is the run's data (as the node holds it), model and train sections, its
+seed, and the node's threads and device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 from torch import nn
 
+from fedwon.clients.spec import TrainSpec
 from fedwon.datasets import DataSpec, Federation, load_federation
-from fedwon.models import build_model
-from fedwon.protocol import ClientConfig, NodeSettings, ProtocolError
-
-IN_CHANNELS = 3  # every fedwon data set yields RGB images (grey domains are replicated)
-
-
-def data_spec(cfg: ClientConfig, node: NodeSettings | None = None) -> DataSpec:
-    """The data a client reads: the run's data settings, overridden by the node's own.
-
-    A node naming a ``domain`` holds only that domain, split into ``num-partitions`` parts.
-    """
-    node = node or NodeSettings()
-    domains = tuple(d.strip() for d in cfg.domains.split(",") if d.strip()) or None
-    num_clients = cfg.num_clients
-    if node.domain:
-        domains, num_clients = (node.domain,), node.num_partitions or 1
-    return DataSpec(
-        dataset=node.dataset or cfg.dataset,
-        data_root=node.data_root or cfg.data_root or None,
-        partition=cfg.partition,
-        num_clients=num_clients,
-        alpha=cfg.alpha,
-        dirichlet_scope=cfg.dirichlet_scope,
-        domains=domains,
-        train_per_domain=cfg.train_per_domain or None,
-        test_per_domain=cfg.test_per_domain or None,
-        image_size=cfg.image_size or None,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-    )
-
-
-def partition_of(node: NodeSettings, federation: Federation) -> int:
-    """This node's partition of ``federation``, checked against what the node config says."""
-    if node.domain:
-        pid = node.partition_id or 0
-    elif node.partition_id is None:
-        raise ProtocolError("node config lacks 'partition-id' (or a 'domain' the node holds)")
-    else:
-        pid = node.partition_id
-        if node.num_partitions is not None and node.num_partitions != federation.num_clients:
-            raise ProtocolError(
-                f"node config num-partitions={node.num_partitions} but the run has "
-                f"num_clients={federation.num_clients}"
-            )
-    if not 0 <= pid < federation.num_clients:
-        raise ProtocolError(
-            f"node config partition-id={pid} is out of range for {federation.num_clients} clients"
-        )
-    return pid
+from fedwon.models import ModelSpec
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,12 +29,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def initial_model(cfg: ClientConfig, num_classes: int, in_channels: int = IN_CHANNELS) -> nn.Module:
-    """The run's initial model: the same seed gives the server and every client the same one."""
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, norm=cfg.norm, num_classes=num_classes, in_channels=in_channels)
 
 
 @dataclass
@@ -147,24 +93,29 @@ def load_in_place(
         torch._foreach_copy_(list(targets.values()), sources)
 
 
-def workspace(cfg: ClientConfig, node: NodeSettings) -> Workspace:
-    """The cached workspace of this run on this process: model, optimizer and data built once,
-    shared by every client the process plays (the node's partition is not part of the key)."""
-    return _workspace(cfg, replace(node, partition_id=None))
-
-
 @lru_cache(maxsize=4)
-def _workspace(cfg: ClientConfig, node: NodeSettings) -> Workspace:
-    """Build a workspace. ``node.threads`` pins torch's intra-op threads: float results depend
-    on the thread count (the fast engine sets it to the client's CPU share, as Ray does for
-    Flower's actors through ``OMP_NUM_THREADS``)."""
-    if node.threads:
-        torch.set_num_threads(node.threads)
-    federation = load_federation(data_spec(cfg, node))
-    device = resolve_device(node.device or cfg.device)
-    model = initial_model(cfg, federation.num_classes).to(device)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+def workspace(
+    data: DataSpec,
+    model: ModelSpec,
+    train: TrainSpec,
+    seed: int,
+    *,
+    threads: int = 0,
+    device: str = "",
+) -> Workspace:
+    """The cached workspace of this run on this process: model, optimizer and data built once,
+    shared by every client the process plays (a client's partition is not part of the key).
+
+    ``threads`` pins torch's intra-op threads: float results depend on the thread count (the
+    fast engine sets it to the client's CPU share, as Ray does for Flower's actors through
+    ``OMP_NUM_THREADS``). ``device`` is the node's own choice, else ``train.device``."""
+    if threads:
+        torch.set_num_threads(threads)
+    federation = load_federation(data)
+    where = resolve_device(device or train.device)
+    net = model.initial_model(federation.num_classes, federation.in_channels, seed).to(where)
+    initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        net.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
     )
-    return Workspace(federation, model, optimizer, initial, device)
+    return Workspace(federation, net, optimizer, initial, where)

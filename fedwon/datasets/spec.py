@@ -1,20 +1,31 @@
-"""``DataSpec``: the hashable description of a federated data set (the per-process cache key).
+"""``DataSpec``: the data section of a run, and the hashable description of a federated data
+set (the per-process cache key of :func:`~fedwon.datasets.load_federation`).
 
-Only the spec's own fields are checked here (types and ranges); checks that need the data-set
-registry (dataset and domain names, ``num_clients`` versus the number of domains) live in
-:func:`fedwon.datasets.federation.validate_spec`.
+It is the run config's ``data`` section as it is (:mod:`fedwon.config` composes it; clients
+receive it unchanged in every message), so its keys are the recipe keys ``dataset``,
+``data_root``, ``partition``, ``num_clients``, ``alpha``, ``dirichlet_scope``, ``domains``,
+``train_per_domain``, ``test_per_domain``, ``image_size``, ``val_fraction`` (plus the run's
+``seed``, which partitions the data). Recipes write "not set" as 0 or an empty string;
+here it is ``None``. Field checks (types, ranges, names in the registries) run on
+construction; :func:`check_fields` repeats the field checks for specs built without
+validation (``model_copy``), and :func:`fedwon.datasets.federation.validate_spec` adds what
+needs the data set's metadata (domains, ``num_clients`` against the number of domains).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Any
+
+from pydantic import field_serializer, model_validator
 
 from fedwon.datasets.errors import DataError
+from fedwon.section import Section
+
+IN_CHANNELS = 3  # every fedwon data set yields RGB images (grey domains are replicated)
 
 
-@dataclass(frozen=True)
-class DataSpec:
+class DataSpec(Section):
     """What data, split how among how many clients. Frozen and hashable.
 
     ``train_per_domain`` / ``test_per_domain``: the number of images per domain built for
@@ -24,7 +35,8 @@ class DataSpec:
     ``image_size``: side of the square images clients see (default per data set: 28 for digits,
     32 for CIFAR-10, 256 for Office-Caltech-10 and DomainNet).
     ``val_fraction``: share of each client's training data held back for validation (see
-    :mod:`fedwon.datasets.validation`); 0 keeps all of it for training.
+    :mod:`fedwon.datasets.validation`); 0 keeps all of it for training (a run's default is
+    0.1, see :mod:`fedwon.config`).
     """
 
     dataset: str = "digits-embedded"
@@ -40,10 +52,55 @@ class DataSpec:
     val_fraction: float = 0.0
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        # recipes (TOML/JSON) give lists; keep the spec hashable
-        if isinstance(self.domains, list):
-            object.__setattr__(self, "domains", tuple(self.domains))
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_form(cls, values: Any) -> Any:
+        """Recipes' "not set" (0, "") is None here; ``domains`` may be a list of names or a
+        comma-separated string (``--set domains=mnist,usps``)."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for key in ("train_per_domain", "test_per_domain", "image_size"):
+            if values.get(key) == 0 and not isinstance(values.get(key), bool):
+                values[key] = None
+        if values.get("data_root") == "":
+            values["data_root"] = None
+        domains = values.get("domains")
+        if isinstance(domains, str):
+            names = tuple(d.strip() for d in domains.split(",") if d.strip())
+            values["domains"] = names or None
+        elif isinstance(domains, list | tuple):
+            if not all(isinstance(d, str) for d in domains):
+                raise ValueError(f"domains must be names, got {domains!r}")
+            values["domains"] = tuple(domains) or None
+        return values
+
+    @model_validator(mode="after")
+    def _checked(self) -> DataSpec:
+        from fedwon.datasets.partition import DIRICHLET_SCOPES, PARTITIONERS
+        from fedwon.datasets.registry import DATASETS
+
+        for key, value, choices in (
+            ("dataset", self.dataset, DATASETS),
+            ("partition", self.partition, PARTITIONERS),
+            ("dirichlet_scope", self.dirichlet_scope, DIRICHLET_SCOPES),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {key} {value!r}; choose one of {sorted(choices)}")
+        try:
+            check_fields(self)
+        except DataError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @field_serializer("domains")
+    def _comma_separated(self, domains: tuple[str, ...] | None) -> str | None:
+        """The recipe form of ``domains`` (TOML, Flower's records): comma-separated names."""
+        return ",".join(domains) if domains else None
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """Recipe keys, without ``seed`` (the run's own key) and unset values."""
+        return {k: v for k, v in super().to_flat().items() if k != "seed"}
 
 
 def _is_int(value: object) -> bool:

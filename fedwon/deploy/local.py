@@ -338,7 +338,7 @@ def deploy_local(
     app_dir = check_app_dir(app_dir)
     cfg, changes = fit_to_nodes(load_config(recipe, list(overrides)), nodes, rounds)
     prepare_run(cfg, None)  # fedwon run's checks (data, model input): fail here, not in N nodes
-    out = check_out_dir(out or default_out(recipe, cfg.strategy))
+    out = check_out_dir(out or default_out(recipe, cfg.server.strategy))
     if set(changes) - {"num_clients", "num_rounds"}:
         say("fitted to the nodes: " + " ".join(f"{k}={v}" for k, v in changes.items()))
     # One launcher per directory: its own lock in deploy/ (the run directory's lock is the
@@ -377,7 +377,7 @@ def _deploy(
             say(f"registered {nodes} SuperNode keys")
         for i in range(nodes):
             federation.start_node(i, node_config(cfg, i, nodes), key=keys[i])
-        say(f"started {nodes} SuperNodes; {cfg.num_rounds} rounds of {cfg.strategy}")
+        say(f"started {nodes} SuperNodes; {cfg.server.num_rounds} rounds of {cfg.server.strategy}")
         run_config = {"recipe": str(resolved), "set": "", "out": str(out)}
         remaining = timeout - (time.monotonic() - start)
         run_s = federation.run(app_dir, run_config, remaining, say)

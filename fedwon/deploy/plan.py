@@ -19,8 +19,8 @@ Scalar = bool | int | float | str
 
 def _per_domain(cfg: RunConfig) -> bool:
     """Whether the partition puts a whole number of clients in every domain."""
-    return cfg.partition == "domain" or (
-        cfg.partition == "dirichlet" and cfg.dirichlet_scope == "domain"
+    return cfg.data.partition == "domain" or (
+        cfg.data.partition == "dirichlet" and cfg.data.dirichlet_scope == "domain"
     )
 
 
@@ -40,19 +40,19 @@ def fit_to_nodes(
             raise DeployError(f"--rounds must be >= 1, got {rounds}")
         changes["num_rounds"] = rounds
     if _per_domain(cfg):
-        domains = cfg.domain_list or DATASETS[cfg.dataset].domains
+        domains = cfg.data.domains or DATASETS[cfg.data.dataset].domains
         if nodes % len(domains):
-            if nodes > len(domains) or cfg.domain_list:
+            if nodes > len(domains) or cfg.data.domains:
                 raise DeployError(
-                    f"--nodes {nodes} does not fit partition {cfg.partition!r} over the "
+                    f"--nodes {nodes} does not fit partition {cfg.data.partition!r} over the "
                     f"{len(domains)} domains {list(domains)}: use a multiple of {len(domains)}, "
                     "choose domains with --set domains=a,b, or --set partition=iid"
                 )
             changes["domains"] = ",".join(domains[:nodes])
-    if cfg.clients_per_round > nodes:
+    if cfg.server.clients_per_round > nodes:
         changes["clients_per_round"] = nodes
     sampled = cfg.model_copy(update=changes).sampled_per_round  # not validated yet: on purpose
-    if cfg.min_clients > sampled:
+    if cfg.server.min_clients > sampled:
         changes["min_clients"] = sampled
     return cfg.replace(**changes), changes
 
@@ -66,10 +66,10 @@ def node_config(cfg: RunConfig, index: int, nodes: int) -> dict[str, Scalar]:
     values: dict[str, Scalar] = {
         "partition-id": index,
         "num-partitions": nodes,
-        "dataset": cfg.dataset,
-        "threads": max(1, int(cfg.cpus_per_client)),
-        "device": cfg.device,
+        "dataset": cfg.data.dataset,
+        "threads": max(1, int(cfg.engine.cpus_per_client)),
+        "device": cfg.train.device,
     }
-    if cfg.data_root:
-        values["data-root"] = cfg.data_root
+    if cfg.data.data_root:
+        values["data-root"] = cfg.data.data_root
     return values

@@ -14,12 +14,15 @@ from fedwon.models.cnn import DigitCNN
 from fedwon.models.mobilenetv2 import MobileNetV2
 from fedwon.models.registry import MODELS, NormModel, build_model, init_weights, register_model
 from fedwon.models.resnet import ResNet
+from fedwon.models.spec import AUTO_NORM, ModelSpec
 
 __all__ = [
+    "AUTO_NORM",
     "MODELS",
     "AlexNet",
     "DigitCNN",
     "MobileNetV2",
+    "ModelSpec",
     "NormModel",
     "ResNet",
     "alexnet",

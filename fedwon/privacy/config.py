@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
-from fedwon.strict_scalars import check_scalar
+from fedwon.section import Section
 
 DP_PREFIX = "dp."
 # A bound beyond this clips nothing a float32 update can hold meaningfully, and its noise
@@ -22,7 +22,7 @@ DP_PREFIX = "dp."
 MAX_CLIP_NORM = 1e6
 
 
-class DPConfig(BaseModel):
+class DPConfig(Section):
     """Differential privacy of a run. Disabled by default; unknown keys are refused.
 
     * ``level``: ``user`` -- central DP on client updates (clip each update, the server adds
@@ -38,8 +38,6 @@ class DPConfig(BaseModel):
       ``client`` (a ClientApp mod: an unclipped update never leaves the client).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
     enabled: bool = False
     level: Literal["user", "sample"] = "user"
     clip_norm: float = 1.0
@@ -53,14 +51,6 @@ class DPConfig(BaseModel):
     population: int = 0  # 0 = number of simulated clients
     secure_rng: bool = False
     placement: Literal["server", "client"] = "server"
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
-        """The run config's strictness (``dp.enabled=yes`` or ``dp.population=20.0`` is a
-        mistake to name, not a value to coerce)."""
-        field = cls.model_fields.get(info.field_name or "")
-        return check_scalar(value, field.annotation) if field is not None else value
 
     @field_validator("clip_norm")
     @classmethod

@@ -44,7 +44,6 @@ from fedwon.privacy.accounting import (
 )
 from fedwon.privacy.clipping import check_clip_settings, layer_bounds
 from fedwon.privacy.config import DPConfig
-from fedwon.protocol import ClientConfig
 
 log = logging.getLogger(__name__)
 # Poisson sampling makes empty batches on small clients (expected: they are a step of pure
@@ -231,22 +230,6 @@ def calibrate_sample_noise(
         1 / steps_per_epoch,
         steps_per_epoch * local_epochs * num_rounds,
         accountant,
-    )
-
-
-def sample_dp_config(cfg: ClientConfig) -> DPConfig:
-    """The DP-SGD settings a message carries (``dp_sgd*`` fields), validated as ``dp.*``."""
-    return DPConfig(
-        enabled=True,
-        level="sample",
-        clip_norm=cfg.dp_sgd_clip_norm,
-        clipping=cfg.dp_sgd_clipping,  # type: ignore[arg-type]
-        split=cfg.dp_sgd_split,  # type: ignore[arg-type]
-        noise_multiplier=cfg.dp_sgd_noise_multiplier,
-        target_epsilon=cfg.dp_sgd_target_epsilon,
-        delta=cfg.dp_sgd_delta,
-        accountant=cfg.dp_sgd_accountant,  # type: ignore[arg-type]
-        secure_rng=cfg.dp_sgd_secure_rng,
     )
 
 

@@ -1,6 +1,6 @@
 """The paper's methods over Flower's aggregators, wrapped in fedwon's round rules.
 
-``build_strategy(cfg, model)`` = ``RoundRules(aggregator)``: the method (``METHODS``) decides
+``build_strategy(server, ...)`` = ``RoundRules(aggregator)``: the method (``METHODS``) decides
 which arrays are shared, the aggregator (``AGGREGATORS``) is one of Flower's own strategies,
 and :class:`RoundRules` (outermost) adds seeded sampling, fault filtering, the resume offset,
 the evaluation cadence and per-round reporting.
@@ -16,6 +16,7 @@ from fedwon.strategies.methods import (
     norm_state_keys,
 )
 from fedwon.strategies.round_rules import RoundCallback, RoundFailedError, RoundReport, RoundRules
+from fedwon.strategies.spec import ServerSpec
 
 __all__ = [
     "AGGREGATORS",
@@ -25,6 +26,7 @@ __all__ = [
     "RoundFailedError",
     "RoundReport",
     "RoundRules",
+    "ServerSpec",
     "build_aggregator",
     "build_strategy",
     "check_normalization_free",

@@ -26,7 +26,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from fedwon.privacy.lamb import FedLAMB
 
 if TYPE_CHECKING:
-    from fedwon.config import RunConfig
+    from fedwon.strategies.spec import ServerSpec
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ _UNSET: dict[str, Any] = {
 }
 
 
-def check_aggregator_settings(cfg: RunConfig) -> None:
+def check_aggregator_settings(cfg: ServerSpec) -> None:
     """Refuse settings the chosen aggregator would silently ignore (or FedProx without mu)."""
     agg = AGGREGATORS[cfg.aggregator]
     ignored = [k for k, unset in _UNSET.items() if getattr(cfg, k) != unset and k not in agg.params]
@@ -79,22 +79,25 @@ def check_aggregator_settings(cfg: RunConfig) -> None:
 
 
 def build_aggregator(
-    cfg: RunConfig,
+    cfg: ServerSpec,
     *,
-    sampled: int,
+    num_clients: int,
+    client_lr: float,
     evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord],
 ) -> FedAvg:
-    """Flower's strategy for ``cfg.aggregator``, sampling exactly ``sampled`` clients a round.
+    """Flower's strategy for ``cfg.aggregator``, sampling exactly ``cfg.sampled(num_clients)``
+    clients a round (``client_lr`` is only logged, as Flower's FedOpt ``eta_l``).
 
     ``min_train_nodes`` pins the sample size: Flower samples max(int(n · fraction), minimum).
     """
+    sampled = cfg.sampled(num_clients)
     agg = AGGREGATORS[cfg.aggregator]
     kwargs: dict[str, Any] = {
         arg: getattr(cfg, key) for key, arg in agg.params.items() if getattr(cfg, key) is not None
     }
     if issubclass(agg.cls, FedOpt):
-        kwargs["eta_l"] = cfg.lr  # logged by Flower only; clients use their own lr
-    n = cfg.num_clients
+        kwargs["eta_l"] = client_lr  # logged by Flower only; clients use their own lr
+    n = num_clients
     return agg.cls(
         fraction_train=sampled / n,
         min_train_nodes=sampled,

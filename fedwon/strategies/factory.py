@@ -1,5 +1,5 @@
-"""The one place that turns a :class:`RunConfig` into a strategy: round rules (outermost)
-around Flower's aggregator for ``cfg.aggregator``."""
+"""The one place that turns the server section into a strategy: round rules (outermost)
+around Flower's aggregator for ``server.aggregator``."""
 
 from __future__ import annotations
 
@@ -7,20 +7,24 @@ from collections.abc import Callable
 
 from flwr.serverapp.strategy import Strategy
 
-from fedwon.config import RunConfig
 from fedwon.strategies.aggregation import per_domain_metrics
 from fedwon.strategies.aggregators import build_aggregator
 from fedwon.strategies.round_rules import RoundCallback, RoundRules
+from fedwon.strategies.spec import ServerSpec
 
 
 def build_strategy(
-    cfg: RunConfig,
+    cfg: ServerSpec,
     *,
+    num_clients: int,
+    seed: int,
+    client_lr: float,
     round_offset: int = 0,
     on_round: RoundCallback | None = None,
     wrap: Callable[[Strategy], Strategy] | None = None,
 ) -> RoundRules:
-    """``RoundRules(wrap(aggregator))`` for ``cfg``; ``round_offset`` continues a resumed run.
+    """``RoundRules(wrap(aggregator))`` for the server section ``cfg`` of a run with
+    ``num_clients`` clients; ``round_offset`` continues a resumed run.
 
     ``wrap`` adds wrappers between the round rules and the aggregator, e.g. Flower's
     ``lambda s: DifferentialPrivacyServerSideFixedClipping(s, 1.0, 0.5, 10)``: they see only
@@ -30,7 +34,10 @@ def build_strategy(
     server starts from (:meth:`fedwon.strategies.methods.Method.shared_arrays`).
     """
     inner: Strategy = build_aggregator(
-        cfg, sampled=cfg.sampled_per_round, evaluate_metrics_aggr_fn=per_domain_metrics
+        cfg,
+        num_clients=num_clients,
+        client_lr=client_lr,
+        evaluate_metrics_aggr_fn=per_domain_metrics,
     )
     if wrap is not None:
         inner = wrap(inner)
@@ -38,7 +45,7 @@ def build_strategy(
     return RoundRules(
         inner,
         num_rounds=cfg.num_rounds,
-        seed=cfg.seed,
+        seed=seed,
         min_clients=cfg.min_clients,
         eval_every=cfg.eval_every,
         round_offset=round_offset,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord
 from torch import nn
 
-from fedwon.nn import is_norm_layer
+from fedwon.nn import NORM_KINDS, is_norm_layer
 
 
 def norm_state_keys(model: nn.Module) -> list[str]:
@@ -61,20 +61,60 @@ def _fedwon_local_keys(model: nn.Module) -> list[str]:
 
 @dataclass(frozen=True)
 class Method:
-    """A federated method: which of a model's state-dict keys never leave the clients."""
+    """A federated method: which of a model's state-dict keys never leave the clients, and
+    which normalizations it can train (``norm = "auto"`` means ``default_norm``)."""
 
     name: str
     local_keys: Callable[[nn.Module], list[str]]  # raises ValueError for an unsuitable model
     description: str
+    default_norm: str
+    allowed_norms: frozenset[str]
+    norm_advice: str  # what to use instead, said when a norm is refused
 
     def shared_arrays(self, model: nn.Module) -> ArrayRecord:
         """The arrays the server holds and sends: the model's state minus the local keys."""
         local = set(self.local_keys(model))
         return ArrayRecord({k: v for k, v in model.state_dict().items() if k not in local})
 
+    def resolve_norm(self, norm: str) -> str:
+        """``norm`` (``auto``: this method's default), refused in one line when this method
+        cannot train it."""
+        resolved = self.default_norm if norm == "auto" else norm
+        if resolved not in self.allowed_norms:
+            raise ValueError(f"strategy {self.name!r} {self.norm_advice}; got norm={resolved!r}")
+        return resolved
 
+
+_WITH_NORM_LAYERS = frozenset({"bn", "gn", "ln", "in", "ws_gn"})
 METHODS: dict[str, Method] = {
-    "fedavg": Method("fedavg", _no_local_keys, "every parameter and buffer is shared"),
-    "fedbn": Method("fedbn", _fedbn_local_keys, "normalization layers stay on each client"),
-    "fedwon": Method("fedwon", _fedwon_local_keys, "a normalization-free model, all shared"),
+    "fedavg": Method(
+        "fedavg",
+        _no_local_keys,
+        "every parameter and buffer is shared",
+        default_norm="bn",
+        allowed_norms=frozenset(NORM_KINDS),
+        norm_advice="trains any norm",
+    ),
+    "fedbn": Method(
+        "fedbn",
+        _fedbn_local_keys,
+        "normalization layers stay on each client",
+        default_norm="bn",
+        allowed_norms=_WITH_NORM_LAYERS,
+        norm_advice=(
+            "keeps normalization layers local, so the model needs some: use norm='bn' "
+            "(or gn/ln/in/ws_gn), or strategy 'fedwon'"
+        ),
+    ),
+    "fedwon": Method(
+        "fedwon",
+        _fedwon_local_keys,
+        "a normalization-free model, all shared",
+        default_norm="ws",
+        allowed_norms=frozenset({"ws", "none"}),
+        norm_advice=(
+            "trains a normalization-free model: use norm='ws' (scaled weight "
+            "standardization) or 'none'"
+        ),
+    ),
 }

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedwon.clients import data_spec, evaluate, initial_model
-from fedwon.clients.local_state import local_arrays, owner_tag
+from fedwon.clients import evaluate, local_arrays
 from fedwon.config import RunConfig
 from fedwon.datasets import Federation, load_federation
 from fedwon.results import load_checkpoint
@@ -56,16 +55,16 @@ def final_states(run_dir: str | Path, cfg: RunConfig, federation: Federation) ->
     """
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
-    if ckpt.round != cfg.num_rounds:
+    if ckpt.round != cfg.server.num_rounds:
         raise ValueError(
             f"{run_dir} is not finished: its checkpoint is at round {ckpt.round} of "
-            f"{cfg.num_rounds}; resume it before evaluating"
+            f"{cfg.server.num_rounds}; resume it before evaluating"
         )
     client_cfg = cfg.client_config()
-    model = initial_model(client_cfg, federation.num_classes, federation.in_channels)
+    model = cfg.model_spec.initial_model(federation.num_classes, federation.in_channels, cfg.seed)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     global_arrays = dict(ckpt.arrays.to_torch_state_dict())
-    owner = owner_tag(client_cfg)
+    owner = client_cfg.fingerprint()
     local: dict[int, State] = {}
     for pid, state in (ckpt.client_states or {}).items():
         arrays = local_arrays(state, owner)
@@ -73,8 +72,9 @@ def final_states(run_dir: str | Path, cfg: RunConfig, federation: Federation) ->
             local[pid] = arrays
     if ckpt.client_states is None and set(initial) - set(global_arrays):
         raise ValueError(
-            f"{run_dir}: the checkpoint holds no client states (engine {cfg.engine!r}), so the "
-            "clients' local layers are unknown; run with engine='fast' to evaluate it offline"
+            f"{run_dir}: the checkpoint holds no client states (engine {cfg.engine.engine!r}), "
+            "so the clients' local layers are unknown; run with engine='fast' to evaluate it "
+            "offline"
         )
     return FinalStates(model, initial, global_arrays, local)
 
@@ -102,7 +102,7 @@ def split_accuracy(run_dir: str | Path, cfg: RunConfig, split: str = "val") -> A
 
     Clients without data in ``split`` (too small for a validation share) are left out.
     """
-    fed = load_federation(data_spec(cfg.client_config()))
+    fed = load_federation(cfg.data)
     states = final_states(run_dir, cfg, fed)
     correct = dict.fromkeys(fed.domains, 0)
     total = dict.fromkeys(fed.domains, 0)
@@ -140,9 +140,11 @@ def heldout_accuracy(
     """The final global model on the test set of each held-out domain (all of them, or
     ``domains``; FedBN: averaged local layers, see the module docstring); per domain, and
     their mean."""
-    fed = load_federation(data_spec(cfg.client_config()))
+    fed = load_federation(cfg.data)
     if not fed.heldout_domains:
-        raise ValueError(f"{run_dir} trains on every domain of {cfg.dataset}: nothing is held out")
+        raise ValueError(
+            f"{run_dir} trains on every domain of {cfg.data.dataset}: nothing is held out"
+        )
     domains = list(fed.heldout_domains if domains is None else domains)
     states = final_states(run_dir, cfg, fed)
     shared = {

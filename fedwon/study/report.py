@@ -130,10 +130,10 @@ def _settings(part: PartResult) -> dict[str, Any]:
         if not settings[k]:
             settings[k] = "data set default"
     settings["clients_per_round"] = cfg.sampled_per_round
-    if cfg.partition == "dirichlet":
-        settings["alpha"] = cfg.alpha
+    if cfg.data.partition == "dirichlet":
+        settings["alpha"] = cfg.data.alpha
     if part.part.heldout:
-        settings["num_clients"] = f"{cfg.num_clients} (one domain held out)"
+        settings["num_clients"] = f"{cfg.data.num_clients} (one domain held out)"
     return settings
 
 

@@ -77,7 +77,7 @@ def choose(grid_runs: Sequence[RunRecord]) -> Candidate | None:
 def heldout_domains(part: Part) -> tuple[str, ...]:
     """The domains a domain-generalization part holds out in turn: every domain it would use."""
     cfg = load_config(part.recipe_path, part.settings)
-    return cfg.domain_list or DATASETS[cfg.dataset].domains
+    return cfg.data.domains or DATASETS[cfg.data.dataset].domains
 
 
 def tuning_specs(plan: StudyPlan) -> list[tuple[Part, RunSpec]]:

@@ -89,9 +89,9 @@ def _overrides(part: Part, method: str, seed: int) -> dict[str, Any]:
 
 def _heldout_overrides(cfg: RunConfig, heldout: str) -> dict[str, Any]:
     """Train on every domain but ``heldout``, with as many clients per domain as before."""
-    domains = cfg.domain_list or DATASETS[cfg.dataset].domains
+    domains = cfg.data.domains or DATASETS[cfg.data.dataset].domains
     kept = [d for d in domains if d != heldout]
-    per_domain = max(1, cfg.num_clients // len(domains))
+    per_domain = max(1, cfg.data.num_clients // len(domains))
     return {"domains": ",".join(kept), "num_clients": per_domain * len(kept)}
 
 
@@ -123,7 +123,7 @@ def _finished(path: Path, cfg: RunConfig) -> bool:
     if read_summary(path) is None:
         return False
     rows = read_metrics(path)
-    return bool(rows) and rows[-1]["round"] == cfg.num_rounds
+    return bool(rows) and rows[-1]["round"] == cfg.server.num_rounds
 
 
 def _domain_mean(row: dict[str, Any]) -> float | None:

@@ -1,13 +1,21 @@
-"""Strict scalars for pydantic models: what lax coercion would silently accept is refused.
+"""``Section``: one part of a run's settings (data, model, train, server, dp, ...).
 
-Shared by every settings model (the run config and its ``dp.*`` section), so a recipe value
-means the same strictness whatever table it sits in.
+A run config is composed of sections, each defined and validated by the package that owns it
+(:class:`~fedwon.datasets.DataSpec`, :class:`~fedwon.models.ModelSpec`,
+:class:`~fedwon.clients.TrainSpec`, :class:`~fedwon.strategies.ServerSpec`,
+:class:`~fedwon.privacy.DPConfig`), and a section travels, unchanged, to whoever needs it:
+clients receive the data, model, train and dp sections as they are. Every section shares one
+strictness: unknown keys are refused, values are immutable, and what pydantic's lax mode would
+silently coerce (``"1"`` for an integer, ``yes`` for a boolean, NaN) is refused with one line.
 """
 
 from __future__ import annotations
 
 import math
 import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 def _type_name(value: object) -> str:
@@ -39,3 +47,19 @@ def check_scalar(value: object, annotation: object) -> object:
         if not math.isfinite(value):
             raise ValueError(f"expected a finite number, got {value!r}")
     return value
+
+
+class Section(BaseModel):
+    """A frozen, strictly typed group of settings; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return check_scalar(value, field.annotation) if field is not None else value
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """The section's settings as flat recipe keys (unset optional values left out)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
