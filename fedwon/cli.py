@@ -31,7 +31,7 @@ from fedwon.datasets import DataError
 from fedwon.deploy.cli import deploy
 from fedwon.errors import error_line
 from fedwon.privacy_curve import privacy_curve_cli
-from fedwon.protocol import EPSILON_METRIC
+from fedwon.records import EPSILON_METRIC
 from fedwon.results import (
     Row,
     final_metrics,

@@ -31,50 +31,36 @@ from fedwon.clients.spec import TrainSpec
 from fedwon.datasets.spec import DataSpec
 from fedwon.models.spec import ModelSpec
 from fedwon.privacy.config import DPConfig
+from fedwon.records import (  # noqa: F401  (re-exported: the wire contract names them)
+    ACCURACY,
+    ARRAYS,
+    CLIENT,
+    CLIP_NORM_KEY,
+    CLIPPED_METRIC,
+    CLIPPING_KEY,
+    CONFIG,
+    DOMAIN_KEY,
+    EPSILON_METRIC,
+    LOSS,
+    METRICS,
+    NODE_DATA_ROOT,
+    NODE_DATASET,
+    NODE_DEVICE,
+    NODE_DOMAIN,
+    NODE_KEYS,
+    NODE_NUM_PARTITIONS,
+    NODE_PARTITION,
+    NODE_THREADS,
+    PARTITION_KEY,
+    PROXIMAL_MU_KEY,
+    ROUND_KEY,
+    SPLIT_KEY,
+    TRAIN_LOSS,
+    WEIGHT_KEY,
+)
 from fedwon.section import Section
 
 log = logging.getLogger(__name__)
-
-# ---- record names ---------------------------------------------------------------------------
-ARRAYS = "arrays"  # ArrayRecord: the shared model arrays (message and train reply)
-CONFIG = "config"  # ConfigRecord: ClientConfig + Flower's keys (message)
-METRICS = "metrics"  # MetricRecord: train or evaluate metrics (reply)
-CLIENT = "client"  # ConfigRecord: who replied (reply)
-
-# ---- keys in records ------------------------------------------------------------------------
-WEIGHT_KEY = "num-examples"  # MetricRecord: the reply's aggregation weight
-PARTITION_KEY = "partition-id"  # CLIENT record: the replying client's partition
-DOMAIN_KEY = "domain"  # CLIENT record: the replying client's domain name
-ROUND_KEY = "server-round"  # CONFIG record, set by Flower's strategies
-PROXIMAL_MU_KEY = "proximal-mu"  # CONFIG record, set by Flower's FedProx
-CLIP_NORM_KEY = "dp-clip-norm"  # CONFIG record, set by CentralDP(placement="client")
-CLIPPING_KEY = "dp-clipping"  # flat | per_layer
-SPLIT_KEY = "dp-split"  # uniform | dim
-# train MetricRecord under DP: epsilon spent after the round. Sample level (DP-SGD): each reply
-# carries its client's own epsilon and the round's aggregate is the max over its clients.
-EPSILON_METRIC = "epsilon"
-CLIPPED_METRIC = "clipped_fraction"  # train MetricRecord under DP: share of updates clipped
-TRAIN_LOSS = "train_loss"
-ACCURACY = "accuracy"
-LOSS = "loss"
-
-# ---- node config keys (``flower-supernode --node-config``) ----------------------------------
-NODE_PARTITION = "partition-id"
-NODE_NUM_PARTITIONS = "num-partitions"
-NODE_DATA_ROOT = "data-root"
-NODE_DATASET = "dataset"
-NODE_DOMAIN = "domain"
-NODE_THREADS = "threads"
-NODE_DEVICE = "device"
-NODE_KEYS = (
-    NODE_PARTITION,
-    NODE_NUM_PARTITIONS,
-    NODE_DATA_ROOT,
-    NODE_DATASET,
-    NODE_DOMAIN,
-    NODE_THREADS,
-    NODE_DEVICE,
-)
 
 
 class ProtocolError(ValueError):

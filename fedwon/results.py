@@ -43,7 +43,7 @@ from fedwon.config import (
     resume_conflicts,
 )
 from fedwon.errors import error_line
-from fedwon.protocol import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
+from fedwon.records import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
 from fedwon.strategies.aggregation import as_number
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from flwr.serverapp import ServerApp
 from fedwon.config import ConfigError, RunConfig
 from fedwon.preflight import prepare_run
 from fedwon.process_guard import ending_started_processes, start_guard
-from fedwon.protocol import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
+from fedwon.records import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
 from fedwon.results import Row
 from fedwon.run_dir import discard_unstarted_run
 from fedwon.run_lock import lock_run_dir

@@ -66,10 +66,10 @@ def test_the_server_app_reads_its_flwr_run_settings() -> None:
             "node_timeout": 5,
         }
     )
-    assert (settings.cfg.model, settings.cfg.num_rounds) == ("cnn-tiny", 2)
+    assert (settings.cfg.model.model, settings.cfg.server.num_rounds) == ("cnn-tiny", 2)
     assert (settings.out, settings.overwrite, settings.node_timeout) == ("/x", True, 5.0)
     flat = settings_from_run_config({"model": "cnn-tiny", "overwrite": False, "out": ""})
-    assert flat.cfg.model == "cnn-tiny" and not flat.overwrite
+    assert flat.cfg.model.model == "cnn-tiny" and not flat.overwrite
     with pytest.raises(ConfigError, match="node_timeout must be a number of seconds > 0"):
         settings_from_run_config({"recipe": "sims/cross_silo.toml", "node_timeout": 0})
 

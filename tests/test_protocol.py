@@ -6,9 +6,9 @@ import pytest
 from flwr.app import ConfigRecord
 
 from fedwon import protocol
+from fedwon.clients import TrainSpec
 from fedwon.config import make_config
 from fedwon.protocol import (
-    ClientConfig,
     ProtocolError,
     read_client_config,
     read_node_settings,
@@ -33,10 +33,19 @@ def test_client_config_round_trips_and_server_only_settings_never_travel() -> No
     record = cfg.client_config().to_record()
     assert read_client_config(record) == cfg.client_config()
     keys = set(record.keys())
-    assert record["norm"] == "ws"  # resolved, never "auto"
-    assert record["local-epochs"] == cfg.local_epochs  # Flower's hyphenated style
+    assert record["model.norm"] == "ws"  # resolved, never "auto"
+    assert record["train.local-epochs"] == cfg.train.local_epochs  # Flower's hyphenated style
+    assert record["train.lr"] == 0.2 and record["seed"] == 0
     for key in SERVER_ONLY:
-        assert key not in keys and key.replace("_", "-") not in keys
+        assert not any(k.endswith(key) or k.endswith(key.replace("_", "-")) for k in keys), key
+
+
+def test_the_sections_travel_unchanged() -> None:
+    """A client gets the run's data, model, train and dp sections as they are: no copies."""
+    cfg = make_config({"strategy": "fedwon", "domains": "mnist,usps", "num_clients": 2})
+    got = read_client_config(cfg.client_config().to_record())
+    assert got.data == cfg.data and got.train == cfg.train and got.dp == cfg.dp
+    assert got.model == cfg.model_spec and got.data.domains == ("mnist", "usps")
 
 
 def test_unknown_keys_are_ignored_and_logged_once(
@@ -58,33 +67,32 @@ def test_unknown_keys_are_ignored_and_logged_once(
     assert "proximal-mu" not in logged[0]  # read by the training step
 
 
-def test_an_older_server_without_optional_keys_still_works() -> None:
+def test_a_server_sending_only_the_required_keys_gets_the_defaults() -> None:
     full = make_config({}).client_config().to_record()
-    required = {"model", "norm", "dataset", "partition", "num-clients", "seed"}
-    old = ConfigRecord({k: v for k, v in full.items() if k in required})
-    cfg = read_client_config(old)
-    assert cfg.batch_size == ClientConfig.batch_size  # defaults fill the rest
-    assert cfg.val_fraction == 0.0  # an older server's clients trained on all their data
+    required = {"model.model", "model.norm", "data.dataset", "seed", "num-rounds"}
+    cfg = read_client_config(ConfigRecord({k: v for k, v in full.items() if k in required}))
+    assert cfg.train == TrainSpec()  # defaults fill the rest
+    assert cfg.data.val_fraction == 0.0  # a data section's own default: no validation share
 
 
 def test_the_validation_share_travels_to_clients() -> None:
     """It decides what each client trains on: a server's split must reach every client."""
     record = make_config({"val_fraction": 0.2}).client_config().to_record()
-    assert record["val-fraction"] == 0.2
-    assert read_client_config(record).val_fraction == 0.2
+    assert record["data.val-fraction"] == 0.2
+    assert read_client_config(record).data.val_fraction == 0.2
 
 
 def test_missing_required_key_and_wrong_type_are_named() -> None:
     record = make_config({}).client_config().to_record()
-    del record["model"]
-    with pytest.raises(ProtocolError, match=r"lacks required key\(s\) \['model'\]"):
+    del record["model.model"]
+    with pytest.raises(ProtocolError, match=r"lacks required key\(s\) \['model.model'\]"):
         read_client_config(record)
     record = make_config({}).client_config().to_record()
-    record["batch-size"] = "32"
-    with pytest.raises(ProtocolError, match="'batch-size' should be int, got str"):
+    record["train.batch-size"] = "32"
+    with pytest.raises(ProtocolError, match="batch_size: expected an integer, got a string '32'"):
         read_client_config(record)
-    record["batch-size"] = 32.0  # an integral float is an int
-    assert read_client_config(record).batch_size == 32
+    record["train.batch-size"] = 16
+    assert read_client_config(record).train.batch_size == 16
 
 
 def test_node_settings_from_a_supernode_config() -> None:
@@ -106,18 +114,15 @@ def test_node_settings_from_a_supernode_config() -> None:
         read_node_settings({"device": "tpu"})
 
 
-def test_dp_sgd_settings_travel_with_sample_level_dp_only() -> None:
-    plain = make_config({"strategy": "fedwon"}).client_config()
-    assert plain.dp_sgd is False
-    user = make_config(
-        {"strategy": "fedwon", "dp.enabled": True, "dp.noise_multiplier": 1.0, "min_clients": 5}
-    ).client_config()
-    assert user == plain  # user-level DP happens on the server (or in a mod): nothing to send
+def test_the_dp_section_travels_as_it_is() -> None:
+    """DP-SGD's settings are the dp section itself (no flattened copies); the run's number of
+    rounds travels as the horizon a target epsilon is planned for."""
     cfg = make_config(
         {"strategy": "fedwon", "num_rounds": 7, "dp.enabled": True, "dp.level": "sample"}
         | {"dp.target_epsilon": 3.0, "dp.clip_norm": 0.5, "dp.split": "dim"}
     )
     record = cfg.client_config().to_record()
-    assert record["dp-sgd"] is True and record["dp-sgd-rounds"] == 7
-    assert record["dp-sgd-clip-norm"] == 0.5 and record["dp-sgd-split"] == "dim"
-    assert read_client_config(record) == cfg.client_config()
+    assert record["dp.enabled"] is True and record["num-rounds"] == 7
+    assert record["dp.clip-norm"] == 0.5 and record["dp.split"] == "dim"
+    back = read_client_config(record)
+    assert back == cfg.client_config() and back.dp == cfg.dp

@@ -60,7 +60,7 @@ from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
 from fedwon.privacy.train_wrapper import TrainWrapper
 from fedwon.privacy.updates import apply_update, arrays_of, is_learned, update_tensors
-from fedwon.protocol import (
+from fedwon.records import (
     CLIP_NORM_KEY,
     CLIPPED_METRIC,
     CLIPPING_KEY,

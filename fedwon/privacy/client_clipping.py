@@ -21,7 +21,7 @@ from flwr.common.constant import ErrorCode
 
 from fedwon.privacy.clipping import clip_tensors_
 from fedwon.privacy.updates import apply_update, arrays_of, update_tensors
-from fedwon.protocol import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY
+from fedwon.records import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedwon.privacy.train_wrapper import TrainWrapper
-from fedwon.protocol import EPSILON_METRIC
+from fedwon.records import EPSILON_METRIC
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedwon.engine.fastarrays import payload_view
 from fedwon.errors import failure_line
-from fedwon.protocol import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
+from fedwon.records import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
 
 log = logging.getLogger(__name__)
 

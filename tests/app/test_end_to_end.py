@@ -111,7 +111,7 @@ def _faulty_run(cfg: RunConfig) -> RunOutcome:
     import faulty_client
 
     server_app = BoundServerApp(cfg)
-    run_fast(server_app, faulty_client.app, cfg.num_clients, num_workers=0)
+    run_fast(server_app, faulty_client.app, cfg.data.num_clients, num_workers=0)
     assert server_app.outcome is not None
     return server_app.outcome
 

@@ -224,7 +224,7 @@ def test_an_empty_override_unsets_a_recipe_key() -> None:
     with pytest.raises(ConfigError, match="server_lr"):
         load_config(recipe, ["aggregator=fedavg"])
     cfg = load_config(recipe, ["aggregator=fedavg", "server_lr=", "server_weight_decay="])
-    assert (cfg.aggregator, cfg.server_lr) == ("fedavg", None)
+    assert (cfg.server.aggregator, cfg.server.server_lr) == ("fedavg", None)
     assert cfg.replace(server_lr=None) == cfg
 
 

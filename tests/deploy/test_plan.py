@@ -16,12 +16,16 @@ SIMS = Path(__file__).resolve().parents[2] / "sims"
 def test_fewer_nodes_than_domains_use_the_first_domains() -> None:
     cfg, changes = fit_to_nodes(load_config(SIMS / "cross_silo.toml", []), 2, rounds=3)
     assert changes == {"num_clients": 2, "num_rounds": 3, "domains": "mnist,mnist_m"}
-    assert (cfg.num_clients, cfg.num_rounds, cfg.domain_list) == (2, 3, ("mnist", "mnist_m"))
+    assert (cfg.data.num_clients, cfg.server.num_rounds, cfg.data.domains) == (
+        2,
+        3,
+        ("mnist", "mnist_m"),
+    )
 
 
 def test_a_multiple_of_the_domains_keeps_them_all() -> None:
     cfg, changes = fit_to_nodes(load_config(SIMS / "cross_silo.toml", []), 10)
-    assert changes == {"num_clients": 10} and cfg.domain_list is None
+    assert changes == {"num_clients": 10} and cfg.data.domains is None
 
 
 @pytest.mark.parametrize(("overrides", "nodes"), [([], 7), (['domains="mnist,usps"'], 3)])

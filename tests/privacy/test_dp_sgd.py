@@ -223,4 +223,4 @@ def test_the_message_settings_become_a_validated_dp_config() -> None:
     )
     dp = sample_dp_config(cfg.client_config())
     assert dp == cfg.dp
-    assert cfg.client_config().dp_sgd_rounds == cfg.num_rounds
+    assert cfg.client_config().dp_sgd_rounds == cfg.server.num_rounds

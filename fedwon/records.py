@@ -1,0 +1,50 @@
+"""Every name a message or reply carries: record names, metric keys, config keys set by
+strategies and wrappers, and node-config keys.
+
+The bottom of fedwon's layers: it imports nothing from fedwon, so the packages that build or
+read messages (strategies, privacy, engine, the apps) all name keys from here, never as
+literals. :mod:`fedwon.protocol` re-exports them beside what a message's config carries.
+"""
+
+from __future__ import annotations
+
+# ---- record names ---------------------------------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: the shared model arrays (message and train reply)
+CONFIG = "config"  # ConfigRecord: ClientConfig + Flower's keys (message)
+METRICS = "metrics"  # MetricRecord: train or evaluate metrics (reply)
+CLIENT = "client"  # ConfigRecord: who replied (reply)
+
+# ---- keys in records ------------------------------------------------------------------------
+WEIGHT_KEY = "num-examples"  # MetricRecord: the reply's aggregation weight
+PARTITION_KEY = "partition-id"  # CLIENT record: the replying client's partition
+DOMAIN_KEY = "domain"  # CLIENT record: the replying client's domain name
+ROUND_KEY = "server-round"  # CONFIG record, set by Flower's strategies
+PROXIMAL_MU_KEY = "proximal-mu"  # CONFIG record, set by Flower's FedProx
+CLIP_NORM_KEY = "dp-clip-norm"  # CONFIG record, set by CentralDP(placement="client")
+CLIPPING_KEY = "dp-clipping"  # flat | per_layer
+SPLIT_KEY = "dp-split"  # uniform | dim
+# train MetricRecord under DP: epsilon spent after the round. Sample level (DP-SGD): each reply
+# carries its client's own epsilon and the round's aggregate is the max over its clients.
+EPSILON_METRIC = "epsilon"
+CLIPPED_METRIC = "clipped_fraction"  # train MetricRecord under DP: share of updates clipped
+TRAIN_LOSS = "train_loss"
+ACCURACY = "accuracy"
+LOSS = "loss"
+
+# ---- node config keys (``flower-supernode --node-config``) ----------------------------------
+NODE_PARTITION = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_DATA_ROOT = "data-root"
+NODE_DATASET = "dataset"
+NODE_DOMAIN = "domain"
+NODE_THREADS = "threads"
+NODE_DEVICE = "device"
+NODE_KEYS = (
+    NODE_PARTITION,
+    NODE_NUM_PARTITIONS,
+    NODE_DATA_ROOT,
+    NODE_DATASET,
+    NODE_DOMAIN,
+    NODE_THREADS,
+    NODE_DEVICE,
+)
