@@ -30,7 +30,13 @@ from fedwon.process_guard import start_guard
 from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.run_dir import resolve_out
 from fedwon.run_lock import lock_run_dir
-from fedwon.strategies import METHODS, RoundReport, build_strategy
+from fedwon.strategies import (
+    METHODS,
+    RoundCallback,
+    RoundReport,
+    RoundRules,
+    build_strategy,
+)
 from fedwon.strategies.server_state import restore_server_state, snapshot_server_state
 
 log = logging.getLogger(__name__)
@@ -91,15 +97,7 @@ def run_server(
 
     # built (noise calibrated against the rounds already run) before the resume writes
     privacy = PrivacyWrap(cfg, wrap, checkpoint=ckpt)
-    strategy = build_strategy(
-        cfg.server,
-        num_clients=cfg.data.num_clients,
-        seed=cfg.seed,
-        client_lr=cfg.train.lr,
-        round_offset=start_round,
-        on_round=record,
-        wrap=privacy,
-    )
+    strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
     last = privacy.last_round(start_round)
     if ckpt is not None:
         recorder.resume(ckpt)
@@ -125,6 +123,26 @@ def run_server(
         )
     summary = recorder.finish(privacy.summary(recorder.rows))
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
+
+
+def run_strategy(
+    cfg: RunConfig,
+    *,
+    round_offset: int = 0,
+    on_round: RoundCallback | None = None,
+    wrap: Callable[[Strategy], Strategy] | None = None,
+) -> RoundRules:
+    """:func:`~fedwon.strategies.build_strategy` for a run: its server section, with the
+    number of clients and the seed the other sections give."""
+    return build_strategy(
+        cfg.server,
+        num_clients=cfg.data.num_clients,
+        seed=cfg.seed,
+        client_lr=cfg.train.lr,
+        round_offset=round_offset,
+        on_round=on_round,
+        wrap=wrap,
+    )
 
 
 class PrivacyWrap:

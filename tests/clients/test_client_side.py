@@ -17,7 +17,7 @@ from fedwon.clients.train import clipped_parameters
 from fedwon.clients.workspace import load_in_place
 from fedwon.config import make_config
 from fedwon.models import build_model
-from fedwon.protocol import NodeSettings, ProtocolError
+from fedwon.protocol import ProtocolError
 from fedwon.server_app import initial_arrays
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -89,8 +89,8 @@ def test_agc_clips_everything_but_the_head() -> None:
 
 def test_workspace_reset_leaves_nothing_of_the_previous_client() -> None:
     cfg = make_config({**TINY, "strategy": "fedbn", "momentum": 0.9}).client_config()
-    ws = workspace(cfg, NodeSettings(partition_id=0))
-    assert ws is workspace(cfg, NodeSettings(partition_id=3))  # one per process, not per client
+    ws = workspace(cfg.data, cfg.model, cfg.train, cfg.seed)
+    assert ws is workspace(cfg.data, cfg.model, cfg.train, cfg.seed)  # one per process
     x, y = ws.federation.train_data(0)
     ws.reset({}, None)
     train_epochs(
@@ -141,7 +141,7 @@ def test_in_place_load_defers_to_load_state_dict_when_a_module_has_load_hooks() 
 
 def test_workspace_seed_draws_what_torch_manual_seed_draws() -> None:
     cfg = make_config(TINY).client_config()
-    ws = workspace(cfg, NodeSettings(partition_id=0))
+    ws = workspace(cfg.data, cfg.model, cfg.train, cfg.seed)
     torch.manual_seed(123)
     expected = torch.rand(5), torch.nn.functional.dropout(torch.ones(8), 0.5)
     ws.seed(123)
@@ -152,12 +152,14 @@ def test_workspace_seed_draws_what_torch_manual_seed_draws() -> None:
 def test_context_store_keeps_local_layers_for_the_same_setup_only() -> None:
     cfg = make_config({**TINY, "strategy": "fedbn"}).client_config()
     ctx = context({})
-    store = ContextStateStore(ctx, cfg)
+    store = ContextStateStore(ctx, cfg.fingerprint())
     assert store.load() is None
     store.save({"bn.weight": torch.tensor([1.0, 2.0])})
-    assert torch.equal(ContextStateStore(ctx, cfg).load()["bn.weight"], torch.tensor([1.0, 2.0]))  # type: ignore[index]
+    assert torch.equal(
+        ContextStateStore(ctx, cfg.fingerprint()).load()["bn.weight"], torch.tensor([1.0, 2.0])
+    )  # type: ignore[index]
     other = make_config({**TINY, "strategy": "fedbn", "seed": 1}).client_config()
-    assert ContextStateStore(ctx, other).load() is None
+    assert ContextStateStore(ctx, other.fingerprint()).load() is None
 
 
 def test_client_trains_with_flowers_extra_keys_and_keeps_fedbn_layers_in_context() -> None:

@@ -4,7 +4,8 @@ import pytest
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from fedwon.config import ConfigError, make_config
-from fedwon.strategies import AGGREGATORS, build_strategy
+from fedwon.server_app import run_strategy
+from fedwon.strategies import AGGREGATORS
 
 
 @pytest.mark.parametrize(
@@ -20,21 +21,21 @@ from fedwon.strategies import AGGREGATORS, build_strategy
 )
 def test_aggregator_is_flowers_own_class(name: str, cls: type) -> None:
     extra = {"proximal_mu": 0.1} if name == "fedprox" else {}
-    strategy = build_strategy(make_config({"aggregator": name, "num_clients": 10, **extra}))
+    strategy = run_strategy(make_config({"aggregator": name, "num_clients": 10, **extra}))
     assert type(strategy.strategy) is cls  # not a copy, not a subclass
     assert AGGREGATORS[name].cls is cls
 
 
 def test_config_keys_reach_the_aggregator() -> None:
-    adam = build_strategy(
+    adam = run_strategy(
         make_config({"aggregator": "fedadam", "server_lr": 0.03, "beta_1": 0.5, "tau": 1e-4})
     ).strategy
     assert isinstance(adam, FedAdam)
     assert (adam.eta, adam.beta_1, adam.tau) == (0.03, 0.5, 1e-4)
     assert adam.beta_2 == FedAdam().beta_2  # unset: Flower's default
-    prox = build_strategy(make_config({"aggregator": "fedprox", "proximal_mu": 0.2})).strategy
+    prox = run_strategy(make_config({"aggregator": "fedprox", "proximal_mu": 0.2})).strategy
     assert isinstance(prox, FedProx) and prox.proximal_mu == 0.2
-    avgm = build_strategy(
+    avgm = run_strategy(
         make_config({"aggregator": "fedavgm", "server_lr": 0.5, "server_momentum": 0.9})
     ).strategy
     assert isinstance(avgm, FedAvgM)
@@ -43,7 +44,7 @@ def test_config_keys_reach_the_aggregator() -> None:
 
 def test_clients_per_round_is_sampled_exactly() -> None:
     for n, k in [(1000, 10), (7, 3), (49, 17), (3, 3)]:
-        strategy = build_strategy(make_config({"num_clients": n, "clients_per_round": k}))
+        strategy = run_strategy(make_config({"num_clients": n, "clients_per_round": k}))
         inner = strategy.strategy
         assert isinstance(inner, FedAvg)
         assert max(int(n * inner.fraction_train), inner.min_train_nodes) == k

@@ -12,7 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedwon.config import make_config
-from fedwon.strategies import RoundFailedError, RoundReport, RoundRules, build_strategy
+from fedwon.server_app import run_strategy
+from fedwon.strategies import RoundFailedError, RoundReport, RoundRules
 
 W0 = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
 
@@ -24,20 +25,20 @@ def sampled(strategy: RoundRules, rnd: int, n: int = 20) -> list[int]:
 
 def test_sampling_is_reproducible_per_round_and_sized_by_clients_per_round() -> None:
     cfg = make_config({"model": "cnn-tiny", "num_clients": 20, "clients_per_round": 5})
-    a, b = build_strategy(cfg), build_strategy(cfg)
+    a, b = run_strategy(cfg), run_strategy(cfg)
     rounds = [sampled(a, r) for r in (1, 2, 3)]
     assert rounds[0] == sampled(b, 1)
     assert all(len(r) == 5 for r in rounds)
     assert rounds[0] != rounds[1] and rounds[1] != rounds[2]  # C(20,5) = 15504: a clash is a bug
     # a resumed run (offset 2) samples in its round 1 what the original sampled in round 3
-    assert sampled(build_strategy(cfg, round_offset=2), 1) == rounds[2]
+    assert sampled(run_strategy(cfg, round_offset=2), 1) == rounds[2]
     # another seed, another sample
-    assert sampled(build_strategy(cfg.replace(seed=1)), 1) != rounds[0]
+    assert sampled(run_strategy(cfg.replace(seed=1)), 1) != rounds[0]
 
 
 def test_evaluation_runs_every_eval_every_rounds_and_on_the_last() -> None:
     cfg = make_config({"model": "cnn-tiny", "num_clients": 2, "num_rounds": 7, "eval_every": 3})
-    strategy = build_strategy(cfg)
+    strategy = run_strategy(cfg)
     grid = FakeGrid(2)
     evaluated = [
         r for r in range(1, 8) if list(strategy.configure_evaluate(r, W0, ConfigRecord(), grid))
@@ -108,7 +109,7 @@ def test_bad_replies_never_reach_inner_strategies_and_the_rest_is_averaged() -> 
 
 def test_too_few_usable_replies_stop_the_run_with_the_reasons() -> None:
     cfg = make_config({"model": "cnn-tiny", "num_clients": 4, "min_clients": 3})
-    strategy = build_strategy(cfg)
+    strategy = run_strategy(cfg)
     with pytest.raises(RoundFailedError, match=r"round 1 train: 2 of 4 .*min_clients=3.*exploded"):
         strategy.start(FakeGrid(4, respond), W0, num_rounds=1)  # type: ignore[arg-type]
     with pytest.raises(RoundFailedError, match=r"0 of 0 .*\(no replies arrived\)"):
@@ -165,7 +166,7 @@ def test_a_diverged_server_step_is_blamed_on_the_server_not_on_the_clients(
     ):
         run_simulation(cfg, tmp_path / "run")
     # an aggregate that is itself non-finite is caught before any client receives it
-    strategy = build_strategy(make_config({"aggregator": "fedadam", "server_lr": 1e30}))
+    strategy = run_strategy(make_config({"aggregator": "fedadam", "server_lr": 1e30}))
     inf = ArrayRecord({"w": Array(np.array([1.0, np.inf], np.float32))})
     with pytest.raises(RoundFailedError, match=r"round 3: the server update diverged .* in w "):
         strategy._check_server_update(3, inf)
