@@ -24,9 +24,9 @@ from fedwon.privacy.dp_sgd import (
     dp_sgd_noise_multiplier,
     parameter_bounds,
     private_training,
-    sample_dp_config,
 )
 from fedwon.privacy.grad_samplers import compute_ws_conv_grad_sample
+from fedwon.protocol import read_client_config
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +210,7 @@ def test_private_training_reports_the_steps_opacus_accounted() -> None:
         assert dp.history() == [(1.1, 1 / 3, 6)]  # ceil(10 / 4) = 3 Poisson batches an epoch
 
 
-def test_the_message_settings_become_a_validated_dp_config() -> None:
+def test_the_message_carries_the_dp_section_itself() -> None:
     cfg = make_config(
         {
             "strategy": "fedwon",
@@ -221,6 +221,6 @@ def test_the_message_settings_become_a_validated_dp_config() -> None:
             "dp.delta": 1e-4,
         }
     )
-    dp = sample_dp_config(cfg.client_config())
-    assert dp == cfg.dp
-    assert cfg.client_config().dp_sgd_rounds == cfg.server.num_rounds
+    sent = read_client_config(cfg.client_config().to_record())
+    assert sent.dp == cfg.dp  # the dp section, validated again on the client
+    assert sent.num_rounds == cfg.server.num_rounds  # the horizon a target is planned for
