@@ -43,12 +43,15 @@ def test_round_row_keeps_per_domain_metrics_and_nulls_non_finite_values() -> Non
 
 def test_checkpoint_round_trips_arrays_rows_and_client_states(tmp_path: Path) -> None:
     arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
+    arrays["bn.num_batches_tracked"] = Array(np.array(9, np.int64))  # 0-d, as BN has it
     local = ArrayRecord({"bn.weight": Array(np.array([0.5, 2.0], np.float32))})
     states = {3: RecordDict({"fedwon.local": local, "meta": ConfigRecord({"n": 7})})}
     save_checkpoint(tmp_path, Checkpoint(4, arrays, [{"round": 4}], states))
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.round == 4 and ckpt.rows == [{"round": 4}]
     np.testing.assert_array_equal(ckpt.arrays["w"].numpy(), arrays["w"].numpy())
+    counter = ckpt.arrays["bn.num_batches_tracked"].numpy()
+    assert (counter.dtype, counter.shape, counter.item()) == (np.int64, (), 9)
     assert ckpt.client_states is not None and list(ckpt.client_states) == [3]
     back = ckpt.client_states[3]
     np.testing.assert_array_equal(back["fedwon.local"]["bn.weight"].numpy(), [0.5, 2.0])
