@@ -141,11 +141,11 @@ def test_a_crash_between_the_checkpoint_renames_resumes_from_the_newer_copy(
 
     def crash_on_the_second_rename(self: Path, target: Any) -> Any:
         if self.name == "checkpoint.tmp":
-            raise KeyboardInterrupt  # killed after checkpoint -> checkpoint.old
+            raise KeyboardInterrupt("killed")  # killed after checkpoint -> checkpoint.old
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", crash_on_the_second_rename)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed"):
         save_checkpoint(tmp_path, Checkpoint(4, arrays[4], [{"round": 4}]))
     monkeypatch.undo()
     assert not (tmp_path / "checkpoint").exists()  # both copies complete, neither in place

@@ -128,7 +128,7 @@ def test_a_supernode_that_cannot_reach_a_tls_superlink_is_explained(
         federation.start_superlink()
         values = node_config(fitted(1), 0, 1)
         federation.start_node(0, values, root_certificates=other_ca, insecure=other_ca is None)
-        with pytest.raises(DeployError) as caught:
+        with pytest.raises(DeployError, match=r"^supernode-0 cannot connect") as caught:
             while time.monotonic() - start < 120:
                 federation.check()
                 time.sleep(0.5)
