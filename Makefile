@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test test-all lint bench report report-quick clean
+.PHONY: setup demo test test-slow test-all lint bench report report-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# End-to-end runs too long for `make test` (learning curves, the quick study, TLS, deployment
+# failure modes); CI runs them after `make test`.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ""

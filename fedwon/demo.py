@@ -3,6 +3,9 @@
 Runs ``sims/cross_silo.toml`` once per method with a short schedule (a few minutes on two CPU
 cores), writes each run under ``runs/demo/<method>`` and prints the per-domain comparison.
 Per-method learning rates follow the finding that FedWon wants a larger one than BN models.
+
+``python -m fedwon.demo key=value ...`` appends recipe overrides (the Makefile passes none):
+tests/test_demo.py runs the demo this way with ``num_rounds=1`` and a little data.
 """
 
 from __future__ import annotations

@@ -192,8 +192,8 @@ def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def numpy_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    # np.asarray keeps 0-d arrays 0-d (np.ascontiguousarray would make BN counters (1,))
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+    """Arrays with their shapes as saved (a 0-d BN counter stays 0-d, as the model has it)."""
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
 
 
 @dataclass

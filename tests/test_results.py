@@ -46,12 +46,15 @@ def test_round_row_keeps_per_domain_metrics_and_nulls_non_finite_values() -> Non
 
 def test_checkpoint_round_trips_arrays_rows_and_client_states(tmp_path: Path) -> None:
     arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
+    arrays["bn.num_batches_tracked"] = Array(np.array(9, np.int64))  # 0-d, as BN has it
     local = ArrayRecord({"bn.weight": Array(np.array([0.5, 2.0], np.float32))})
     states = {3: RecordDict({"fedwon.local": local, "meta": ConfigRecord({"n": 7})})}
     save_checkpoint(tmp_path, Checkpoint(4, arrays, [{"round": 4}], states))
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.round == 4 and ckpt.rows == [{"round": 4}]
     np.testing.assert_array_equal(ckpt.arrays["w"].numpy(), arrays["w"].numpy())
+    counter = ckpt.arrays["bn.num_batches_tracked"].numpy()
+    assert (counter.dtype, counter.shape, counter.item()) == (np.int64, (), 9)
     assert ckpt.client_states is not None and list(ckpt.client_states) == [3]
     back = ckpt.client_states[3]
     np.testing.assert_array_equal(back["fedwon.local"]["bn.weight"].numpy(), [0.5, 2.0])
@@ -141,11 +144,11 @@ def test_a_crash_between_the_checkpoint_renames_resumes_from_the_newer_copy(
 
     def crash_on_the_second_rename(self: Path, target: Any) -> Any:
         if self.name == "checkpoint.tmp":
-            raise KeyboardInterrupt  # killed after checkpoint -> checkpoint.old
+            raise KeyboardInterrupt("killed")  # killed after checkpoint -> checkpoint.old
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", crash_on_the_second_rename)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed"):
         save_checkpoint(tmp_path, Checkpoint(4, arrays[4], [{"round": 4}]))
     monkeypatch.undo()
     assert not (tmp_path / "checkpoint").exists()  # both copies complete, neither in place

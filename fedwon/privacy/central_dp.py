@@ -23,6 +23,8 @@ accounting *with* amplification by sampling (Opacus' RDP or PRV accountant, see
    aggregated by the inner strategy's own function: the same result for 1/N of the work (the
    inner average would otherwise cost as much as a whole FedAvg round). Other strategies
    (median, Krum, ...) get the N replies.
+   Entries that are not learned (integer counters, see :mod:`fedwon.privacy.updates`) are
+   put back to the sent values afterwards: the global model keeps their dtype and shape.
 4. The train MetricRecord gains ``epsilon`` (spent after this round) and
    ``clipped_fraction`` (share of the cohort whose update was clipped; a server-side
    diagnostic, not privatized -- like the clients' other metrics).
@@ -59,7 +61,13 @@ from fedwon.privacy.config import DPConfig
 from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
 from fedwon.privacy.train_wrapper import TrainWrapper
-from fedwon.privacy.updates import apply_update, arrays_of, is_learned, update_tensors
+from fedwon.privacy.updates import (
+    apply_update,
+    arrays_of,
+    hold_fixed,
+    is_learned,
+    update_tensors,
+)
 from fedwon.records import (
     CLIP_NORM_KEY,
     CLIPPED_METRIC,
@@ -270,6 +278,8 @@ class CentralDP(TrainWrapper):
         arrays, metrics = self.strategy.aggregate_train(
             server_round, self._inner_replies(usable, released)
         )
+        if arrays is not None:
+            arrays = hold_fixed(arrays, sent)
         self.epsilon_spent = self.ledger.epsilon(server_round)
         if metrics is not None:
             metrics[EPSILON_METRIC] = self.epsilon_spent

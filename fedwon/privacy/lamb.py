@@ -29,8 +29,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy.fedopt import FedOpt
+
+from fedwon.privacy.updates import as_array
 
 
 def trust_ratio(weight_norm: float, step_norm: float) -> float:
@@ -107,5 +109,4 @@ class FedLAMB(FedOpt):
             ratios[key] = ratio
             new[key] = (w + (self.eta * ratio) * u).astype(w.dtype, copy=False)
         self.last_trust_ratios = ratios
-        # np.asarray keeps 0-d arrays 0-d (np.ascontiguousarray would make BN counters (1,))
-        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in new.items()}), metrics
+        return ArrayRecord({k: as_array(v) for k, v in new.items()}), metrics  # 0-d stays 0-d

@@ -8,7 +8,16 @@ the update is:
   (one tensor = one layer, see :mod:`fedwon.privacy.clipping`);
 * non-floating entries (BatchNorm's ``num_batches_tracked`` counters when a strategy shares
   them) carry no learned signal but do reveal how many batches a client ran, so they are not
-  part of the release: every reply's value is replaced by the value that was sent.
+  part of the release: every reply's value is replaced by the value that was sent, and
+  :func:`hold_fixed` puts the sent value back after the inner strategy aggregated (a weighted
+  mean turns an int64 counter into float64, which the next round would then take for a
+  learned entry and clip and noise with the weights);
+* every entry keeps the dtype and shape it was sent with (a 0-d counter stays 0-d: numpy's
+  ``ascontiguousarray`` would make it shape ``(1,)``, which the client's reply does not match).
+
+Floating buffers that are not trained by gradients (BatchNorm's running mean and variance)
+*are* learned entries here: they are averages of a client's activations, so they are clipped
+with the weights and noised like them (see docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -36,6 +45,12 @@ def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
 def is_learned(array: np.ndarray) -> bool:
     """Whether an entry is part of the update (floating point) or held fixed (counters)."""
     return bool(np.issubdtype(array.dtype, np.floating))
+
+
+def as_array(values: np.ndarray) -> Array:
+    """An Array of ``values`` with their dtype and shape (0-d stays 0-d), in C order."""
+    values = np.asarray(values)
+    return Array(values if values.flags.c_contiguous else np.ascontiguousarray(values))
 
 
 def payload_view(array: Array) -> np.ndarray | None:
@@ -123,8 +138,23 @@ def apply_update(sent: Mapping[str, np.ndarray], update: Mapping[str, torch.Tens
     out: dict[str, Array] = {}
     for key, base in sent.items():
         if key in update:
-            value = base + update[key].numpy().astype(base.dtype, copy=False)
-            out[key] = Array(np.ascontiguousarray(value))
+            out[key] = as_array(base + update[key].numpy().astype(base.dtype, copy=False))
         else:
-            out[key] = Array(np.ascontiguousarray(base))
+            out[key] = as_array(base)
     return ArrayRecord(out)
+
+
+def hold_fixed(aggregated: ArrayRecord, sent: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """``aggregated`` with every entry that is not learned put back to the value sent.
+
+    The released replies already carry the sent counters, but the inner strategy's mean
+    returns them as float64 (and a server optimizer could in principle move them): the
+    global model must keep them exactly as they were, integer dtype and shape included, or
+    the next round would count them as learned and the clients' replies would not match.
+    """
+    fixed = {key for key, base in sent.items() if not is_learned(base)}
+    if not fixed:
+        return aggregated
+    return ArrayRecord(
+        {key: as_array(sent[key]) if key in fixed else array for key, array in aggregated.items()}
+    )

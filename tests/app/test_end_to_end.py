@@ -81,6 +81,20 @@ def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_pa
         assert (tmp_path / "flower" / name).stat().st_size > 0
 
 
+# Seeded accuracy after 6 rounds of SMALL on the fast engine (2-core x86 machine, torch 2.13):
+# FedAvg 0.548, FedWon 0.380 (chance: 0.1). Each threshold sits below its seeded value by a
+# margin for other CPUs' last bits, and far above chance: a method that stops learning fails.
+LEARNS = {"fedavg": 0.45, "fedwon": 0.30}
+
+
+@pytest.mark.parametrize("strategy", sorted(LEARNS))
+def test_fedavg_and_fedwon_learn_well_above_chance(strategy: str) -> None:
+    outcome = run_simulation(small(strategy, engine="fast", num_workers=0, num_rounds=6), None)
+    accuracy = [r["accuracy"] for r in outcome.rows]
+    assert accuracy[-1] > LEARNS[strategy], accuracy
+    assert accuracy[-1] > accuracy[0] + 0.1, accuracy  # it improves over the rounds
+
+
 def test_fedbn_keeps_distinct_norm_layers_in_each_clients_context(tmp_path: Path) -> None:
     outcome = run_simulation(small("fedbn", engine="fast", num_workers=0), tmp_path)
     local_keys = set(norm_state_keys(build_model("cnn-tiny", norm="bn")))
@@ -122,7 +136,7 @@ def test_a_raising_client_and_a_nan_update_are_survived() -> None:
     assert [r["clients"] for r in outcome.rows] == [3, 3]
     for value in outcome.arrays.values():
         assert np.isfinite(value.numpy()).all()
-    assert outcome.rows[-1]["accuracy"] > 0.1
+    assert outcome.rows[-1]["accuracy"] > 0.17  # seeded: 0.214 (chance 0.1), the survivors learn
 
 
 def test_too_many_failures_stop_the_run_with_a_clear_message() -> None:

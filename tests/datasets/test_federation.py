@@ -175,7 +175,7 @@ def test_spec_errors_are_one_clear_line(changes: dict[str, object], message: str
     with pytest.raises(DataError, match=message) as info:
         load_federation(bad)
     assert "\n" not in str(info.value)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=message):
         validate_spec(bad)
 
 

@@ -81,7 +81,7 @@ def test_malicious_pickle_refused_and_payload_never_runs(
     target = tmp_path / "pwned"
     path = tmp_path / "train_part0.pkl"
     path.write_bytes(pickle.dumps((np.zeros(3), gadget(target)), protocol=protocol))
-    with pytest.raises(UnsafePickleError) as info:
+    with pytest.raises(UnsafePickleError, match="refused") as info:
         load_pickle_file(path)
     message = str(info.value)
     assert str(path) in message and "refused" in message

@@ -36,7 +36,7 @@ def test_two_supernodes_two_rounds_of_fedwon_write_results(tmp_path: Path) -> No
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["clients"] == 2 and r["dropped"] == 0 for r in rows)
     assert rows[0]["accuracy"] is None
-    assert rows[-1]["accuracy"] > 0.1  # chance is 0.1 after two tiny rounds
+    assert rows[-1]["accuracy"] > 0.16  # seeded: 0.21 after two tiny rounds (chance 0.1)
     assert result.summary["strategy"] == "fedwon"
     assert set(result.summary["final"]["per_domain"]) == {"mnist", "mnist_m"}
     for name in RESULT_FILES:
@@ -128,7 +128,7 @@ def test_a_supernode_that_cannot_reach_a_tls_superlink_is_explained(
         federation.start_superlink()
         values = node_config(fitted(1), 0, 1)
         federation.start_node(0, values, root_certificates=other_ca, insecure=other_ca is None)
-        with pytest.raises(DeployError) as caught:
+        with pytest.raises(DeployError, match=r"^supernode-0 cannot connect") as caught:
             while time.monotonic() - start < 120:
                 federation.check()
                 time.sleep(0.5)
@@ -159,21 +159,17 @@ def test_killing_a_supernode_mid_run_does_not_hang_the_server(tmp_path: Path) ->
 
         threading.Thread(target=kill_when_training, daemon=True).start()
         start = time.monotonic()
-        try:
+        # The deployment sizes the server to N nodes (min_available_nodes = N, see
+        # fedwon.deploy.plan): a node gone for good can never be sampled again, so the only
+        # right end is an abort naming it, well before the deadline (not a hang, not a "success"
+        # that depends on when the SuperLink noticed).
+        with pytest.raises(DeployError, match="the server waits for 2 nodes but 1 are") as err:
             federation.run(APP_DIR, run_config_for(root, cfg), timeout=timeout)
-            outcome = "completed"
-        except DeployError as err:
-            outcome = str(err)
         elapsed = time.monotonic() - start
         ports = federation.ports
     assert victim.process.exit_code == -signal.SIGKILL
     assert elapsed < timeout  # decided before the deadline: it did not hang
-    if outcome == "completed":
-        rows = read_metrics(root)
-        assert sum(r["dropped"] for r in rows) >= 1 and rows[-1]["round"] == 2
-    else:
-        assert "supernode-1 exited (killed by SIGKILL" in outcome, outcome
-        assert "the server waits for 2 nodes but 1 are connected" in outcome
+    assert "supernode-1 exited (killed by SIGKILL" in str(err.value)
     assert_nothing_left(root, ports)
 
 

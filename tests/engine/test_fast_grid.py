@@ -394,7 +394,7 @@ def test_executor_choice_and_actor_sizing() -> None:
     assert isinstance(make_executor(APP, num_workers=2), RayExecutor)
     assert isinstance(make_executor(APP, gpus_per_client=0.5), RayExecutor)
     assert isinstance(make_executor(APP, ray_init_args={"address": "auto"}), RayExecutor)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_workers must be >= 0 or None, got -1"):
         make_executor(APP, num_workers=-1)
     cpu_node = {"Resources": {"CPU": 8.0}, "Alive": True}
     gpu_node = {"Resources": {"CPU": 8.0, "GPU": 2.0}, "Alive": True}

@@ -88,7 +88,7 @@ def test_group_and_layer_norm_details() -> None:
     fc = make_norm("gn", 32, dim=1)
     assert isinstance(fc, nn.GroupNorm) and fc.num_groups == 4
     assert make_norm("gn", 32, dim=1).train()(torch.randn(1, 32)).std() > 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"channels must be >= 1, got 0"):
         gn_groups(0)
 
 

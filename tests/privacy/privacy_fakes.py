@@ -34,7 +34,8 @@ def model_arrays(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+    """Arrays with their own dtypes and shapes (a 0-d counter stays 0-d)."""
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
 
 
 def client_delta(node: int, scale: float, template: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -54,12 +55,19 @@ def reply(
     counter: int = 99,
     loss: float = 1.0,
 ) -> Message:
-    """What a client sends back: received arrays + delta (its counter changed to ``counter``)."""
+    """What a client sends back: received arrays + delta (its counter changed to ``counter``).
+
+    Like a real client, it loads what it received into *its own* model and replies with that
+    model's tensors: the dtypes and shapes of :func:`model_arrays` (a 0-d int64 counter),
+    whatever the server sent.
+    """
     sent = {k: a.numpy() for k, a in instruction.content["arrays"].items()}
-    new = {
-        k: (v + delta[k]).astype(v.dtype) if k in delta else np.array(counter, v.dtype)
-        for k, v in sent.items()
-    }
+    model = model_arrays()
+    new = {}
+    for k, v in sent.items():
+        own = model.get(k, v)  # arrays of other test 'models' keep what was sent
+        value = v + delta[k] if k in delta else np.array(counter)
+        new[k] = np.asarray(value).astype(own.dtype).reshape(own.shape)
     content = RecordDict(
         {
             "arrays": record(new),

@@ -280,3 +280,27 @@ def test_a_non_finite_update_is_dropped_from_the_sum() -> None:
     got = arrays["fc.weight"].numpy()
     kept = deltas[0]["fc.weight"] + deltas[1]["fc.weight"] + deltas[3]["fc.weight"]
     np.testing.assert_allclose(got, sent["fc.weight"] + kept / COHORT, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("inner", ["fedavg", "fedadam", "lamb", "median"])
+def test_integer_counters_keep_dtype_shape_and_value_round_after_round(inner: str) -> None:
+    """Issue 18 (severe 7): the server sent BN's counter back as float64 of shape (1,), the
+    next round took it for a learned entry and refused the client's int64 () reply."""
+    fixed = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=4)
+    strategies: dict[str, Any] = {
+        "fedavg": fedavg,
+        "fedadam": lambda: FedAdam(**fixed, min_available_nodes=4),
+        "lamb": lambda: FedLAMB(**fixed, min_available_nodes=4),
+        "median": lambda: FedMedian(**fixed, min_available_nodes=4),
+    }
+    dp = central_dp(strategies[inner](), noise_multiplier=0.5, seed=1)
+    arrays = model_arrays()
+    for server_round in (1, 2, 3):
+        previous = arrays
+        arrays, _, _ = run_round(dp, arrays, [0.5] * COHORT, server_round=server_round)
+        counter = arrays["bn.num_batches_tracked"]
+        assert (counter.dtype, counter.shape, counter.item()) == (np.int64, (), 7)
+        for key, value in previous.items():  # (Flower's FedAdam returns float64 weights)
+            if key != "bn.num_batches_tracked":
+                assert (arrays[key].dtype.kind, arrays[key].shape) == ("f", value.shape), key
+        assert not np.array_equal(arrays["fc.weight"], previous["fc.weight"])  # it trains

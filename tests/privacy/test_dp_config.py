@@ -14,7 +14,7 @@ from fedwon.privacy import ACCOUNTANTS, CLIP_MODES, SPLITS, DPConfig, check_dp_r
 
 
 def error(**values: object) -> str:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ValidationError, match="validation error for DPConfig") as info:
         DPConfig(**values)  # type: ignore[arg-type]
     (item,) = info.value.errors()
     return f"{'.'.join(map(str, item['loc']))}: {item['msg']}".removeprefix(": ")

@@ -12,6 +12,7 @@ from fedwon.privacy.updates import (
     UpdateMismatchError,
     apply_update,
     arrays_of,
+    hold_fixed,
     payload_view,
     update_tensors,
 )
@@ -49,6 +50,16 @@ def test_update_round_trip_keeps_counters_and_dtypes() -> None:
     back = arrays_of(apply_update(sent, update))
     np.testing.assert_array_equal(back["w"], np.full((2, 3), 1.5, np.float32))
     assert back["n"] == 4 and back["n"].dtype == np.int64  # the sent value, not the reply's
+    assert back["n"].shape == ()  # 0-d as sent: the client's reply is 0-d too
+
+
+def test_hold_fixed_restores_counters_an_aggregator_turned_into_floats() -> None:
+    sent = {"w": np.ones(3, np.float32), "n": np.array(4, np.int64)}
+    mean = ArrayRecord({"w": Array(np.full(3, 2.0, np.float32)), "n": Array(np.array([4.0]))})
+    held = arrays_of(hold_fixed(mean, sent))
+    assert list(held) == ["w", "n"]
+    np.testing.assert_array_equal(held["w"], np.full(3, 2.0, np.float32))
+    assert (held["n"].dtype, held["n"].shape, held["n"].item()) == (np.int64, (), 4)
 
 
 def test_mismatched_replies_are_refused() -> None:

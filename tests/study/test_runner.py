@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from mini_study import MINI
 
 from fedwon.study.plan import Candidate
@@ -60,3 +62,28 @@ def test_a_second_study_reuses_every_run(mini_results: StudyResults, mini_cache:
     assert [s for _, _, s in seen] == ["cached"] * 12
     assert [(d, t) for d, t, _ in seen] == [(i, 12) for i in range(1, 13)]
     assert [r.test for r in again.records] == [r.test for r in mini_results.records]
+
+
+def _rows(path: Path) -> list[dict[str, object]]:
+    """A run's metrics.jsonl without the wall-clock seconds (the only field allowed to differ)."""
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
+
+
+@pytest.mark.slow  # ~30 s: spawned workers import torch and Flower
+def test_two_jobs_give_the_same_study_as_one(
+    mini_results: StudyResults, mini_cache: Path, tmp_path: Path
+) -> None:
+    """``fedwon study --jobs 2`` (spawned workers, runs finishing in any order) trains exactly
+    the runs ``--jobs 1`` trains: same directories, configs, metrics and choices."""
+    two = run_study(MINI, tmp_path, command="pytest mini study", jobs=2)
+    assert [r.status for r in two.records] == ["trained"] * 12
+    assert [r.spec for r in two.records] == [r.spec for r in mini_results.records]
+    for one, other in zip(mini_results.records, two.records, strict=True):
+        a, b = Path(one.path), Path(other.path)
+        assert a.relative_to(mini_cache) == b.relative_to(tmp_path)  # same config digest
+        assert (a / "config.toml").read_text() == (b / "config.toml").read_text()
+        assert _rows(a) == _rows(b), a.name
+        assert (one.test, one.val, one.heldout) == (other.test, other.val, other.heldout)
+    for name, part in mini_results.parts.items():
+        assert two.parts[name].chosen == part.chosen

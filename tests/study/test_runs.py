@@ -126,5 +126,5 @@ def test_refusal_is_the_configs_one_line_error() -> None:
     assert message.startswith("invalid config:") and "batch_size=1" in message
     assert "\n" not in message
     assert refusal(device, "fedwon") == ""
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="fedprox"):
         refusal(device, "fedprox")
