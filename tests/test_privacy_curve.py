@@ -46,13 +46,13 @@ def test_the_arms_are_the_papers_ablation_on_the_recipe() -> None:
     ]
     assert len(names) == 2 + 2 * 4 and names[-1] == "flat+lamb-eps8"
     lamb, flat = plan.config(Arm("per_layer+lamb", 2.0)), plan.config(Arm("flat+fedavg", 2.0))
-    assert (lamb.aggregator, lamb.dp.clipping, flat.aggregator, flat.dp.clipping) == (
+    assert (lamb.server.aggregator, lamb.dp.clipping, flat.server.aggregator, flat.dp.clipping) == (
         "lamb",
         "per_layer",
         "fedavg",
         "flat",
     )
-    assert lamb.dp.clip_norm == flat.dp.clip_norm and flat.server_lr is None
+    assert lamb.dp.clip_norm == flat.dp.clip_norm and flat.server.server_lr is None
     assert lamb.replace(aggregator="fedavg", server_lr=None, **{"dp.clipping": "flat"}) == flat
     assert not plan.config(Arm("flat+fedavg", None)).dp.enabled
 

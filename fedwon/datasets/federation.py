@@ -15,7 +15,6 @@ before modifying in place).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -293,7 +292,7 @@ class Federation:
 def load_heldout_test_data(spec: DataSpec, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Test images and labels of ``domain`` under ``spec``'s settings (size caps, image size,
     seed), whichever domains ``spec`` selects: loaders draw each domain independently."""
-    alone = dataclasses.replace(spec, domains=(domain,), partition="domain", num_clients=1)
+    alone = spec.model_copy(update=dict(domains=(domain,), partition="domain", num_clients=1))
     arrays = load_domain_arrays(alone)[domain]
     return normalize(arrays.test_x), torch.from_numpy(np.asarray(arrays.test_y, dtype=np.int64))
 

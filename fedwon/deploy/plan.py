@@ -13,6 +13,9 @@ from typing import Any
 from fedwon.config import RunConfig
 from fedwon.datasets import DATASETS
 from fedwon.deploy.errors import DeployError
+from fedwon.strategies import ServerSpec
+
+SERVER_KEYS = frozenset(ServerSpec.model_fields)
 
 Scalar = bool | int | float | str
 
@@ -51,7 +54,8 @@ def fit_to_nodes(
             changes["domains"] = ",".join(domains[:nodes])
     if cfg.server.clients_per_round > nodes:
         changes["clients_per_round"] = nodes
-    sampled = cfg.model_copy(update=changes).sampled_per_round  # not validated yet: on purpose
+    server = cfg.server.model_copy(update={k: v for k, v in changes.items() if k in SERVER_KEYS})
+    sampled = server.sampled(nodes)  # not validated yet: on purpose (min_clients may exceed it)
     if cfg.server.min_clients > sampled:
         changes["min_clients"] = sampled
     return cfg.replace(**changes), changes

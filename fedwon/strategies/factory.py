@@ -8,7 +8,7 @@ from collections.abc import Callable
 from flwr.serverapp.strategy import Strategy
 
 from fedwon.strategies.aggregation import per_domain_metrics
-from fedwon.strategies.aggregators import build_aggregator
+from fedwon.strategies.aggregators import AGGREGATORS, build_aggregator
 from fedwon.strategies.round_rules import RoundCallback, RoundRules
 from fedwon.strategies.spec import ServerSpec
 
@@ -50,5 +50,10 @@ def build_strategy(
         eval_every=cfg.eval_every,
         round_offset=round_offset,
         on_round=on_round,
-        server_step=f"aggregator={cfg.aggregator} server_lr={lr}",
+        # named in errors only where the aggregator steps on its own (a server learning rate)
+        server_step=(
+            f"aggregator={cfg.aggregator} server_lr={lr}"
+            if "server_lr" in AGGREGATORS[cfg.aggregator].params
+            else ""
+        ),
     )

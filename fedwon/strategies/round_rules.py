@@ -137,13 +137,20 @@ class RoundRules(Strategy):
         if kept < self.min_clients and (self._sent[phase] or received):
             if phase == "evaluate" and kept == 0 and non_finite == received > 0:
                 # this round's training replies were all finite (or it would have failed
-                # there): the model the server made from them is what breaks every client
-                step = f" ({self.server_step})" if self.server_step else ""
+                # there): the model the server made from them is what breaks every client --
+                # by its own step if it has one, else because a mean of the clients' huge
+                # (finite) models is itself unusable: their training diverged
+                if self.server_step:
+                    raise RoundFailedError(
+                        f"round {server_round}: the server update diverged "
+                        f"({self.server_step}): every client's update was finite, but the new "
+                        f"model gives non-finite results on all {received} clients that "
+                        "evaluated it; lower server_lr or choose another aggregator"
+                    )
                 raise RoundFailedError(
-                    f"round {server_round}: the server update diverged{step}: every client's "
-                    f"update was finite, but the new model gives non-finite results on all "
-                    f"{received} clients that evaluated it; lower server_lr or choose another "
-                    "aggregator"
+                    f"round {server_round} evaluate: 0 of {received} clients returned usable "
+                    "results: the clients' training diverged (their averaged model gives "
+                    "non-finite results); lower lr (or set agc_clip)"
                 )
             detail = "; ".join(problems[:3]) or "no replies arrived"
             raise RoundFailedError(

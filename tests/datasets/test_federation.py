@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import timeit
 
 import numpy as np
@@ -46,7 +45,7 @@ def test_contract_attributes_and_tensors(spec: DataSpec) -> None:
 
 def test_cached_per_process_and_views(spec: DataSpec) -> None:
     fed = load_federation(spec)
-    assert load_federation(dataclasses.replace(spec)) is fed
+    assert load_federation(spec.model_copy()) is fed
     x, _ = fed.train_data(3)
     x2, _ = fed.train_data(3)
     assert x.data_ptr() == x2.data_ptr(), "client data must be a view, not a fresh copy"
@@ -85,7 +84,7 @@ def test_domain_partition_test_shares_cover_domain_test_set(spec: DataSpec) -> N
 def test_every_partitioner_disjoint_complete_reproducible(
     spec: DataSpec, changes: dict[str, object]
 ) -> None:
-    s = dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+    s = spec.model_copy(update=changes)  # type: ignore[arg-type]
     fed = load_federation(s)
     n_train = len(fed.domains) * spec.train_per_domain  # type: ignore[operator]
     joined = np.concatenate(fed.assignment.train)
@@ -101,7 +100,7 @@ def test_every_partitioner_disjoint_complete_reproducible(
     for pid in range(fed.num_clients):
         assert torch.equal(fresh.train_data(pid)[0], fed.train_data(pid)[0])
         assert torch.equal(fresh.test_data(pid)[1], fed.test_data(pid)[1])
-    other = build_federation(dataclasses.replace(s, seed=1))
+    other = build_federation(s.model_copy(update=dict(seed=1)))
     assert any(
         other.num_train(p) != fed.num_train(p)
         or not torch.equal(other.train_data(p)[1], fed.train_data(p)[1])
@@ -111,7 +110,7 @@ def test_every_partitioner_disjoint_complete_reproducible(
 
 def test_domain_subset_order_and_image_size(spec: DataSpec) -> None:
     fed = load_federation(
-        dataclasses.replace(spec, domains=("usps", "mnist"), num_clients=2, image_size=32)
+        spec.model_copy(update=dict(domains=("usps", "mnist"), num_clients=2, image_size=32))
     )
     assert fed.domains == ["usps", "mnist"] and fed.image_size == 32
     assert fed.client_domain(0) == "usps" and fed.train_data(1)[0].shape[1:] == (3, 32, 32)
@@ -171,7 +170,7 @@ BAD_SPECS = [
 
 @pytest.mark.parametrize(("changes", "message"), BAD_SPECS)
 def test_spec_errors_are_one_clear_line(changes: dict[str, object], message: str) -> None:
-    bad = dataclasses.replace(DataSpec(), **changes)  # type: ignore[arg-type]
+    bad = DataSpec().model_copy(update=changes)  # type: ignore[arg-type]
     with pytest.raises(DataError, match=message) as info:
         load_federation(bad)
     assert "\n" not in str(info.value)

@@ -3,8 +3,6 @@ Federation's val/held-out-domain accessors."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -82,7 +80,7 @@ def spec(small_embedded: dict[str, DomainArrays], small_sizes: tuple[int, int]) 
 
 def test_federation_val_data_is_carved_from_the_training_share(spec: DataSpec) -> None:
     whole = load_federation(spec)
-    split = load_federation(dataclasses.replace(spec, val_fraction=0.2))
+    split = load_federation(spec.model_copy(update=dict(val_fraction=0.2)))
     assert whole.num_val(0) == 0 and whole.val_data(0)[0].shape == (0, 3, 28, 28)
     for pid in range(spec.num_clients):
         n = whole.num_train(pid)
@@ -116,12 +114,12 @@ def test_fraction_zero_federation_is_unchanged(spec: DataSpec) -> None:
 @pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), True, "0.1"])
 def test_bad_val_fraction_is_refused(spec: DataSpec, bad: object) -> None:
     with pytest.raises(DataError, match=r"val_fraction must be a number in \[0, 1\)"):
-        load_federation(dataclasses.replace(spec, val_fraction=bad))  # type: ignore[arg-type]
+        load_federation(spec.model_copy(update=dict(val_fraction=bad)))  # type: ignore[arg-type]
 
 
 def test_heldout_domain_test_data(spec: DataSpec) -> None:
     four = load_federation(
-        dataclasses.replace(spec, domains=("mnist", "svhn", "usps", "synth"), num_clients=4)
+        spec.model_copy(update=dict(domains=("mnist", "svhn", "usps", "synth"), num_clients=4))
     )
     assert four.heldout_domains == ["mnist_m"]
     x, y = four.heldout_test_data("mnist_m")

@@ -38,10 +38,7 @@ def spec(lr: float = 0.05, seed: int = 1, heldout: str = "") -> RunSpec:
 def test_config_and_directory_follow_the_spec(tmp_path: Path) -> None:
     cfg = run_config(PART, spec(heldout="usps"))
     assert (cfg.server.strategy, cfg.model.norm, cfg.train.lr, cfg.seed) == ("fedbn", "bn", 0.05, 1)
-    assert (cfg.data.domains, cfg.data.num_clients) == (
-        "mnist",
-        1,
-    )  # trains on the other domain only
+    assert (cfg.data.domains, cfg.data.num_clients) == (("mnist",), 1)  # the other domain only
     path = run_dir(tmp_path, spec(heldout="usps"), cfg)
     assert path.parent == tmp_path / "mini"
     assert path.name.startswith("fedbn-lr0.05-seed1-holdout_usps-")
