@@ -27,15 +27,18 @@ from fedwon.clients import ContextStateStore, TrainStats, Workspace, evaluate, t
 from fedwon.clients import workspace as cached_workspace
 from fedwon.privacy.client_clipping import dp_clipping_mod
 from fedwon.protocol import (
+    ACCURACY,
     ARRAYS,
     CLIENT,
     CONFIG,
     DOMAIN_KEY,
     EPSILON_METRIC,
+    LOSS,
     METRICS,
     PARTITION_KEY,
     PROXIMAL_MU_KEY,
     ROUND_KEY,
+    TRAIN_LOSS,
     WEIGHT_KEY,
     ClientConfig,
     ProtocolError,
@@ -127,7 +130,7 @@ def train(msg: Message, context: Context) -> Message:
     if local:
         job.store.save(local)
     arrays = ArrayRecord({k: state[k].detach().cpu() for k in job.received})
-    metrics = MetricRecord({"train_loss": stats.loss, WEIGHT_KEY: stats.num_examples})
+    metrics = MetricRecord({TRAIN_LOSS: stats.loss, WEIGHT_KEY: stats.num_examples})
     if epsilon is not None:
         metrics[EPSILON_METRIC] = epsilon
     return Message(
@@ -191,7 +194,7 @@ def evaluate_step(msg: Message, context: Context) -> Message:
     x, y = job.ws.federation.test_data(job.partition_id)
     stats = evaluate(job.ws.model, x.to(job.ws.device), y.to(job.ws.device))
     metrics = MetricRecord(
-        {"accuracy": stats.accuracy, "loss": stats.loss, WEIGHT_KEY: stats.num_examples}
+        {ACCURACY: stats.accuracy, LOSS: stats.loss, WEIGHT_KEY: stats.num_examples}
     )
     return Message(RecordDict({METRICS: metrics, CLIENT: job.identity()}), reply_to=msg)
 

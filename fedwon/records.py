@@ -8,6 +8,9 @@ literals. :mod:`fedwon.protocol` re-exports them beside what a message's config 
 
 from __future__ import annotations
 
+import numpy as np
+from flwr.app import Array
+
 # ---- record names ---------------------------------------------------------------------------
 ARRAYS = "arrays"  # ArrayRecord: the shared model arrays (message and train reply)
 CONFIG = "config"  # ConfigRecord: ClientConfig + Flower's keys (message)
@@ -48,3 +51,10 @@ NODE_KEYS = (
     NODE_THREADS,
     NODE_DEVICE,
 )
+
+
+def as_array(values: np.ndarray) -> Array:
+    """An Array of ``values`` with their dtype and shape (0-d stays 0-d: ``np.ascontiguousarray``
+    would make BatchNorm's 0-d counter (1,), which a client's reply then does not match)."""
+    values = np.asarray(values)
+    return Array(values if values.flags.c_contiguous else np.ascontiguousarray(values))

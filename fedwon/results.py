@@ -43,7 +43,7 @@ from fedwon.config import (
     resume_conflicts,
 )
 from fedwon.errors import error_line
-from fedwon.records import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
+from fedwon.records import CLIPPED_METRIC, EPSILON_METRIC, TRAIN_LOSS, WEIGHT_KEY
 from fedwon.strategies.aggregation import as_number
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def round_row(
     """The metrics.jsonl object of one round (``accuracy`` is null on rounds not evaluated)."""
     row: Row = {"round": server_round, "train_loss": None, "accuracy": None}
     if train is not None:
-        row["train_loss"] = _clean(as_number(train.get("train_loss", math.nan)))
+        row["train_loss"] = _clean(as_number(train.get(TRAIN_LOSS, math.nan)))
         row["clients"] = int(as_number(train.get("clients", 0)))
         for key in (EPSILON_METRIC, CLIPPED_METRIC):  # under DP
             if key in train:

@@ -29,8 +29,8 @@ from fedwon.privacy.client_clipping import dp_clipping_mod
 from fedwon.privacy.client_epsilons import ClientEpsilons, MissingEpsilonError
 from fedwon.privacy.clipping import CLIP_MODES, SPLITS, clip_update, layer_bounds, update_norms
 from fedwon.privacy.config import DPConfig, DPRunCheck, check_dp_run
-from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import noise_std
+from fedwon.strategies.lamb import FedLAMB
 
 if TYPE_CHECKING:
     from fedwon.privacy.dp_sgd import (

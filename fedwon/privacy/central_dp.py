@@ -47,7 +47,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedwon.privacy.accounting import (
@@ -58,7 +58,6 @@ from fedwon.privacy.accounting import (
 )
 from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
 from fedwon.privacy.config import DPConfig
-from fedwon.privacy.lamb import FedLAMB
 from fedwon.privacy.noise import privatize_sum_, round_generator
 from fedwon.privacy.train_wrapper import TrainWrapper
 from fedwon.privacy.updates import (
@@ -75,6 +74,8 @@ from fedwon.records import (
     EPSILON_METRIC,
     SPLIT_KEY,
 )
+from fedwon.strategies.aggregation import reply_weight
+from fedwon.strategies.aggregators import AGGREGATORS
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,11 @@ log = logging.getLogger(__name__)
 CLIENT_CLIP_SLACK = 1e-3
 
 # Strategies whose aggregate_train is a weighted mean of the replies' arrays (then a server
-# step): for them one reply with the released arrays equals N identical ones.
-MEAN_AGGREGATORS: tuple[type[FedAvg], ...] = (
-    FedAvg,
-    FedAvgM,
-    FedAdam,
-    FedYogi,
-    FedAdagrad,
-    FedLAMB,
+# step): for them one reply with the released arrays equals N identical ones. The aggregator
+# registry says which (its ``weighted_mean`` flag), so a new mean-based aggregator is
+# registered once and DP weighs it right.
+MEAN_AGGREGATORS: tuple[type[FedAvg], ...] = tuple(
+    a.cls for a in AGGREGATORS.values() if a.weighted_mean
 )
 
 
@@ -355,7 +353,7 @@ class CentralDP(TrainWrapper):
         key = inner.weighted_by_key
         validate_message_reply_consistency(contents, key, check_arrayrecord=True)
         metrics = inner.train_metrics_aggr_fn(contents, key)
-        metrics[key] = sum(_weight(c, key) for c in contents)
+        metrics[key] = sum(reply_weight(c, key) for c in contents)
         (array_key,) = contents[0].array_records.keys()
         (metric_key,) = contents[0].metric_records.keys()
         content = RecordDict({array_key: released, metric_key: metrics})
@@ -394,13 +392,6 @@ def averages_replies(strategy: Strategy) -> bool:
         return False
     owner = next(c for c in type(strategy).__mro__ if "aggregate_train" in c.__dict__)
     return owner in MEAN_AGGREGATORS
-
-
-def _weight(content: RecordDict, key: str) -> float:
-    value = next(iter(content.metric_records.values()))[key]
-    if not isinstance(value, int | float):
-        raise ValueError(f"a reply's {key!r} must be a number, got {value!r}")
-    return float(value)
 
 
 def _single_array_record(content: RecordDict) -> ArrayRecord:

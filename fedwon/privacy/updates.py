@@ -32,6 +32,8 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
 
+from fedwon.records import as_array
+
 
 class UpdateMismatchError(ValueError):
     """A reply's arrays do not have the keys/shapes of the arrays that were sent."""
@@ -45,12 +47,6 @@ def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
 def is_learned(array: np.ndarray) -> bool:
     """Whether an entry is part of the update (floating point) or held fixed (counters)."""
     return bool(np.issubdtype(array.dtype, np.floating))
-
-
-def as_array(values: np.ndarray) -> Array:
-    """An Array of ``values`` with their dtype and shape (0-d stays 0-d), in C order."""
-    values = np.asarray(values)
-    return Array(values if values.flags.c_contiguous else np.ascontiguousarray(values))
 
 
 def payload_view(array: Array) -> np.ndarray | None:

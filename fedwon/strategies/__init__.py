@@ -6,9 +6,10 @@ and :class:`RoundRules` (outermost) adds seeded sampling, fault filtering, the r
 the evaluation cadence and per-round reporting.
 """
 
-from fedwon.strategies.aggregation import non_finite_arrays, per_domain_metrics, split_usable
+from fedwon.strategies.aggregation import non_finite_arrays, per_domain_metrics
 from fedwon.strategies.aggregators import AGGREGATORS, build_aggregator
 from fedwon.strategies.factory import build_strategy
+from fedwon.strategies.lamb import FedLAMB
 from fedwon.strategies.methods import (
     METHODS,
     Method,
@@ -21,6 +22,7 @@ from fedwon.strategies.spec import ServerSpec
 __all__ = [
     "AGGREGATORS",
     "METHODS",
+    "FedLAMB",
     "Method",
     "RoundCallback",
     "RoundFailedError",
@@ -33,5 +35,4 @@ __all__ = [
     "non_finite_arrays",
     "norm_state_keys",
     "per_domain_metrics",
-    "split_usable",
 ]

@@ -83,20 +83,6 @@ def reply_problem(msg: Message) -> str | None:
     return None
 
 
-def split_usable(replies: Iterable[Message]) -> tuple[list[Message], list[str]]:
-    """Replies that can be aggregated (in :func:`reply_order`), and a one-line reason for each
-    one that cannot."""
-    usable: list[Message] = []
-    problems: list[str] = []
-    for msg in replies:
-        problem = reply_problem(msg)
-        if problem is None:
-            usable.append(msg)
-        else:
-            problems.append(problem)
-    return sorted(usable, key=reply_order), problems
-
-
 def reply_order(msg: Message) -> tuple[int, int]:
     """Aggregate in partition order: float sums then do not depend on arrival order or on the
     (random, per-run) node ids, so engines and resumed runs agree bit for bit."""

@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.serverapp.strategy.fedopt import FedOpt
 
-from fedwon.privacy.lamb import FedLAMB
+from fedwon.strategies.lamb import FedLAMB
 
 if TYPE_CHECKING:
     from fedwon.strategies.spec import ServerSpec
@@ -35,23 +35,34 @@ class Aggregator:
 
     cls: type[FedAvg]
     params: dict[str, str]  # config key -> constructor argument
-    streams: bool = True
-    """``aggregate_train`` is FedAvg's weighted mean (then, maybe, a server optimizer step), so
-    the round rules may fold replies into a running mean for it (:mod:`.streaming`)."""
+    weighted_mean: bool  # required: every entry says it (see test_aggregators)
+    """``aggregate_train`` is FedAvg's weighted mean of the replies (then, maybe, a server
+    optimizer step). The one answer to "is this aggregator a mean?": the round rules fold
+    replies into a running mean for it (:mod:`.streaming`), and central DP hands it one reply
+    holding the noisy mean instead of N identical ones (:mod:`fedwon.privacy.central_dp`)."""
+
+    @property
+    def has_server_step(self) -> bool:
+        """Whether it steps on its own after averaging (it has a server learning rate)."""
+        return "server_lr" in self.params
 
 
 _FEDOPT = {"server_lr": "eta", "beta_1": "beta_1", "beta_2": "beta_2", "tau": "tau"}
 AGGREGATORS: dict[str, Aggregator] = {
-    "fedavg": Aggregator(FedAvg, {}),
+    "fedavg": Aggregator(FedAvg, {}, weighted_mean=True),
     "fedavgm": Aggregator(
-        FedAvgM, {"server_lr": "server_learning_rate", "server_momentum": "server_momentum"}
+        FedAvgM,
+        {"server_lr": "server_learning_rate", "server_momentum": "server_momentum"},
+        weighted_mean=True,
     ),
-    "fedprox": Aggregator(FedProx, {"proximal_mu": "proximal_mu"}),
-    "fedadam": Aggregator(FedAdam, _FEDOPT),
-    "fedyogi": Aggregator(FedYogi, _FEDOPT),
-    "fedadagrad": Aggregator(FedAdagrad, {"server_lr": "eta", "tau": "tau"}),
+    "fedprox": Aggregator(FedProx, {"proximal_mu": "proximal_mu"}, weighted_mean=True),
+    "fedadam": Aggregator(FedAdam, _FEDOPT, weighted_mean=True),
+    "fedyogi": Aggregator(FedYogi, _FEDOPT, weighted_mean=True),
+    "fedadagrad": Aggregator(FedAdagrad, {"server_lr": "eta", "tau": "tau"}, weighted_mean=True),
     # fedwon's layer-wise gradient normalization (LAMB trust ratios), a FedOpt like Flower's
-    "lamb": Aggregator(FedLAMB, {**_FEDOPT, "server_weight_decay": "weight_decay"}),
+    "lamb": Aggregator(
+        FedLAMB, {**_FEDOPT, "server_weight_decay": "weight_decay"}, weighted_mean=True
+    ),
 }
 # Config keys an aggregator may read, and the value meaning "not set".
 _UNSET: dict[str, Any] = {

@@ -53,7 +53,7 @@ def build_strategy(
         # named in errors only where the aggregator steps on its own (a server learning rate)
         server_step=(
             f"aggregator={cfg.aggregator} server_lr={lr}"
-            if "server_lr" in AGGREGATORS[cfg.aggregator].params
+            if AGGREGATORS[cfg.aggregator].has_server_step
             else ""
         ),
     )

@@ -31,7 +31,9 @@ from fedwon.strategies.aggregators import AGGREGATORS
 
 __all__ = ["STREAMABLE", "RunningMean", "streams"]
 
-STREAMABLE: tuple[type[Strategy], ...] = tuple(a.cls for a in AGGREGATORS.values() if a.streams)
+STREAMABLE: tuple[type[Strategy], ...] = tuple(
+    a.cls for a in AGGREGATORS.values() if a.weighted_mean
+)
 """Strategies whose ``aggregate_train`` is FedAvg's weighted mean (then, for some, a server
 optimizer step on it): Flower's FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad and
 fedwon's LAMB. Exact types only: a subclass may aggregate differently."""

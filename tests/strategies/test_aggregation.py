@@ -11,8 +11,8 @@ from fedwon.strategies import (
     non_finite_arrays,
     norm_state_keys,
     per_domain_metrics,
-    split_usable,
 )
+from fedwon.strategies.aggregation import reply_order, reply_problem
 
 TaskIdentity.run_id = 1
 TaskIdentity.node_id = 0
@@ -37,8 +37,9 @@ def test_non_finite_updates_and_errors_are_dropped_with_reasons() -> None:
     inf = reply(3, np.array([np.inf], np.float32))
     ins = Message(RecordDict(), dst_node_id=7, message_type="train")
     failed = Message(Error(code=0, reason="boom"), reply_to=ins)
-    usable, problems = split_usable([nan, good, failed, inf])
-    assert usable == [good]
+    problems = [reply_problem(m) for m in (nan, good, failed, inf)]
+    assert problems[1] is None
+    problems = [p for p in problems if p is not None]
     assert len(problems) == 3
     assert any("boom" in p for p in problems)
     assert any("non-finite values in w" in p for p in problems)
@@ -47,7 +48,7 @@ def test_non_finite_updates_and_errors_are_dropped_with_reasons() -> None:
 
 def test_replies_are_ordered_by_partition_not_arrival() -> None:
     replies = [reply(p, np.full(2, p, np.float32)) for p in (3, 0, 2, 1)]
-    usable, _ = split_usable(replies)
+    usable = sorted(replies, key=reply_order)
     assert [int(m.content["client"]["partition-id"]) for m in usable] == [0, 1, 2, 3]
 
 

@@ -1,7 +1,11 @@
 """Every method over Flower's own aggregators, configured from the run config."""
 
+import fakes  # noqa: F401  (Flower's task identity, as inside its runtime)
+import numpy as np
 import pytest
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from privacy.privacy_fakes import StubGrid, client_delta, model_arrays, record, reply
 
 from fedwon.config import ConfigError, make_config
 from fedwon.server_app import run_strategy
@@ -66,3 +70,37 @@ def test_clients_per_round_is_sampled_exactly() -> None:
 def test_settings_an_aggregator_would_ignore_are_refused(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_config(settings)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_the_weighted_mean_flag_is_true_to_the_aggregator(name: str) -> None:
+    """Streaming and central DP hand a ``weighted_mean`` aggregator one reply holding the
+    example-weighted mean of the round's replies: for it, the replies and that one reply (with
+    their total weight) must give the same model. A new aggregator registered with the wrong
+    flag (a median, say) fails here."""
+    settings = {
+        "fedavgm": {"server_lr": 1.0, "server_momentum": 0.9},
+        "fedprox": {"proximal_mu": 0.1},
+    }.get(name, {"server_lr": 0.01} if AGGREGATORS[name].has_server_step else {})
+    cfg = make_config({"aggregator": name, "num_clients": 3, **settings})
+
+    def aggregate(deltas: list[dict[str, np.ndarray]], weights: list[int]) -> dict:
+        strategy = run_strategy(cfg).strategy
+        w = model_arrays()
+        (first, *_) = strategy.configure_train(1, record(w), ConfigRecord(), StubGrid(3))
+        replies = [reply(first, d, num_examples=n) for d, n in zip(deltas, weights, strict=True)]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
+        return {k: a.numpy() for k, a in arrays.items()}
+
+    deltas = [client_delta(node, 0.1, model_arrays()) for node in range(3)]
+    weights = [10, 30, 20]
+    mean = {
+        k: sum(d[k].astype(np.float64) * n for d, n in zip(deltas, weights, strict=True)) / 60
+        for k in deltas[0]
+    }
+    many = aggregate(deltas, weights)
+    one = aggregate([{k: v.astype(np.float32) for k, v in mean.items()}], [60])
+    assert AGGREGATORS[name].weighted_mean  # every registered one is; a median would fail here
+    for key, value in one.items():
+        np.testing.assert_allclose(many[key], value, rtol=1e-5, atol=1e-6, err_msg=key)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import fakes  # noqa: F401  (Flower's task identity, as inside its runtime)
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
-from privacy_fakes import StubGrid, record, reply
+from privacy.privacy_fakes import StubGrid, record, reply
 
-from fedwon.privacy import FedLAMB
+from fedwon.strategies import FedLAMB
 
 
 def lamb(**kwargs: Any) -> FedLAMB:
