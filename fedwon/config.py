@@ -54,15 +54,11 @@ from fedwon.datasets.spec import DataSpec
 from fedwon.models.spec import ModelSpec
 from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
 from fedwon.protocol import ClientConfig
-from fedwon.section import Section, check_scalar
+from fedwon.section import ConfigError, Section, check_scalar
 from fedwon.strategies.methods import METHODS
 from fedwon.strategies.spec import ServerSpec
 
 Scalar = bool | int | float | str
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the key and the valid choices."""
 
 
 RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[\w.\-]+:\d{1,5})$")

@@ -18,6 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the key and the valid choices."""
+
+
 def _type_name(value: object) -> str:
     names = {str: "a string", bool: "a boolean", float: "a float", int: "an integer"}
     return names.get(type(value), f"a {type(value).__name__}")

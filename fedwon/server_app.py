@@ -25,7 +25,7 @@ from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.datasets.spec import IN_CHANNELS
 from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
-from fedwon.privacy import CentralDP, ClientEpsilons
+from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
 from fedwon.process_guard import start_guard
 from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.run_dir import resolve_out
@@ -96,7 +96,7 @@ def run_server(
             on_round(row)
 
     # built (noise calibrated against the rounds already run) before the resume writes
-    privacy = PrivacyWrap(cfg, wrap, checkpoint=ckpt)
+    privacy = privacy_wrap(cfg, wrap, checkpoint=ckpt)
     strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
     last = privacy.last_round(start_round)
     if ckpt is not None:
@@ -145,169 +145,23 @@ def run_strategy(
     )
 
 
-class PrivacyWrap:
-    """The ``wrap`` that :func:`build_strategy` applies: the caller's wrapper, then (with
-    ``dp.enabled``) fedwon's DP wrapper around it -- :class:`~fedwon.privacy.CentralDP` at
-    user level, :class:`~fedwon.privacy.ClientEpsilons` at sample level (the clients run
-    DP-SGD) -- so the round rules stay outermost and DP sees only the replies they kept.
-
-    A resumed user-level run continues the privacy ledger of its ``checkpoint``: the rounds
-    already run keep the noise they used, and epsilon (reported, capped by ``dp.max_epsilon``,
-    targeted by ``dp.target_epsilon``) is always that of every round of the run composed.
-    """
-
-    def __init__(
-        self,
-        cfg: RunConfig,
-        wrap: Callable[[Strategy], Strategy] | None,
-        checkpoint: Checkpoint | None = None,
-    ) -> None:
-        self.cfg, self.wrap = cfg, wrap
-        self.dp: CentralDP | None = None
-        self.sample_dp: ClientEpsilons | None = None
-        self.check = cfg.dp_check()
-        self.prior = prior_privacy_history(cfg, checkpoint)
-        for warning in self.check.warnings:
-            log.warning("%s", warning)
-
-    def __call__(self, strategy: Strategy) -> Strategy:
-        inner = self.wrap(strategy) if self.wrap is not None else strategy
-        dp = self.cfg.dp
-        if not dp.enabled:
-            return inner
-        if dp.level == "sample":
-            self.sample_dp = ClientEpsilons(inner)
-            return self.sample_dp
-        try:
-            self.dp = CentralDP.from_config(
-                inner,
-                dp,
-                expected_clients=self.cfg.sampled_per_round,
-                population=self.check.population,
-                num_rounds=self.cfg.server.num_rounds,
-                seed=self.cfg.seed,
-                prior=self.prior,
-            )
-        except ValueError as err:  # a budget out of reach: the user's settings
-            raise ConfigError(str(err)) from None
-        return self.dp
-
-    def history(self, rounds: int) -> list[tuple[float, float, int]] | None:
-        """The privacy ledger's ``(z, q, rounds)`` segments of rounds 1..``rounds`` (None
-        without user-level DP): what a checkpoint keeps."""
-        return None if self.dp is None else self.dp.ledger.history(rounds)
-
-    def last_round(self, start_round: int = 0) -> int:
-        """The last round the run may take: ``num_rounds``, or fewer under ``dp.max_epsilon``
-        (``start_round`` when a resumed run has spent its budget already)."""
-        if self.dp is None:
-            return self.cfg.server.num_rounds
-        last = self.dp.rounds_within_budget(self.cfg.server.num_rounds)
-        if last < self.cfg.server.num_rounds:
-            log.warning(
-                "dp.max_epsilon=%g allows %d of the %d rounds (epsilon %.3f after round %d): "
-                "the run stops after round %d",
-                self.cfg.dp.max_epsilon,
-                last,
-                self.cfg.server.num_rounds,
-                self.dp.ledger.epsilon(last),
-                last,
-                last,
-            )
-        return last
-
-    def summary(self, rows: list[Row]) -> dict[str, Any]:
-        """The ``privacy`` block of summary.json (empty without DP). Epsilon is that of the
-        rounds recorded in the run directory (all of them, over every process that ran
-        some), never only of the rounds run by this process."""
-        if self.sample_dp is not None:
-            dp = self.cfg.dp
-            epsilons = [r["epsilon"] for r in rows if r.get("epsilon") is not None]
-            return {
-                "privacy": {
-                    "level": "sample",
-                    "epsilon": max(epsilons, default=0.0),  # the worst client's, over the run
-                    "delta": dp.delta,
-                    "noise_multiplier": dp.noise_multiplier or None,  # None: per client
-                    "target_epsilon": dp.target_epsilon or None,
-                    "accountant": dp.accountant,
-                    "clip_norm": dp.clip_norm,
-                    "clipping": dp.clipping,
-                }
-            }
-        if self.dp is None:
-            return {}
-        ledger = self.dp.ledger
-        done = max((int(r["round"]) for r in rows), default=0)
-        last = self.dp.rounds_within_budget(self.cfg.server.num_rounds)
-        return {
-            "privacy": {
-                "level": "user",
-                "epsilon": ledger.epsilon(done),
-                "delta": ledger.delta,
-                "noise_multiplier": ledger.noise_multiplier,
-                "noise_history": [
-                    {"noise_multiplier": z, "sample_rate": q, "rounds": n}
-                    for z, q, n in ledger.history(done)
-                ],
-                "sample_rate": ledger.sample_rate,
-                "target_epsilon": self.cfg.dp.target_epsilon or None,
-                "max_epsilon": self.cfg.dp.max_epsilon or None,
-                "accountant": ledger.accountant,
-                "clip_norm": self.dp.clip_norm,
-                "clipping": self.dp.clipping,
-                "placement": self.dp.placement,
-                **population_statement(self.check.population, self.cfg.data.num_clients),
-                "rounds_within_budget": last,
-                "stopped_by_budget": last < self.cfg.server.num_rounds,
-            }
-        }
-
-
-def prior_privacy_history(
-    cfg: RunConfig, checkpoint: Checkpoint | None
-) -> list[tuple[float, float, int]]:
-    """The noise history of the rounds a resumed user-level DP run has already run.
-
-    A checkpoint without one (written by an older fedwon, which did not record the noise of
-    each round) is refused: its rounds' noise cannot be known, and a guessed one could state
-    an epsilon below the truth."""
-    if checkpoint is None or checkpoint.round == 0:
-        return []
-    if not (cfg.dp.enabled and cfg.dp.level == "user"):
-        return []
-    history = checkpoint.privacy
-    if history is None:
-        raise ConfigError(
-            "cannot resume this DP run: its checkpoint holds no privacy ledger (it was written "
-            "by an older fedwon that did not record each round's noise), so the epsilon of its "
-            f"{checkpoint.round} rounds cannot be verified; start the run again"
-        )
-    covered = sum(n for _, _, n in history)
-    if covered != checkpoint.round:
-        raise ConfigError(
-            f"cannot resume this DP run: its checkpoint's privacy ledger covers {covered} "
-            f"rounds, but the checkpoint is at round {checkpoint.round}"
-        )
-    return list(history)
-
-
-def population_statement(population: int, simulated: int) -> dict[str, Any]:
-    """What an epsilon is stated for: the population sampled from, and whether that is the
-    simulated clients or an extrapolation to a larger population (q = m / N with N beyond
-    the clients that exist in the simulation)."""
-    extrapolated = population > simulated
-    statement = (
-        f"epsilon stated for a population of {population} (simulated: {simulated} clients)"
-        if extrapolated
-        else f"epsilon for the {simulated} simulated clients"
+def privacy_wrap(
+    cfg: RunConfig,
+    wrap: Callable[[Strategy], Strategy] | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> PrivacyWrap:
+    """The DP wrapper assembly for ``cfg`` (:class:`~fedwon.privacy.assembly.PrivacyWrap`),
+    continuing the privacy ledger of a resumed run's ``checkpoint``."""
+    run = DPRun(
+        dp=cfg.dp,
+        check=cfg.dp_check(),
+        expected_clients=cfg.sampled_per_round,
+        num_clients=cfg.data.num_clients,
+        num_rounds=cfg.server.num_rounds,
+        seed=cfg.seed,
     )
-    return {
-        "population": population,
-        "simulated_clients": simulated,
-        "population_extrapolated": extrapolated,
-        "statement": statement,
-    }
+    prior = prior_history(run, checkpoint.round, checkpoint.privacy) if checkpoint else []
+    return PrivacyWrap(run, wrap, prior)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@
   ``PrivacyLedger`` (Opacus' RDP / PRV accountants, amplification by sampling);
 * :mod:`~fedwon.privacy.central_dp` -- ``CentralDP``, user-level DP around any Flower strategy;
 * :mod:`~fedwon.privacy.client_clipping` -- ``dp_clipping_mod``, clipping on the client;
-* :mod:`~fedwon.privacy.lamb` -- ``FedLAMB``, layer-wise gradient normalization on the server;
+* ``FedLAMB`` (layer-wise gradient normalization on the server) lives with the aggregators,
+  :mod:`fedwon.strategies.lamb`; re-exported here;
+* :mod:`~fedwon.privacy.assembly` -- ``PrivacyWrap``: the DP wrapper a run's dp section asks for;
 * :mod:`~fedwon.privacy.dp_sgd` -- sample-level DP-SGD on a client (Opacus);
 * :mod:`~fedwon.privacy.client_epsilons` -- ``ClientEpsilons``, sample-level DP's server side
   (each client's epsilon; a round reports the maximum);

@@ -1,6 +1,7 @@
 """A resumed DP run accounts every round at the noise it actually used.
 
-The server's privacy wrap (:class:`fedwon.server_app.PrivacyWrap`) is driven through random
+The server's privacy wrap (:class:`fedwon.privacy.assembly.PrivacyWrap`, built by
+:func:`fedwon.server_app.privacy_wrap`) is driven through random
 schedules of processes -- each a new run or a resume from the previous one's checkpoint, with
 a target epsilon or a fixed noise, raised ``num_rounds`` and budget stops -- exactly as
 ``run_server`` drives it, minus the training. After every process the epsilon it reports must
@@ -30,7 +31,7 @@ from fedwon.privacy.accounting import (
     merge_history,
 )
 from fedwon.results import Checkpoint
-from fedwon.server_app import PrivacyWrap
+from fedwon.server_app import privacy_wrap
 
 DELTA = 1e-4
 BASE: dict[str, Any] = {
@@ -54,7 +55,7 @@ def opacus_epsilon(history: list[Mechanism], delta: float = DELTA) -> float:
 def run_process(cfg: RunConfig, ckpt: Checkpoint | None) -> tuple[Checkpoint, dict[str, Any]]:
     """What ``run_server`` does with the privacy wrap in one process: build it against the
     checkpoint, run every round the budget allows, checkpoint the last, write the summary."""
-    privacy = PrivacyWrap(cfg, None, checkpoint=ckpt)
+    privacy = privacy_wrap(cfg, None, checkpoint=ckpt)
     privacy(FedAvg())
     start = ckpt.round if ckpt is not None else 0
     last = privacy.last_round(start)
@@ -89,7 +90,7 @@ def test_the_issue_repro_resume_raising_rounds_under_a_target() -> None:
 def test_an_interrupted_run_resumed_at_the_same_rounds_keeps_its_noise_bit_for_bit() -> None:
     cfg = make_config({**BASE, "num_rounds": 12, "dp.target_epsilon": 4.0})
     whole, summary_whole = run_process(cfg, None)
-    interrupted = PrivacyWrap(cfg, None)  # the same run, stopped after its round-5 checkpoint
+    interrupted = privacy_wrap(cfg, None)  # the same run, stopped after its round-5 checkpoint
     interrupted(FedAvg())
     part = Checkpoint(5, ArrayRecord(), whole.rows[:5], privacy=interrupted.history(5))
     resumed, summary = run_process(cfg, part)
@@ -121,9 +122,9 @@ def test_a_target_already_spent_is_refused_in_one_line() -> None:
 def test_a_checkpoint_without_a_privacy_ledger_cannot_resume_a_dp_run() -> None:
     cfg = make_config({**BASE, "num_rounds": 10, "dp.noise_multiplier": 1.0})
     with pytest.raises(ConfigError, match="holds no privacy ledger"):
-        PrivacyWrap(cfg, None, checkpoint=Checkpoint(3, ArrayRecord(), [], privacy=None))
+        privacy_wrap(cfg, None, checkpoint=Checkpoint(3, ArrayRecord(), [], privacy=None))
     with pytest.raises(ConfigError, match="covers 2 rounds, but the checkpoint is at round 3"):
-        PrivacyWrap(cfg, None, checkpoint=Checkpoint(3, ArrayRecord(), [], privacy=[(1, 0.25, 2)]))
+        privacy_wrap(cfg, None, checkpoint=Checkpoint(3, ArrayRecord(), [], privacy=[(1, 0.25, 2)]))
 
 
 @settings(max_examples=10, deadline=None)
