@@ -98,8 +98,11 @@ class ClientConfig:
 
     def fingerprint(self) -> str:
         """A short hash of the training setup: a client's local layers saved under one setup
-        are never loaded under another (e.g. another model whose shapes would not fit)."""
-        return hashlib.sha1(repr(sorted(self.to_record().items())).encode()).hexdigest()[:16]
+        are never loaded under another (e.g. another model whose shapes would not fit). What
+        a resumed run may change without changing what is trained (the number of rounds, the
+        device, where the same data files lie) is left out, so FedBN resumes exactly."""
+        items = {k: v for k, v in self.to_record().items() if k not in _NOT_THE_SETUP}
+        return hashlib.sha1(repr(sorted(items.items())).encode()).hexdigest()[:16]
 
     def node_data(self, node: NodeSettings) -> DataSpec:
         """The data a client reads: the run's data section, overridden by the node's own (its
@@ -128,6 +131,7 @@ def wire_key(field_name: str) -> str:
 
 SEED_KEY = "seed"
 NUM_ROUNDS_KEY = "num-rounds"
+_NOT_THE_SETUP = frozenset({NUM_ROUNDS_KEY, "train.device", "data.data-root"})
 SECTION_TYPES: dict[str, type[Section]] = {
     "data": DataSpec,
     "model": ModelSpec,

@@ -126,3 +126,18 @@ def test_the_dp_section_travels_as_it_is() -> None:
     assert record["dp.clip-norm"] == 0.5 and record["dp.split"] == "dim"
     back = read_client_config(record)
     assert back == cfg.client_config() and back.dp == cfg.dp
+
+
+def test_the_setup_fingerprint_ignores_what_a_resume_may_change() -> None:
+    """FedBN's local layers are tagged with it: a resume raising num_rounds (or moving the
+    data, or the device) must find them; another model or lr must not."""
+    base = make_config({"strategy": "fedbn", "num_rounds": 2})
+    same = [
+        base.replace(num_rounds=4),
+        base.replace(device="cpu"),
+        base.replace(data_root="/moved/data"),
+    ]
+    other = [base.replace(lr=0.5), base.replace(model="cnn-tiny"), base.replace(seed=1)]
+    tag = base.client_config().fingerprint()
+    assert all(c.client_config().fingerprint() == tag for c in same)
+    assert all(c.client_config().fingerprint() != tag for c in other)
