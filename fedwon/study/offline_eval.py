@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from fedwon.checkpoint import load_checkpoint
 from fedwon.clients import data_spec, evaluate, initial_model
 from fedwon.clients.local_state import local_arrays, owner_tag
 from fedwon.config import RunConfig
 from fedwon.datasets import Federation, load_federation
-from fedwon.results import load_checkpoint
 
 __all__ = ["FinalStates", "average_states", "final_states", "heldout_accuracy", "split_accuracy"]
 
