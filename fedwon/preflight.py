@@ -25,8 +25,7 @@ from fedwon.datasets.spec import IN_CHANNELS
 from fedwon.models import build_model
 from fedwon.privacy.accounting import PrivacyLedger
 from fedwon.privacy.central_dp import planned_noise
-from fedwon.results import check_resumable
-from fedwon.run_dir import check_new_run_dir, prepare_run_dir
+from fedwon.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 REFUSED = "_fedwon_refused"  # marks an error already logged as one line
@@ -102,9 +101,9 @@ def prepare_run(
     if resume:
         if out_dir is None:
             raise ConfigError("cannot resume a run that has no output directory")
-        check_resumable(out_dir, cfg)
+        RunDir(out_dir).check_resumable(cfg)
     elif out_dir is not None:
-        check_new_run_dir(out_dir, overwrite=overwrite)
+        RunDir(out_dir).check_new(overwrite=overwrite)
     spec = cfg.data
     if load_data:
         fed = load_federation(spec)
@@ -115,7 +114,7 @@ def prepare_run(
     if not resume:
         check_first_round_budget(cfg)
     if out_dir is not None and not resume:
-        prepare_run_dir(out_dir, overwrite=overwrite)
+        RunDir(out_dir).prepare(overwrite=overwrite)
 
 
 def check_first_round_budget(cfg: RunConfig) -> None:

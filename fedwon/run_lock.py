@@ -2,14 +2,15 @@
 
 Two fedwon processes writing one run directory interleave its ``metrics.jsonl`` and overwrite
 each other's checkpoints, and both exit 0. So every writer first takes ``fcntl.flock`` on
-:data:`~fedwon.run_dir.LOCK_FILE` inside the directory and holds the open file until it is done.
+:data:`LOCK_FILE` inside the directory and holds the open file until it is done.
 The kernel releases the lock when the holder's process ends however it ends (an exception, Ctrl-C,
 SIGKILL, a crash), so a lock never outlives its writer and nothing has to be cleaned up by hand.
 The holder writes its PID into the file; that is only to name it in the refusal, which is one
 line (a :class:`~fedwon.config.ConfigError`, exit status 2).
 
 The lock file is removed when the lock is released; a taker that opened the file just before
-it was removed sees that the path no longer names the file it locked, and tries again.
+it was removed sees that the path no longer names the file it locked, and tries again. A run
+directory takes its lock through :meth:`fedwon.run_dir.RunDir.lock`, which checks it first.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from fedwon.config import ConfigError
-from fedwon.run_dir import LOCK_FILE, check_new_run_dir
 
-__all__ = ["LOCK_FILE", "holder_pid", "lock_dir", "lock_run_dir"]
+__all__ = ["LOCK_FILE", "holder_pid", "lock_dir"]
+
+LOCK_FILE = ".fedwon.lock"
+"""The lock of the process writing the directory: never part of a run, never deleted by
+``--overwrite`` (its holder is the overwriting run itself), and a directory holding only it counts
+as empty (a run killed outright can leave it behind)."""
 
 _ATTEMPTS = 5  # a free lock whose file keeps being removed under us is contention, not a bug
 
@@ -95,24 +100,3 @@ def lock_dir(directory: Path, what: str = "directory") -> Iterator[None]:
                 continue  # already removed (a run that failed before its first round)
             except OSError:
                 break
-
-
-@contextmanager
-def lock_run_dir(
-    run_dir: Path | None, *, resume: bool = False, overwrite: bool = False
-) -> Iterator[None]:
-    """Hold the lock of the run directory a run writes (none: ``run_dir`` is ``None``).
-
-    A new run's directory is first checked as :func:`fedwon.run_dir.check_new_run_dir` does, so
-    a file or an unwritable place is refused as such, not created for the lock; a resumed run's
-    directory must exist (the lock never creates an empty one to resume).
-    """
-    if run_dir is None:
-        yield
-        return
-    if resume and not run_dir.is_dir():
-        raise ConfigError(f"cannot resume {run_dir}: no such directory")
-    if not resume:
-        check_new_run_dir(run_dir, overwrite=overwrite)
-    with lock_dir(run_dir, "run directory"):
-        yield

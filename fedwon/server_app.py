@@ -28,8 +28,7 @@ from fedwon.preflight import check_first_round_budget, prepare_run, refused, wai
 from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
 from fedwon.process_guard import start_guard
 from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
-from fedwon.run_dir import resolve_out
-from fedwon.run_lock import lock_run_dir
+from fedwon.run_dir import lock_run_dir, resolve_out
 from fedwon.strategies import (
     METHODS,
     RoundCallback,

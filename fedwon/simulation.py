@@ -37,8 +37,7 @@ from fedwon.preflight import prepare_run
 from fedwon.process_guard import ending_started_processes, start_guard
 from fedwon.records import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
 from fedwon.results import Row
-from fedwon.run_dir import discard_unstarted_run
-from fedwon.run_lock import lock_run_dir
+from fedwon.run_dir import RunDir, lock_run_dir
 from fedwon.server_app import BoundServerApp, RunOutcome
 
 log = logging.getLogger(__name__)
@@ -216,7 +215,7 @@ def run_simulation(
                 _run_engine(cfg, resources, server_app, verbose)
         except BaseException:
             if out_path is not None and not resume:
-                discard_unstarted_run(out_path, created=created)
+                RunDir(out_path).discard_unstarted(created=created)
             raise
     if server_app.outcome is None:
         raise RuntimeError("the simulation ended without a result; see the log above")

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
-from fedwon.cli_args import expand_sets
+from fedwon.cli.args import expand_sets
 
 SIMS = Path(__file__).resolve().parents[1] / "sims"
 VALUED = ["--out", "--resume"]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from matplotlib.figure import Figure
 
-from fedwon.cli import plot_runs
+from fedwon.cli.report import plot_runs
 from fedwon.results import plot_accuracy
 
 ROWS = [

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from fedwon.cli import cli
 from fedwon.config import ConfigError
 from fedwon.privacy import compute_epsilon
-from fedwon.privacy_curve import Arm, CurvePlan, quick_plan, run_curve
+from fedwon.study.privacy_curve import Arm, CurvePlan, quick_plan, run_curve
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning")
 RECIPE = Path(__file__).resolve().parents[1] / "sims" / "dp_cross_device.toml"

@@ -1,4 +1,4 @@
-"""Run-directory pieces: metrics rows, checkpoints, resume checks, summaries."""
+"""Writing a run directory: metrics rows, checkpoints, resume checks, summaries."""
 
 import json
 import math
@@ -9,20 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedwon.checkpoint import Checkpoint, checkpoint_round, load_checkpoint, save_checkpoint
 from fedwon.config import ConfigError, RunConfig, make_config
-from fedwon.results import (
-    Checkpoint,
-    RunRecorder,
-    check_resumable,
-    checkpoint_round,
-    load_checkpoint,
-    read_metrics,
-    read_summary,
-    round_row,
-    run_progress,
-    run_state,
-    save_checkpoint,
-)
+from fedwon.results import RunRecorder, round_row
+from fedwon.run_dir import RunDir
 
 TINY: dict[str, Any] = {"model": "cnn-tiny", "num_rounds": 4, "checkpoint_every": 2}
 
@@ -115,7 +105,7 @@ def test_resume_refuses_changes_of_what_is_trained_naming_the_key(
     with pytest.raises(ConfigError, match=rf"cannot resume .*: {key}=.*→{value!r} would change"):
         RunRecorder(tmp_path, stored.replace(**change)).resume()
     assert (tmp_path / "config.toml").read_bytes() == written
-    assert len(read_metrics(tmp_path)) == 2
+    assert len(RunDir(tmp_path).metrics()) == 2
 
 
 def test_resume_accepts_changes_of_where_and_how_often(tmp_path: Path) -> None:
@@ -130,7 +120,7 @@ def test_resume_accepts_changes_of_where_and_how_often(tmp_path: Path) -> None:
         device="cpu",
         norm="bn",  # what "auto" resolves to for fedavg: the same model
     )
-    assert check_resumable(tmp_path, cfg) == 2
+    assert RunDir(tmp_path).check_resumable(cfg) == 2
     assert RunRecorder(tmp_path, cfg).resume().round == 2
     assert "num_rounds = 8" in (tmp_path / "config.toml").read_text()  # written after the checks
 
@@ -165,23 +155,6 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path: Path) 
     assert load_checkpoint(tmp_path).round == 2
 
 
-def test_read_metrics_skips_a_truncated_last_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    (tmp_path / "metrics.jsonl").write_text('{"round": 1, "accuracy": 0.5}\n{"round": 2, "acc')
-    assert read_metrics(tmp_path) == [{"round": 1, "accuracy": 0.5}]
-    assert "incomplete last line" in caplog.text
-    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\nnot json\n{"round": 3}\n')
-    with pytest.raises(ConfigError, match=r"metrics\.jsonl line 2 is not valid JSON"):
-        read_metrics(tmp_path)
-
-
-def test_run_progress_tells_a_finished_run_from_an_unfinished_one(tmp_path: Path) -> None:
-    _checkpointed_run(tmp_path, make_config(TINY), at_round=2)
-    assert run_progress(tmp_path, read_metrics(tmp_path)) == (2, 4)
-    assert run_progress(tmp_path / "missing", [{"round": 3}]) == (3, None)
-
-
 def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
     cfg = make_config(TINY)
     _checkpointed_run(tmp_path, cfg, at_round=2)
@@ -197,27 +170,6 @@ def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
         checkpoint_round(tmp_path)
 
 
-def test_run_state_finished_unfinished_budget_stopped_or_broken_summary(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    _checkpointed_run(tmp_path, make_config(TINY), at_round=2)
-    rows = read_metrics(tmp_path)
-    assert read_summary(tmp_path) is None
-    assert run_state(tmp_path, rows, None) == "unfinished: round 2 of 4"
-    stopped = {"strategy": "fedwon", "privacy": {"epsilon": 3.9, "stopped_by_budget": True}}
-    (tmp_path / "summary.json").write_text(json.dumps(stopped))
-    assert read_summary(tmp_path) == stopped
-    state = run_state(tmp_path, rows, stopped)
-    assert state == "stopped at the privacy budget after round 2 of 4"
-    (tmp_path / "summary.json").write_text('{"strategy": "fedw')  # truncated
-    assert read_summary(tmp_path) is None
-    assert f"{tmp_path / 'summary.json'} cannot be read (JSONDecodeError" in caplog.text
-    state = run_state(tmp_path, [*rows, {"round": 3}, {"round": 4}], None)
-    assert state == "unfinished: round 4 of 4, summary.json unreadable"
-    (tmp_path / "summary.json").write_text(json.dumps({"strategy": "fedwon"}))
-    assert run_state(tmp_path, [*rows, {"round": 3}, {"round": 4}], {"strategy": "fedwon"}) == ""
-
-
 def test_a_new_recorder_writes_nothing_before_its_first_round_nor_over_another_run(
     tmp_path: Path,
 ) -> None:
@@ -228,7 +180,7 @@ def test_a_new_recorder_writes_nothing_before_its_first_round_nor_over_another_r
     assert (tmp_path / "run" / "config.toml").is_file()
     with pytest.raises(ConfigError, match=r"already holds a run \(config\.toml\)"):
         RunRecorder(tmp_path / "run", cfg).record(1, ArrayRecord(), None, None)
-    assert len(read_metrics(tmp_path / "run")) == 1
+    assert len(RunDir(tmp_path / "run").metrics()) == 1
 
 
 def test_finish_writes_summary_csv_and_plot(tmp_path: Path) -> None:

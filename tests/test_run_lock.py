@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 
 from fedwon.cli import cli
 from fedwon.config import ConfigError, load_config
-from fedwon.results import read_metrics
-from fedwon.run_dir import LOCK_FILE, check_new_run_dir
-from fedwon.run_lock import holder_pid, lock_dir, lock_run_dir
+from fedwon.run_dir import LOCK_FILE, RunDir, lock_run_dir
+from fedwon.run_lock import holder_pid, lock_dir
 from fedwon.simulation import run_simulation
 
 SIMS = Path(__file__).resolve().parents[1] / "sims"
@@ -59,7 +58,7 @@ def test_within_one_process_a_second_writer_is_refused_too(tmp_path: Path) -> No
 
 def test_the_lock_file_alone_leaves_a_directory_empty(tmp_path: Path) -> None:
     (tmp_path / LOCK_FILE).write_text("12345\n")  # left by a holder killed outright
-    check_new_run_dir(tmp_path)  # no "not empty"
+    RunDir(tmp_path).check_new()  # no "not empty"
     with pytest.raises(ConfigError, match=r"run directory .*file is a file, not a directory"):
         (tmp_path / "file").write_text("x")
         with lock_run_dir(tmp_path / "file"):
@@ -93,7 +92,7 @@ def test_resume_while_another_process_writes_is_refused_and_changes_nothing(
             run_simulation(cfg, run, overwrite=True)
         assert (run / "metrics.jsonl").read_text() == before
     run_simulation(cfg.replace(num_rounds=2), run, resume=True)  # the holder is gone
-    assert [r["round"] for r in read_metrics(run)] == [1, 2]
+    assert [r["round"] for r in RunDir(run).metrics()] == [1, 2]
 
 
 def test_the_server_app_under_flwr_run_takes_the_lock(tmp_path: Path) -> None:

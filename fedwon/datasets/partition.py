@@ -40,6 +40,7 @@ import numpy as np
 
 from fedwon.datasets.base import rng_for
 from fedwon.datasets.errors import DataError
+from fedwon.datasets.spec import CHOICES
 
 DIRICHLET_MAX_TRIES = 100
 DIRICHLET_SCOPES = ("domain", "global")
@@ -401,3 +402,5 @@ PARTITIONERS: dict[str, Partitioner] = {
     "iid": partition_iid,
     "dirichlet": partition_dirichlet,
 }
+CHOICES["partition"] = PARTITIONERS  # what a data section may name
+CHOICES["dirichlet_scope"] = DIRICHLET_SCOPES

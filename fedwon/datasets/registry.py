@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedwon.datasets import cifar10, digits5, domainnet, embedded_digits, office_caltech
 from fedwon.datasets.base import DatasetInfo
 from fedwon.datasets.errors import DataError
+from fedwon.datasets.spec import CHOICES
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits-embedded": DatasetInfo(
@@ -53,6 +54,7 @@ DATASETS: dict[str, DatasetInfo] = {
         layout=cifar10.LAYOUT,
     ),
 }
+CHOICES["dataset"] = DATASETS  # what a data section may name
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -15,6 +15,7 @@ needs the data set's metadata (domains, ``num_clients`` against the number of do
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import field_serializer, model_validator
@@ -23,6 +24,10 @@ from fedwon.datasets.errors import DataError
 from fedwon.section import Section
 
 IN_CHANNELS = 3  # every fedwon data set yields RGB images (grey domains are replicated)
+CHOICES: dict[str, Collection[str]] = {"dataset": (), "partition": (), "dirichlet_scope": ()}
+"""The names a data section may use, filled in by the registries that define them when the
+package loads (:mod:`fedwon.datasets.registry`, :mod:`fedwon.datasets.partition`): this
+module imports no loader, so every loader can take a :class:`DataSpec`."""
 
 
 class DataSpec(Section):
@@ -77,14 +82,8 @@ class DataSpec(Section):
 
     @model_validator(mode="after")
     def _checked(self) -> DataSpec:
-        from fedwon.datasets.partition import DIRICHLET_SCOPES, PARTITIONERS
-        from fedwon.datasets.registry import DATASETS
-
-        for key, value, choices in (
-            ("dataset", self.dataset, DATASETS),
-            ("partition", self.partition, PARTITIONERS),
-            ("dirichlet_scope", self.dirichlet_scope, DIRICHLET_SCOPES),
-        ):
+        for key, choices in CHOICES.items():
+            value = getattr(self, key)
             if value not in choices:
                 raise ValueError(f"unknown {key} {value!r}; choose one of {sorted(choices)}")
         try:

@@ -16,7 +16,6 @@ Every process is stopped when the run ends, fails, times out or is interrupted.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,8 +33,7 @@ from fedwon.deploy.network import LOOPBACK, free_ports, wait_listening
 from fedwon.deploy.plan import Scalar, fit_to_nodes, node_config
 from fedwon.deploy.processes import Process, ProcessSet
 from fedwon.preflight import prepare_run
-from fedwon.results import Row, read_metrics
-from fedwon.run_dir import LOCK_FILE
+from fedwon.run_dir import LOCK_FILE, Row, RunDir
 from fedwon.run_lock import lock_dir
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml declares the app
@@ -382,16 +380,17 @@ def _deploy(
         remaining = timeout - (time.monotonic() - start)
         run_s = federation.run(app_dir, run_config, remaining, say)
         wall_s = time.monotonic() - start
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
+    run = RunDir(out)
+    summary = run.summary()  # an unreadable one is a run that did not finish, as a missing one
+    if summary is None:
         raise DeployError(
-            f"the run ended without writing {summary_path}: the ServerApp failed; see "
+            f"the run ended without writing {run.summary_file}: the ServerApp failed; see "
             f"{out / 'logs' / 'flwr-run.log'} and the SuperNode logs beside it"
         )
     return LocalResult(
         out=out,
-        summary=json.loads(summary_path.read_text()),
-        rows=read_metrics(out),
+        summary=summary,
+        rows=run.metrics(),
         wall_s=wall_s,
         run_s=run_s,
         ports=federation.ports,

@@ -7,8 +7,8 @@ the evaluation cadence and per-round reporting.
 """
 
 from fedwon.strategies.aggregation import non_finite_arrays, per_domain_metrics
-from fedwon.strategies.aggregators import AGGREGATORS, build_aggregator
-from fedwon.strategies.factory import build_strategy
+from fedwon.strategies.aggregators import AGGREGATORS
+from fedwon.strategies.factory import build_aggregator, build_strategy
 from fedwon.strategies.lamb import FedLAMB
 from fedwon.strategies.methods import (
     METHODS,

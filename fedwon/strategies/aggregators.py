@@ -8,11 +8,8 @@ shared (:mod:`fedwon.strategies.methods`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
@@ -21,12 +18,8 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedYogi,
 )
-from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedwon.strategies.lamb import FedLAMB
-
-if TYPE_CHECKING:
-    from fedwon.strategies.spec import ServerSpec
 
 
 @dataclass(frozen=True)
@@ -64,57 +57,3 @@ AGGREGATORS: dict[str, Aggregator] = {
         FedLAMB, {**_FEDOPT, "server_weight_decay": "weight_decay"}, weighted_mean=True
     ),
 }
-# Config keys an aggregator may read, and the value meaning "not set".
-_UNSET: dict[str, Any] = {
-    "server_lr": None,
-    "server_momentum": None,
-    "beta_1": None,
-    "beta_2": None,
-    "tau": None,
-    "server_weight_decay": None,
-    "proximal_mu": 0.0,
-}
-
-
-def check_aggregator_settings(cfg: ServerSpec) -> None:
-    """Refuse settings the chosen aggregator would silently ignore (or FedProx without mu)."""
-    agg = AGGREGATORS[cfg.aggregator]
-    ignored = [k for k, unset in _UNSET.items() if getattr(cfg, k) != unset and k not in agg.params]
-    if ignored:
-        users = sorted(n for n, a in AGGREGATORS.items() if ignored[0] in a.params)
-        raise ValueError(
-            f"{ignored[0]} is not used by aggregator {cfg.aggregator!r} (it is read by {users})"
-        )
-    if cfg.aggregator == "fedprox" and cfg.proximal_mu <= 0:
-        raise ValueError("aggregator 'fedprox' needs proximal_mu > 0 (e.g. proximal_mu=0.01)")
-
-
-def build_aggregator(
-    cfg: ServerSpec,
-    *,
-    num_clients: int,
-    client_lr: float,
-    evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord],
-) -> FedAvg:
-    """Flower's strategy for ``cfg.aggregator``, sampling exactly ``cfg.sampled(num_clients)``
-    clients a round (``client_lr`` is only logged, as Flower's FedOpt ``eta_l``).
-
-    ``min_train_nodes`` pins the sample size: Flower samples max(int(n · fraction), minimum).
-    """
-    sampled = cfg.sampled(num_clients)
-    agg = AGGREGATORS[cfg.aggregator]
-    kwargs: dict[str, Any] = {
-        arg: getattr(cfg, key) for key, arg in agg.params.items() if getattr(cfg, key) is not None
-    }
-    if issubclass(agg.cls, FedOpt):
-        kwargs["eta_l"] = client_lr  # logged by Flower only; clients use their own lr
-    n = num_clients
-    return agg.cls(
-        fraction_train=sampled / n,
-        min_train_nodes=sampled,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_evaluate_nodes=max(1, int(n * cfg.fraction_evaluate)),
-        min_available_nodes=sampled,
-        evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-        **kwargs,
-    )

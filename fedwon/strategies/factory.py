@@ -4,11 +4,14 @@ around Flower's aggregator for ``server.aggregator``."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from flwr.serverapp.strategy import Strategy
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedwon.strategies.aggregation import per_domain_metrics
-from fedwon.strategies.aggregators import AGGREGATORS, build_aggregator
+from fedwon.strategies.aggregators import AGGREGATORS
 from fedwon.strategies.round_rules import RoundCallback, RoundRules
 from fedwon.strategies.spec import ServerSpec
 
@@ -56,4 +59,35 @@ def build_strategy(
             if AGGREGATORS[cfg.aggregator].has_server_step
             else ""
         ),
+    )
+
+
+def build_aggregator(
+    cfg: ServerSpec,
+    *,
+    num_clients: int,
+    client_lr: float,
+    evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord],
+) -> FedAvg:
+    """Flower's strategy for ``cfg.aggregator``, sampling exactly ``cfg.sampled(num_clients)``
+    clients a round (``client_lr`` is only logged, as Flower's FedOpt ``eta_l``).
+
+    ``min_train_nodes`` pins the sample size: Flower samples max(int(n · fraction), minimum).
+    """
+    sampled = cfg.sampled(num_clients)
+    agg = AGGREGATORS[cfg.aggregator]
+    kwargs: dict[str, Any] = {
+        arg: getattr(cfg, key) for key, arg in agg.params.items() if getattr(cfg, key) is not None
+    }
+    if issubclass(agg.cls, FedOpt):
+        kwargs["eta_l"] = client_lr  # logged by Flower only; clients use their own lr
+    n = num_clients
+    return agg.cls(
+        fraction_train=sampled / n,
+        min_train_nodes=sampled,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_evaluate_nodes=max(1, int(n * cfg.fraction_evaluate)),
+        min_available_nodes=sampled,
+        evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        **kwargs,
     )

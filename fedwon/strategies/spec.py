@@ -8,10 +8,12 @@ is refused (:func:`~fedwon.strategies.aggregators.check_aggregator_settings`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import field_validator, model_validator
 
 from fedwon.section import Section
-from fedwon.strategies.aggregators import AGGREGATORS, check_aggregator_settings
+from fedwon.strategies.aggregators import AGGREGATORS
 from fedwon.strategies.methods import METHODS
 
 
@@ -115,3 +117,28 @@ class ServerSpec(Section):
         if self.clients_per_round:
             return self.clients_per_round
         return max(1, int(num_clients * self.fraction_train))
+
+
+# Config keys an aggregator may read, and the value meaning "not set".
+_UNSET: dict[str, Any] = {
+    "server_lr": None,
+    "server_momentum": None,
+    "beta_1": None,
+    "beta_2": None,
+    "tau": None,
+    "server_weight_decay": None,
+    "proximal_mu": 0.0,
+}
+
+
+def check_aggregator_settings(cfg: ServerSpec) -> None:
+    """Refuse settings the chosen aggregator would silently ignore (or FedProx without mu)."""
+    agg = AGGREGATORS[cfg.aggregator]
+    ignored = [k for k, unset in _UNSET.items() if getattr(cfg, k) != unset and k not in agg.params]
+    if ignored:
+        users = sorted(n for n, a in AGGREGATORS.items() if ignored[0] in a.params)
+        raise ValueError(
+            f"{ignored[0]} is not used by aggregator {cfg.aggregator!r} (it is read by {users})"
+        )
+    if cfg.aggregator == "fedprox" and cfg.proximal_mu <= 0:
+        raise ValueError("aggregator 'fedprox' needs proximal_mu > 0 (e.g. proximal_mu=0.01)")

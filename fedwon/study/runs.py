@@ -5,12 +5,12 @@ Every run of the study is an ordinary ``fedwon run`` directory under the cache f
     CACHE/<part>/<method>-<lr…>-seed<s>[-holdout_<domain>]-<config digest>/
 
 The digest is a hash of the fully resolved config, so a directory only ever holds the run of
-exactly one config: a finished one (``summary.json`` and every round recorded) is reused as is,
-an interrupted one is resumed from its last checkpoint, a directory that never reached a
-checkpoint is cleared and started again. After training, the evaluations the study adds
-(validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are computed once
-and kept beside the run directory in ``<directory>.study.json`` (never inside it: a run
-directory holds only what a run writes), together with the commit that trained it.
+exactly one config, and :meth:`fedwon.run_dir.RunDir.reuse` says what to do with it: a finished
+one is reused as is, an interrupted one is resumed from its last checkpoint, a directory that
+never reached a checkpoint is cleared and started again. After training, the evaluations the
+study adds (validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are
+computed once and kept beside the run directory in ``<directory>.study.json`` (never inside it:
+a run directory holds only what a run writes), together with the commit that trained it.
 
 A run that fails (e.g. every client diverged at a too-large learning rate of the grid, or its
 checkpoint is damaged) is a result of this invocation, not a crash: its error is kept in the same
@@ -36,13 +36,8 @@ from fedwon.config import ConfigError, RunConfig, load_config
 from fedwon.datasets import DATASETS, DataError
 from fedwon.errors import error_line
 from fedwon.provenance import code_commit
-from fedwon.results import (
-    checkpoint_round,
-    final_metrics,
-    per_domain,
-    read_metrics,
-    read_summary,
-)
+from fedwon.results import final_metrics, per_domain
+from fedwon.run_dir import RunDir
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
 from fedwon.study.plan import METHODS, Candidate, Part
 
@@ -116,14 +111,6 @@ def refusal(part: Part, method: str) -> str:
 def run_dir(cache: Path, spec: RunSpec, cfg: RunConfig) -> Path:
     digest = hashlib.sha256(cfg.to_toml().encode()).hexdigest()[:10]
     return cache / spec.part / f"{spec.name}-{digest}"
-
-
-def _finished(path: Path, cfg: RunConfig) -> bool:
-    """A readable summary and every round recorded (a broken summary is not finished)."""
-    if read_summary(path) is None:
-        return False
-    rows = read_metrics(path)
-    return bool(rows) and rows[-1]["round"] == cfg.server.num_rounds
 
 
 def _domain_mean(row: dict[str, Any]) -> float | None:
@@ -214,14 +201,15 @@ def _train(path: Path, cfg: RunConfig) -> str:
         aside = set_aside(path)
         log.warning("%s: running it again (the previous attempt is kept in %s)", path, aside)
         info = {}
-    if _finished(path, cfg):
-        return "cached"
     try:
-        resume = path.is_dir() and checkpoint_round(path) is not None
-    except ConfigError as err:  # a damaged checkpoint: this attempt's failure, named
+        reuse = RunDir(path).reuse(cfg)
+    except ConfigError as err:  # a damaged config or checkpoint: this attempt's failure, named
         log.warning("%s failed: %s", path, err)
         _write_study(path, {**info, "failed": _failure(err)})
         return "failed"
+    if reuse == "cached":
+        return "cached"
+    resume = reuse == "resume"
     if not resume:
         shutil.rmtree(path, ignore_errors=True)  # started but never checkpointed: nothing to keep
         info = {"commit": code_commit()}
@@ -260,7 +248,7 @@ def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
         info["heldout"] = heldout_accuracy(path, cfg, [spec.heldout]).as_dict()
     info.setdefault("commit", "unknown (trained outside the study)")
     _write_study(path, info)
-    rows = read_metrics(path)
+    rows = RunDir(path).metrics()
     final = final_metrics(rows)
     curve = [
         (int(r["round"]), acc)

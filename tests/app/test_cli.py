@@ -13,7 +13,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
-from fedwon.results import read_metrics
+from fedwon.run_dir import RunDir
 
 SIMS = Path(__file__).resolve().parents[2] / "sims"
 runner = CliRunner()
@@ -98,7 +98,7 @@ def run_args(out: Path, *overrides: str, strategy: str = "fedbn") -> list[object
 
 
 def rounds(run_dir: Path) -> list[int]:
-    return [r["round"] for r in read_metrics(run_dir)]
+    return [r["round"] for r in RunDir(run_dir).metrics()]
 
 
 def assert_one_line_error(result: Result, message: str, exit_code: int = 2) -> None:
@@ -113,7 +113,7 @@ def test_a_second_run_into_the_same_directory_is_refused_unless_overwrite(tmp_pa
     first = fedwon(*run_args(out))
     assert first.exit_code == 0, first.output
     assert "round 1/1  train_loss" in first.stdout  # a line per round when not on a terminal
-    accuracy = read_metrics(out)[0]["accuracy"]
+    accuracy = RunDir(out).metrics()[0]["accuracy"]
 
     again = fedwon(*run_args(out))
     assert_one_line_error(again, r"run/? is not empty \(it holds .*config.toml.*\): resume it")
@@ -123,7 +123,7 @@ def test_a_second_run_into_the_same_directory_is_refused_unless_overwrite(tmp_pa
     assert replaced.exit_code == 0, replaced.output
     assert rounds(out) == [1]
     # the old run's FedBN layers were deleted, not loaded: the same result as a fresh directory
-    assert read_metrics(out)[0]["accuracy"] == accuracy
+    assert RunDir(out).metrics()[0]["accuracy"] == accuracy
 
     (out / "notes.txt").write_text("mine")
     kept = fedwon(*run_args(out), "--overwrite")
@@ -201,6 +201,7 @@ def test_report_marks_unfinished_runs_and_survives_a_truncated_last_line(
 ) -> None:
     row = '{{"round": {r}, "accuracy": 0.{r}, "accuracy/usps": 0.{r}}}\n'
     done = _fake_run(tmp_path / "done", 2, row.format(r=1) + row.format(r=2))
+    (done / "summary.json").write_text("{}")  # written last: the run finished
     killed = _fake_run(
         tmp_path / "killed", 5, row.format(r=1) + row.format(r=2) + '{"round": 3, "ac'
     )
@@ -240,8 +241,8 @@ def test_version_and_help_read_as_plain_text() -> None:
 def test_verbose_prints_flower_s_lines_once() -> None:
     script = (
         "import logging\n"
-        "from fedwon.cli import _setup_logging\n"
-        "_setup_logging(verbose=True)\n"
+        "from fedwon.cli.console import setup_logging\n"
+        "setup_logging(verbose=True)\n"
         "logging.getLogger('flwr').warning('a line from Flower')\n"
     )
     root = Path(__file__).resolve().parents[2]

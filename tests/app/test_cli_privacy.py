@@ -5,7 +5,8 @@ import warnings
 
 from rich.console import Console
 
-from fedwon.cli import _setup_logging, privacy_line, results_table, round_line
+from fedwon.cli.console import privacy_line, results_table, setup_logging
+from fedwon.cli.run import round_line
 from fedwon.privacy import compute_epsilon
 
 
@@ -40,6 +41,6 @@ def test_the_optimal_order_warning_is_silenced_by_the_cli() -> None:
         compute_epsilon(50.0, 0.01, 1, 1e-5)
         assert any("Optimal order is the largest alpha" in str(w.message) for w in seen)
         seen.clear()
-        _setup_logging(False)
+        setup_logging(False)
         compute_epsilon(50.0, 0.01, 1, 1e-5)
         assert not seen, [str(w.message) for w in seen]

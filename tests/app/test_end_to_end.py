@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 from fedwon import process_guard
+from fedwon.checkpoint import load_checkpoint
 from fedwon.clients.local_state import STATE_KEY
 from fedwon.config import RunConfig, make_config
 from fedwon.engine import run_fast
 from fedwon.models import build_model
 from fedwon.nn import WSConv2d, has_norm_layers
 from fedwon.process_guard import descendants
-from fedwon.results import load_checkpoint, read_metrics
+from fedwon.run_dir import RunDir
 from fedwon.server_app import BoundServerApp, RunOutcome
 from fedwon.simulation import run_simulation
 from fedwon.strategies import RoundFailedError, norm_state_keys
@@ -64,7 +65,7 @@ def test_strategy_learns_and_flower_and_fast_engines_agree(strategy: str, tmp_pa
         left = {p for p in left if Path(f"/proc/{p}").exists()}
     assert not left, [Path(f"/proc/{p}/cmdline").read_text() for p in left]
     fast = run_simulation(small(strategy, engine="fast", num_workers=0), tmp_path / "fast")
-    accuracy = [r["accuracy"] for r in read_metrics(tmp_path / "flower")]
+    accuracy = [r["accuracy"] for r in RunDir(tmp_path / "flower").metrics()]
     assert accuracy[-1] > 0.2, accuracy  # chance is 0.1
     assert flower.summary["final"]["per_domain"].keys() == {
         "mnist",
@@ -159,7 +160,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     def strip(rows: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
-    assert strip(read_metrics(part)) == strip(read_metrics(tmp_path / "full"))
+    assert strip(RunDir(part).metrics()) == strip(RunDir(tmp_path / "full").metrics())
 
 
 def test_resume_keeps_the_server_optimizer_state(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fedwon.results import read_metrics
+from fedwon.run_dir import RunDir
 from fedwon.server_app import NODE_TIMEOUT_S, RUN_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_flwr_run_writes_a_run_directory(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
     assert proc.returncode == 0, output[-3000:]
-    rows = read_metrics(out)
+    rows = RunDir(out).metrics()
     assert [r["round"] for r in rows] == [1, 2]
     assert (out / "summary.json").exists()
     shutil.rmtree(tmp_path / "flwr-home", ignore_errors=True)

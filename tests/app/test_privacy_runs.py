@@ -14,7 +14,7 @@ from opacus.accountants import RDPAccountant
 
 from fedwon.config import ConfigError, load_config, make_config
 from fedwon.privacy import compute_epsilon
-from fedwon.results import read_metrics
+from fedwon.run_dir import RunDir
 from fedwon.simulation import run_simulation
 
 DP_RUN: dict[str, Any] = {
@@ -38,7 +38,7 @@ DP_RUN: dict[str, Any] = {
 
 def test_a_dp_run_reports_growing_epsilon_and_its_privacy(tmp_path: Path) -> None:
     outcome = run_simulation(make_config(DP_RUN), tmp_path / "run")
-    rows = read_metrics(tmp_path / "run")
+    rows = RunDir(tmp_path / "run").metrics()
     eps = [r["epsilon"] for r in rows]
     assert len(eps) == 3 and eps[0] > 0 and eps[0] < eps[1] < eps[2]
     assert eps[-1] == pytest.approx(compute_epsilon(0.8, 5 / 10, 3, 1e-5), rel=1e-9)
@@ -97,7 +97,7 @@ def test_a_dp_sgd_run_reports_each_clients_epsilon_as_opacus_accounts_it(tmp_pat
     """Every client trains in every round (3 steps each): after round r each has taken 3r
     DP-SGD steps at q = 1/3, and the row's epsilon is Opacus' accountant on those steps."""
     outcome = run_simulation(make_config(SAMPLE_RUN), tmp_path / "run")
-    rows = read_metrics(tmp_path / "run")
+    rows = RunDir(tmp_path / "run").metrics()
     for r, row in enumerate(rows, start=1):
         accountant = RDPAccountant()
         accountant.history = [(1.0, 1 / 3, 3 * r)]
@@ -162,7 +162,7 @@ def test_a_resume_raising_rounds_under_a_target_stays_within_it(tmp_path: Path) 
     accountant.history = history
     assert privacy["epsilon"] == pytest.approx(accountant.get_epsilon(1e-4), rel=1e-12)
     assert first["epsilon"] <= privacy["epsilon"] <= 6.0
-    eps = [r["epsilon"] for r in read_metrics(tmp_path / "run")]
+    eps = [r["epsilon"] for r in RunDir(tmp_path / "run").metrics()]
     assert eps == sorted(eps) and eps[-1] == privacy["epsilon"]
 
 

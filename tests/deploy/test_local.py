@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from loopback import SMALL, assert_nothing_left, fitted, run_config_for
 
+from fedwon.checkpoint import load_checkpoint
 from fedwon.config import make_config, read_recipe
 from fedwon.deploy.certs import make_certificates
 from fedwon.deploy.diagnose import supernode_exit
@@ -21,7 +22,7 @@ from fedwon.deploy.errors import DeployError
 from fedwon.deploy.keys import make_node_key, make_node_keys
 from fedwon.deploy.local import APP_DIR, LocalFederation, LocalResult, deploy_local
 from fedwon.deploy.plan import node_config
-from fedwon.results import load_checkpoint, read_metrics
+from fedwon.run_dir import RunDir
 from fedwon.simulation import run_simulation
 
 RESULT_FILES = ("config.toml", "metrics.jsonl", "summary.json", "per_domain.csv", "accuracy.png")
@@ -32,7 +33,7 @@ def test_two_supernodes_two_rounds_of_fedwon_write_results(tmp_path: Path) -> No
     overrides = [*SMALL, "eval_every=2"]  # one evaluation (the last round): 3 messages per node
     result = deploy_local(tmp_path / "run", 2, 2, overrides=overrides, on_event=events.append)
     out = result.out
-    rows = read_metrics(out)
+    rows = RunDir(out).metrics()
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["clients"] == 2 and r["dropped"] == 0 for r in rows)
     assert rows[0]["accuracy"] is None
@@ -110,7 +111,7 @@ def test_auth_refuses_an_unregistered_supernode_while_registered_ones_train(
     assert "public key is not registered" in supernode_exit(
         "supernode-9", 1, intruder.process.log, intruder.process.log_text()
     )
-    assert [r["clients"] for r in read_metrics(root)] == [2, 2]
+    assert [r["clients"] for r in RunDir(root).metrics()] == [2, 2]
     assert_nothing_left(root, ports)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fedwon.study.cli import human_duration, summary_line
+from fedwon.cli.study import human_duration, summary_line
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fedwon.config import make_config
-from fedwon.results import per_domain, read_metrics
+from fedwon.results import per_domain
+from fedwon.run_dir import RunDir
 from fedwon.simulation import run_simulation
 from fedwon.study.offline_eval import average_states, heldout_accuracy, split_accuracy
 
@@ -31,7 +32,7 @@ def test_test_split_matches_the_clients_own_final_evaluation(tmp_path: Path, str
         {**TINY, "strategy": strategy, "domains": "mnist,svhn,usps", "num_clients": 3}
     )
     run_simulation(cfg, tmp_path)
-    final = read_metrics(tmp_path)[-1]
+    final = RunDir(tmp_path).metrics()[-1]
     offline = split_accuracy(tmp_path, cfg, "test")
     assert offline.per_domain == pytest.approx(per_domain(final), abs=1e-12)
     assert offline.examples == 3 * 20

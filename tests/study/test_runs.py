@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedwon.results import read_metrics
+from fedwon.run_dir import RunDir
 from fedwon.simulation import run_simulation
 from fedwon.study.plan import Candidate, Part
 from fedwon.study.runs import RunSpec, execute, refusal, run_config, run_dir, study_file
@@ -62,7 +62,7 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path: Path) -
     path = run_dir(tmp_path, spec(seed=2), cfg)
     run_simulation(cfg.replace(num_rounds=1), path)
     resumed = execute(PART, spec(seed=2), tmp_path)
-    assert resumed.status == "resumed" and [r["round"] for r in read_metrics(path)] == [1, 2]
+    assert resumed.status == "resumed" and [r["round"] for r in RunDir(path).metrics()] == [1, 2]
     fresh = execute(PART, spec(seed=2), tmp_path / "uninterrupted")
     assert fresh.status == "trained" and resumed.test == fresh.test  # resume == uninterrupted
 
@@ -91,7 +91,7 @@ def test_a_damaged_checkpoint_is_named_then_the_run_is_trained_again(tmp_path: P
     assert failed.error.startswith(f"checkpoint file {arrays} cannot be read (BadZipFile")
     retried = execute(PART, spec(), tmp_path)
     assert retried.status == "trained" and retried.ok
-    assert [r["round"] for r in read_metrics(path)] == [1, 2]
+    assert [r["round"] for r in RunDir(path).metrics()] == [1, 2]
     aside = path.with_name(path.name + ".failed-1")
     assert (aside / "checkpoint" / "arrays.npz").read_bytes() == b"PK\x03\x04 not a zip"
     assert "BadZipFile" in json.loads(study_file(aside).read_text())["failed"]

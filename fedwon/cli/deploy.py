@@ -1,4 +1,8 @@
-"""``fedwon deploy``: real SuperNodes over gRPC: a one-machine trial, certificates, node keys."""
+"""``fedwon deploy``: real SuperNodes over gRPC: a one-machine trial, certificates, node keys.
+
+Owns the three subcommands' options and what they print (copy-pastable commands); the work is
+:mod:`fedwon.deploy`'s.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedwon.cli_args import ManySetCommand
+from fedwon.cli.args import ManySetCommand
+from fedwon.cli.console import fail, one_line_errors, results_table, signals_interrupt
 from fedwon.deploy.certs import LOCAL_HOSTS, make_certificates
 from fedwon.deploy.errors import DeployError
 from fedwon.deploy.keys import make_node_keys
@@ -53,7 +58,6 @@ def local(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a recipe on a SuperLink and N SuperNodes on this machine (loopback gRPC)."""
-    from fedwon.cli import fail, one_line_errors, results_table, signals_interrupt
     from fedwon.deploy.local import APP_DIR, DEFAULT_RECIPE, deploy_local
     from fedwon.process_guard import start_guard
 
@@ -95,8 +99,6 @@ def certs(
     days: Annotated[int, typer.Option(help="validity of the server certificate")] = 825,
 ) -> None:
     """Make a CA and a SuperLink server certificate (ECDSA P-384) for a real deployment."""
-    from fedwon.cli import fail
-
     try:
         files = make_certificates(directory, [*(host or []), *LOCAL_HOSTS], days)
     except DeployError as err:
@@ -117,8 +119,6 @@ def keys(
     prefix: Annotated[str, typer.Option(help="node name prefix")] = "node",
 ) -> None:
     """Make SuperNode authentication key pairs (ECDSA P-384, OpenSSH format)."""
-    from fedwon.cli import fail
-
     try:
         pairs = make_node_keys(directory, nodes, prefix)
     except DeployError as err:

@@ -1,4 +1,6 @@
-"""``fedwon privacy-curve``: the privacy–utility table and plot of FedWon under user-level DP.
+"""The privacy–utility curve of FedWon under user-level DP: a second study plan.
+
+``fedwon privacy-curve`` (:mod:`fedwon.cli.privacy_curve`) runs it.
 
 Apple's ablation ("Enabling DP FL for speech recognition") on fedwon's cross-device DP recipe
 (``sims/dp_cross_device.toml``): at each target epsilon, **per-layer clipping + LAMB** against
@@ -20,17 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-from rich.console import Console
-
-from fedwon.config import ConfigError, RunConfig, make_config, read_recipe, resume_conflicts
+from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
 from fedwon.provenance import code_commit
-from fedwon.results import final_metrics, find_checkpoint, per_domain, read_metrics, read_run_config
+from fedwon.results import final_metrics, per_domain
+from fedwon.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +115,12 @@ def run_arm(cfg: RunConfig, run_dir: Path) -> str:
     """Make ``run_dir`` hold the finished run of ``cfg``; say how: cached, resumed, trained."""
     from fedwon.simulation import run_simulation
 
-    if (run_dir / "config.toml").is_file():
-        stored = read_run_config(run_dir)
-        same = (
-            not resume_conflicts(stored, cfg) and stored.server.num_rounds == cfg.server.num_rounds
-        )
-        if same and (run_dir / "summary.json").is_file():
-            return "cached"
-        if same and find_checkpoint(run_dir) is not None:
-            run_simulation(cfg, run_dir, resume=True)
-            return "resumed"
+    reuse = RunDir(run_dir).reuse(cfg)
+    if reuse == "cached":
+        return "cached"
+    if reuse == "resume":
+        run_simulation(cfg, run_dir, resume=True)
+        return "resumed"
     overwrite = run_dir.is_dir() and any(run_dir.iterdir())
     run_simulation(cfg, run_dir, overwrite=overwrite)
     return "trained"
@@ -132,8 +128,11 @@ def run_arm(cfg: RunConfig, run_dir: Path) -> str:
 
 def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str, Any]:
     """What the table and plot need from a finished run directory."""
-    rows = read_metrics(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run = RunDir(run_dir)
+    rows = run.metrics()
+    summary = run.summary()
+    if summary is None:
+        raise ConfigError(f"{run.summary_file} is missing or unreadable: the run did not finish")
     final = final_metrics(rows)
     privacy = summary.get("privacy", {})
     clipped = [r["clipped_fraction"] for r in rows if r.get("clipped_fraction") is not None]
@@ -288,8 +287,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+OnArm = Callable[[int, int, dict[str, Any]], None]
+"""Progress callback: (arms done, arms in total, the result of the arm just finished)."""
+
+
+def arm_line(done: int, total: int, result: dict[str, Any]) -> str:
+    """``[3/14] flat+fedavg-eps8: trained · accuracy 61.2% · ε 7.98``"""
+    eps = "" if result["epsilon"] is None else f" · ε {result['epsilon']:.2f}"
+    return (
+        f"[{done}/{total}] {result['name']}: {result['status']} · accuracy "
+        f"{_pct(result['accuracy'])}%{eps}"
+    )
+
+
 def run_curve(
-    plan: CurvePlan, cache: Path, out: Path, command: str, console: Console | None = None
+    plan: CurvePlan, cache: Path, out: Path, command: str, on_arm: OnArm | None = None
 ) -> dict[str, Any]:
     """Run (or reuse) every arm, then write the table, the JSON and the plot under ``out``."""
     configs = {arm: plan.config(arm) for arm in plan.arms()}  # every config checked up front
@@ -299,13 +311,8 @@ def run_curve(
         status = run_arm(cfg, cache / arm.name)
         result = arm_result(arm, cfg, cache / arm.name, status)
         runs.append(result)
-        if console is not None:
-            eps = "" if result["epsilon"] is None else f" · ε {result['epsilon']:.2f}"
-            console.print(
-                f"[{i}/{len(configs)}] {arm.name}: {status} · accuracy "
-                f"{_pct(result['accuracy'])}%{eps}",
-                highlight=False,
-            )
+        if on_arm is not None:
+            on_arm(i, len(configs), result)
     dp_cfg = next(cfg for arm, cfg in configs.items() if arm.target_epsilon is not None)
     results = {
         "command": command,
@@ -322,42 +329,3 @@ def run_curve(
     (out / "privacy_results.md").write_text(markdown(results))
     plot(results, out / "img" / "privacy_utility.png")
     return results
-
-
-privacy_curve_cli = typer.Typer(add_completion=False)
-
-
-@privacy_curve_cli.callback(invoke_without_command=True)
-def privacy_curve(
-    quick: Annotated[
-        bool, typer.Option("--quick", help="a tiny federation, one round: the pipeline only")
-    ] = False,
-    recipe: Annotated[Path, typer.Option(help="the DP recipe every arm starts from")] = RECIPE,
-    cache: Annotated[
-        Path | None,
-        typer.Option(help="run directories (reused when finished, resumed when interrupted)"),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="where privacy_results.md/.json and img/ go")
-    ] = None,
-) -> None:
-    """Privacy–utility table and plot: per-layer clipping + LAMB vs flat clipping + FedAvg."""
-    from fedwon.cli import one_line_errors
-
-    logging.basicConfig(level=logging.WARNING)
-    # Opacus notes when the best RDP order is at the end of its range (small epsilons)
-    warnings.filterwarnings("ignore", message="Optimal order is the")
-    plan = quick_plan(recipe) if quick else CurvePlan(recipe)
-    cache = cache or Path("runs/privacy-curve-quick" if quick else "runs/privacy-curve")
-    out = out or (cache / "report" if quick else Path("docs"))
-    command = "fedwon privacy-curve" + (" --quick" if quick else "")
-    if recipe != RECIPE:
-        command += f" --recipe {recipe}"
-    console = Console(soft_wrap=True)
-    console.print(f"privacy-curve: {len(plan.arms())} runs under {cache}, results to {out}")
-    with one_line_errors(verbose=False):
-        if not recipe.is_file():
-            raise ConfigError(f"recipe {str(recipe)!r} not found")
-        results = run_curve(plan, cache, out, command, console)
-    seconds = results["seconds"]
-    console.print(f"wrote {out / 'privacy_results.md'} ({seconds:.0f} s of training)")

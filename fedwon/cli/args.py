@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 import click
 from typer.core import TyperCommand
 
+from fedwon.cli.console import fail
+
 SET_OPTIONS = ("--set", "-s")
 
 
@@ -83,7 +85,5 @@ class ManySetCommand(TyperCommand):
                 known = {name for p in self.params for name in (*p.opts, *p.secondary_opts)}
                 if any(unknown_option(w, known) for w in args):
                     return super().parse_args(ctx, args)  # click names the unknown option
-                from fedwon.cli import fail  # the one-line error of every fedwon command
-
                 raise fail(str(err)) from None
         return super().parse_args(ctx, args)

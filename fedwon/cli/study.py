@@ -1,4 +1,8 @@
-"""``fedwon study``: run (or reuse) the study's runs and write the report."""
+"""``fedwon study``: run (or reuse) the study's runs and write the report.
+
+Owns the command's options, its default cache and report folders, and the one line printed per
+run and at the end; the study itself is :mod:`fedwon.study`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedwon.cli.console import fail, one_line_errors
 from fedwon.study.plan import PLANS
 from fedwon.study.runs import RunRecord
 
@@ -62,7 +67,6 @@ def study(
     ] = None,
 ) -> None:
     """Reproduce the FedWon paper's comparisons: tune on validation, run seeds, write report."""
-    from fedwon.cli import fail, one_line_errors  # the main CLI imports this module
     from fedwon.study.report import write_report
     from fedwon.study.runner import run_study
 
