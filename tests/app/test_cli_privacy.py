@@ -44,3 +44,17 @@ def test_the_optimal_order_warning_is_silenced_by_the_cli() -> None:
         setup_logging(False)
         compute_epsilon(50.0, 0.01, 1, 1e-5)
         assert not seen, [str(w.message) for w in seen]
+
+
+def test_the_banner_says_whether_dp_is_on_at_what_target_and_for_which_population() -> None:
+    """`fedwon run` prints this line before anything trains: DP is never silently off."""
+    from fedwon.config import make_config
+
+    assert make_config({}).dp.describe(5, 5) == "DP off"
+    dp = make_config(
+        {"num_clients": 20, "clients_per_round": 5, "min_clients": 5, "dp.enabled": True}
+        | {"dp.target_epsilon": 8.0, "dp.population": 100_000, "dp.delta": 1e-6}
+    )
+    line = dp.dp.describe(dp.dp_check().population, dp.data.num_clients)
+    assert line.startswith("DP user-level: target epsilon 8 at delta 1e-06")
+    assert line.endswith("epsilon stated for a population of 100000 (simulated: 20)")
