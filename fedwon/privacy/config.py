@@ -31,8 +31,8 @@ class DPConfig(Section):
     * ``clip_norm`` C; ``clipping`` flat|per_layer; ``split`` uniform|dim (per-layer bounds).
     * ``noise_multiplier`` z, or ``target_epsilon`` to calibrate z before the run (set one).
     * ``delta``; ``max_epsilon`` (0 = no cap): the run stops after the last round within it.
-    * ``accountant`` rdp|prv; ``population`` N for the sample rate q = m / N (0 = the number
-      of simulated clients).
+    * ``accountant`` rdp|prv; ``population`` N for the sample rate q = m / N, or M / N with
+      ``noise_cohort_size`` (0 = the number of simulated clients).
     * ``secure_rng``: OS-CSPRNG noise (deployment) instead of seeded noise (simulation).
     * ``placement``: where user-level clipping happens -- ``server`` (simulation) or
       ``client`` (a ClientApp mod: an unclipped update never leaves the client).
