@@ -21,6 +21,7 @@ from fedwon.privacy.accounting import Mechanism
 from fedwon.privacy.central_dp import CentralDP
 from fedwon.privacy.client_epsilons import ClientEpsilons
 from fedwon.privacy.config import DPConfig, DPRunCheck
+from fedwon.privacy.noise import noise_std
 from fedwon.section import ConfigError
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,18 @@ class PrivacyWrap:
                 "clip_norm": self.dp.clip_norm,
                 "clipping": self.dp.clipping,
                 "placement": self.dp.placement,
-                **population_statement(self.check.population, self.run.num_clients),
+                "noise_std_on_mean": noise_std(
+                    ledger.noise_multiplier,
+                    self.dp.clip_norm,
+                    self.dp.expected_clients,
+                    self.dp.noise_cohort,
+                ),
+                **population_statement(
+                    self.check.population,
+                    self.run.num_clients,
+                    self.dp.expected_clients,
+                    self.dp.noise_cohort,
+                ),
                 "rounds_within_budget": last,
                 "stopped_by_budget": last < self.run.num_rounds,
             }
@@ -186,19 +198,39 @@ def prior_history(
     return list(history)
 
 
-def population_statement(population: int, simulated: int) -> dict[str, Any]:
-    """What an epsilon is stated for: the population sampled from, and whether that is the
-    simulated clients or an extrapolation to a larger population (q = m / N with N beyond
-    the clients that exist in the simulation)."""
+def population_statement(
+    population: int, simulated: int, cohort: int = 0, noise_cohort: int = 0
+) -> dict[str, Any]:
+    """What an epsilon is stated for, in plain words: the population sampled from (the
+    simulated clients, or an extrapolation to a larger population: q = M / N with N beyond
+    the clients that exist in the simulation) and, for a population-scale simulation
+    (``noise_cohort`` M above the trained ``cohort`` m), that the noise and the sample rate
+    are a cohort of M's while only m clients train -- so a reader does not take the run's
+    accuracy for that of M clients' training."""
     extrapolated = population > simulated
     statement = (
         f"epsilon stated for a population of {population} (simulated: {simulated} clients)"
         if extrapolated
         else f"epsilon for the {simulated} simulated clients"
     )
-    return {
+    block: dict[str, Any] = {
         "population": population,
         "simulated_clients": simulated,
         "population_extrapolated": extrapolated,
-        "statement": statement,
     }
+    if cohort:
+        noise_cohort = noise_cohort or cohort
+        scaled = noise_cohort > cohort
+        block |= {
+            "trained_clients_per_round": cohort,
+            "noise_cohort_size": noise_cohort,
+            "noise_cohort_simulated": scaled,
+        }
+        if scaled:
+            statement += (
+                f"; simulated: the noise on the average of a cohort of {noise_cohort} clients "
+                f"(std z*C/{noise_cohort}) and the sample rate q = {noise_cohort}/{population}; "
+                f"not simulated: {noise_cohort} clients' own updates -- only {cohort} train per "
+                f"round, assumed representative of {noise_cohort}"
+            )
+    return {**block, "statement": statement}

@@ -12,7 +12,8 @@ accounting *with* amplification by sampling (Opacus' RDP or PRV accountant, see
 2. ``aggregate_train``: per reply, the update is ``reply - sent``; clip it (flat or per layer);
    sum the clipped updates, **each client weighted equally** (a data-size weight would let one
    client move the sum by more than C); add N(0, (z*C)^2) per coordinate; divide by the
-   *expected* cohort size m.
+   *expected* cohort size m. With ``noise_cohort`` M (population-scale simulation) the
+   noise std on the sum is z*C*m/M, so the average carries a cohort of M's noise z*C/M.
 3. The inner strategy then aggregates replies whose arrays all equal ``sent + noisy mean``:
    any weighted average of identical arrays is that array, so FedAvg returns it, FedAvgM and
    FedOpt (FedAdam, FedYogi, FedAdagrad, LAMB) see the noisy mean as their pseudo-gradient
@@ -120,6 +121,9 @@ class CentralDP(TrainWrapper):
         max_epsilon: refuse rounds beyond this budget (0 = no cap); see
             :meth:`rounds_within_budget` to plan a run that ends within it.
         seed: noise seed (simulation); with ``secure_rng`` the OS CSPRNG is used instead.
+        noise_cohort: M >= ``expected_clients`` for a population-scale simulation: the noise
+            on the average is that of a cohort of M (std z * C / M, the sum's noise scaled by
+            m / M); ``sample_rate`` should then be M / population. 0 = the cohort m.
         prior: the ``(z, q, rounds)`` history of the rounds a resumed run has already run
             (from its checkpoint); epsilon composes it with the rounds run here.
     """
@@ -140,6 +144,7 @@ class CentralDP(TrainWrapper):
         max_epsilon: float = 0.0,
         seed: int = 0,
         secure_rng: bool = False,
+        noise_cohort: int = 0,
         prior: Sequence[Mechanism] = (),
     ) -> None:
         super().__init__()
@@ -150,11 +155,17 @@ class CentralDP(TrainWrapper):
             raise ValueError(f"unknown placement {placement!r}; choose 'server' or 'client'")
         if max_epsilon < 0:
             raise ValueError(f"max_epsilon must be >= 0 (0 = no cap), got {max_epsilon}")
+        if noise_cohort and noise_cohort < expected_clients:
+            raise ValueError(
+                f"noise_cohort={noise_cohort} is below expected_clients={expected_clients}: "
+                "it simulates the noise of a larger cohort (0 = the cohort itself)"
+            )
         self.strategy = strategy
         self.ledger = PrivacyLedger(noise_multiplier, sample_rate, delta, accountant, prior)
         self.noise_multiplier = float(noise_multiplier)
         self.clip_norm = float(clip_norm)
         self.expected_clients = int(expected_clients)
+        self.noise_cohort = int(noise_cohort)
         self.clipping: str = clipping
         self.split: str = split
         self.placement = placement
@@ -209,6 +220,7 @@ class CentralDP(TrainWrapper):
             max_epsilon=dp.max_epsilon,
             seed=seed,
             secure_rng=dp.secure_rng,
+            noise_cohort=dp.noise_cohort_size,
             prior=prior,
         )
 
@@ -224,14 +236,15 @@ class CentralDP(TrainWrapper):
 
     def summary(self) -> None:
         log.info(
-            "central DP: z=%g, C=%g (%s%s, clipped on the %s), m=%d, q=%g, delta=%g, %s, "
-            "max_epsilon=%s, %s noise",
+            "central DP: z=%g, C=%g (%s%s, clipped on the %s), m=%d, noise of M=%d, q=%g, "
+            "delta=%g, %s, max_epsilon=%s, %s noise",
             self.noise_multiplier,
             self.clip_norm,
             self.clipping,
             f"/{self.split}" if self.clipping == "per_layer" else "",
             self.placement,
             self.expected_clients,
+            self.noise_cohort or self.expected_clients,
             self.ledger.sample_rate,
             self.ledger.delta,
             self.ledger.accountant,
@@ -327,7 +340,12 @@ class CentralDP(TrainWrapper):
                 acc.add_(tensor, alpha=min(factor, 1.0))
         generator = None if self.secure_rng else round_generator(self.seed, server_round)
         privatize_sum_(
-            sums, self.noise_multiplier, self.clip_norm, self.expected_clients, generator
+            sums,
+            self.noise_multiplier,
+            self.clip_norm,
+            self.expected_clients,
+            generator,
+            self.noise_cohort,
         )
         return total, clipped
 
@@ -368,13 +386,14 @@ def planned_noise(
     num_rounds: int,
     prior: Sequence[Mechanism] = (),
 ) -> tuple[float, float]:
-    """``(z, q)``: the noise multiplier of the rounds still to run and the sample rate m / N.
+    """``(z, q)``: the noise multiplier of the rounds still to run and the sample rate M / N
+    (M = ``dp.noise_cohort_size``, or the sampled cohort m when it is 0).
 
     ``dp.noise_multiplier`` as given, or calibrated so that rounds 1..``num_rounds``, composed
     with the ``prior`` rounds a resumed run has already run, end within ``dp.target_epsilon``
     (:func:`~fedwon.privacy.accounting.calibrate_noise_after`; ValueError when out of reach).
     """
-    q = sample_rate(expected_clients, population)
+    q = sample_rate(dp.noise_cohort(expected_clients), population)
     done = sum(steps for _, _, steps in prior)
     if dp.noise_multiplier:
         return dp.noise_multiplier, q

@@ -31,11 +31,15 @@ class DPConfig(Section):
     * ``clip_norm`` C; ``clipping`` flat|per_layer; ``split`` uniform|dim (per-layer bounds).
     * ``noise_multiplier`` z, or ``target_epsilon`` to calibrate z before the run (set one).
     * ``delta``; ``max_epsilon`` (0 = no cap): the run stops after the last round within it.
-    * ``accountant`` rdp|prv; ``population`` N for the sample rate q = m / N (0 = the number
-      of simulated clients).
+    * ``accountant`` rdp|prv; ``population`` N for the sample rate q = m / N, or M / N with
+      ``noise_cohort_size`` (0 = the number of simulated clients).
     * ``secure_rng``: OS-CSPRNG noise (deployment) instead of seeded noise (simulation).
     * ``placement``: where user-level clipping happens -- ``server`` (simulation) or
       ``client`` (a ClientApp mod: an unclipped update never leaves the client).
+    * ``noise_cohort_size`` M (user level; 0 = the sampled cohort m): population-scale
+      simulation. The m sampled clients train, but the noise on their average is that of a
+      cohort of M >= m (std z*C/M) and epsilon is accounted at q = M / N -- pfl-research's
+      ``noise_scale`` = m/M. What M clients' own updates would add is not simulated.
     """
 
     enabled: bool = False
@@ -51,6 +55,7 @@ class DPConfig(Section):
     population: int = 0  # 0 = number of simulated clients
     secure_rng: bool = False
     placement: Literal["server", "client"] = "server"
+    noise_cohort_size: int = 0  # 0 = the sampled cohort
 
     @field_validator("clip_norm")
     @classmethod
@@ -86,6 +91,13 @@ class DPConfig(Section):
             raise ValueError(f"must be >= 0 (0 = the number of simulated clients), got {value}")
         return value
 
+    @field_validator("noise_cohort_size")
+    @classmethod
+    def _noise_cohort(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0 (0 = the sampled cohort), got {value}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> DPConfig:
         if not self.enabled:
@@ -111,7 +123,18 @@ class DPConfig(Section):
                 "dp.placement applies to dp.level='user' (where updates are clipped); "
                 "DP-SGD (dp.level='sample') always clips on the client: leave placement='server'"
             )
+        if self.level == "sample" and self.noise_cohort_size:
+            raise ValueError(
+                f"dp.noise_cohort_size={self.noise_cohort_size} scales the server's noise on "
+                "the clients' average (dp.level='user'); DP-SGD (dp.level='sample') adds its "
+                "noise on each client: set dp.noise_cohort_size=0 or dp.level='user'"
+            )
         return self
+
+    def noise_cohort(self, sampled: int) -> int:
+        """M: the cohort the noise and the sample rate are those of -- ``noise_cohort_size``,
+        or the ``sampled`` cohort m when it is 0 (no population-scale simulation)."""
+        return self.noise_cohort_size or sampled
 
     def _check_unused(self) -> None:
         """With DP off, any dp.* setting away from its default is refused: a ``[dp]`` table
@@ -130,7 +153,9 @@ class DPConfig(Section):
 
     def describe(self, population: int = 0, simulated: int = 0) -> str:
         """One line for a run's banner: whether DP is on, at which level and target, and
-        (user level) the population its epsilon is stated for."""
+        (user level) the population its epsilon is stated for -- and, with
+        ``noise_cohort_size``, that the noise and q are a larger cohort's while only the
+        sampled one trains, so nobody reads the run as M clients' training."""
         if not self.enabled:
             return "DP off"
         if self.level == "user" and population > simulated > 0:
@@ -139,6 +164,12 @@ class DPConfig(Section):
             scope = f", population {population}"
         else:
             scope = ""
+        if self.level == "user" and self.noise_cohort_size:
+            scope += (
+                f", noise and sample rate of a cohort of {self.noise_cohort_size} clients"
+                + (f" (q = {self.noise_cohort_size}/{population})" if population else "")
+                + " simulated: only the sampled cohort trains"
+            )
         level = "user-level" if self.level == "user" else "sample-level (DP-SGD)"
         if self.target_epsilon:
             noise = f"target epsilon {self.target_epsilon:g}"
@@ -183,12 +214,28 @@ def check_dp_run(
     and the 1/m average are calibrated to the full cohort m), a population smaller than the
     cohort, DP-SGD on a BatchNorm model, with AGC or with FedProx's proximal term (Opacus
     replaces the gradient by its own clipped, noised one, so either would be silently
-    dropped). Warned: delta >= 1/population (a mechanism that
-    publishes one random client's data outright is (0, 1/N)-DP, so such a delta means little).
+    dropped), a ``noise_cohort_size`` M below the cohort (it would add *more* noise than the
+    cohort's own while accounting at a lower q: a simulation of nothing) or above the
+    population (q = M / N > 1). The sample rate is M / N (m / N without ``noise_cohort_size``).
+    Warned: delta >= 1/population (a mechanism that publishes one random client's data
+    outright is (0, 1/N)-DP, so such a delta means little).
     """
     population = dp.population or num_clients
     if not dp.enabled:
         return DPRunCheck(population, clients_per_round / max(population, 1), ())
+    noise_cohort = dp.noise_cohort(clients_per_round)
+    if noise_cohort < clients_per_round:
+        raise ValueError(
+            f"dp.noise_cohort_size={noise_cohort} is below the {clients_per_round} clients "
+            "sampled per round: it simulates the noise of a larger cohort; set it >= "
+            f"{clients_per_round} (or 0 for the sampled cohort)"
+        )
+    if clients_per_round <= population < noise_cohort:
+        raise ValueError(
+            f"dp.noise_cohort_size={noise_cohort} is larger than the population of "
+            f"{population} (q = M / N would exceed 1); raise dp.population to at least "
+            f"{noise_cohort} or lower dp.noise_cohort_size"
+        )
     if clients_per_round > population:
         raise ValueError(
             f"dp.population={population} is smaller than the {clients_per_round} clients "
@@ -222,4 +269,4 @@ def check_dp_run(
             f"dp.delta={dp.delta:g} is >= 1/population (1/{population}); a delta that large "
             "allows leaking a whole client's data with that probability; use delta << 1/population"
         )
-    return DPRunCheck(population, clients_per_round / population, tuple(warnings))
+    return DPRunCheck(population, noise_cohort / population, tuple(warnings))

@@ -7,6 +7,12 @@ The noisy sum is divided by the *expected* cohort size m (clients sampled per ro
 the number of replies that arrived: that count depends on who took part, and dividing by it
 would make the scale of the release data dependent.
 
+Population-scale simulation (``noise_cohort``, ``dp.noise_cohort_size``): the sum's noise std
+is scaled by m / M, so the *mean* of the m clients that trained carries the noise std z*C/M of a
+cohort of M -- what pfl-research's ``noise_scale`` does. It is the noise a real cohort of M
+would see. The simulated release itself is the m updates under noise multiplier z*m/M: its
+epsilon is that of the deployment with M clients per round (q = M / N), not of the simulation.
+
 Two sources of noise:
 
 * simulation (``secure_rng=False``): a torch generator seeded from (run seed, round), so a run
@@ -70,9 +76,22 @@ def standard_normal(count: int, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(count, generator=generator, dtype=torch.float32)
 
 
-def noise_std(noise_multiplier: float, clip_norm: float, expected_clients: int) -> float:
-    """Per-coordinate std of the noise in the *averaged* update: z * C / m."""
-    return noise_multiplier * clip_norm / expected_clients
+def noise_std(
+    noise_multiplier: float, clip_norm: float, expected_clients: int, noise_cohort: int = 0
+) -> float:
+    """Per-coordinate std of the noise in the *averaged* update: z * C / M, where M is the
+    ``noise_cohort`` a population-scale simulation states its noise for (0 = the cohort m)."""
+    return noise_multiplier * clip_norm / (noise_cohort or expected_clients)
+
+
+def noise_scale(expected_clients: int, noise_cohort: int = 0) -> float:
+    """m / M: the factor on the sum's noise std that gives the average the noise of a cohort
+    of M while m clients train (pfl-research's ``noise_scale``; 1 without ``noise_cohort``)."""
+    if noise_cohort and noise_cohort < expected_clients:
+        raise ValueError(
+            f"noise_cohort must be >= the cohort of {expected_clients} (or 0), got {noise_cohort}"
+        )
+    return expected_clients / noise_cohort if noise_cohort else 1.0
 
 
 def privatize_sum_(
@@ -81,18 +100,23 @@ def privatize_sum_(
     clip_norm: float,
     expected_clients: int,
     generator: torch.Generator | None,
+    noise_cohort: int = 0,
 ) -> None:
     """Turn the sum of clipped updates into the private mean, in place.
 
-    Adds N(0, (z*C)^2) to every coordinate of ``sums`` (float tensors, one per layer) and
-    divides by ``expected_clients``. One draw of sum(numel) normals feeds all layers, so the
-    noise does not depend on how the update is split into tensors.
+    Adds N(0, (z*C*m/M)^2) to every coordinate of ``sums`` (float tensors, one per layer)
+    and divides by ``expected_clients`` m, so the mean's noise std is z*C/M: M is
+    ``noise_cohort`` (0 = m, the plain Gaussian mechanism N(0, (z*C)^2) on the sum). One draw
+    of sum(numel) normals feeds all layers, so the noise does not depend on how the update is
+    split into tensors; the draws are the same for any M (only their scale changes).
     """
     if expected_clients < 1:
         raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
     if noise_multiplier < 0:
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
     std = noise_multiplier * clip_norm
+    if noise_cohort:  # untouched otherwise: runs without it keep their noise bit for bit
+        std *= noise_scale(expected_clients, noise_cohort)
     count = sum(t.numel() for t in sums)
     noise = standard_normal(count, generator) if std > 0 and count else None
     offset = 0

@@ -241,3 +241,56 @@ def test_a_dp_sgd_resume_raising_rounds_keeps_every_client_within_the_target(
     eps = [r["epsilon"] for r in outcome.rows]
     assert len(eps) == 5 and eps == sorted(eps)
     assert 2.9 <= outcome.summary["privacy"]["epsilon"] == eps[-1] <= 3.0
+
+
+# ---- population-scale simulation: dp.noise_cohort_size ----------------------------------------
+SCALED: dict[str, Any] = {
+    **DP_RUN,
+    "num_rounds": 2,
+    "dp.delta": 1e-7,
+    "dp.population": 1_000_000,
+    "dp.noise_cohort_size": 1000,
+}
+
+
+def test_a_population_scale_run_states_what_it_simulates(tmp_path: Path) -> None:
+    """5 clients train per round; the average carries the noise of 1000 (std 0.8*1/1000) and
+    epsilon is Opacus' at q = 1000/1e6 for 2 rounds."""
+    outcome = run_simulation(make_config(SCALED), tmp_path / "run")
+    privacy = json.loads((tmp_path / "run" / "summary.json").read_text())["privacy"]
+    assert outcome.summary["privacy"] == privacy
+    assert privacy["sample_rate"] == 1e-3
+    assert privacy["epsilon"] == pytest.approx(compute_epsilon(0.8, 1e-3, 2, 1e-7), rel=1e-12)
+    assert [r["epsilon"] for r in outcome.rows] == pytest.approx(
+        [compute_epsilon(0.8, 1e-3, r, 1e-7) for r in (1, 2)], rel=1e-12
+    )
+    assert privacy["noise_std_on_mean"] == pytest.approx(0.8 / 1000, rel=1e-15)
+    assert (privacy["trained_clients_per_round"], privacy["noise_cohort_size"]) == (5, 1000)
+    assert privacy["noise_cohort_simulated"] is True
+    assert privacy["statement"] == (
+        "epsilon stated for a population of 1000000 (simulated: 10 clients); simulated: the "
+        "noise on the average of a cohort of 1000 clients (std z*C/1000) and the sample rate "
+        "q = 1000/1000000; not simulated: 1000 clients' own updates -- only 5 train per round, "
+        "assumed representative of 1000"
+    )
+    # without the noise cohort, the same run's noise is 200x larger (std z*C/5)
+    plain = {**SCALED, "dp.noise_cohort_size": 0}
+    assert run_simulation(make_config(plain)).summary["privacy"]["noise_std_on_mean"] == 0.16
+
+
+def test_a_resumed_population_scale_run_continues_bit_for_bit(tmp_path: Path) -> None:
+    cfg = make_config({**SCALED, "checkpoint_every": 1})
+    whole = run_simulation(cfg, tmp_path / "whole")
+    run_simulation(cfg.replace(num_rounds=1), tmp_path / "part")
+    resumed = run_simulation(cfg, tmp_path / "part", resume=True)
+    for key, array in whole.arrays.items():
+        np.testing.assert_array_equal(resumed.arrays[key].numpy(), array.numpy(), err_msg=key)
+    assert resumed.summary["privacy"]["noise_history"] == [
+        {"noise_multiplier": 0.8, "sample_rate": 1e-3, "rounds": 2}
+    ]
+    assert resumed.summary["privacy"]["epsilon"] == whole.summary["privacy"]["epsilon"]
+
+    def strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+    assert strip(read_metrics(tmp_path / "part")) == strip(read_metrics(tmp_path / "whole"))
