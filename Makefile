@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test test-slow test-all lint bench report report-quick clean
+.PHONY: setup demo test test-slow test-all lint bench gpu-check report report-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
+
+# Cross-silo on CUDA: one Ray actor per GPU and two per GPU, results against the CPU's, rounds/s
+# against one GPU sequential -> runs/gpu-check/gpu-check.md (docs/scaling.md, "GPU check").
+# A few minutes on one GPU; without a CUDA GPU it prints one line saying it was skipped.
+# Needs a CUDA build of torch: make TORCH="torch==2.13.0 --index-url <your CUDA index>" gpu-check
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check --out runs/gpu-check
 
 # The FedWon paper's comparisons -> docs/results.md, docs/results.json, docs/img/ (hours of CPU;
 # finished runs are reused from runs/study/, interrupted ones resumed). JOBS=N trains N runs at
