@@ -93,7 +93,6 @@ def load_in_place(
         torch._foreach_copy_(list(targets.values()), sources)
 
 
-@lru_cache(maxsize=4)
 def workspace(
     data: DataSpec,
     model: ModelSpec,
@@ -106,11 +105,20 @@ def workspace(
     """The cached workspace of this run on this process: model, optimizer and data built once,
     shared by every client the process plays (a client's partition is not part of the key).
 
-    ``threads`` pins torch's intra-op threads: float results depend on the thread count (the
-    fast engine sets it to the client's CPU share, as Ray does for Flower's actors through
-    ``OMP_NUM_THREADS``). ``device`` is the node's own choice, else ``train.device``."""
-    if threads:
+    ``threads`` pins torch's intra-op threads on every call, not only when the workspace is
+    built: float results depend on the thread count (the fast engine sets it to the client's
+    CPU share, as Ray does for Flower's actors through ``OMP_NUM_THREADS``), and something
+    else in the process may have changed it since. ``device`` is the node's own choice, else
+    ``train.device``."""
+    if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    return _workspace(data, model, train, seed, device)
+
+
+@lru_cache(maxsize=4)
+def _workspace(
+    data: DataSpec, model: ModelSpec, train: TrainSpec, seed: int, device: str
+) -> Workspace:
     federation = load_federation(data)
     where = resolve_device(device or train.device)
     net = model.initial_model(federation.num_classes, federation.in_channels, seed).to(where)

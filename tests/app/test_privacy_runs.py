@@ -293,4 +293,4 @@ def test_a_resumed_population_scale_run_continues_bit_for_bit(tmp_path: Path) ->
     def strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
-    assert strip(read_metrics(tmp_path / "part")) == strip(read_metrics(tmp_path / "whole"))
+    assert strip(RunDir(tmp_path / "part").metrics()) == strip(RunDir(tmp_path / "whole").metrics())
