@@ -54,7 +54,14 @@ from fedwon.datasets.spec import DataSpec
 from fedwon.models.spec import ModelSpec
 from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
 from fedwon.protocol import ClientConfig
-from fedwon.section import ConfigError, Section, check_scalar
+from fedwon.section import (
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    Section,
+    check_scalar,
+)
 from fedwon.strategies.methods import METHODS
 from fedwon.strategies.spec import ServerSpec
 
@@ -68,25 +75,13 @@ class EngineSpec(Section):
     """Where and how the simulation runs (never sent to clients)."""
 
     engine: Literal["fast", "flower"] = "fast"
-    gpus_per_client: float = 1.0
-    cpus_per_client: float = 1.0
+    gpus_per_client: NonNegativeFloat = 1.0
+    cpus_per_client: PositiveFloat = 1.0
     num_workers: int = -1  # fast engine: -1 = auto, 0 = in-process, N = N Ray actors
     ray_address: str = ""  # join an existing Ray cluster ("auto" or "ray://host:10001")
-    client_state_budget_mb: float = 0.0  # fast engine: spill client states past this; 0 = never
-
-    @field_validator("gpus_per_client", "client_state_budget_mb")
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
-
-    @field_validator("cpus_per_client")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
+    client_state_budget_mb: NonNegativeFloat = (
+        0.0  # fast engine: spill client states past this; 0 = never
+    )
 
     @field_validator("num_workers")
     @classmethod
@@ -111,14 +106,7 @@ class EngineSpec(Section):
 class OutputSpec(Section):
     """What the run directory keeps."""
 
-    checkpoint_every: int = 5  # rounds; 0 = never (the final state is always saved)
-
-    @field_validator("checkpoint_every")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
+    checkpoint_every: NonNegativeInt = 5  # rounds; 0 = never (the final state is always saved)
 
 
 # The sections of a run config, in the order config.toml lists their keys.

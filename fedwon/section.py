@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,8 @@ def check_scalar(value: object, annotation: object) -> object:
         if value is None:
             return value
         annotation = args[0]
+    if typing.get_origin(annotation) is Annotated:  # a ranged type: check its base type
+        annotation = typing.get_args(annotation)[0]
     if annotation is bool and not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -67,3 +70,24 @@ class Section(BaseModel):
     def to_flat(self) -> dict[str, bool | int | float | str]:
         """The section's settings as flat recipe keys (unset optional values left out)."""
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+def _range(test: Callable[[float], bool], what: str) -> AfterValidator:
+    """A range check with the one-line message every section uses (``must be >= 1, got 0``);
+    ``None`` (an optional key left unset) passes."""
+
+    def check(value: Any) -> Any:
+        if value is not None and not test(value):
+            raise ValueError(f"must be {what}, got {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+# The ranges of the run config's numbers, written once for every section.
+PositiveInt = Annotated[int, _range(lambda v: v >= 1, ">= 1")]
+NonNegativeInt = Annotated[int, _range(lambda v: v >= 0, ">= 0")]
+PositiveFloat = Annotated[float, _range(lambda v: v > 0, "> 0")]
+NonNegativeFloat = Annotated[float, _range(lambda v: v >= 0, ">= 0")]
+Fraction = Annotated[float, _range(lambda v: 0 < v <= 1, "in (0, 1]")]
+UnitInterval = Annotated[float, _range(lambda v: 0 <= v < 1, "in [0, 1)")]

@@ -12,7 +12,15 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
-from fedwon.section import Section
+from fedwon.section import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+    UnitInterval,
+)
 from fedwon.strategies.aggregators import AGGREGATORS
 from fedwon.strategies.methods import METHODS
 
@@ -24,20 +32,20 @@ class ServerSpec(Section):
     # what is learned: the method (what is shared) and Flower's server algorithm
     strategy: str = "fedavg"  # METHODS
     aggregator: str = "fedavg"  # AGGREGATORS
-    server_lr: float | None = None  # None = the aggregator's own default
-    server_momentum: float | None = None  # fedavgm
-    beta_1: float | None = None  # fedadam, fedyogi, fedadagrad, lamb
-    beta_2: float | None = None
-    tau: float | None = None
-    server_weight_decay: float | None = None  # lamb
-    proximal_mu: float = 0.0  # fedprox: (mu/2)·||w − w_global||² added to the local loss
+    server_lr: PositiveFloat | None = None  # None = the aggregator's own default
+    server_momentum: UnitInterval | None = None  # fedavgm
+    beta_1: UnitInterval | None = None  # fedadam, fedyogi, fedadagrad, lamb
+    beta_2: UnitInterval | None = None
+    tau: PositiveFloat | None = None
+    server_weight_decay: NonNegativeFloat | None = None  # lamb
+    proximal_mu: NonNegativeFloat = 0.0  # fedprox: (mu/2)·||w − w_global||² added to the local loss
     # rounds and sampling
-    num_rounds: int = 10
-    clients_per_round: int = 0  # 0 = use fraction_train
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    eval_every: int = 1
-    min_clients: int = 1  # fewest successful replies a round may aggregate
+    num_rounds: PositiveInt = 10
+    clients_per_round: NonNegativeInt = 0  # 0 = use fraction_train
+    fraction_train: Fraction = 1.0
+    fraction_evaluate: Fraction = 1.0
+    eval_every: PositiveInt = 1
+    min_clients: PositiveInt = 1  # fewest successful replies a round may aggregate
 
     @field_validator("strategy")
     @classmethod
@@ -56,55 +64,6 @@ class ServerSpec(Section):
     def _known_aggregator(cls, value: str) -> str:
         if value not in AGGREGATORS:
             raise ValueError(f"unknown aggregator {value!r}; choose one of {sorted(AGGREGATORS)}")
-        return value
-
-    @field_validator("num_rounds", "eval_every", "min_clients")
-    @classmethod
-    def _positive_int(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
-
-    @field_validator("clients_per_round")
-    @classmethod
-    def _non_negative_int(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
-
-    @field_validator("fraction_train", "fraction_evaluate")
-    @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"must be in (0, 1], got {value}")
-        return value
-
-    @field_validator("proximal_mu")
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
-
-    @field_validator("server_lr", "tau")
-    @classmethod
-    def _positive_optional(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
-
-    @field_validator("server_weight_decay")
-    @classmethod
-    def _non_negative_optional(cls, value: float | None) -> float | None:
-        if value is not None and value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
-
-    @field_validator("server_momentum", "beta_1", "beta_2")
-    @classmethod
-    def _unit_interval(cls, value: float | None) -> float | None:
-        if value is not None and not 0.0 <= value < 1.0:
-            raise ValueError(f"must be in [0, 1), got {value}")
         return value
 
     @model_validator(mode="after")
