@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import click
+import typer
 from typer.core import TyperCommand
 
 from fedwon.cli.console import fail
@@ -87,3 +88,9 @@ class ManySetCommand(TyperCommand):
                     return super().parse_args(ctx, args)  # click names the unknown option
                 raise fail(str(err)) from None
         return super().parse_args(ctx, args)
+
+
+# ``--set key=value``: one definition for every command that takes overrides
+SET_OPTION = typer.Option(
+    "--set", "-s", help="Override: key=value; several may follow one --set (repeatable)."
+)

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedwon.cli.args import ManySetCommand
+from fedwon.cli.args import SET_OPTION, ManySetCommand
 from fedwon.cli.console import fail, one_line_errors, results_table, signals_interrupt
 from fedwon.deploy.certs import LOCAL_HOSTS, make_certificates
 from fedwon.deploy.errors import DeployError
@@ -41,12 +41,7 @@ def local(
     recipe: Annotated[
         Path | None, typer.Option(help="recipe TOML (default sims/cross_silo.toml)")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", "-s", help="override: key=value; several may follow one --set (repeatable)"
-        ),
-    ] = None,
+    set_: Annotated[list[str] | None, SET_OPTION] = None,
     tls: Annotated[
         bool, typer.Option(help="generate a CA and server certificate; use TLS")
     ] = False,

@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedwon.cli.args import SET_OPTION
 from fedwon.cli.console import (
     console,
     one_line_errors,
@@ -116,12 +117,7 @@ def round_progress(total: int) -> Iterator[Callable[[Row], None]]:
 
 def run(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe TOML (see sims/).")] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", "-s", help="Override: key=value; several may follow one --set (repeatable)."
-        ),
-    ] = None,
+    set_: Annotated[list[str] | None, SET_OPTION] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Run directory: new or empty (default runs/<recipe>-<strategy>-<time>)."),
