@@ -164,6 +164,7 @@ def setting(cfg: RunConfig) -> dict[str, Any]:
         "population": cfg.dp_check().population,
         "simulated_clients": cfg.data.num_clients,
         "clients_per_round": cfg.sampled_per_round,
+        "noise_cohort_size": cfg.dp.noise_cohort_size,
         "sample_rate": cfg.dp_check().sample_rate,
         "rounds": cfg.server.num_rounds,
         "local_epochs": cfg.train.local_epochs,
@@ -187,9 +188,13 @@ def _population(setting: dict[str, Any]) -> str:
     simulated one (the sample rate, and so epsilon, is then an extrapolation)."""
     population = setting["population"]
     simulated = setting.get("simulated_clients", population)
+    cohort = setting.get("noise_cohort_size", 0)
+    noise = (
+        f"; noise of a cohort of {cohort}, {setting['clients_per_round']} train" if cohort else ""
+    )
     if population > simulated:
-        return f"ε stated for a population of {population} (simulated: {simulated} clients)"
-    return f"{population} clients"
+        return f"ε stated for a population of {population} (simulated: {simulated} clients{noise})"
+    return f"{population} clients{noise}"
 
 
 def markdown(results: dict[str, Any]) -> str:
