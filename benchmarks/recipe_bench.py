@@ -73,6 +73,7 @@ def bare_loop(cfg: RunConfig) -> list[w.Stamp]:
                 epochs=cfg.train.local_epochs,
                 batch_size=cfg.train.batch_size,
                 agc_clip=cfg.train.agc_clip,
+                agc_rule=cfg.train.agc_rule,
                 generator=torch.Generator().manual_seed(rnd * 1000 + pid),
             )
             for acc, p in zip(sums, params, strict=True):

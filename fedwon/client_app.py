@@ -121,6 +121,7 @@ def train(msg: Message, context: Context) -> Message:
             epochs=cfg.train.local_epochs,
             batch_size=cfg.train.batch_size,
             agc_clip=cfg.train.agc_clip,
+            agc_rule=cfg.train.agc_rule,
             generator=torch.Generator().manual_seed(seed),
             proximal_mu=_number(job.config, PROXIMAL_MU_KEY, 0.0),
             anchor=job.received,

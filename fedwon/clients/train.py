@@ -28,11 +28,24 @@ class EvalStats:
     num_examples: int
 
 
-def clipped_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters AGC applies to: all but the final classifier, as in NFNets (Brock et al.).
+AGC_RULES = ("all_but_head", "nfnets")
+"""Which parameters AGC clips (``agc_rule``): ``all_but_head`` -- every parameter but the final
+classifier (fedwon's rule until now, common in PyTorch ports); ``nfnets`` -- DeepMind's NFNets
+training script: convolution weights, gains and every bias, but no linear layer's weight (for
+FedBN's ``cnn`` that leaves fc1/fc2, 97.7% of the parameters, unclipped). FedWon's own choice
+is not documented, so the study ablates it."""
+
+
+def clipped_parameters(model: nn.Module, rule: str = "all_but_head") -> list[nn.Parameter]:
+    """Parameters AGC applies to under ``rule`` (see :data:`AGC_RULES`).
 
     fedwon models name their classifier (``head_name``); for other models it is the last Linear.
     """
+    if rule == "nfnets":
+        linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+        return [p for p in model.parameters() if id(p) not in linear_weights]
+    if rule != "all_but_head":
+        raise ValueError(f"unknown agc_rule {rule!r}; choose one of {list(AGC_RULES)}")
     name = getattr(model, "head_name", None)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     head_module = model.get_submodule(name) if name else (linears[-1] if linears else None)
@@ -100,15 +113,17 @@ def train_epochs(
     batch_size: int,
     agc_clip: float,
     generator: torch.Generator,
+    agc_rule: str = "all_but_head",
     proximal_mu: float = 0.0,
     anchor: dict[str, torch.Tensor] | None = None,
     batches: BatchSource | None = None,
 ) -> TrainStats:
     """SGD over ``(x, y)`` for ``epochs`` passes in shuffled mini-batches.
 
-    ``proximal_mu > 0`` adds FedProx's term (mu/2)·||w − w_global||² to the loss, over the
-    parameters named in ``anchor`` (the global values the client received: FedBN's local
-    layers have no global value and are not pulled anywhere).
+    ``agc_clip > 0`` applies adaptive gradient clipping to the parameters ``agc_rule`` names
+    (:data:`AGC_RULES`). ``proximal_mu > 0`` adds FedProx's term (mu/2)·||w − w_global||² to
+    the loss, over the parameters named in ``anchor`` (the global values the client received:
+    FedBN's local layers have no global value and are not pulled anywhere).
 
     ``x`` and ``y`` already live on the model's device (moved once per client, not per batch).
     Batches follow :func:`batch_bounds`: a BatchNorm model never trains on a batch of one (a
@@ -118,7 +133,7 @@ def train_epochs(
     and an empty one (Poisson sampling) counts in ``steps`` but not in the mean loss.
     """
     model.train()
-    agc_params = clipped_parameters(model) if agc_clip > 0 else []
+    agc_params = clipped_parameters(model, agc_rule) if agc_clip > 0 else []
     prox = proximal_pairs(model, anchor or {}) if proximal_mu > 0 else []
     n = len(y)
     if batches is None:

@@ -15,7 +15,7 @@ from fedwon.client_app import evaluate_step, train
 from fedwon.clients import ContextStateStore, evaluate, train_epochs, workspace
 from fedwon.clients.train import clipped_parameters
 from fedwon.clients.workspace import load_in_place
-from fedwon.config import make_config
+from fedwon.config import ConfigError, make_config
 from fedwon.models import build_model
 from fedwon.protocol import ProtocolError
 from fedwon.server_app import initial_arrays
@@ -212,3 +212,21 @@ def test_dp_sgd_client_reports_its_epsilon_over_all_its_steps() -> None:
     # without DP no epsilon travels, and the history is not touched
     plain = train(message({"strategy": "fedwon"}), context({"partition-id": 2}))
     assert "epsilon" not in plain.content["metrics"]
+
+
+def test_the_agc_rule_chooses_what_agc_clips() -> None:
+    """NFNets' rule clips convolution weights, gains and every bias, but no linear weight; the
+    default clips all but the classifier. Both reach clients as the train section's key."""
+    model = build_model("cnn-tiny", norm="ws")
+    nfnets = {id(p) for p in clipped_parameters(model, "nfnets")}
+    for name, p in model.named_parameters():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        is_linear_weight = isinstance(module, nn.Linear) and name.endswith(".weight")
+        assert (id(p) in nfnets) != is_linear_weight, name
+    assert any(isinstance(m, nn.Linear) for m in model.modules())
+    with pytest.raises(ValueError, match=r"unknown agc_rule 'x'; choose one of"):
+        clipped_parameters(model, "x")
+    cfg = make_config({"strategy": "fedwon", "agc_clip": 0.1, "agc_rule": "nfnets"})
+    assert cfg.client_config().train.agc_rule == "nfnets"
+    with pytest.raises(ConfigError, match="agc_rule"):
+        make_config({"agc_rule": "everything"})
