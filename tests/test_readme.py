@@ -74,6 +74,12 @@ PLANS: dict[str, Plan] = {
     # Differential privacy
     "fedwon run sims/dp_cross_device.toml": Plan(RUN, ["--set", *TINY, *SMALL_DP]),
     "fedwon privacy-curve": Plan(PARSE, slow_extra=["--quick", "--cache", "pc", "--out", "pc"]),
+    "fedwon privacy-curve --plan population": Plan(
+        PARSE, slow_extra=["--quick", "--cache", "pp", "--out", "pp"]
+    ),
+    "fedwon privacy-curve --plan population --records-only": Plan(
+        PARSE, slow_extra=["--quick", "--cache", "pp", "--out", "pp"]
+    ),
     # Speed
     "fedwon run sims/cross_device.toml --set model=cnn-tiny": TRAIN,
     # the table of parts and the results paragraph

@@ -39,7 +39,7 @@ def privacy_curve(
     quick: Annotated[
         bool, typer.Option("--quick", help="a tiny federation, one round: the pipeline only")
     ] = False,
-    plan_name: Annotated[
+    plan: Annotated[
         Plan,
         typer.Option(
             "--plan",
@@ -72,25 +72,25 @@ def privacy_curve(
     logging.basicConfig(level=logging.WARNING)
     # Opacus notes when the best RDP order is at the end of its range (small epsilons)
     warnings.filterwarnings("ignore", message="Optimal order is the")
-    if plan_name is Plan.population:
+    if plan is Plan.population:
         population(quick, recipe, cache, out, records, records_only)
         return
     if records is not None or records_only:
         with one_line_errors(verbose=False):
             raise ConfigError("--records and --records-only belong to --plan population")
-    plan = quick_plan(recipe) if quick else CurvePlan(recipe)
+    curve_plan = quick_plan(recipe) if quick else CurvePlan(recipe)
     cache = cache or Path("runs/privacy-curve-quick" if quick else "runs/privacy-curve")
     out = out or (cache / "report" if quick else Path("docs"))
     command = "fedwon privacy-curve" + (" --quick" if quick else "")
     if recipe != RECIPE:
         command += f" --recipe {recipe}"
     console = Console(soft_wrap=True)
-    console.print(f"privacy-curve: {len(plan.arms())} runs under {cache}, results to {out}")
+    console.print(f"privacy-curve: {len(curve_plan.arms())} runs under {cache}, results to {out}")
     with one_line_errors(verbose=False):
         if not recipe.is_file():
             raise ConfigError(f"recipe {str(recipe)!r} not found")
         results = run_curve(
-            plan,
+            curve_plan,
             cache,
             out,
             command,

@@ -256,7 +256,15 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(_pct(r["per_domain"].get(d)) for d in domains)
             + f" | {_pct(r['accuracy'])} |"
         )
-    lines += ["", "![privacy-utility](img/privacy_utility.png)", ""]
+    lines += [
+        "",
+        "![privacy-utility](img/privacy_utility.png)",
+        "",
+        "Against the population (a deployment's noise cohort, N = 10⁴ … 10⁷) and per-layer "
+        "clipping on a deep model: [privacy_population.md](privacy_population.md) "
+        "(`fedwon privacy-curve --plan population`).",
+        "",
+    ]
     return "\n".join(lines)
 
 
