@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
+from fedwon.strategies import RoundFailedError
 from fedwon.study import population_curve
 from fedwon.study.population_curve import (
     PROVENANCE_FILE,
@@ -233,3 +234,23 @@ def test_quick_plan_end_to_end_through_the_cli_then_from_its_records(tmp_path: P
 def test_records_belong_to_the_population_plan(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["privacy-curve", "--records-only"])
     assert result.exit_code == 2 and "--plan population" in result.output
+
+
+def test_a_failed_arm_is_a_result_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = population_curve.quick_plan(RECIPE)
+    records = tmp_path / "records"
+    first, *others = plan.arms()
+    for arm in others:
+        _fake_record(plan.config(arm), records / arm.name, 0.5)
+
+    def diverged(*args: object, **kwargs: object) -> str:
+        raise RoundFailedError("round 3 train: 0 of 5 clients returned usable results")
+
+    monkeypatch.setattr(population_curve, "run_arm", diverged)
+    results = run_population(plan, tmp_path / "cache", records, tmp_path / "out", "pytest")
+    assert list(results["failed"]) == [first.name] and not results["missing"]
+    assert len(results["runs"]) == len(others) and not (records / first.name).exists()
+    table = (tmp_path / "out" / "privacy_population.md").read_text()
+    assert f"`{first.name}`: round 3 train: 0 of 5 clients" in table

@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
+from fedwon.errors import error_line
 from fedwon.provenance import code_commit
 from fedwon.results import final_metrics, per_domain
 from fedwon.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunDir
+from fedwon.strategies import RoundFailedError
 from fedwon.study.privacy_curve import RECIPE, run_arm
 
 __all__ = [
@@ -393,6 +395,7 @@ def run_population(
     commit = code_commit()  # of the code that runs (the tree may change while it does)
     runs: dict[str, dict[str, Any]] = {}
     missing: list[str] = []
+    failed: dict[str, str] = {}
     for i, (arm, cfg) in enumerate(configs.items(), start=1):
         record = records / arm.name
         if RunDir(record).reuse(cfg) == "cached":
@@ -404,7 +407,13 @@ def run_population(
             continue
         else:
             start = time.perf_counter()
-            status = run_arm(cfg, cache / arm.name)
+            try:
+                status = run_arm(cfg, cache / arm.name)
+            except RoundFailedError as err:  # e.g. every client diverged: a result, not a crash
+                failed[arm.name] = error_line(err, with_type=False)
+                if on_arm is not None:
+                    on_arm(i, len(configs), None, arm.name)
+                continue
             provenance = {
                 "commit": commit,
                 "command": command,
@@ -416,6 +425,7 @@ def run_population(
         if on_arm is not None:
             on_arm(i, len(configs), runs[arm.name], arm.name)
     results = results_dict(plan, configs, runs, missing, command, commit, records)
+    results["failed"] = failed
     write_outputs(results, out)
     return results
 
@@ -511,10 +521,11 @@ def population_table(results: dict[str, Any]) -> list[str]:
         for n in part["populations"]:
             cells = [by_key.get((model, e, n)) for e in epsilons]
             known = next((c for c in cells if c), None)
-            m = known["noise_cohort_size"] if known else round(rule["sample_rate"] * n)
-            delta = known["delta"] if known else None
+            planned = CohortRule(rule["sample_rate"], rule["delta_exponent"])
+            m = known["noise_cohort_size"] if known else planned.noise_cohort(n)
+            delta = known["delta"] if known else planned.delta(n)
             lines.append(
-                f"| `{model}` | {_power(n)} | {m:,} | {'–' if delta is None else f'{delta:.2g}'} | "
+                f"| `{model}` | {_power(n)} | {m:,} | {delta:.2g} | "
                 + " | ".join(_pct(c["accuracy"] if c else None) for c in cells)
                 + f" | {_pct(plain['accuracy'] if plain else None)} |"
             )
@@ -624,6 +635,12 @@ def markdown(results: dict[str, Any]) -> str:
             + ", ".join(f"`{m}`" for m in results["missing"]),
             "",
         ]
+    if results.get("failed"):
+        lines += [
+            f"Failed ({len(results['failed'])} arms, retried by the next invocation): "
+            + "; ".join(f"`{name}`: {why}" for name, why in results["failed"].items()),
+            "",
+        ]
     lines += [
         "## Every run",
         "",
@@ -676,7 +693,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.set_title(f"{model}, {part['method']}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -686,7 +704,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def arm_line(done: int, total: int, result: dict[str, Any] | None, name: str) -> str:
     """``[3/45] cnn-tiny-per_layer+lamb-eps2-N1e4-seed0: trained · accuracy 61.2% · ε 1.99``"""
     if result is None:
-        return f"[{done}/{total}] {name}: no record (not trained: records only)"
+        return f"[{done}/{total}] {name}: no result (failed, or no record with --records-only)"
     eps = "" if result["epsilon"] is None else f" · ε {result['epsilon']:.2f}"
     return (
         f"[{done}/{total}] {name}: {result['status']} · accuracy {_pct(result['accuracy'])}%{eps}"
