@@ -178,7 +178,7 @@ def test_tables_are_built_from_records_without_training(
     assert "| `resnet18-tiny` | 10⁷ | 50,000 | 2e-08 | 52.0 | 54.5 | 57.2 | 80.0 |" in table
     # per-layer table: mean ± sd over seeds 0, 1, 2 at N = 10^6 (0.1 + 0.35 + 0.072 + s/1000)
     assert "| flat | 52.3 ± 0.1 (52.2, 52.3, 52.4) | 52.3 ± 0.1 (52.2, 52.3, 52.4) |" in table
-    assert "| no DP (ceiling) | 30.0 (1 seed) | 80.0 (1 seed) |" in table
+    assert "| no DP | 30.0 (1 seed) | 80.0 (1 seed) |" in table
     assert f"`{missing.name}`" in table and f"`{stale.name}`" in table
     data = json.loads((out / "privacy_population.json").read_text())
     assert data["rule"]["sample_rate"] == 0.005 and data["per_layer"]["seeds"] == [0, 1, 2]

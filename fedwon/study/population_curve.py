@@ -19,7 +19,7 @@ Two parts:
   beside the same model's non-private run;
 * **per_layer** -- on the deep model at one ε and N: flat clipping against per-layer clipping
   (uniform and ``dim`` splits) × FedAvg against LAMB, on several seeds, with the non-private
-  run of each aggregator as the ceiling.
+  run of each aggregator (seed 0) as a reference.
 
 **Records.** Every arm trains as an ordinary run directory under the cache
 (``runs/privacy-population/<arm>``: reused when finished, resumed when interrupted); once it
@@ -579,9 +579,7 @@ def layer_table(results: dict[str, Any]) -> list[str]:
         r = _arm_of(name, results)
         if r is not None and r["target_epsilon"] is None and r["accuracy"] is not None:
             plain.setdefault(_aggregator(r["method"]), []).append(r["accuracy"])
-    lines.append(
-        "| no DP (ceiling) | " + " | ".join(_mean_sd(plain.get(a, [])) for a in aggregators) + " |"
-    )
+    lines.append("| no DP | " + " | ".join(_mean_sd(plain.get(a, [])) for a in aggregators) + " |")
     return lines
 
 
@@ -691,7 +689,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(f"population N (noise cohort M = {results['rule']['sample_rate']:g}·N)")
         ax.set_ylabel("final test accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{model}, {part['method']}")
+        rounds = results["settings"].get(model, {}).get("rounds")
+        ax.set_title(f"{model}, {part['method']}, {rounds} rounds")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower right")
