@@ -254,3 +254,20 @@ def test_a_failed_arm_is_a_result_not_a_crash(
     assert len(results["runs"]) == len(others) and not (records / first.name).exists()
     table = (tmp_path / "out" / "privacy_population.md").read_text()
     assert f"`{first.name}`: round 3 train: 0 of 5 clients" in table
+
+
+def test_the_committed_tables_are_what_the_committed_records_give(
+    plan: PopulationPlan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/privacy_population.md is a function of docs/privacy_study/ (below its header line,
+    which names the commit and date that built it)."""
+    docs = RECIPE.parents[1] / "docs"
+    monkeypatch.setattr(population_curve, "write_outputs", lambda results, out: None)
+    results = run_population(
+        plan, tmp_path / "cache", docs / "privacy_study", tmp_path, "x", records_only=True
+    )
+    assert not results["missing"] and len(results["runs"]) == len(plan.arms())
+    rebuilt = population_curve.markdown(results).split("\n", 3)[3]
+    assert rebuilt == (docs / "privacy_population.md").read_text().split("\n", 3)[3]
+    for name in results["runs"]:  # records only: no checkpoint was committed
+        assert not (docs / "privacy_study" / name / "checkpoint").exists()
