@@ -50,10 +50,12 @@ from fedwon.records import (  # noqa: F401  (re-exported: the wire contract name
     NODE_KEYS,
     NODE_NUM_PARTITIONS,
     NODE_PARTITION,
+    NODE_STATE_DIR,
     NODE_THREADS,
     PARTITION_KEY,
     PROXIMAL_MU_KEY,
     ROUND_KEY,
+    RUN_OUT_KEY,
     SPLIT_KEY,
     TRAIN_LOSS,
     WEIGHT_KEY,
@@ -221,6 +223,7 @@ class NodeSettings:
     domain: str = ""
     threads: int = 0  # 0 = leave torch's default
     device: str = ""  # empty = the run's ``device``
+    state_dir: str = ""  # empty = Context.state only (fedwon.clients.node_state)
 
 
 def _node_int(node_config: UserConfig, key: str) -> int | None:
@@ -260,6 +263,7 @@ def _node_settings(items: frozenset[tuple[str, Any]]) -> NodeSettings:
         domain=str(node_config.get(NODE_DOMAIN, "")),
         threads=_node_int(node_config, NODE_THREADS) or 0,
         device=device,
+        state_dir=str(node_config.get(NODE_STATE_DIR, "")),
     )
 
 

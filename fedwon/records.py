@@ -42,6 +42,7 @@ NODE_DATASET = "dataset"
 NODE_DOMAIN = "domain"
 NODE_THREADS = "threads"
 NODE_DEVICE = "device"
+NODE_STATE_DIR = "state-dir"  # where the node keeps its clients' states (fedwon.clients.node_state)
 NODE_KEYS = (
     NODE_PARTITION,
     NODE_NUM_PARTITIONS,
@@ -50,7 +51,11 @@ NODE_KEYS = (
     NODE_DOMAIN,
     NODE_THREADS,
     NODE_DEVICE,
+    NODE_STATE_DIR,
 )
+
+# ---- run config keys (``flwr run --run-config``) that a client reads -------------------------
+RUN_OUT_KEY = "out"  # the server's run directory: the run's identity, kept when it is resumed
 
 
 def as_array(values: np.ndarray) -> Array:
