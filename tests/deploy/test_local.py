@@ -1,10 +1,11 @@
 """Real SuperLink + SuperNodes on loopback (gRPC Fleet API), driven like ``fedwon deploy local``.
 
-The first test runs in the default suite (1-3 minutes on a busy 2-core machine: each message
-starts a ClientApp process); the others are marked slow.
+The first test runs in the default suite (~40 s on a busy 2-core machine, most of it Flower's
+start-up: a warm worker per SuperNode runs its messages); the others are marked slow.
 """
 
 import os
+import re
 import signal
 import threading
 import time
@@ -28,7 +29,15 @@ from fedwon.simulation import run_simulation
 RESULT_FILES = ("config.toml", "metrics.jsonl", "summary.json", "per_domain.csv", "accuracy.png")
 
 
-def test_two_supernodes_two_rounds_of_fedwon_write_results(tmp_path: Path) -> None:
+WORKER_LINE = re.compile(r"fedwon worker \(pid (\d+)\): (\w+) message of run \d+ (done|failed)")
+
+
+def worker_messages(log: str) -> list[tuple[int, str, str]]:
+    """``(pid, message type, outcome)`` of each message a SuperNode's warm worker ran."""
+    return [(int(pid), kind, outcome) for pid, kind, outcome in WORKER_LINE.findall(log)]
+
+
+def test_two_supernodes_with_warm_workers_equal_the_same_run_simulated(tmp_path: Path) -> None:
     events: list[str] = []
     overrides = [*SMALL, "eval_every=2"]  # one evaluation (the last round): 3 messages per node
     result = deploy_local(tmp_path / "run", 2, 2, overrides=overrides, on_event=events.append)
@@ -42,15 +51,85 @@ def test_two_supernodes_two_rounds_of_fedwon_write_results(tmp_path: Path) -> No
     assert set(result.summary["final"]["per_domain"]) == {"mnist", "mnist_m"}
     for name in RESULT_FILES:
         assert (out / name).stat().st_size > 0, name
-    for i in range(2):  # each SuperNode trained twice and evaluated once, each in a ClientApp
+    for i in range(2):  # each node: one warm worker ran its 2 trainings and 1 evaluation
         log = (out / "logs" / f"supernode-{i}.log").read_text()
-        assert log.count("Start `flwr-clientapp` process") == 3
-        assert "--insecure" in log.splitlines()[0]
+        ran = worker_messages(log)
+        assert [(kind, outcome) for _, kind, outcome in ran] == [
+            ("train", "done"),
+            ("train", "done"),
+            ("evaluate", "done"),
+        ]
+        assert len({pid for pid, _, _ in ran}) == 1  # the same process every round
+        assert log.count("warm ClientApp worker ready") == 1
+        assert "Start `flwr-clientapp` process" not in log
+        assert "--insecure" in log.splitlines()[0] and "--isolation process" in log.splitlines()[0]
     assert "[ROUND 2/2]" in (out / "logs" / "flwr-run.log").read_text()
     assert (out / "logs" / "superlink.log").exists()
     assert "round 2/2" in events
     assert len(result.round_s) == 2 and result.wall_s > result.run_s > sum(result.round_s) > 0
     assert_nothing_left(out, result.ports)
+    # the same run simulated: the same numbers (same seeds, one thread per client both ways)
+    cfg = make_config(read_recipe(out / "config.toml"))
+    simulated = run_simulation(cfg.replace(engine="fast", num_workers=0), tmp_path / "sim")
+    for deployed_row, sim_row in zip(rows, simulated.rows, strict=True):
+        deployed_row.pop("time_s"), sim_row.pop("time_s")
+        assert deployed_row == sim_row
+
+
+@pytest.mark.slow
+def test_subprocess_isolation_starts_a_clientapp_per_message_with_the_same_results(
+    tmp_path: Path,
+) -> None:
+    overrides = [*SMALL, "eval_every=2"]
+    result = deploy_local(tmp_path / "run", 2, 2, overrides=overrides, isolation="subprocess")
+    for i in range(2):  # each SuperNode trained twice and evaluated once, each in a ClientApp
+        log = (result.out / "logs" / f"supernode-{i}.log").read_text()
+        assert log.count("Start `flwr-clientapp` process") == 3
+        assert worker_messages(log) == []
+    cfg = make_config(read_recipe(result.out / "config.toml"))
+    simulated = run_simulation(cfg.replace(engine="fast", num_workers=0), tmp_path / "sim")
+    for deployed_row, sim_row in zip(result.rows, simulated.rows, strict=True):
+        deployed_row.pop("time_s"), sim_row.pop("time_s")
+        assert deployed_row == sim_row
+    assert_nothing_left(result.out, result.ports)
+
+
+@pytest.mark.slow
+def test_a_failing_node_gets_error_replies_from_the_same_worker_which_ends_with_its_supernode(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "run"
+    cfg = fitted(2, "min_clients=1")
+    with LocalFederation(root) as federation:
+        federation.start_superlink()
+        federation.start_node(0, node_config(cfg, 0, 2))
+        broken = {**node_config(cfg, 1, 2), "dataset": "no-such-dataset"}  # fails every message
+        bad = federation.start_node(1, broken)
+        federation.run(APP_DIR, run_config_for(root, cfg), timeout=400)
+        log = bad.process.log_text()
+        ran = worker_messages(log)
+        assert ran and all(outcome == "failed" for _, _, outcome in ran)
+        assert len({pid for pid, _, _ in ran}) == 1  # the errors did not end the worker
+        assert "the ClientApp raised an exception" in log and "no-such-dataset" in log
+        worker = ran[0][0]
+        os.kill(bad.process.pid, signal.SIGKILL)  # the SuperNode alone, not its worker
+        deadline = time.monotonic() + 10
+        while worker_alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not worker_alive(worker), "the worker outlived its SuperNode"
+        ports = federation.ports
+    rows = RunDir(root).metrics()
+    # node 1 failed its train and its evaluate message in both rounds
+    assert [(r["clients"], r["dropped"]) for r in rows] == [(1, 2), (1, 2)]
+    assert_nothing_left(root, ports)
+
+
+def worker_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.slow
