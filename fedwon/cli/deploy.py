@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -53,7 +53,7 @@ def local(
         Path | None, typer.Option(help="directory whose pyproject.toml declares the Flower app")
     ] = None,
     isolation: Annotated[
-        Literal["process", "subprocess"],
+        str,
         typer.Option(
             help="process: one warm ClientApp worker per SuperNode; subprocess: Flower's "
             "default, a flwr-clientapp process per message"
