@@ -105,7 +105,8 @@ def run_server(
         if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
             log.warning(
                 "resuming FedBN without the clients' local layers (this engine does not "
-                "checkpoint Context.state): clients restart them from the initial model; "
+                "checkpoint Context.state): clients restart them from the initial model, "
+                "except on SuperNodes that keep their state (node config state-dir); "
                 "use engine='fast' to resume exactly"
             )
     recorder.server_state = lambda: snapshot_server_state(strategy)

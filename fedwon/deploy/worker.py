@@ -221,7 +221,7 @@ def _heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:
         try:
             if not client.SendTaskHeartbeat(request).success:
                 log(WARNING, "%s: the SuperNode no longer expects this task's reply", NAME)
-        except httpx.HTTPError:
+        except Exception:  # an HTTP error, or a broken answer
             return False  # retried by the sender, with backoff
         return True
 
@@ -311,7 +311,8 @@ class Worker:
         except Exception as err:
             log(ERROR, "%s: could not hand the reply to the SuperNode: %s", NAME, err)
         finally:
-            heartbeat.stop()
+            if heartbeat.is_running:
+                heartbeat.stop()
             client.close()
             beats.close()
         self.served += 1
