@@ -116,8 +116,8 @@ def runtime_api() -> Iterator[Node]:
     state = factory.state()
     state.set_node_id(NODE_ID)
     port = free_ports(1)[0]
-    config = uvicorn.Config(create_app(state_factory=factory), host="127.0.0.1", port=port,
-                            log_level="warning")  # fmt: skip
+    app = create_app(state_factory=factory)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
