@@ -5,6 +5,8 @@ engine, the fast engine (:mod:`fedwon.engine`) or a real SuperLink. It never loa
 data: classes and domains come from the data set's metadata. Under ``flwr run`` the module-level
 ``app`` reads its settings from the run config: ``recipe`` (a TOML file), ``set``
 (space-separated ``key=value`` overrides), ``out`` (run directory; empty = none) and ``resume``.
+On a SuperLink it pulls replies every ``reply_poll`` seconds (default 0.2; Flower's own: 3,
+:mod:`fedwon.engine.replies`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.datasets.spec import IN_CHANNELS
+from fedwon.engine.replies import PromptReplies
 from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
 from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
 from fedwon.process_guard import start_guard
@@ -42,8 +46,9 @@ log = logging.getLogger(__name__)
 
 RowCallback = Callable[[Row], None]
 # Keys of Flower's run config that steer the run rather than configure it.
-RUN_KEYS = ("recipe", "set", "out", "resume", "overwrite", "node_timeout")
+RUN_KEYS = ("recipe", "set", "out", "resume", "overwrite", "node_timeout", "reply_poll")
 NODE_TIMEOUT_S = 120.0  # how long flwr run / a SuperLink waits for one SuperNode per client
+REPLY_POLL_S = 0.2  # between a deployed ServerApp's pulls of replies (Flower's HttpGrid: 3 s)
 
 
 @dataclass
@@ -173,6 +178,7 @@ class RunSettings:
     resume: bool = False
     overwrite: bool = False
     node_timeout: float = NODE_TIMEOUT_S
+    reply_poll: float = REPLY_POLL_S
 
 
 def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
@@ -190,7 +196,11 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     timeout = run_config.get("node_timeout", NODE_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise ConfigError(f"node_timeout must be a number of seconds > 0, got {timeout!r}")
-    return RunSettings(cfg, out, resume, bool(run_config.get("overwrite", False)), float(timeout))
+    poll = run_config.get("reply_poll", REPLY_POLL_S)
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= 60:
+        raise ConfigError(f"reply_poll must be a number of seconds in (0, 60], got {poll!r}")
+    overwrite = bool(run_config.get("overwrite", False))
+    return RunSettings(cfg, out, resume, overwrite, float(timeout), float(poll))
 
 
 class BoundServerApp(ServerApp):
@@ -224,6 +234,8 @@ def main(grid: Grid, context: Context) -> None:
     with ExitStack() as held:
         try:
             settings = settings_from_run_config(dict(context.run_config))
+            if isinstance(grid, HttpGrid):  # a SuperLink's, which pulls replies every 3 s
+                grid = PromptReplies(grid, settings.reply_poll)
             out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
             start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
             # one writer per run directory, held until the run has ended (fedwon.run_lock)

@@ -369,17 +369,21 @@ def deploy_local(
     on_event: Event | None = None,
     isolation: str = "process",
     poll_interval: float = SUPERNODE_POLL_S,
+    reply_poll: float | None = None,
 ) -> LocalResult:
     """Run ``recipe`` on a SuperLink and ``nodes`` SuperNodes on this machine; see the module.
 
     ``isolation``: ``process`` (a warm worker per node) or ``subprocess`` (Flower's default, a
-    process per message); ``poll_interval``: seconds between a SuperNode's polls (Flower's: 3).
+    process per message); ``poll_interval``: seconds between a SuperNode's polls (Flower's: 3);
+    ``reply_poll``: the ServerApp's run config ``reply_poll`` (default 0.2 s; Flower's: 3).
     Bad input (recipe, overrides, data, directories, flags) is refused before anything starts.
     """
     say: Event = on_event or (lambda _: None)
     check_timeout(timeout)
     check_security(tls, auth)
     check_isolation(isolation, poll_interval)
+    if reply_poll is not None and not (math.isfinite(reply_poll) and 0 < reply_poll <= 60):
+        raise DeployError(f"reply_poll must be a number of seconds in (0, 60], got {reply_poll:g}")
     app_dir = check_app_dir(app_dir)
     cfg, changes = fit_to_nodes(load_config(recipe, list(overrides)), nodes, rounds)
     prepare_run(cfg, None)  # fedwon run's checks (data, model input): fail here, not in N nodes
@@ -397,7 +401,8 @@ def deploy_local(
             poll_interval=poll_interval,
             app_dir=app_dir,
         )
-        return _deploy(federation, cfg, changes, nodes, timeout, app_dir, say)
+        extra = {} if reply_poll is None else {"reply_poll": reply_poll}
+        return _deploy(federation, cfg, changes, nodes, timeout, app_dir, say, extra)
 
 
 def _deploy(
@@ -408,6 +413,7 @@ def _deploy(
     timeout: float,
     app_dir: Path,
     say: Event,
+    run_settings: Mapping[str, Scalar],
 ) -> LocalResult:
     """:func:`deploy_local` once its input is checked and ``out`` is locked."""
     out, tls, auth = federation.root, federation.tls, federation.auth
@@ -434,7 +440,7 @@ def _deploy(
             f"started {nodes} SuperNodes ({how}); {cfg.server.num_rounds} rounds of "
             f"{cfg.server.strategy}"
         )
-        run_config = {"recipe": str(resolved), "set": "", "out": str(out)}
+        run_config = {"recipe": str(resolved), "set": "", "out": str(out), **run_settings}
         remaining = timeout - (time.monotonic() - start)
         run_s = federation.run(app_dir, run_config, remaining, say)
         wall_s = time.monotonic() - start

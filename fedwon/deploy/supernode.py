@@ -6,13 +6,16 @@ two changes:
 
 - **its poll interval.** Flower 1.39's SuperNode sleeps a hard-coded 3 s after every poll of the
   SuperLink that found no message (``flwr/supernode/start_client_internal.py``, the main loop),
-  and 0.5 s between checks for its ClientApp's reply; no flag or environment variable sets
-  either (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` is the SuperExec's). Here every wait of that
-  loop is scaled by ``poll_interval / 3`` (default 0.5 s: 0.5 s between polls, 0.08 s between
-  checks). The patch replaces the ``time`` module *as seen by that one Flower module*, in this
-  process only; nothing in site-packages changes, and ``--poll-interval 3`` is Flower's own.
-  A shorter interval means more polls of the SuperLink per node (an empty poll is one small
-  gRPC call): with thousands of nodes keep Flower's 3 s.
+  0.5 s between checks for its ClientApp's reply, and 1 s (doubling up to 10 s) before asking
+  again for a message's arrays the SuperLink does not have yet (the ServerApp is still
+  uploading them); no flag or environment variable sets any of them
+  (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` is the SuperExec's). Here every one of these waits is
+  scaled by ``poll_interval / 3`` (default 0.5 s: 0.5 s between polls, 0.08 s between checks,
+  0.17-1.7 s of backoff). The patch replaces two names *as that one Flower module sees them*
+  (its ``time`` module and its ``pull_objects`` function), in this process only; nothing in
+  site-packages changes, and ``--poll-interval 3`` is Flower's own behaviour. A shorter
+  interval means more polls of the SuperLink per node (an empty poll is one small gRPC call):
+  with thousands of nodes keep Flower's 3 s.
 - **a warm worker.** With ``--isolation process`` it also starts :mod:`fedwon.deploy.worker` on
   the SuperNode's Runtime API (``--host``/``--port``; HTTPS with ``--ssl-certfile``), which then
   runs every message in one long-lived process. The SuperNode starts (and joins the federation)
@@ -28,6 +31,7 @@ and exit status 2. Everything else is Flower's: its flags, its exit codes, its l
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import select
@@ -45,7 +49,13 @@ from typing import Any
 from flwr.common.config import parse_config_args
 from flwr.common.constant import ISOLATION_MODE_PROCESS, ISOLATION_MODE_SUBPROCESS
 from flwr.supercore import log
-from flwr.supercore.constant import SUPERNODE_UVICORN_DEFAULT_PORT, UVICORN_DEFAULT_HOST
+from flwr.supercore.constant import (
+    PULL_BACKOFF_CAP,
+    PULL_INITIAL_BACKOFF,
+    SUPERNODE_UVICORN_DEFAULT_PORT,
+    UVICORN_DEFAULT_HOST,
+)
+from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.version import package_version
 
 from fedwon.deploy.commands import SUPERNODE_POLL_S, address
@@ -89,7 +99,13 @@ def set_poll_interval(seconds: float) -> None:
             package_version,
         )
         return
-    loop.time = ScaledTime(time, seconds / FLOWER_POLL_S)  # type: ignore[assignment]
+    scale = seconds / FLOWER_POLL_S
+    loop.time = ScaledTime(time, scale)  # type: ignore[assignment]
+    loop.pull_objects = functools.partial(
+        inflatable_utils.pull_objects,
+        initial_backoff=PULL_INITIAL_BACKOFF * scale,
+        backoff_cap=PULL_BACKOFF_CAP * scale,
+    )
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namespace, list[str]]:

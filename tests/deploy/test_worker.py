@@ -234,6 +234,7 @@ def test_the_supernode_polls_at_the_interval_asked(monkeypatch: pytest.MonkeyPat
     from flwr.supernode import start_client_internal as loop
 
     monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
     supernode.set_poll_interval(0.3)
@@ -241,3 +242,5 @@ def test_the_supernode_polls_at_the_interval_asked(monkeypatch: pytest.MonkeyPat
     loop.time.sleep(0.5)  # its wait for the ClientApp's reply
     assert slept == pytest.approx([0.3, 0.05])
     assert loop.time.monotonic is time.monotonic  # everything else is the real module
+    backoff = loop.pull_objects.keywords  # type: ignore[attr-defined]
+    assert backoff == pytest.approx({"initial_backoff": 0.1, "backoff_cap": 1.0})
