@@ -33,7 +33,7 @@ from fedwon.config import RunConfig, load_config
 from fedwon.deploy import commands, diagnose
 from fedwon.deploy.certs import Certificates, make_certificates
 from fedwon.deploy.commands import SUPERNODE_POLL_S
-from fedwon.deploy.errors import DeployError
+from fedwon.deploy.errors import DeployError, check_seconds
 from fedwon.deploy.keys import NodeKey, make_node_keys
 from fedwon.deploy.network import LOOPBACK, free_ports, wait_listening
 from fedwon.deploy.plan import Scalar, fit_to_nodes, node_config
@@ -304,10 +304,7 @@ def check_security(tls: bool, auth: bool) -> None:
 def check_isolation(isolation: str, poll_interval: float) -> None:
     if isolation not in ISOLATIONS:
         raise DeployError(f"--isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
-    if not (math.isfinite(poll_interval) and 0 < poll_interval <= 60):
-        raise DeployError(
-            f"--poll-interval must be a number of seconds in (0, 60], got {poll_interval:g}"
-        )
+    check_seconds("--poll-interval", poll_interval)
 
 
 def python_path(app_dir: Path) -> str:
@@ -382,8 +379,8 @@ def deploy_local(
     check_timeout(timeout)
     check_security(tls, auth)
     check_isolation(isolation, poll_interval)
-    if reply_poll is not None and not (math.isfinite(reply_poll) and 0 < reply_poll <= 60):
-        raise DeployError(f"reply_poll must be a number of seconds in (0, 60], got {reply_poll:g}")
+    if reply_poll is not None:
+        check_seconds("reply_poll", reply_poll)
     app_dir = check_app_dir(app_dir)
     cfg, changes = fit_to_nodes(load_config(recipe, list(overrides)), nodes, rounds)
     prepare_run(cfg, None)  # fedwon run's checks (data, model input): fail here, not in N nodes

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import select
 import signal
@@ -59,6 +58,7 @@ from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.version import package_version
 
 from fedwon.deploy.commands import SUPERNODE_POLL_S, address
+from fedwon.deploy.errors import check_seconds
 from fedwon.protocol import ProtocolError, read_node_settings
 
 FLOWER_POLL_S = 3.0  # what Flower 1.39 sleeps after an empty poll
@@ -140,9 +140,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namespace, 
 
 def check(ours: argparse.Namespace, flower: argparse.Namespace) -> None:
     """Refuse bad settings before anything starts (:class:`LaunchError`)."""
-    poll = ours.poll_interval
-    if not (math.isfinite(poll) and 0 < poll <= 60):
-        raise LaunchError(f"--poll-interval must be a number of seconds in (0, 60], got {poll}")
+    check_seconds("--poll-interval", ours.poll_interval, LaunchError)
     if flower.isolation not in (ISOLATION_MODE_SUBPROCESS, ISOLATION_MODE_PROCESS):
         return  # flower-supernode says what it accepts
     if (

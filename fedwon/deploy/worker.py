@@ -34,7 +34,6 @@ import hashlib
 import importlib
 import io
 import logging
-import math
 import os
 import signal
 import sys
@@ -74,6 +73,8 @@ from flwr.supercore.retry.retry_invoker import exponential
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+from fedwon.deploy.errors import check_seconds
 
 try:
     import tomllib
@@ -142,7 +143,7 @@ def _call_retry() -> RetryInvoker:
 
 
 def source_digests(root: Path, top: str) -> dict[str, str]:
-    """``{"fedwon/x.py": sha256}`` of the Python sources of the package (or module) ``top``
+    """``{path in the bundle: sha256}`` of the Python sources of the package (or module) ``top``
     found at ``root`` (its directory, or its ``.py`` file)."""
     if root.is_file():
         return {f"{top}.py": hashlib.sha256(root.read_bytes()).hexdigest()}
@@ -443,8 +444,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        if not (math.isfinite(args.poll) and 0 < args.poll <= 60):
-            raise WorkerError(f"--poll must be a number of seconds in (0, 60], got {args.poll}")
+        check_seconds("--poll", args.poll, WorkerError)
         if args.parent_pid is not None and args.parent_pid <= 0:
             raise WorkerError(f"--parent-pid must be a process id, got {args.parent_pid}")
         api = RuntimeApi(args.runtime_api_address, args.root_certificates)

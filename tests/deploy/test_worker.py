@@ -197,7 +197,7 @@ def one_line_exit(main: Callable[[list[str]], None], argv: list[str], capsys: Ca
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--poll", "0"], "--poll must be a number of seconds in (0, 60], got 0.0"),
+        (["--poll", "0"], "--poll must be a number of seconds in (0, 60], got 0"),
         (["--runtime-api-address", "localhost"], "--runtime-api-address must be HOST:PORT"),
         (["--app", "no_such_module:app"], "cannot import the ClientApp's module"),
         (["--app", "fedwon.client_app:nothing"], "is not a flwr ClientApp"),
