@@ -232,8 +232,8 @@ def test_killing_a_supernode_mid_run_does_not_hang_the_server(tmp_path: Path) ->
         federation.start_node(0, node_config(cfg, 0, 2))
         victim = federation.start_node(1, node_config(cfg, 1, 2), required=False)
 
-        def kill_when_training() -> None:  # a crash: the node and its ClientApp vanish at once
-            while "Start `flwr-clientapp`" not in victim.process.log_text():
+        def kill_when_training() -> None:  # a crash: the node and its worker vanish at once
+            while "Receiving: train message" not in victim.process.log_text():
                 time.sleep(0.2)
             os.killpg(victim.process.pid, signal.SIGKILL)
 
