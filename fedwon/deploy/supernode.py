@@ -45,6 +45,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import click
 from flwr.common.config import parse_config_args
 from flwr.common.constant import ISOLATION_MODE_PROCESS, ISOLATION_MODE_SUBPROCESS
 from flwr.supercore import log
@@ -155,8 +156,8 @@ def check(ours: argparse.Namespace, flower: argparse.Namespace) -> None:
         settings = read_node_settings(
             parse_config_args([flower.node_config] if flower.node_config else None)
         )
-    except (ProtocolError, ValueError, OSError) as err:
-        raise LaunchError(f"--node-config: {err}") from None
+    except (ProtocolError, ValueError, OSError, click.ClickException) as err:
+        raise LaunchError(f"--node-config: {' '.join(str(err).split())}") from None
     if settings.state_dir:
         state = Path(settings.state_dir).expanduser()
         try:

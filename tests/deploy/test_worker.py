@@ -214,6 +214,7 @@ def test_bad_supernode_settings_are_one_line(tmp_path: Path, capsys: Capture) ->
     cases = [
         (["--poll-interval", "-1"], "--poll-interval must be a number of seconds in (0, 60]"),
         (["--node-config", "partition-id=-1"], "--node-config: node config 'partition-id'"),
+        (["--node-config", "partition-id=x"], "--node-config: The provided configuration string"),
         (["--node-config", f'state-dir="{blocked}/x"'], "cannot be written"),
         (
             ["--isolation", "process", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k"],
