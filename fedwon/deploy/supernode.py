@@ -144,11 +144,8 @@ def check(ours: argparse.Namespace, flower: argparse.Namespace) -> None:
     check_seconds("--poll-interval", ours.poll_interval, LaunchError)
     if flower.isolation not in (ISOLATION_MODE_SUBPROCESS, ISOLATION_MODE_PROCESS):
         return  # flower-supernode says what it accepts
-    if (
-        flower.isolation == ISOLATION_MODE_PROCESS
-        and flower.ssl_certfile
-        and not (flower.ssl_ca_certfile)
-    ):
+    process = flower.isolation == ISOLATION_MODE_PROCESS
+    if process and flower.ssl_certfile and not flower.ssl_ca_certfile:
         raise LaunchError(
             "--ssl-certfile needs --ssl-ca-certfile: the worker verifies the Runtime API with it"
         )
