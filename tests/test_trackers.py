@@ -82,7 +82,7 @@ def test_a_tracker_that_is_not_installed_is_one_line_naming_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     out = tmp_path / "run"
-    args = ["run", str(SIMS / "cross_silo.toml"), "--out", str(out), "--track", "tensorboard,wandb"]
+    args = ["run", str(SIMS / "cross_silo.toml"), "--out", str(out), "--track", "wandb"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [
@@ -183,9 +183,16 @@ def by_key(rows: list[Row]) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def needs_trackers() -> None:
+    """The read-back tests need the extra (``make setup`` installs it; CI does)."""
+    for module in ("tensorboard", "mlflow", "wandb"):
+        pytest.importorskip(module, reason="pip install 'fedwon[track]'")
+
+
 def test_a_tracked_run_is_read_back_by_each_tool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    needs_trackers()
     out = tmp_path / "run"
     args = ["run", str(SIMS / "cross_silo.toml"), "--out", str(out)]
     args += ["--track", "tensorboard,mlflow,wandb"]
@@ -226,6 +233,7 @@ def test_a_resume_continues_the_same_tracker_runs_without_a_step_twice(
     """The first attempt stops after round 3, its checkpoint at round 2: TensorBoard hides its
     round 3 behind the resumed one, MLflow and W&B keep theirs and are not sent it again; W&B,
     added on resume, first receives the checkpoint's rounds."""
+    needs_trackers()
     out = tmp_path / "run"
     first = ["track=tensorboard,mlflow", "num_rounds=4", "checkpoint_every=2"]
     cfg = load_config(SIMS / "cross_silo.toml", [*TINY, *first])
