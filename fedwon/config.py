@@ -17,7 +17,7 @@ section      keys                                        owner
              num_rounds, clients_per_round, ...
 ``dp``       dp.* (the recipe's ``[dp]`` table)          :class:`fedwon.privacy.DPConfig`
 ``engine``   engine, num_workers, gpus_per_client, ...   :class:`EngineSpec` (here)
-``output``   checkpoint_every                            :class:`OutputSpec` (here)
+``output``   checkpoint_every, track                     :class:`OutputSpec` (here)
 ===========  ==========================================  =======================================
 
 plus the run's ``seed``. Recipe keys stay flat (``lr = 0.05``, ``[dp]`` for ``dp.*``): every
@@ -45,6 +45,7 @@ from pydantic import (
     ConfigDict,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -103,10 +104,41 @@ class EngineSpec(Section):
         return value
 
 
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
+"""The experiment trackers ``track`` may name (:mod:`fedwon.trackers` implements them)."""
+
+
 class OutputSpec(Section):
-    """What the run directory keeps."""
+    """What the run directory keeps, and which experiment trackers receive its rounds."""
 
     checkpoint_every: NonNegativeInt = 5  # rounds; 0 = never (the final state is always saved)
+    track: tuple[str, ...] | None = None  # trackers, e.g. "tensorboard,mlflow"; None = none
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> Any:
+        """``"tensorboard,mlflow"`` (a recipe, ``--track``) or a list of names; an unknown name
+        is refused here, with the valid ones, so a typo fails before anything runs."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected tracker names, got {value!r}")
+        names: list[str] = []
+        for name in (v.strip().lower() for v in value):
+            if name and name not in TRACKER_NAMES:
+                raise ValueError(
+                    f"unknown tracker {name!r} (valid trackers: {', '.join(TRACKER_NAMES)})"
+                )
+            if name and name not in names:
+                names.append(name)
+        return tuple(names) or None
+
+    @field_serializer("track")
+    def _comma_separated(self, track: tuple[str, ...] | None) -> str | None:
+        """The recipe form (TOML, Flower's run config): comma-separated names."""
+        return ",".join(track) if track else None
 
 
 # The sections of a run config, in the order config.toml lists their keys.
@@ -399,6 +431,7 @@ RESUMABLE_KEYS = frozenset(
         "ray_address",
         "client_state_budget_mb",
         "data_root",  # the same files, moved
+        "track",  # where the rounds are also sent, not what they compute
     }
 )
 

@@ -3,7 +3,8 @@ naming it, not minutes later inside an engine with a traceback, and leaves nothi
 
 :func:`prepare_run` is the whole list for one process (the CLI's simulations and the ServerApp
 under ``flwr run`` call it): the run directory may be written (new, ``--overwrite`` or resume),
-the data loads, the model accepts the data's images; only then is the run directory created.
+the trackers asked for are installed, the data loads, the model accepts the data's images;
+only then is the run directory created.
 :func:`wait_for_nodes` is the one check that needs the Grid: enough SuperNodes to serve every
 partition, instead of Flower's sampling waiting for them forever. :func:`refused` turns what
 either check raises inside a ServerApp into one logged line and a failed run, without the
@@ -26,6 +27,7 @@ from fedwon.models import build_model
 from fedwon.privacy.accounting import PrivacyLedger
 from fedwon.privacy.central_dp import planned_noise
 from fedwon.run_dir import RunDir
+from fedwon.trackers import check_trackers
 
 log = logging.getLogger(__name__)
 REFUSED = "_fedwon_refused"  # marks an error already logged as one line
@@ -104,6 +106,7 @@ def prepare_run(
         RunDir(out_dir).check_resumable(cfg)
     elif out_dir is not None:
         RunDir(out_dir).check_new(overwrite=overwrite)
+    check_trackers(cfg, out_dir)  # installed, and a directory to link
     spec = cfg.data
     if load_data:
         fed = load_federation(spec)

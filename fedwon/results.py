@@ -5,7 +5,8 @@ in the round loop. It writes nothing before it knows the run may write there: a 
 file appears with its first round, a resumed run's after
 :meth:`~fedwon.run_dir.RunDir.check_resumable` passed. The directory's layout, reading it back,
 and whether it may hold a *new* run are :class:`fedwon.run_dir.RunDir`'s business; the
-checkpoint's format is :mod:`fedwon.checkpoint`'s.
+checkpoint's format is :mod:`fedwon.checkpoint`'s. The experiment trackers a run asks for
+(``track``, :mod:`fedwon.trackers`) receive each row from :meth:`RunRecorder.record` too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fedwon.config import ConfigError, RunConfig
 from fedwon.protocol import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
 from fedwon.run_dir import PER_DOMAIN_FILE, PLOT_FILE, Row, RunDir
 from fedwon.strategies.aggregation import as_number
+from fedwon.trackers import Trackers
 
 __all__ = [
     "Checkpoint",
@@ -113,6 +115,21 @@ class RunRecorder:
         self.arrays: ArrayRecord | None = None
         self._t0 = time.perf_counter()
         self._started = False
+        # opened with the run's first write, like every file of the run directory
+        names, flat = cfg.output.track, cfg.to_flat()
+        self.trackers = Trackers(names, self.dir.path, flat) if names and self.dir else None
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """A run that ends by an exception (or an interrupt) still ends its tracker runs, as
+        failed: an MLflow run left RUNNING or a W&B run never finished misleads its reader."""
+        self.close_trackers(failed=exc_type is not None)
+
+    def close_trackers(self, failed: bool = False) -> None:
+        if self.trackers is not None:
+            self.trackers.close(failed)
 
     def _start(self) -> None:
         """A new run's first write: its config. Refuses to write over another run's files
@@ -129,6 +146,8 @@ class RunRecorder:
         self.dir.path.mkdir(parents=True, exist_ok=True)
         self.dir.config_file.write_text(self.cfg.to_toml())
         self._started = True
+        if self.trackers is not None:
+            self.trackers.open()
 
     def load_resume(self) -> Checkpoint:
         """The checkpoint a resumed run continues from, checked
@@ -152,6 +171,8 @@ class RunRecorder:
             self.client_states.restore_states(ckpt.client_states or {})
         self._rewrite_metrics()
         self._started = True
+        if self.trackers is not None:
+            self.trackers.open(resume_round=ckpt.round, rows=self.rows)
         return ckpt
 
     def _rewrite_metrics(self) -> None:
@@ -176,6 +197,8 @@ class RunRecorder:
             self._start()
             with self.dir.metrics_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(row)
             every = self.cfg.output.checkpoint_every
             if server_round == self.final_round or (every and server_round % every == 0):
                 states = self.client_states.snapshot_states() if self.client_states else None
@@ -222,6 +245,7 @@ class RunRecorder:
                 writer.writerow(["all", summary["final"]["accuracy"]])
             title = f"{self.cfg.server.strategy}: test accuracy per round"
             plot_accuracy(self.rows, self.dir.path / PLOT_FILE, title=title)
+        self.close_trackers()
         return summary
 
 

@@ -8,6 +8,9 @@ Layout (the contract the README documents for users)::
     DIR/per_domain.csv     final accuracy per domain
     DIR/accuracy.png       accuracy per round, overall and per domain
     DIR/checkpoint/        what --resume continues from (:mod:`fedwon.checkpoint`)
+    DIR/tensorboard/       TensorBoard event files (``track`` names tensorboard)
+    DIR/wandb/             W&B's offline runs (``track`` names wandb)
+    DIR/trackers.json      the MLflow and W&B run ids a resume continues (:mod:`fedwon.trackers`)
 
 :class:`RunDir` is the one reader of these files: its :meth:`~RunDir.status` (new, unfinished,
 finished, or stopped at its privacy budget), its summary, metrics, config and checkpoint round,
@@ -56,6 +59,9 @@ __all__ = [
     "METRICS_FILE",
     "RUN_FILES",
     "SUMMARY_FILE",
+    "TENSORBOARD_DIR",
+    "TRACKERS_FILE",
+    "WANDB_DIR",
     "Reuse",
     "Row",
     "RunDir",
@@ -75,6 +81,9 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PER_DOMAIN_FILE = "per_domain.csv"
 PLOT_FILE = "accuracy.png"
+TRACKERS_FILE = "trackers.json"  # the MLflow and W&B run ids a resume appends to
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"
 RUN_FILES = frozenset(
     {
         CONFIG_FILE,
@@ -87,6 +96,10 @@ RUN_FILES = frozenset(
         CHECKPOINT,
         f"{CHECKPOINT}.tmp",
         f"{CHECKPOINT}.old",
+        TRACKERS_FILE,
+        f"{TRACKERS_FILE}.part",
+        TENSORBOARD_DIR,
+        WANDB_DIR,
     }
 )
 """What a fedwon run writes into its directory (all that ``--overwrite`` may delete)."""

@@ -78,49 +78,50 @@ def run_server(
     arrays = initial_arrays(cfg)
     holder = grid if isinstance(grid, ClientStateHolder) else None
     recorder = RunRecorder(out_dir, cfg, client_states=holder)
-    ckpt = recorder.load_resume() if resume else None
-    if ckpt is None:
-        check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public API)
-    start_round = ckpt.round if ckpt is not None else 0
+    with recorder:  # the trackers' runs end, as failed on an exception
+        ckpt = recorder.load_resume() if resume else None
+        if ckpt is None:
+            check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public)
+        start_round = ckpt.round if ckpt is not None else 0
 
-    def record(report: RoundReport) -> None:
-        row = recorder.record(
-            report.round,
-            report.arrays,
-            report.train_metrics,
-            report.evaluate_metrics,
-            dropped=len(report.dropped),
-        )
-        if on_round is not None:
-            on_round(row)
-
-    # built (noise calibrated against the rounds already run) before the resume writes
-    privacy = privacy_wrap(cfg, wrap, checkpoint=ckpt)
-    strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
-    last = privacy.last_round(start_round)
-    if ckpt is not None:
-        recorder.resume(ckpt)
-        arrays = ckpt.arrays
-        restore_server_state(strategy, ckpt.server_state)
-        if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
-            log.warning(
-                "resuming FedBN without the clients' local layers (this engine does not "
-                "checkpoint Context.state): clients restart them from the initial model; "
-                "use engine='fast' to resume exactly"
+        def record(report: RoundReport) -> None:
+            row = recorder.record(
+                report.round,
+                report.arrays,
+                report.train_metrics,
+                report.evaluate_metrics,
+                dropped=len(report.dropped),
             )
-    recorder.server_state = lambda: snapshot_server_state(strategy)
-    recorder.privacy_history = privacy.history
-    strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
-    client_record = cfg.client_config().to_record()
-    if last > start_round:
-        strategy.start(
-            grid,
-            arrays,
-            num_rounds=last - start_round,
-            train_config=client_record,
-            evaluate_config=ConfigRecord(dict(client_record)),
-        )
-    summary = recorder.finish(privacy.summary(recorder.rows))
+            if on_round is not None:
+                on_round(row)
+
+        # built (noise calibrated against the rounds already run) before the resume writes
+        privacy = privacy_wrap(cfg, wrap, checkpoint=ckpt)
+        strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
+        last = privacy.last_round(start_round)
+        if ckpt is not None:
+            recorder.resume(ckpt)
+            arrays = ckpt.arrays
+            restore_server_state(strategy, ckpt.server_state)
+            if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
+                log.warning(
+                    "resuming FedBN without the clients' local layers (this engine does not "
+                    "checkpoint Context.state): clients restart them from the initial model; "
+                    "use engine='fast' to resume exactly"
+                )
+        recorder.server_state = lambda: snapshot_server_state(strategy)
+        recorder.privacy_history = privacy.history
+        strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
+        client_record = cfg.client_config().to_record()
+        if last > start_round:
+            strategy.start(
+                grid,
+                arrays,
+                num_rounds=last - start_round,
+                train_config=client_record,
+                evaluate_config=ConfigRecord(dict(client_record)),
+            )
+        summary = recorder.finish(privacy.summary(recorder.rows))
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
 
 

@@ -179,7 +179,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "clients strategies",
         "privacy",
         "protocol config",
-        "checkpoint run_lock run_dir results preflight process_guard provenance",
+        "checkpoint run_lock run_dir trackers results preflight process_guard provenance",
         "client_app server_app simulation",
         "deploy study",
         "cli demo",

@@ -65,6 +65,8 @@ PLANS: dict[str, Plan] = {
         RUN, ["--set", "num_rounds=2", "num_workers=0"]
     ),
     "fedwon run sims/cross_device.toml": TRAIN,
+    # Experiment tracking (the extra is installed by make setup, as in CI)
+    "fedwon run sims/cross_silo.toml --track tensorboard,mlflow,wandb --out runs/tracked": TRAIN,
     # Composing with Flower's strategies (no --out: each writes to its default directory)
     "fedwon run sims/cross_silo.toml --set strategy=fedwon aggregator=fedadam server_lr=0.01": (
         TRAIN
