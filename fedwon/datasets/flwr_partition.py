@@ -118,6 +118,10 @@ def partition_iid(pool: Pool, opts: PartitionOptions) -> Assignment:
     """``IidPartitioner`` shards of the seeded shuffle of the train pool and of the test pool."""
     flwr = _flwr_partitioners()
     k = opts.num_clients
+    n = len(pool.train_y)
+    if n < k:  # IidPartitioner would fail with an IndexError deep inside datasets
+        shards = [np.arange(1)] * n + [np.zeros(0, dtype=np.int64)] * (k - n)
+        _require_nonempty(shards, "iid", f"{n} examples, num_clients={k}")
     parts: dict[str, list[np.ndarray]] = {}
     for split, labels, domain_ids in (
         ("train", pool.train_y, pool.train_d),
