@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedwon.config import load_config
-from fedwon.datasets import DATASETS
+from fedwon.datasets import spec_info
 from fedwon.provenance import code_commit
 from fedwon.run_lock import lock_dir
 from fedwon.study.plan import METHODS, TUNING_SEED, Candidate, Part, StudyPlan
@@ -77,7 +77,7 @@ def choose(grid_runs: Sequence[RunRecord]) -> Candidate | None:
 def heldout_domains(part: Part) -> tuple[str, ...]:
     """The domains a domain-generalization part holds out in turn: every domain it would use."""
     cfg = load_config(part.recipe_path, part.settings)
-    return cfg.data.domains or DATASETS[cfg.data.dataset].domains
+    return cfg.data.domains or spec_info(cfg.data).domains
 
 
 def tuning_specs(plan: StudyPlan) -> list[tuple[Part, RunSpec]]:

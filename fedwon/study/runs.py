@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fedwon.config import ConfigError, RunConfig, load_config
-from fedwon.datasets import DATASETS, DataError
+from fedwon.datasets import DataError, spec_info
 from fedwon.errors import error_line
 from fedwon.provenance import code_commit
 from fedwon.results import final_metrics, per_domain
@@ -84,7 +84,7 @@ def _overrides(part: Part, method: str, seed: int) -> dict[str, Any]:
 
 def _heldout_overrides(cfg: RunConfig, heldout: str) -> dict[str, Any]:
     """Train on every domain but ``heldout``, with as many clients per domain as before."""
-    domains = cfg.data.domains or DATASETS[cfg.data.dataset].domains
+    domains = cfg.data.domains or spec_info(cfg.data).domains
     kept = [d for d in domains if d != heldout]
     per_domain = max(1, cfg.data.num_clients // len(domains))
     return {"domains": ",".join(kept), "num_clients": per_domain * len(kept)}
