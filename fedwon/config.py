@@ -423,6 +423,7 @@ RESUMABLE_KEYS = frozenset(
         "fraction_evaluate",
         "checkpoint_every",
         "min_clients",
+        "round_timeout",
         "engine",
         "device",
         "gpus_per_client",

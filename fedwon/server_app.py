@@ -83,8 +83,11 @@ def run_server(
         if ckpt is None:
             check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public)
         start_round = ckpt.round if ckpt is not None else 0
+        short_rounds = 0  # rounds that ran with fewer nodes than planned (dead or stalled ones)
 
         def record(report: RoundReport) -> None:
+            nonlocal short_rounds
+            short_rounds += report.missing_nodes
             row = recorder.record(
                 report.round,
                 report.arrays,
@@ -118,10 +121,13 @@ def run_server(
                 grid,
                 arrays,
                 num_rounds=last - start_round,
+                timeout=cfg.server.reply_timeout,
                 train_config=client_record,
                 evaluate_config=ConfigRecord(dict(client_record)),
             )
-        summary = recorder.finish(privacy.summary(recorder.rows))
+        # rounds_with_missing_nodes: of the rounds this process ran (a resumed run counts its own)
+        extra = {"rounds_with_missing_nodes": short_rounds, **privacy.summary(recorder.rows)}
+        summary = recorder.finish(extra)
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
 
 

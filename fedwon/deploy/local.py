@@ -46,7 +46,10 @@ Event = Callable[[str], None]
 
 @dataclass
 class Node:
-    """A started SuperNode; ``required``: the run cannot go on without it."""
+    """A started SuperNode; ``required``: the run cannot start without it. Once it has joined,
+    its exit is reported once and the rounds go on with the others (the server samples the
+    connected nodes, see ``round_timeout``); the run stops only if the server then waits for
+    nodes that will not come."""
 
     name: str
     process: Process
@@ -194,7 +197,7 @@ class LocalFederation:
                 retries = diagnose.connection_retries(text)
                 if node.required and retries >= diagnose.RETRIES_BEFORE_FAILING:
                     raise DeployError(diagnose.retrying(node.name, log, retries, self.tls))
-            elif node.required:
+            elif node.required and not diagnose.joined(text):
                 raise DeployError(diagnose.supernode_exit(node.name, code, log, text))
             elif not node.warned:
                 if on_event is not None:
