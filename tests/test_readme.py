@@ -87,6 +87,7 @@ PLANS: dict[str, Plan] = {
         PARSE, slow_extra=["--quick", "--cache", "study", "--out", "study/report"]
     ),
     "fedwon report": Plan(NAME),
+    "fedwon data export": Plan(NAME),  # named in the data row; tests/datasets/test_hf.py runs it
 }
 
 COMMAND = re.compile(r"(?:\.venv/bin/)?fedwon\s")
