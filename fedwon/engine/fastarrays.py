@@ -62,6 +62,8 @@ _MAGIC = b"\x93NUMPY"
 _MAX_CACHE = 4096
 #: ``Array.__dict__`` key of a lazy array's payload (a private, read-only, C-ordered ndarray).
 PAYLOAD_KEY = "_fedwon_payload"
+#: ``Array.__dict__`` key marking a payload computed on the server (see :func:`adopt_result`).
+EXACT_KEY = "_fedwon_exact"
 _STRATEGY_PACKAGE = "flwr.serverapp.strategy"
 
 _ORIG_NUMPY: Callable[[Array], np.ndarray] = Array.numpy
@@ -181,6 +183,19 @@ def adopt(payload: np.ndarray) -> Array:
     d["shape"] = tuple(payload.shape)
     d["stype"] = SType.NUMPY
     d[PAYLOAD_KEY] = payload
+    return arr
+
+
+def adopt_result(payload: np.ndarray) -> Array:
+    """:func:`adopt` for the result of arithmetic on the server (a mean, a sum): its values
+    hold no signalling NaN, so multiplying them by 1.0 leaves every bit as it is, and
+    :func:`aggregate_arrayrecords` may hand such an array on as FedAvg's mean of one reply
+    (weight factor 1.0) instead of computing ``value * 1.0`` into a new array. Outside a run
+    (no payloads), a plain ``Array``."""
+    if not (_saved and _lazy_eligible(payload) and payload.flags.c_contiguous):
+        return Array(payload)
+    arr = adopt(payload)
+    arr.__dict__[EXACT_KEY] = True
     return arr
 
 
@@ -361,6 +376,10 @@ def _array_from_tensor(tensor: Any) -> Array:
     except (TypeError, RuntimeError):  # e.g. bfloat16: Flower's path raises its own error
         return Array.from_numpy_ndarray(tensor.detach().cpu().numpy())
     if ndarray.flags.c_contiguous:  # tensors are never object or structured arrays
+        if getattr(_snapshots, "lazy", False) and ndarray.size:
+            snapshot = _cow_snapshot(tensor, ndarray)
+            if snapshot is not None:
+                return adopt(snapshot)
         return adopt(ndarray.copy())
     return Array.from_numpy_ndarray(ndarray)
 
@@ -423,7 +442,11 @@ def _torch_supports(dtype: np.dtype[Any]) -> bool:
 
 def _torch_source(payload: np.ndarray) -> Any:
     """The torch tensor holding a copy of ``payload`` (made once per payload, cached while
-    the payload lives); clients get copy-on-write clones of it."""
+    the payload lives); clients get copy-on-write clones of it. A copy-on-write snapshot's
+    payload already has one: its clone (which nothing writes)."""
+    owner = payload.base
+    if type(owner) is _CowMemory:
+        return owner.clone
     key = id(payload)
     entry = _torch_sources.get(key)
     if entry is not None and entry[0]() is payload:
@@ -461,6 +484,101 @@ def _cow_to_torch_state_dict(self: ArrayRecord, *, keep_input: bool = True) -> A
     return state
 
 
+# ---- replies without a snapshot copy: copy-on-write clones of the live tensors -----------------
+#
+# ``ArrayRecord(model.state_dict())`` in a ClientApp must snapshot the tensors: the next client
+# of the process trains the same cached model. When the grid streams replies (the round rules'
+# running mean folds each reply and lets it go before the next client runs), the engine runs
+# each client under ``lazy_snapshots()``: the record's payloads are then read-only views of
+# copy-on-write clones of the tensors (``torch._lazy_clone``), made without copying. Whoever
+# writes a tensor while its snapshot lives -- the ClientApp after building its reply, the next
+# client's ``load_state_dict``, the optimizer -- first gets its own copy from torch, so the
+# snapshot keeps the values it was taken with; once the snapshot is gone (folded and dropped),
+# torch hands the memory back to the tensor on its next write, without a copy. Memory torch
+# does not own (``torch.from_numpy``, shared memory) cannot be cloned this way and is copied as
+# before. What copy-on-write cannot see are raw pointers taken earlier: a ClientApp that keeps
+# ``tensor.numpy()`` views of its parameters from one call to the next and writes through them
+# (rather than through torch) must not run streamed rounds with ``fast_arrays``.
+
+_snapshots = threading.local()
+
+
+class _CowMemory:
+    """Owns a snapshot's memory: the copy-on-write clone, kept alive with every view of it,
+    and the array interface numpy builds the (read-only) payload from."""
+
+    __slots__ = ("__array_interface__", "clone")
+
+    def __init__(self, view: np.ndarray, clone: Any) -> None:
+        interface = view.__array_interface__
+        interface["data"] = (interface["data"][0], True)  # read-only
+        self.__array_interface__ = interface
+        self.clone = clone
+
+
+def _cow_snapshot(tensor: Any, ndarray: np.ndarray) -> np.ndarray | None:
+    """A read-only ndarray with ``tensor``'s values that later writes to ``tensor`` do not
+    change, made without copying (``ndarray``: ``tensor.numpy()``, taken before the clone);
+    None where torch cannot clone the memory lazily."""
+    if not cow_snapshots_work():
+        return None
+    return _cow_view(tensor, ndarray)
+
+
+def _cow_view(tensor: Any, ndarray: np.ndarray) -> np.ndarray | None:
+    """:func:`_cow_snapshot` without the self-test (which uses it)."""
+    try:
+        clone = sys.modules["torch"]._lazy_clone(tensor)
+    except RuntimeError:  # memory torch does not own (from numpy, shared): copy it
+        return None
+    return np.asarray(_CowMemory(ndarray, clone))
+
+
+@contextmanager
+def lazy_snapshots() -> Iterator[None]:
+    """In this thread, ``ArrayRecord(state_dict)`` takes copy-on-write snapshots instead of
+    copies (see above): for a client whose reply is folded before the next client runs."""
+    saved = getattr(_snapshots, "lazy", False)
+    _snapshots.lazy = True
+    try:
+        yield
+    finally:
+        _snapshots.lazy = saved
+
+
+@functools.lru_cache(maxsize=1)
+def cow_snapshots_work() -> bool:
+    """Whether this torch keeps a snapshot's values when the tensor is then written in every
+    way a ClientApp writes a model (torch ops, ``load_state_dict``, foreach copies, a new
+    ``.numpy()`` view)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not cow_tensors_work() or not hasattr(torch._C, "_is_cow_tensor"):
+        return False
+    try:
+        layer = torch.nn.Linear(3, 1)
+        with torch.no_grad():
+            layer.weight.copy_(torch.arange(3.0))
+        weight = layer.weight.detach()
+
+        def snapshot() -> np.ndarray | None:
+            return _cow_view(weight, weight.numpy())
+
+        snapshots = [snapshot()]
+        with torch.no_grad():
+            layer.weight.add_(1.0)  # the layer gets its own copy; the snapshot keeps its own
+        snapshots.append(snapshot())
+        layer.load_state_dict({"weight": torch.zeros(1, 3), "bias": torch.zeros(1)})
+        snapshots.append(snapshot())
+        torch._foreach_copy_([weight], [torch.full((1, 3), 7.0)])
+        snapshots.append(snapshot())
+        weight.numpy()[0, 0] = 9.0  # a new numpy view writes the tensor's own memory
+        seen = [s.tolist() if s is not None else None for s in snapshots]
+        want = [[[0.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]], [[7.0, 7.0, 7.0]]]
+        return seen == want and weight.tolist() == [[9.0, 7.0, 7.0]]
+    except (RuntimeError, TypeError, AttributeError, ValueError):
+        return False
+
+
 def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str) -> ArrayRecord:
     """Flower's ``aggregate_arrayrecords``, bit for bit, reading replies in place.
 
@@ -477,11 +595,15 @@ def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str
     weight_factors = [w / total_weight for w in weights]
     sums: dict[str, Any] = {}
     scratch: dict[str, np.ndarray] = {}
+    # FedAvg's mean of one reply (the round rules' streamed mean): ``x * 1.0`` is ``x``
+    one = len(records) == 1 and weight_factors[0] == 1.0 and len(records[0].array_records) == 1
     for record, weight in zip(records, weight_factors, strict=True):
         for record_item in record.array_records.values():
             for key, value in record_item.items():
                 view = payload_view(value)
-                if key not in sums:
+                if one and key not in sums and _times_one_is_identity(value, view):
+                    sums[key] = value.__dict__[PAYLOAD_KEY]  # x * 1.0 == x: share it
+                elif key not in sums:
                     sums[key] = view * weight
                 else:
                     sums[key] += _product(view, weight, sums[key], scratch, key)
@@ -492,6 +614,17 @@ def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str
             adopt(total) if _lazy_eligible(total) and total.flags.c_contiguous else Array(total)
         )
     return result
+
+
+def _times_one_is_identity(arr: Array, view: np.ndarray) -> bool:
+    """Whether ``view * 1.0`` would be ``arr``'s payload bit for bit, in its dtype: a float
+    payload computed on the server (:func:`adopt_result`: no signalling NaN)."""
+    return (
+        arr.__dict__.get(EXACT_KEY, False)
+        and PAYLOAD_KEY in arr.__dict__
+        and view.dtype.kind == "f"
+        and np.result_type(view, 1.0) == view.dtype
+    )
 
 
 def _product(
@@ -566,14 +699,31 @@ def _typed_items(self: TypedDict[Any, Any]) -> Any:
     return self.__dict__["_data"].items()
 
 
+@functools.cache
+def _value_check(allowed: type) -> Callable[[Any], None]:
+    """``_SyncedDict.check_value`` for one record type, bound to nothing."""
+
+    def check_value(value: Any) -> None:
+        if not isinstance(value, allowed):
+            raise TypeError(
+                f"Expected `{allowed.__name__}`, but "
+                f"received `{type(value).__name__}` for the value."
+            )
+
+    return check_value
+
+
 def _records_view(recorddict: RecordDict, allowed: type) -> Any:
     """What ``RecordDict.array_records`` (etc.) return: a ``_SyncedDict`` of the records of
     one type, built directly (Flower re-assigns every record into the ``RecordDict`` while
-    building it, with two type checks each, on every property access)."""
+    building it, with two type checks each, on every property access). Flower's view holds
+    its own bound ``check_value``, a reference cycle: the view, and the message it was taken
+    from, would live until the garbage collector runs (a streamed reply, and its snapshot,
+    past the next client); this one is freed as soon as it is dropped."""
     synced = object.__new__(_SyncedDict)
     d = synced.__dict__
     d["_check_key_fn"] = _check_record_key
-    d["_check_value_fn"] = synced.check_value
+    d["_check_value_fn"] = _value_check(allowed)
     d["_data"] = {k: v for k, v in recorddict.__dict__["_data"].items() if isinstance(v, allowed)}
     d["recorddict"] = recorddict
     d["allowed_type"] = allowed

@@ -16,7 +16,7 @@ import logging
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from .fastarrays import clone_array_record
+from .fastarrays import clone_array_record, lazy_snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -207,16 +207,27 @@ class ClientRunner:
         return list(self.iter_batch(jobs, time_budget))
 
     def iter_batch(
-        self, jobs: Sequence[Job], time_budget: float | None
+        self, jobs: Sequence[Job], time_budget: float | None, *, streamed: bool = False
     ) -> Iterator[Outcome | None]:
-        """:meth:`run_batch`, one job per request (the budget starts now)."""
+        """:meth:`run_batch`, one job per request (the budget starts now).
+
+        ``streamed``: each reply is expected to be consumed (folded into a sum) and dropped
+        before the next job is asked for, so replies snapshot the ClientApp's tensors
+        copy-on-write instead of copying them (``fastarrays.lazy_snapshots``): no copy at
+        all when the reply is gone by the time the next client writes its model, one copy
+        (by torch, at that write) when it is not.
+        """
         deadline = None if time_budget is None else time.monotonic() + time_budget
+        snapshots = lazy_snapshots if streamed else nullcontext
 
         def outcomes() -> Iterator[Outcome | None]:
             for job in jobs:
                 if deadline is not None and time.monotonic() >= deadline:
                     yield None
-                else:
-                    yield self.run_one(job)
+                    continue
+                with snapshots():
+                    outcome = self.run_one(job)
+                yield outcome
+                del outcome  # the consumer's now: not held while the next client runs
 
         return outcomes()

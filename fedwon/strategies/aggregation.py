@@ -8,7 +8,8 @@ any Flower strategy (FedAvg, FedProx, FedAdam, DP wrappers) that :class:`RoundRu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
@@ -40,9 +41,7 @@ def total_weight(contents: Iterable[RecordDict], weight_key: str = WEIGHT_KEY) -
 def non_finite_arrays(content: RecordDict) -> list[str]:
     """Names of arrays in a reply holding NaN or Inf (an update that would poison the average).
 
-    Reads the values in place and sums them first (NaN and Inf survive a sum; one pass, no
-    temporary); only a non-finite sum, which finite values reach only by overflowing, is
-    checked element by element."""
+    Reads the values in place (:func:`all_finite`: one BLAS pass, no temporary)."""
     return [name for record in content.array_records.values() for name in non_finite_in(record)]
 
 
@@ -52,11 +51,23 @@ def non_finite_in(record: ArrayRecord) -> list[str]:
     bad = []
     for name, array in record.items():
         values = payload_view(array)
-        if not np.issubdtype(values.dtype, np.floating):
-            continue
-        if not np.isfinite(values.sum()) and not np.isfinite(values).all():
+        if values.dtype.kind == "f" and not all_finite(values):
             bad.append(name)
     return bad
+
+
+_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite (no NaN, no +-Inf), reading ``values`` once.
+
+    First ``v . v`` (a BLAS dot, ~3x faster than ``sum``): NaN and Inf make it non-finite,
+    and finite values only by overflowing (|v| > ~1e19 in float32), so only a non-finite dot
+    is checked element by element. The answer is always exact."""
+    flat = values.reshape(-1)
+    probe = np.dot(flat, flat) if flat.dtype in _BLAS_FLOATS else flat.sum()
+    return bool(np.isfinite(probe)) or bool(np.isfinite(values).all())
 
 
 def non_finite_metrics(content: RecordDict) -> list[str]:
@@ -65,19 +76,25 @@ def non_finite_metrics(content: RecordDict) -> list[str]:
     for record in content.metric_records.values():
         for name, value in record.items():
             values = value if isinstance(value, list) else [value]
-            if not all(np.isfinite(float(v)) for v in values):
+            if not all(math.isfinite(v) for v in values):
                 bad.append(name)
     return bad
 
 
-def reply_problem(msg: Message) -> str | None:
-    """Why ``msg`` cannot be aggregated (one line), or None when it can."""
+def reply_problem(msg: Message, fold: Callable[[Message], list[str]] | None = None) -> str | None:
+    """Why ``msg`` cannot be aggregated (one line), or None when it can.
+
+    ``fold`` (the streamed mean's checked ``add``) adds a reply whose metrics are finite and
+    returns the names of its non-finite arrays, adding nothing then: the arrays are checked
+    as they are folded, not read once more. The answer is the same either way."""
     node = msg.metadata.src_node_id
     if msg.has_error():
         reason = str(msg.error.reason)
         log.debug("node %s failed:\n%s", node, reason)  # the whole traceback, with -v
         return f"node {node} failed: {failure_line(reason)}"
-    bad = non_finite_arrays(msg.content) + non_finite_metrics(msg.content)
+    bad = non_finite_metrics(msg.content)
+    # with ``fold``, a reply with finite metrics is folded unless its arrays are not finite
+    bad = fold(msg) if fold is not None and not bad else non_finite_arrays(msg.content) + bad
     if bad:
         return f"node {node} sent non-finite values in {', '.join(bad[:5])}"
     return None

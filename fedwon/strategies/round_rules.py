@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -140,17 +141,23 @@ class RoundRules(Strategy):
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
 
     def _filtered(
-        self, server_round: int, replies: Iterable[Message], phase: str
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        phase: str,
+        fold: Callable[[Message], list[str]] | None = None,
     ) -> Iterator[Message]:
         """The replies an inner strategy may see, one at a time as they arrive; the round fails
-        below ``min_clients`` (unless the inner strategy chose to send nothing this phase)."""
+        below ``min_clients`` (unless the inner strategy chose to send nothing this phase).
+        ``fold``: the streamed mean's checked ``add`` (see :func:`reply_problem`): the replies
+        yielded have been added already."""
         received, kept, problems, non_finite = 0, 0, [], 0
         sent, self._sent_to[phase] = self._sent_to[phase], []  # these replies answer them
         replied: list[int] = []
         for msg in replies:
             received += 1
             replied.append(msg.metadata.src_node_id)
-            problem = reply_problem(msg)
+            problem = reply_problem(msg, fold)
             if problem is not None:
                 log.warning("round %d %s: dropped %s", server_round, phase, problem)
                 problems.append(problem)
@@ -265,12 +272,15 @@ class RoundRules(Strategy):
         weight_key = getattr(self.strategy, "weighted_by_key", WEIGHT_KEY)
         mean = RunningMean(weight_key)
         # a list (Flower's grids) is sorted into partition order first; the fast engine's
-        # stream already comes in it (train messages go out in node order)
-        streamed = not isinstance(replies, list | tuple)
-        usable = self._filtered if streamed else self._usable
-        for msg in usable(server_round, replies, "train"):
-            mean.add(msg)
-            del msg  # folded in: let it go before the next client trains
+        # stream already comes in it (train messages go out in node order), and each reply is
+        # checked for NaN/Inf as it is folded in, then let go before the next client trains
+        if isinstance(replies, list | tuple):
+            for msg in self._usable(server_round, replies, "train"):
+                mean.add(msg)
+        else:
+            fold = partial(mean.add, check_finite=True)
+            for msg in self._filtered(server_round, replies, "train", fold):
+                del msg
         if not mean.count:
             return [], 0.0, 0
         aggr_fn = getattr(self.strategy, "train_metrics_aggr_fn", aggregate_metricrecords)
