@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fedwon.engine.fastarrays import adopt_result, payload_view
-from fedwon.strategies.aggregation import all_finite, non_finite_arrays, reply_weight
+from fedwon.strategies.aggregation import finite_probe, non_finite_arrays, reply_weight
 from fedwon.strategies.aggregators import AGGREGATORS
 
 __all__ = ["STREAMABLE", "RunningMean", "streams"]
@@ -65,10 +65,12 @@ class RunningMean:
         ``check_finite``: unless every float array of the reply is finite, add nothing and
         return the names of those holding NaN or Inf (in record order, as
         :func:`~fedwon.strategies.aggregation.non_finite_arrays` names them). The check reads
-        each weighted product right after computing it, while it is in cache, instead of
-        reading the reply once more: NaN and Inf survive the multiplication by a weight, and
-        a product that is not finite although its values are (it overflowed) is added, as it
-        was before."""
+        each weighted product right after computing it (:func:`finite_probe`: one BLAS pass),
+        before any is added: NaN and Inf survive the multiplication by a weight, and a product
+        that is not finite although its values are (it overflowed) is added, as before. (Tried:
+        the products a cache-sized chunk at a time, checked and added into a second buffer so
+        that a reply found non-finite halfway leaves the sums untouched: slower, as writing a
+        new buffer costs more than adding in place.)"""
         content = reply.content
         node = reply.metadata.src_node_id
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
@@ -99,7 +101,7 @@ class RunningMean:
             if (
                 check_finite
                 and values.dtype.kind == "f"
-                and not all_finite(product)
+                and not finite_probe(product)
                 and not np.isfinite(values).all()
             ):
                 bad.append(key)
