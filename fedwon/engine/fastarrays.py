@@ -194,9 +194,32 @@ def adopt_result(payload: np.ndarray) -> Array:
     (no payloads), a plain ``Array``."""
     if not (_saved and _lazy_eligible(payload) and payload.flags.c_contiguous):
         return Array(payload)
+    base: Any = payload.base
+    torch = sys.modules.get("torch")
+    if torch is not None and type(base) is torch.Tensor and base.numel() == payload.size:
+        # from :func:`empty_result`: the tensor is what clients' tensors are cloned from
+        interface = {
+            "shape": payload.shape,
+            "typestr": payload.dtype.str,
+            "data": (base.data_ptr(), True),
+            "version": 3,
+        }
+        payload = np.asarray(_CowMemory(interface, base))
     arr = adopt(payload)
     arr.__dict__[EXACT_KEY] = True
     return arr
+
+
+def empty_result(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A writable array for a result the server computes and then hands to clients (a mean,
+    for :func:`adopt_result`): torch memory during a run when torch has the dtype, so that
+    clients' ``to_torch_state_dict`` clone it copy-on-write rather than copying it first."""
+    dtype = np.dtype(dtype)
+    torch = sys.modules.get("torch")
+    if not _saved or torch is None or not _torch_supports(dtype) or not cow_tensors_work():
+        return np.empty(shape, dtype)
+    out: np.ndarray = torch.from_numpy(np.empty(0, dtype)).new_empty(shape).numpy()
+    return out
 
 
 def is_lazy(arr: Array) -> bool:
@@ -509,9 +532,7 @@ class _CowMemory:
 
     __slots__ = ("__array_interface__", "clone")
 
-    def __init__(self, view: np.ndarray, clone: Any) -> None:
-        interface = view.__array_interface__
-        interface["data"] = (interface["data"][0], True)  # read-only
+    def __init__(self, interface: dict[str, Any], clone: Any) -> None:
         self.__array_interface__ = interface
         self.clone = clone
 
@@ -527,23 +548,28 @@ def _cow_snapshot(tensor: Any, ndarray: np.ndarray) -> np.ndarray | None:
 
 def _cow_view(tensor: Any, ndarray: np.ndarray) -> np.ndarray | None:
     """:func:`_cow_snapshot` without the self-test (which uses it)."""
+    address = tensor.data_ptr()  # before the clone: afterwards it would copy
     try:
         clone = sys.modules["torch"]._lazy_clone(tensor)
     except RuntimeError:  # memory torch does not own (from numpy, shared): copy it
         return None
-    return np.asarray(_CowMemory(ndarray, clone))
+    # the interface numpy would build for ``ndarray`` (C-ordered), read-only, built directly
+    interface = {
+        "shape": ndarray.shape,
+        "typestr": ndarray.dtype.str,
+        "data": (address, True),
+        "version": 3,
+    }
+    return np.asarray(_CowMemory(interface, clone))
 
 
-@contextmanager
-def lazy_snapshots() -> Iterator[None]:
-    """In this thread, ``ArrayRecord(state_dict)`` takes copy-on-write snapshots instead of
-    copies (see above): for a client whose reply is folded before the next client runs."""
-    saved = getattr(_snapshots, "lazy", False)
-    _snapshots.lazy = True
-    try:
-        yield
-    finally:
-        _snapshots.lazy = saved
+def lazy_snapshots(enabled: bool) -> bool:
+    """Whether ``ArrayRecord(state_dict)`` in this thread takes copy-on-write snapshots
+    instead of copies (see above; for a client whose reply is folded before the next client
+    runs) from now on; returns the previous setting, to restore afterwards."""
+    saved: bool = getattr(_snapshots, "lazy", False)
+    _snapshots.lazy = enabled
+    return saved
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ import logging
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,8 +137,11 @@ def isolated_message(message: Message) -> Message:
     content = RecordDict()
     for key, record in message.content.items():
         content[key] = isolated_record(record)
-    # ``metadata=`` is Flower's internal constructor path (not in its typing overloads).
-    return Message(content=content, metadata=_copy_metadata(message.metadata))  # type: ignore[call-overload]
+    # what ``Message(content=content, metadata=...)``, Flower's internal constructor path,
+    # stores, without re-checking arguments that come from a valid message
+    new = object.__new__(Message)
+    new.__dict__.update(_metadata=_copy_metadata(message.metadata), _content=content, _error=None)
+    return new
 
 
 def _copy_metadata(metadata: Metadata) -> Metadata:
@@ -180,9 +183,19 @@ class ClientRunner:
     def run_one(self, job: Job) -> Outcome:
         """Call the ClientApp on one message; exceptions become error replies."""
         msg, ctx = isolated_message(job.message), job.context
+        md = msg.metadata
         try:
-            with task_identity(msg.metadata.run_id, msg.metadata.dst_node_id):
+            # ``task_identity``, inline (a generator context manager per client shows)
+            saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+            TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = (
+                1,
+                md.run_id,
+                md.dst_node_id,
+            )
+            try:
                 reply = self.app(msg, ctx)
+            finally:
+                TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, not a Message")
         except Exception as ex:
@@ -218,15 +231,17 @@ class ClientRunner:
         (by torch, at that write) when it is not.
         """
         deadline = None if time_budget is None else time.monotonic() + time_budget
-        snapshots = lazy_snapshots if streamed else nullcontext
 
         def outcomes() -> Iterator[Outcome | None]:
             for job in jobs:
                 if deadline is not None and time.monotonic() >= deadline:
                     yield None
                     continue
-                with snapshots():
+                saved = lazy_snapshots(streamed)
+                try:
                     outcome = self.run_one(job)
+                finally:
+                    lazy_snapshots(saved)
                 yield outcome
                 del outcome  # the consumer's now: not held while the next client runs
 

@@ -25,7 +25,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
-from fedwon.engine.fastarrays import adopt_result, payload_view
+from fedwon.engine.fastarrays import adopt_result, empty_result, payload_view
 from fedwon.strategies.aggregation import finite_probe, non_finite_arrays, reply_weight
 from fedwon.strategies.aggregators import AGGREGATORS
 
@@ -124,7 +124,7 @@ class RunningMean:
         integer buffers such as BN's ``num_batches_tracked`` become float64): a new array
         for the first reply (the sum to be), else written into this key's scratch array."""
         if first:
-            out = np.empty(values.shape, np.result_type(values.dtype, 1.0))
+            out = empty_result(values.shape, np.result_type(values.dtype, 1.0))
             return np.multiply(values, weight, out=out)  # 0-d stays an array
         total = self._sums[key]
         if values.shape != total.shape:
