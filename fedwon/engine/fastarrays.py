@@ -53,6 +53,8 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.message.arrayrecord import _check_key as _check_array_key
+from flwr.app.message.arrayrecord import _check_value as _check_array_value
 from flwr.app.message.recorddict import _check_key as _check_record_key
 from flwr.app.message.recorddict import _SyncedDict
 from flwr.app.message.typeddict import TypedDict
@@ -385,6 +387,27 @@ def _lazy_from_torch_state_dict(
     return record
 
 
+_ORIG_RECORD_INIT: Any = ArrayRecord.__init__
+
+
+def _record_init(self: ArrayRecord, *args: Any, **kwargs: Any) -> None:
+    """``ArrayRecord.__init__``: ``ArrayRecord(state_dict)`` (a dict of tensors, what a
+    ClientApp replies with) goes straight to ``from_torch_state_dict``'s arrays, without
+    Flower's three passes of type checks over the dict and a second record to copy from;
+    anything else takes Flower's constructor."""
+    arg = args[0] if len(args) == 1 and not kwargs else None
+    torch = sys.modules.get("torch")
+    if type(arg) in (dict, OrderedDict) and arg and torch is not None:
+        tensor = torch.Tensor
+        if all(type(k) is str and isinstance(v, tensor) for k, v in arg.items()):
+            d = self.__dict__
+            d["_check_key_fn"] = _check_array_key
+            d["_check_value_fn"] = _check_array_value
+            d["_data"] = {k: _array_from_tensor(v) for k, v in arg.items()}
+            return
+    _ORIG_RECORD_INIT(self, *args, **kwargs)
+
+
 def _array_from_tensor(tensor: Any) -> Array:
     """A lazy ``Array`` holding a copy of ``tensor`` (Flower's path for anything unusual)."""
     if tensor.requires_grad:
@@ -486,6 +509,9 @@ def _cow_tensor(arr: Array) -> Any:
     where possible, else Flower's ``torch.from_numpy(arr.numpy())``."""
     torch = sys.modules["torch"]
     payload = arr.__dict__.get(PAYLOAD_KEY)
+    owner = getattr(payload, "base", None)
+    if type(owner) is _CowMemory and arr.stype == SType.NUMPY:
+        return torch._lazy_clone(owner.clone)  # a snapshot or a streamed mean: torch memory
     if (
         payload is not None
         and arr.stype == SType.NUMPY
@@ -783,6 +809,7 @@ def _patches() -> list[tuple[Any, str, Any]]:
         (Array, "from_numpy_ndarray", classmethod(_lazy_from_numpy_ndarray)),
         (ArrayRecord, "from_array_dict", classmethod(_sharing_from_array_dict)),
         (ArrayRecord, "from_torch_state_dict", classmethod(_lazy_from_torch_state_dict)),
+        (ArrayRecord, "__init__", _record_init),
         (ArrayRecord, "to_torch_state_dict", _cow_to_torch_state_dict),
         (TypedDict, "__setitem__", _typed_setitem),
         (TypedDict, "__getitem__", _typed_getitem),
