@@ -412,6 +412,10 @@ def _array_from_tensor(tensor: Any) -> Array:
     """A lazy ``Array`` holding a copy of ``tensor`` (Flower's path for anything unusual)."""
     if tensor.requires_grad:
         tensor = tensor.detach()
+    if getattr(_snapshots, "lazy", False):
+        snapshot = _cow_array(tensor)
+        if snapshot is not None:
+            return snapshot
     if not tensor.is_cpu:
         ndarray = tensor.cpu().numpy()  # a fresh copy already: adopt it when C-ordered
         if ndarray.flags.c_contiguous and _lazy_eligible(ndarray):
@@ -422,10 +426,6 @@ def _array_from_tensor(tensor: Any) -> Array:
     except (TypeError, RuntimeError):  # e.g. bfloat16: Flower's path raises its own error
         return Array.from_numpy_ndarray(tensor.detach().cpu().numpy())
     if ndarray.flags.c_contiguous:  # tensors are never object or structured arrays
-        if getattr(_snapshots, "lazy", False) and ndarray.size:
-            snapshot = _cow_snapshot(tensor, ndarray)
-            if snapshot is not None:
-                return adopt(snapshot)
         return adopt(ndarray.copy())
     return Array.from_numpy_ndarray(ndarray)
 
@@ -563,30 +563,54 @@ class _CowMemory:
         self.clone = clone
 
 
-def _cow_snapshot(tensor: Any, ndarray: np.ndarray) -> np.ndarray | None:
-    """A read-only ndarray with ``tensor``'s values that later writes to ``tensor`` do not
-    change, made without copying (``ndarray``: ``tensor.numpy()``, taken before the clone);
-    None where torch cannot clone the memory lazily."""
-    if not cow_snapshots_work():
+#: (address, torch dtype, shape) of a tensor snapshotted before -> (the array interface of
+#: its memory, numpy's dtype name, the shape as a tuple). A model's tensors keep their memory
+#: from one client to the next (see above), so each snapshot after the first finds these.
+_cow_layouts: dict[tuple[int, Any, Any], tuple[dict[str, Any], str, tuple[int, ...]]] = {}
+
+
+def _cow_array(tensor: Any, *, tested: bool = False) -> Array | None:
+    """A lazy ``Array`` whose payload is a copy-on-write snapshot of ``tensor`` (see above),
+    made without copying; None where that cannot be done (not on the CPU, not contiguous,
+    empty, no numpy dtype, memory torch does not own, a torch without copy-on-write).
+    ``tested``: called by the self-test (which it must not wait for, nor leave a cache for)."""
+    if not (tested or cow_snapshots_work()) or not (tensor.is_cpu and tensor.is_contiguous()):
         return None
-    return _cow_view(tensor, ndarray)
-
-
-def _cow_view(tensor: Any, ndarray: np.ndarray) -> np.ndarray | None:
-    """:func:`_cow_snapshot` without the self-test (which uses it)."""
     address = tensor.data_ptr()  # before the clone: afterwards it would copy
+    key = (address, tensor.dtype, tensor.shape)
+    layout = _cow_layouts.get(key)
+    if layout is None:
+        layout = _cow_layout(tensor, address)
+        if layout is None:
+            return None
+        if not tested:
+            if len(_cow_layouts) >= _MAX_CACHE:
+                _cow_layouts.clear()
+            _cow_layouts[key] = layout
     try:
         clone = sys.modules["torch"]._lazy_clone(tensor)
     except RuntimeError:  # memory torch does not own (from numpy, shared): copy it
         return None
-    # the interface numpy would build for ``ndarray`` (C-ordered), read-only, built directly
-    interface = {
-        "shape": ndarray.shape,
-        "typestr": ndarray.dtype.str,
-        "data": (address, True),
-        "version": 3,
-    }
-    return np.asarray(_CowMemory(interface, clone))
+    interface, dtype_name, shape = layout
+    payload = np.asarray(_CowMemory(interface, clone))  # read-only: see the interface
+    arr = object.__new__(Array)
+    d = arr.__dict__
+    d["dtype"], d["shape"], d["stype"], d[PAYLOAD_KEY] = dtype_name, shape, SType.NUMPY, payload
+    return arr
+
+
+def _cow_layout(tensor: Any, address: int) -> tuple[dict[str, Any], str, tuple[int, ...]] | None:
+    """What :func:`_cow_array` caches for ``tensor``'s memory, or None where a snapshot
+    cannot be taken (empty, or no numpy dtype)."""
+    if tensor.numel() == 0:
+        return None
+    try:
+        dtype = tensor.numpy().dtype  # a dtype numpy has (not bfloat16, ...)
+    except (TypeError, RuntimeError):
+        return None
+    shape = tuple(tensor.shape)
+    interface = {"shape": shape, "typestr": dtype.str, "data": (address, True), "version": 3}
+    return interface, _dtype_name(dtype), shape
 
 
 def lazy_snapshots(enabled: bool) -> bool:
@@ -613,7 +637,8 @@ def cow_snapshots_work() -> bool:
         weight = layer.weight.detach()
 
         def snapshot() -> np.ndarray | None:
-            return _cow_view(weight, weight.numpy())
+            arr = _cow_array(weight, tested=True)
+            return None if arr is None else arr.__dict__[PAYLOAD_KEY]
 
         snapshots = [snapshot()]
         with torch.no_grad():
