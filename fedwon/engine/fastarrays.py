@@ -254,6 +254,8 @@ def clone_array(arr: Array) -> Array:
     payload = src.get(PAYLOAD_KEY)
     if payload is not None:
         d[PAYLOAD_KEY] = payload
+        if EXACT_KEY in src:  # a property of the (shared) values
+            d[EXACT_KEY] = True
     else:
         d["data"] = src["data"]
     return new
