@@ -1,18 +1,21 @@
 """Cross-device speed and memory: fedwon's fast engine against its real peers, in one run.
 
 Speed (same workload everywhere — see ``benchmarks.workloads``), in this order:
-  1. in-process, interleaved repeats (lean loop, state-dict loop, pfl, fast engine, lean, ...):
-     - the lean bare PyTorch loop (the limit: ``workloads.lean_fedavg``),
+  1. in-process, interleaved repeats (lean loops, state-dict loop, pfl, fast engine, lean, ...):
+     - the lean bare PyTorch loop (the limit: ``workloads.lean_fedavg``), with Flower's
+       ``FedAvg`` cohorts and arithmetic, and with ``RoundRules``' cohorts and streamed mean,
      - the bare loop with state-dict clones (``workloads.bare_fedavg``),
      - apple/pfl-research's ``SimulatedBackend`` (``benchmarks.pfl_workload``; a row saying
        so when pfl is not installed),
-     - the fast engine in-process running the tutorial ClientApp under Flower's ``FedAvg``;
+     - the fast engine in-process running the tutorial ClientApp under ``RoundRules(FedAvg)``
+       (streamed, what ``fedwon run`` builds), under Flower's ``FedAvg`` alone, and the
+       latter with Flower's records as they are;
   2. the fast engine with Ray actors (repeats), then Flower's ``run_simulation`` (once: it is
      an order of magnitude slower, and it shuts Ray down when it finishes).
 A run's steady time per round is the median of its rounds after a warm-up; a row reports the
-median over its runs, their spread, and the per-client overhead: (ms/round - lean ms/round) /
-clients per round. Start-up is the time steady rounds do not explain (Ray, actors, first
-rounds).
+median over its runs, their spread, and the per-client overhead: (ms/round - ms/round of the
+lean loop doing the same work) / clients per round. Start-up is the time steady rounds do not
+explain (Ray, actors, first rounds).
 
 Memory: peak RSS of the fast engine with 1,000 vs 10,000 clients, each in a fresh subprocess.
 
@@ -473,27 +476,33 @@ def speed_note(rows: list[Row]) -> str:
     load = ", ".join(f"{x:.1f}" for x in speed[0]["load_before"]) if speed else "?"
     return (
         "Workload: 1,000 clients x 1-2 digits (1x28x28), 10 clients/round, batch size 1, "
-        "1 local epoch, CNN 421,642 params, SGD 0.05. fedwon and Flower rows: Flower's own "
-        "`FedAvg` (train only) and a tutorial-style ClientApp (`ArrayRecord(model."
-        "state_dict())`, one cached model per process). Lean loop: parameters copied in place "
-        "into one reused model, each client added to a running weighted sum; its weights are "
-        "bitwise FedAvg's. pfl: `FederatedAveraging` on `SimulatedBackend`, uniform user "
-        "weights, same users per round. ms/round: median of each run's rounds after "
-        f"{WARMUP_ROUNDS} warm-up rounds, then the median over runs (in-process systems "
-        "interleaved in table order, run after run); overhead ms/client = "
-        "(ms/round - lean ms/round) / 10. CPU columns: the same from this process's CPU "
-        "time, which leaves out the time other jobs on a shared machine keep it waiting "
-        "(in-process systems only; Ray and Flower work in other processes). One torch "
-        f"thread per process; load average {load} when the runs started (other jobs share "
-        "these cores: compare rows within one table, not across tables).\n\n"
+        "1 local epoch, CNN 421,642 params, SGD 0.05. fedwon and Flower rows: a tutorial-style "
+        "ClientApp (`ArrayRecord(model.state_dict())`, one cached model per process) under "
+        "Flower's own `FedAvg` (train only), either inside fedwon's `RoundRules` (what "
+        "`fedwon run` builds: its cohorts, seeded per round, and the streamed mean) or on its "
+        "own. Lean loops: parameters copied in place into one reused model, each client "
+        "added to a running weighted sum: with Flower's `FedAvg` cohorts and arithmetic, or "
+        "with `RoundRules`' cohorts and streamed mean; each one's weights are bitwise those of "
+        "the rows measured against it. pfl: `FederatedAveraging` on `SimulatedBackend`, "
+        "uniform user weights, the same users per round as Flower's `FedAvg`. ms/round: "
+        f"median of each run's rounds after {WARMUP_ROUNDS} warm-up rounds, then the median "
+        "over runs (in-process systems interleaved in table order, run after run); overhead "
+        "ms/client = (ms/round - its lean loop's ms/round) / 10, in brackets the lowest and "
+        "highest of the same difference run by run (each run against the lean run "
+        "interleaved with it). CPU columns: the same from this process's CPU time, which "
+        "leaves out the time other jobs on a shared machine keep it waiting (in-process "
+        "systems only; Ray and Flower work in other processes). One torch thread per "
+        f"process; load average {load} when the runs started (other jobs share these cores: "
+        "compare rows within one table, not across tables).\n\n"
     )
 
 
 BREAKDOWN_NOTE = (
-    "Where the per-client overhead goes, measured inside runs (`benchmarks/"
-    "overhead_breakdown.py`): each step of a client's round timed in place, in CPU time, "
-    "the lean loop and the fast engine interleaved, median over runs; training is the same "
-    "code in both and is left out of the totals.\n\n"
+    "Where the per-client overhead of the streamed row goes, measured inside runs "
+    "(`benchmarks/overhead_breakdown.py`): each step of a client's round timed in place, in "
+    "CPU time, the lean loop (fedwon's cohorts, streamed mean) and the fast engine "
+    "(`RoundRules(FedAvg)`) interleaved, median over runs; training is the same code in both "
+    "and is left out of the totals.\n\n"
 )
 
 

@@ -14,15 +14,22 @@ During a run (``fast_array_codec()``; ``install()`` in worker processes the engi
 * ``Array.numpy`` returns a fresh writable copy of the payload (one copy, as before), and
   ``ArrayRecord.to_torch_state_dict`` copy-on-write clones of one tensor per payload (no
   copy unless the receiver writes: see ``_cow_tensor``);
-* ``ArrayRecord.from_torch_state_dict`` does the same per tensor with less Python, and
-  ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares payloads instead
-  of re-encoding them;
+* ``ArrayRecord.from_torch_state_dict`` (and ``ArrayRecord(state_dict)``, without Flower's
+  type-check passes) does the same per tensor with less Python -- and, for a client whose
+  reply the grid streams to the round rules' running mean (``lazy_snapshots``), takes a
+  copy-on-write snapshot of each tensor instead of a copy (see "replies without a snapshot
+  copy" below); ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares
+  payloads instead of re-encoding them;
 * Flower's ``aggregate_arrayrecords`` (used by ``FedAvg`` and its subclasses, ``MultiKrum``)
   is replaced by ``aggregate_arrayrecords`` below: the same arithmetic in the same order,
-  bit for bit, reading each reply's values in place instead of through a copy;
+  bit for bit, reading each reply's values in place instead of through a copy, and handing
+  on a server-computed payload (``adopt_result``: the streamed mean) as the mean of that one
+  reply, since ``x * 1.0`` is ``x``;
 * Flower's ``TypedDict`` item access and ``RecordDict.array_records``/``metric_records``/
   ``config_records`` behave as before without building typing objects or re-assigning every
-  record on each call (dozens of times per message).
+  record on each call (dozens of times per message), and without the reference cycle of
+  Flower's record views (which kept the message they were taken from alive until the garbage
+  collector ran).
 
 ``Array.data`` itself is a property (installed once, kept for the process's life, so that
 arrays created during a run stay valid after it): it returns the stored bytes, or encodes the

@@ -13,6 +13,15 @@ So the strategy computes the same function of the replies; only the rounding dif
 is ``sum(w_i * x_i) / sum(w_i)`` where FedAvg adds ``x_i * (w_i / W)``. Both engines and
 deployments use the same formula, in partition order, so they still agree bit for bit.
 
+Per reply the fold costs what a bare loop's running sum costs, plus one read of each weighted
+product for the NaN/Inf check (``add(check_finite=True)``: refused replies add nothing and are
+named as the separate check names them). Per round, the mean is divided in place and handed
+on as it is: on the fast engine it lives in torch memory (``empty_result``), FedAvg's mean of
+that one reply shares it, and clients clone it copy-on-write. On the fast engine, a streamed
+client's reply holds copy-on-write snapshots of its model's tensors, not copies
+(``fastarrays.lazy_snapshots``): the reply is folded and dropped before the next client writes
+the model, so no copy is ever made.
+
 Any other strategy or wrapper (DP clipping, robust aggregators, a user's own subclass) sees
 every reply, exactly as before.
 """
