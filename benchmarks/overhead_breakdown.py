@@ -289,6 +289,11 @@ def bound_note(rows: list[Row]) -> str:
         "context managers, Flower's argument checks on copies of valid messages, type-check "
         "passes of `ArrayRecord(state_dict)`). Earlier (issue 13): `.npy` serialisation, the "
         "decode copy per client, per-reply copies in FedAvg's sum, Flower's typing overhead "
-        "on record access, per-client deep copies. See fedwon/engine/fastarrays.py and "
+        "on record access, per-client deep copies. Tried and dropped: the weighted sum a "
+        "cache-sized chunk at a time into a second buffer (so that a reply found non-finite "
+        "halfway could leave the sums untouched): slower than adding in place; copy-on-write "
+        "memory maps for numpy (page faults on this VM cost more than the copy); any aliasing "
+        "without copy-on-write (a ClientApp writing through `.data` or `.numpy()` would "
+        "corrupt every other client). See fedwon/engine/fastarrays.py and "
         "fedwon/strategies/streaming.py.\n"
     )
