@@ -51,11 +51,7 @@ from pydantic import (
 )
 
 from fedwon.clients.spec import TrainSpec
-from fedwon.datasets.spec import DataSpec
-from fedwon.models.spec import ModelSpec
-from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
-from fedwon.protocol import ClientConfig
-from fedwon.section import (
+from fedwon.common.section import (
     ConfigError,
     NonNegativeFloat,
     NonNegativeInt,
@@ -63,6 +59,10 @@ from fedwon.section import (
     Section,
     check_scalar,
 )
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
+from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
+from fedwon.protocol import ClientConfig
 from fedwon.strategies.methods import METHODS
 from fedwon.strategies.spec import ServerSpec
 
@@ -105,7 +105,7 @@ class EngineSpec(Section):
 
 
 TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
-"""The experiment trackers ``track`` may name (:mod:`fedwon.trackers` implements them)."""
+"""The experiment trackers ``track`` may name (:mod:`fedwon.run.trackers` implements them)."""
 
 
 class OutputSpec(Section):

@@ -28,10 +28,7 @@ from flwr.app.user_config import UserConfig
 from pydantic import ValidationError
 
 from fedwon.clients.spec import TrainSpec
-from fedwon.datasets.spec import DataSpec
-from fedwon.models.spec import ModelSpec
-from fedwon.privacy.config import DPConfig
-from fedwon.records import (  # noqa: F401  (re-exported: the wire contract names them)
+from fedwon.common.records import (  # noqa: F401  (re-exported: the wire contract names them)
     ACCURACY,
     ARRAYS,
     CLIENT,
@@ -58,7 +55,10 @@ from fedwon.records import (  # noqa: F401  (re-exported: the wire contract name
     TRAIN_LOSS,
     WEIGHT_KEY,
 )
-from fedwon.section import Section
+from fedwon.common.section import Section
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
+from fedwon.privacy.config import DPConfig
 
 log = logging.getLogger(__name__)
 

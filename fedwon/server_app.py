@@ -24,11 +24,11 @@ from flwr.serverapp.strategy import Strategy
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.datasets.spec import IN_CHANNELS
-from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
 from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
-from fedwon.process_guard import start_guard
-from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
-from fedwon.run_dir import lock_run_dir, resolve_out
+from fedwon.run.directory import lock_run_dir, resolve_out
+from fedwon.run.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
+from fedwon.run.process_guard import start_guard
+from fedwon.run.recorder import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.strategies import (
     METHODS,
     RoundCallback,
@@ -232,7 +232,7 @@ def main(grid: Grid, context: Context) -> None:
             settings = settings_from_run_config(dict(context.run_config))
             out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
             start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
-            # one writer per run directory, held until the run has ended (fedwon.run_lock)
+            # one writer per run directory, held until the run has ended (fedwon.run.lock)
             held.enter_context(
                 lock_run_dir(out_dir, resume=settings.resume, overwrite=settings.overwrite)
             )

@@ -17,12 +17,12 @@ from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
+from fedwon.common.section import ConfigError
 from fedwon.privacy.accounting import Mechanism
 from fedwon.privacy.central_dp import CentralDP
 from fedwon.privacy.client_epsilons import ClientEpsilons
 from fedwon.privacy.config import DPConfig, DPRunCheck
 from fedwon.privacy.noise import noise_std
-from fedwon.section import ConfigError
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]

@@ -51,6 +51,13 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
+from fedwon.common.records import (
+    CLIP_NORM_KEY,
+    CLIPPED_METRIC,
+    CLIPPING_KEY,
+    EPSILON_METRIC,
+    SPLIT_KEY,
+)
 from fedwon.privacy.accounting import (
     Mechanism,
     PrivacyLedger,
@@ -67,13 +74,6 @@ from fedwon.privacy.updates import (
     hold_fixed,
     is_learned,
     update_tensors,
-)
-from fedwon.records import (
-    CLIP_NORM_KEY,
-    CLIPPED_METRIC,
-    CLIPPING_KEY,
-    EPSILON_METRIC,
-    SPLIT_KEY,
 )
 from fedwon.strategies.aggregation import reply_weight
 from fedwon.strategies.aggregators import AGGREGATORS

@@ -19,9 +19,9 @@ from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
+from fedwon.common.records import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY
 from fedwon.privacy.clipping import clip_tensors_
 from fedwon.privacy.updates import apply_update, arrays_of, update_tensors
-from fedwon.records import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY
 
 log = logging.getLogger(__name__)
 

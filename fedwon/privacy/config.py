@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from fedwon.section import Section
+from fedwon.common.section import Section
 
 DP_PREFIX = "dp."
 # A bound beyond this clips nothing a float32 update can hold meaningfully, and its noise

@@ -32,7 +32,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
 
-from fedwon.records import as_array
+from fedwon.common.records import as_array
 
 
 class UpdateMismatchError(ValueError):

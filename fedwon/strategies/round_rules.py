@@ -40,7 +40,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedwon.records import WEIGHT_KEY
+from fedwon.common.records import WEIGHT_KEY
 from fedwon.strategies.aggregation import (
     non_finite_in,
     reply_order,

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
-from fedwon.section import (
+from fedwon.common.section import (
     Fraction,
     NonNegativeFloat,
     NonNegativeInt,

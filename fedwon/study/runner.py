@@ -23,8 +23,8 @@ from pathlib import Path
 
 from fedwon.config import load_config
 from fedwon.datasets import spec_info
-from fedwon.provenance import code_commit
-from fedwon.run_lock import lock_dir
+from fedwon.run.lock import lock_dir
+from fedwon.run.provenance import code_commit
 from fedwon.study.plan import METHODS, TUNING_SEED, Candidate, Part, StudyPlan
 from fedwon.study.runs import RunRecord, RunSpec, execute, refusal
 
@@ -150,7 +150,7 @@ def run_study(
 ) -> StudyResults:
     """Tune, then run the reported seeds of every part of ``plan`` (module docstring).
 
-    The cache is locked for the whole study (:mod:`fedwon.run_lock`): a second study on the same
+    The cache is locked for the whole study (:mod:`fedwon.run.lock`): a second study on the same
     cache is refused at once, instead of colliding with this one run by run.
     """
     cache = Path(cache)

@@ -5,10 +5,10 @@ Every run of the study is an ordinary ``fedwon run`` directory under the cache f
     CACHE/<part>/<method>-<lr…>-seed<s>[-holdout_<domain>]-<config digest>/
 
 The digest is a hash of the fully resolved config, so a directory only ever holds the run of
-exactly one config, and :meth:`fedwon.run_dir.RunDir.reuse` says what to do with it: a finished
-one is reused as is, an interrupted one is resumed from its last checkpoint, a directory that
-never reached a checkpoint is cleared and started again. After training, the evaluations the
-study adds (validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are
+exactly one config, and :meth:`fedwon.run.directory.RunDir.reuse` says what to do with it: a
+finished one is reused as is, an interrupted one is resumed from its last checkpoint, a
+directory that never reached a checkpoint is cleared and started again. After training, the
+evaluations the study adds (validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are
 computed once and kept beside the run directory in ``<directory>.study.json`` (never inside it:
 a run directory holds only what a run writes), together with the commit that trained it.
 
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError, RunConfig, load_config
 from fedwon.datasets import DataError, spec_info
-from fedwon.errors import error_line
-from fedwon.provenance import code_commit
-from fedwon.results import final_metrics, per_domain
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.provenance import code_commit
+from fedwon.run.recorder import final_metrics, per_domain
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
 from fedwon.study.plan import METHODS, Candidate, Part
 

@@ -14,7 +14,7 @@ from opacus.accountants import RDPAccountant
 
 from fedwon.config import ConfigError, load_config, make_config
 from fedwon.privacy import compute_epsilon
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
 from fedwon.simulation import run_simulation
 
 DP_RUN: dict[str, Any] = {

@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
-from fedwon.checkpoint import Checkpoint
 from fedwon.config import ConfigError, RunConfig, make_config
 from fedwon.privacy.accounting import (
     Mechanism,
@@ -31,6 +30,7 @@ from fedwon.privacy.accounting import (
     history_epsilon,
     merge_history,
 )
+from fedwon.run.checkpoint import Checkpoint
 from fedwon.server_app import privacy_wrap
 
 DELTA = 1e-4

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
 from fedwon.simulation import run_simulation
 from fedwon.study.plan import Candidate, Part
 from fedwon.study.runs import RunSpec, execute, refusal, run_config, run_dir, study_file

@@ -12,7 +12,7 @@ from lock_holder import holder
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
-from fedwon.run_dir import LOCK_FILE
+from fedwon.run.directory import LOCK_FILE
 from fedwon.study.plan import FULL, METHODS, QUICK
 from fedwon.study.runner import count_report_runs, tuning_specs
 

@@ -26,8 +26,8 @@ from fedwon.datasets.spec import IN_CHANNELS
 from fedwon.models import build_model
 from fedwon.privacy.accounting import PrivacyLedger
 from fedwon.privacy.central_dp import planned_noise
-from fedwon.run_dir import RunDir
-from fedwon.trackers import check_trackers
+from fedwon.run.directory import RunDir
+from fedwon.run.trackers import check_trackers
 
 log = logging.getLogger(__name__)
 REFUSED = "_fedwon_refused"  # marks an error already logged as one line

@@ -11,7 +11,7 @@ A copy holding ``state.json`` is complete; :func:`save_checkpoint` swaps a new c
 renames and :func:`find_checkpoint` repairs a swap a crash interrupted. A damaged file is one
 line naming it (:class:`~fedwon.config.ConfigError`), never a parser's traceback. Which
 directory holds a checkpoint, and whether a run may resume from it, is
-:class:`fedwon.run_dir.RunDir`'s business.
+:class:`fedwon.run.directory.RunDir`'s business.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError
-from fedwon.errors import error_line
 
 __all__ = [
     "CHECKPOINT",
