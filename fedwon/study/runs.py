@@ -8,9 +8,10 @@ The digest is a hash of the fully resolved config, so a directory only ever hold
 exactly one config, and :meth:`fedwon.run.directory.RunDir.reuse` says what to do with it: a
 finished one is reused as is, an interrupted one is resumed from its last checkpoint, a
 directory that never reached a checkpoint is cleared and started again. After training, the
-evaluations the study adds (validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are
-computed once and kept beside the run directory in ``<directory>.study.json`` (never inside it:
-a run directory holds only what a run writes), together with the commit that trained it.
+evaluations the study adds (validation and held-out-domain accuracy,
+:mod:`fedwon.study.offline_eval`) are computed once and kept beside the run directory in
+``<directory>.study.json`` (never inside it: a run directory holds only what a run writes),
+together with the commit that trained it.
 
 A run that fails (e.g. every client diverged at a too-large learning rate of the grid, or its
 checkpoint is damaged) is a result of this invocation, not a crash: its error is kept in the same
