@@ -36,6 +36,7 @@ from fedwon.records import (  # noqa: F401  (re-exported: the wire contract name
     ARRAYS,
     CLIENT,
     CLIP_NORM_KEY,
+    CLIP_NORM_METRIC,
     CLIPPED_METRIC,
     CLIPPING_KEY,
     CONFIG,
@@ -56,6 +57,7 @@ from fedwon.records import (  # noqa: F401  (re-exported: the wire contract name
     ROUND_KEY,
     SPLIT_KEY,
     TRAIN_LOSS,
+    UNCLIPPED_KEY,
     WEIGHT_KEY,
 )
 from fedwon.section import Section
