@@ -166,6 +166,7 @@ def privacy_wrap(
         num_clients=cfg.data.num_clients,
         num_rounds=cfg.server.num_rounds,
         seed=cfg.seed,
+        participation=cfg.participation,
     )
     if checkpoint is None:
         return PrivacyWrap(run, wrap)

@@ -24,6 +24,7 @@ from fedwon.privacy.central_dp import CentralDP
 from fedwon.privacy.client_epsilons import ClientEpsilons
 from fedwon.privacy.config import DPConfig, DPRunCheck
 from fedwon.privacy.mechanisms import MECHANISMS
+from fedwon.strategies.participation import Participation
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -32,7 +33,8 @@ Row = dict[str, Any]
 @dataclass(frozen=True)
 class DPRun:
     """What DP needs to know of a run besides its ``dp`` section: the cohort it calibrates
-    noise and averages for, the checked population, the number of rounds and the seed."""
+    noise and averages for, the checked population, the number of rounds, the seed and who
+    trains when (``participation``; None: uniform sampling)."""
 
     dp: DPConfig
     check: DPRunCheck
@@ -40,6 +42,7 @@ class DPRun:
     num_clients: int
     num_rounds: int
     seed: int
+    participation: Participation | None = None
 
 
 class PrivacyWrap:
@@ -88,6 +91,7 @@ class PrivacyWrap:
                 seed=self.run.seed,
                 prior=self.prior,
                 state=self.prior_state,
+                participation=self.run.participation,
             )
         except ValueError as err:  # a budget out of reach: the user's settings
             raise ConfigError(str(err)) from None

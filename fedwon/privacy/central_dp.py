@@ -64,12 +64,7 @@ from fedwon.common.records import (
     SPLIT_KEY,
     UNCLIPPED_KEY,
 )
-from fedwon.privacy.accounting import (
-    Mechanism,
-    PrivacyLedger,
-    calibrate_noise_after,
-    sample_rate,
-)
+from fedwon.privacy.accounting import Mechanism, PrivacyLedger, sample_rate
 from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
 from fedwon.privacy.config import DPConfig
 from fedwon.privacy.mechanisms import (
@@ -90,6 +85,7 @@ from fedwon.privacy.updates import (
 )
 from fedwon.strategies.aggregation import reply_weight
 from fedwon.strategies.aggregators import AGGREGATORS
+from fedwon.strategies.participation import Participation
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +257,7 @@ class CentralDP(TrainWrapper):
         seed: int,
         prior: Sequence[Mechanism] = (),
         state: Mapping[str, Any] | None = None,
+        participation: Participation | None = None,
     ) -> CentralDP:
         """The wrapper a run's ``dp.*`` settings describe (user level): the mechanism
         ``dp.mechanism`` names, around ``strategy``.
@@ -270,7 +267,8 @@ class CentralDP(TrainWrapper):
         the noise multiplier is calibrated here so that rounds 1..``num_rounds`` end within
         it; a resumed run's rounds already run (``prior``) keep the noise they used and the
         remaining ones get what is left of the budget (:func:`calibrate_noise_after`).
-        ``state`` is the mechanism's state at a resumed run's checkpoint.
+        ``state`` is the mechanism's state at a resumed run's checkpoint; ``participation``
+        the run's schedule (None: uniform sampling).
         """
         z, q = planned_noise(
             dp,
@@ -278,8 +276,11 @@ class CentralDP(TrainWrapper):
             population=population,
             num_rounds=num_rounds,
             prior=prior,
+            participation=participation,
         )
-        setting = MechanismSetting(z, q, expected_clients, seed, tuple(prior), state)
+        setting = MechanismSetting(
+            z, q, expected_clients, seed, tuple(prior), state, num_rounds, participation
+        )
         mechanism = MECHANISMS[dp.mechanism].from_config(dp, setting)
         return cls.around(strategy, mechanism, placement=dp.placement, max_epsilon=dp.max_epsilon)
 
@@ -500,28 +501,32 @@ def planned_noise(
     population: int,
     num_rounds: int,
     prior: Sequence[Mechanism] = (),
+    participation: Participation | None = None,
 ) -> tuple[float, float]:
     """``(z, q)``: the noise multiplier of the rounds still to run and the sample rate M / N
     (M = ``dp.noise_cohort_size``, or the sampled cohort m when it is 0).
 
     ``dp.noise_multiplier`` as given, or calibrated so that rounds 1..``num_rounds``, composed
     with the ``prior`` rounds a resumed run has already run, end within ``dp.target_epsilon``
-    (:func:`~fedwon.privacy.accounting.calibrate_noise_after`). z is what every round is
-    accounted at; ``dp.mechanism`` checks it can reach it (adaptive clipping: z below twice
-    the count's noise). ValueError (one line) when out of reach.
+    (the mechanism's :meth:`~fedwon.privacy.mechanisms.UserMechanism.calibrate`: by default
+    :func:`~fedwon.privacy.accounting.calibrate_noise_after`; BandMF composes participations
+    of the ``participation`` schedule). z is what every round is accounted at;
+    ``dp.mechanism`` checks it can reach it (adaptive clipping: z below twice the count's
+    noise). ValueError (one line) when out of reach.
     """
+    mechanism = MECHANISMS[dp.mechanism]
     noise_cohort = dp.noise_cohort(expected_clients)
     q = sample_rate(noise_cohort, population)
     done = sum(steps for _, _, steps in prior)
     if dp.noise_multiplier:
         z = dp.noise_multiplier
     elif num_rounds > done:
-        z = calibrate_noise_after(
-            prior, dp.target_epsilon, dp.delta, q, num_rounds - done, dp.accountant
+        z = mechanism.calibrate(
+            dp, sample_rate=q, num_rounds=num_rounds, prior=prior, participation=participation
         )
     else:
         z = prior[-1][0]  # nothing left to run: the last noise used stands for the ledger
-    MECHANISMS[dp.mechanism].check_noise(dp, z, noise_cohort)
+    mechanism.check_noise(dp, z, noise_cohort)
     return z, q
 
 

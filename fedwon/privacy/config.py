@@ -17,6 +17,7 @@ from pydantic import field_validator, model_validator
 from fedwon.common.section import Section
 from fedwon.privacy.clipping import MAX_CLIP_NORM
 from fedwon.privacy.mechanisms import MECHANISMS
+from fedwon.strategies.participation import Participation
 
 DP_PREFIX = "dp."
 
@@ -44,7 +45,11 @@ class DPConfig(Section):
       ``target_unclipped_quantile`` of the update norms with step ``clip_learning_rate``,
       from a count noised with std ``unclipped_count_stddev`` (0 = the noise cohort / 20);
       z (``noise_multiplier`` or calibrated) is what the update and the count cost together
-      (:mod:`fedwon.privacy.mechanisms`). A mechanism's own keys are refused under another.
+      (:mod:`fedwon.privacy.mechanisms`); ``bandmf`` -- DP-FTRL with banded matrix
+      factorization: noise correlated over ``bands`` rounds (0 = as many as the cyclic
+      schedule allows), C ``factorization`` ``optimized`` or ``sqrt``; needs
+      ``participation = "cyclic"`` and is accounted without amplification by sampling
+      (:mod:`fedwon.privacy.bandmf`). A mechanism's own keys are refused under another.
     """
 
     enabled: bool = False
@@ -66,6 +71,8 @@ class DPConfig(Section):
     target_unclipped_quantile: float = 0.5  # adaptive_clipping: gamma, the share left unclipped
     clip_learning_rate: float = 0.2  # adaptive_clipping: eta, the geometric step
     unclipped_count_stddev: float = 0.0  # adaptive_clipping: sigma_b; 0 = noise cohort / 20
+    bands: int = 0  # bandmf: b, rounds a noise stays correlated over; 0 = the cyclic groups G
+    factorization: Literal["optimized", "sqrt"] = "optimized"  # bandmf: how C is chosen
 
     @field_validator("clip_norm", "initial_clip_norm")
     @classmethod
@@ -116,6 +123,13 @@ class DPConfig(Section):
     def _count_stddev(cls, value: float) -> float:
         if value < 0:
             raise ValueError(f"must be >= 0 (0 = the noise cohort / 20), got {value}")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0 (0 = as many as the cyclic groups), got {value}")
         return value
 
     @field_validator("delta")
@@ -252,6 +266,9 @@ class DPConfig(Section):
             )
         else:
             clip = f"clip {self.clip_norm:g}"
+        if self.level == "user" and self.mechanism == "bandmf":
+            bands = f"{self.bands} bands" if self.bands else "bands = cyclic groups"
+            noise = f"BandMF ({bands}, {self.factorization}), {noise} per participation"
         return f"DP {level}: {noise} at delta {self.delta:g}{cap}, {clip}{scope}"
 
     # ---- (de)serialisation (Flower's ConfigRecord carries flat scalars) -----------------------
@@ -283,6 +300,8 @@ def check_dp_run(
     norm: str,
     agc_clip: float = 0.0,
     proximal_mu: float = 0.0,
+    participation: Participation | None = None,
+    num_rounds: int = 0,
 ) -> DPRunCheck:
     """Check ``dp`` against the run; raise ValueError (one line) or return warnings.
 
@@ -294,7 +313,11 @@ def check_dp_run(
     cohort's own while accounting at a lower q: a simulation of nothing) or above the
     population (q = M / N > 1), a ``dp.noise_multiplier`` the mechanism cannot reach with that
     cohort (adaptive clipping: z must stay below twice the unclipped count's noise, whose
-    default is M/20). The sample rate is M / N (m / N without ``noise_cohort_size``).
+    default is M/20), a ``participation`` schedule the mechanism's accounting does not hold
+    for (amplification by sampling with cyclic groups, BandMF with uniform sampling) or
+    settings the mechanism cannot honour over ``num_rounds`` rounds of that schedule (BandMF:
+    more bands than cyclic groups or rounds). The sample rate is M / N (m / N without
+    ``noise_cohort_size``).
     Warned: delta >= 1/population (a mechanism that publishes one random client's data
     outright is (0, 1/N)-DP, so such a delta means little).
     """
@@ -341,8 +364,16 @@ def check_dp_run(
             "gradients of the data loss only, so FedProx's proximal term would be ignored; "
             "set proximal_mu=0 (or use dp.level='user')"
         )
-    if dp.level == "user" and dp.noise_multiplier:  # a calibrated z is checked once known
-        MECHANISMS[dp.mechanism].check_noise(dp, dp.noise_multiplier, noise_cohort)
+    if dp.level == "user":
+        mechanism = MECHANISMS[dp.mechanism]
+        schedule = participation or Participation(
+            "uniform", max(num_clients, clients_per_round), clients_per_round
+        )
+        if schedule.mode not in mechanism.participation_modes:
+            raise ValueError(_participation_refusal(dp.mechanism, schedule.mode))
+        mechanism.check_run(dp, schedule, num_rounds)
+        if dp.noise_multiplier:  # a calibrated z is checked once known
+            mechanism.check_noise(dp, dp.noise_multiplier, noise_cohort)
     warnings: list[str] = []
     if dp.delta >= 1 / population:
         warnings.append(
@@ -350,3 +381,20 @@ def check_dp_run(
             "allows leaking a whole client's data with that probability; use delta << 1/population"
         )
     return DPRunCheck(population, noise_cohort / population, tuple(warnings))
+
+
+def _participation_refusal(mechanism: str, mode: str) -> str:
+    """Why ``dp.mechanism`` cannot be accounted under participation ``mode`` (one line)."""
+    if mode == "cyclic":
+        return (
+            f"dp.mechanism={mechanism!r} is accounted with amplification by sampling (each "
+            "client in a round with probability q = m/N), but participation='cyclic' picks the "
+            "cohort by a fixed schedule: set participation='uniform', or dp.mechanism='bandmf' "
+            "(accounted for cyclic participation)"
+        )
+    return (
+        f"dp.mechanism={mechanism!r} correlates its noise across rounds and needs each client to "
+        "come back no sooner than dp.bands rounds later, which uniform random sampling does not "
+        "ensure (a client can be drawn in consecutive rounds): set participation='cyclic' "
+        "(server section)"
+    )

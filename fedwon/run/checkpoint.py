@@ -5,6 +5,7 @@ Layout, inside the run directory::
     checkpoint/arrays.npz         shared arrays
     checkpoint/server_state.npz   the server optimizer's moments (when it has any)
     checkpoint/client_states/     every client's ``Context.state`` (fast engine), one .pb each
+    checkpoint/privacy_state.npz  the DP mechanism state's arrays (BandMF's noise history)
     checkpoint/state.json         round, rows, the DP ledger and DP mechanism state; written last
 
 A copy holding ``state.json`` is complete; :func:`save_checkpoint` swaps a new copy in with two
@@ -50,6 +51,7 @@ T = TypeVar("T")
 CHECKPOINT = "checkpoint"
 CLIENT_STATES = "client_states"  # in the checkpoint: one <partition>.pb per client
 STATE_FILE = "state.json"  # written last: a checkpoint copy holding it is complete
+PRIVACY_ARRAYS = "privacy_state.npz"  # the arrays of the DP mechanism's state
 
 
 def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -74,8 +76,9 @@ class Checkpoint:
     # user-level DP: the (noise multiplier, sample rate, rounds) of rounds 1..round, so a
     # resumed run accounts every round at the noise it actually used (None: no DP ledger)
     privacy: list[tuple[float, float, int]] | None = None
-    # user-level DP: the mechanism's own state after round ``round`` (JSON-able; e.g. the
-    # adaptive clipping bound), so a resumed run continues it exactly (None: stateless)
+    # user-level DP: the mechanism's own state after round ``round`` (JSON-able values, e.g.
+    # the adaptive clipping bound, and numpy arrays, e.g. BandMF's noise history, which go to
+    # privacy_state.npz), so a resumed run continues it exactly (None: stateless)
     privacy_state: dict[str, Any] | None = None
 
 
@@ -131,7 +134,11 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     if ckpt.privacy is not None:
         state["privacy_history"] = [list(entry) for entry in ckpt.privacy]
     if ckpt.privacy_state is not None:
-        state["privacy_state"] = ckpt.privacy_state
+        arrays = {k: v for k, v in ckpt.privacy_state.items() if isinstance(v, np.ndarray)}
+        if arrays:
+            np.savez(tmp / PRIVACY_ARRAYS, **arrays)  # type: ignore[arg-type]
+            state["privacy_arrays"] = sorted(arrays)
+        state["privacy_state"] = {k: v for k, v in ckpt.privacy_state.items() if k not in arrays}
     write_text_atomic(tmp / STATE_FILE, json.dumps(state))
     old = run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -206,6 +213,15 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     privacy = state.get("privacy_history")
     history = None if privacy is None else [(float(z), float(q), int(n)) for z, q, n in privacy]
     mechanism = state.get("privacy_state")
+    if mechanism is not None and state.get("privacy_arrays"):
+        stored = _read_checkpoint_file(path / PRIVACY_ARRAYS, _load_npz)
+        missing = sorted(set(state["privacy_arrays"]) - set(stored))
+        if missing:
+            raise ConfigError(
+                f"cannot resume: {path / PRIVACY_ARRAYS} lacks {', '.join(missing)}; "
+                "start the run again"
+            )
+        mechanism = {**mechanism, **stored}
     return Checkpoint(round_, arrays, rows, states, server_state, history, mechanism)
 
 

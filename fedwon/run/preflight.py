@@ -134,6 +134,7 @@ def check_first_round_budget(cfg: RunConfig) -> None:
             expected_clients=cfg.sampled_per_round,
             population=cfg.dp_check().population,
             num_rounds=cfg.server.num_rounds,
+            participation=cfg.participation,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None

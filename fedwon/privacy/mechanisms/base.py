@@ -19,6 +19,11 @@ user level, and says what that costs:
   (all of them unless ``constrains_participation``), and :attr:`RoundSum.participants`: whose
   updates were summed. DP-FTRL with banded matrix factorization needs both (a client may come
   back only after a minimum separation; its noise is correlated across rounds, which is state).
+  ``participation_modes`` names the schedules (``participation`` in the server section,
+  :class:`~fedwon.strategies.participation.Participation`) the accounting holds for:
+  amplification by sampling needs ``uniform`` random sampling, BandMF ``cyclic`` groups. The
+  run's schedule and number of rounds reach the mechanism in :class:`MechanismSetting`, its
+  checks (:meth:`UserMechanism.check_run`) and its calibration (:meth:`UserMechanism.calibrate`).
 
 :class:`~fedwon.privacy.CentralDP` is the plumbing around a mechanism (messages, the arrays
 sent, update buffers, the inner strategy, the budget stop); the mechanism does the maths.
@@ -37,7 +42,8 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from fedwon.privacy.accounting import Mechanism, PrivacyLedger
+from fedwon.privacy.accounting import Mechanism, PrivacyLedger, calibrate_noise_after
+from fedwon.strategies.participation import Participation
 
 
 class DPSettings(Protocol):
@@ -81,7 +87,8 @@ class MechanismSetting:
     accounted at (``dp.noise_multiplier``, or calibrated to ``dp.target_epsilon``), the sample
     rate q, the cohort m noise and average are calibrated for, the noise seed, and -- for a
     resumed run -- the accounting history of the rounds already run and the mechanism's state
-    at the checkpoint (None: a fresh run)."""
+    at the checkpoint (None: a fresh run); the run's ``num_rounds`` and ``participation``
+    schedule (None: uniform sampling, as before the schedule existed)."""
 
     noise_multiplier: float
     sample_rate: float
@@ -89,6 +96,8 @@ class MechanismSetting:
     seed: int = 0
     prior: Sequence[Mechanism] = ()
     state: Mapping[str, Any] | None = None
+    num_rounds: int = 0
+    participation: Participation | None = None
 
 
 @dataclass
@@ -124,6 +133,8 @@ class UserMechanism(ABC):
     constrains_participation: ClassVar[bool] = False
     #: :meth:`state` is not None: a resumed run must find it in the checkpoint
     stateful: ClassVar[bool] = False
+    #: the ``participation`` schedules this mechanism's accounting holds for
+    participation_modes: ClassVar[tuple[str, ...]] = ("uniform",)
 
     ledger: PrivacyLedger
     expected_clients: int
@@ -142,6 +153,32 @@ class UserMechanism(ABC):
         a cohort of ``noise_cohort`` (checked once z is known: given, or calibrated). Nothing
         by default."""
         return None
+
+    @classmethod
+    def check_run(cls, dp: DPSettings, participation: Participation, num_rounds: int) -> None:
+        """Refuse (ValueError, one line) ``dp`` settings this mechanism cannot honour with the
+        run's schedule: ``participation`` (already one of ``participation_modes``) over
+        ``num_rounds`` rounds. Nothing by default."""
+        return None
+
+    @classmethod
+    def calibrate(
+        cls,
+        dp: DPSettings,
+        *,
+        sample_rate: float,
+        num_rounds: int,
+        prior: Sequence[Mechanism] = (),
+        participation: Participation | None = None,
+    ) -> float:
+        """z for ``dp.target_epsilon`` over rounds 1..``num_rounds``, composed with the
+        ``prior`` rounds a resumed run has run (ValueError, one line, when out of reach). By
+        default the subsampled Gaussian mechanism at ``sample_rate`` every round
+        (:func:`~fedwon.privacy.accounting.calibrate_noise_after`)."""
+        done = sum(steps for _, _, steps in prior)
+        return calibrate_noise_after(
+            prior, dp.target_epsilon, dp.delta, sample_rate, num_rounds - done, dp.accountant
+        )
 
     @classmethod
     @abstractmethod
