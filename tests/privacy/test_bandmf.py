@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import typing
 import warnings
 
 import numpy as np
@@ -15,8 +16,9 @@ import torch
 from scipy.stats import norm
 
 from fedwon.config import ConfigError, make_config
-from fedwon.privacy import compute_epsilon
+from fedwon.privacy import DPConfig, compute_epsilon
 from fedwon.privacy.bandmf import (
+    FACTORIZATIONS,
     BandMFLedger,
     CorrelatedNoise,
     bandmf_epsilon,
@@ -27,7 +29,8 @@ from fedwon.privacy.bandmf import (
 )
 from fedwon.privacy.mechanisms import MECHANISMS, RoundSum
 from fedwon.privacy.mechanisms.bandmf import BandMF
-from fedwon.strategies.participation import Participation
+from fedwon.strategies import ServerSpec
+from fedwon.strategies.participation import PARTICIPATION_MODES, Participation
 
 
 @pytest.fixture(autouse=True)
@@ -212,6 +215,50 @@ def test_epsilon_matches_pfl_researchs_bandmf_accounting() -> None:
     pfl_z = accountants.PLDPrivacyAccountant(epsilon=target, delta=delta, **common).noise_parameter
     ours_z = calibrate_bandmf(target, delta, k, "prv")
     assert ours_z == pytest.approx(pfl_z, rel=0.01)
+
+
+@pytest.mark.slow  # pfl's mechanism module and its factorizer take ~10 s
+def test_pfl_researchs_online_noise_agrees_and_its_own_c_has_unit_rows_not_columns() -> None:
+    """pfl's ForwardSubstitution on fedwon's C draws fedwon's noise. pfl's own C is
+    ``cholesky(X)`` of the optimized Gram matrix X = C^T C (unit diagonal), i.e. L with
+    L L^T = X: its *rows* have unit norm and its columns up to ~1.3 here (1.85 at 40 rounds,
+    separation 10), so its sensitivity exceeds the sqrt(k) its accountant assumes. fedwon's
+    columns have unit norm (the lower-triangular C with C^T C = X would, too)."""
+    pytest.importorskip("pfl.privacy.privacy_accountant", reason="pfl-research: the bench extra")
+    import pfl.internal.ops.pytorch_ops as pfl_torch
+    from pfl.internal.ops.selector import set_framework_module
+    from pfl.privacy.ftrl_mechanism import (
+        BandedMatrixFactorizationMechanism,
+        ForwardSubstitution,
+        FTRLMatrixFactorizer,
+    )
+
+    set_framework_module(pfl_torch)
+    f = factorize(12, 4)
+    theirs, ours = ForwardSubstitution(f.matrix(), f.bands), CorrelatedNoise(f)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(1, 13):
+        z = torch.randn(50, generator=gen)
+        torch.testing.assert_close(theirs.step(z), ours.step(t, z), rtol=0, atol=2e-6)
+    n, separation = 12, 4
+    mask = BandedMatrixFactorizationMechanism._get_banded_matrix_mask(n, separation - 1)
+    gram = np.asarray(FTRLMatrixFactorizer(prefix_sum_workload(n), mask).optimize())
+    pfl_c = np.linalg.cholesky(gram)  # as pfl's mechanism builds its query matrix
+    np.testing.assert_allclose(np.linalg.norm(pfl_c, axis=1), 1.0, atol=1e-6)
+    assert np.linalg.norm(pfl_c, axis=0).max() > 1.2
+    k = math.ceil(n / separation)
+    pfl_worst = max(worst_change(pfl_c, p) for p in patterns(n, k, separation))
+    assert pfl_worst > math.sqrt(k) * 1.05
+    reverse = np.linalg.cholesky(gram[::-1, ::-1])[::-1, ::-1].T  # lower, C^T C = gram
+    np.testing.assert_allclose(np.linalg.norm(reverse, axis=0), 1.0, atol=1e-6)
+
+
+def test_the_keys_choices_match_the_modules_that_implement_them() -> None:
+    fields = DPConfig.model_fields
+    assert typing.get_args(fields["factorization"].annotation) == FACTORIZATIONS
+    annotation = ServerSpec.model_fields["participation"].annotation
+    assert typing.get_args(annotation) == PARTICIPATION_MODES
+    assert set(BandMF.keys) == {"bands", "factorization"}
 
 
 # ---- the mechanism: the guard and one-line refusals ---------------------------------------------
