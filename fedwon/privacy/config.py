@@ -268,7 +268,8 @@ class DPConfig(Section):
             clip = f"clip {self.clip_norm:g}"
         if self.level == "user" and self.mechanism == "bandmf":
             bands = f"{self.bands} bands" if self.bands else "bands = cyclic groups"
-            noise = f"BandMF ({bands}, {self.factorization}), {noise} per participation"
+            per = "" if self.target_epsilon else " per participation"
+            noise = f"BandMF ({bands}, {self.factorization} C), {noise}{per}"
         return f"DP {level}: {noise} at delta {self.delta:g}{cap}, {clip}{scope}"
 
     # ---- (de)serialisation (Flower's ConfigRecord carries flat scalars) -----------------------

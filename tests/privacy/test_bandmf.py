@@ -302,6 +302,23 @@ def test_a_client_offered_sooner_than_its_separation_is_refused() -> None:
     std = 1.0 * 1.0 * factorize(8, 4).noise_std(1) / 3
     assert mech.noise_std_on_mean() == pytest.approx(std)
     assert MECHANISMS["bandmf"] is BandMF
+    for rnd, group in ((2, [2, 6, 10]), (3, [3, 7, 11]), (4, [4, 8, 12])):
+        mech.eligible(rnd, group)
+        mech.release(rnd, RoundSum([torch.zeros(3, 4), torch.zeros(5)], 3, 3, tuple(group)))
+    # a resumed run whose node ids changed (Flower's engine renumbers them) is refused
+    resumed = BandMF(
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        expected_clients=3,
+        min_separation=4,
+        factorization=factorize(8, 4),
+        delta=1e-5,
+        prior=[(1.0, 1.0, 4)],
+        state=mech.state(),
+    )
+    assert resumed.eligible(5, [1, 5, 9]) == [1, 5, 9]
+    with pytest.raises(RuntimeError, match="node ids changed"):
+        resumed.eligible(6, [2, 6, 99])
 
 
 @pytest.mark.parametrize(
