@@ -33,7 +33,14 @@ from fedwon.study.budget import planned_runs
 from fedwon.study.halving import Point, Request, SearchResult, drive, search
 from fedwon.study.part import TUNING_SEED, Candidate, Part, StudyPlan, arm_key
 from fedwon.study.records import RecordStore
-from fedwon.study.runs import RunRecord, RunSpec, execute, heldout_domains, refusal
+from fedwon.study.runs import (
+    RunRecord,
+    RunSpec,
+    drop_checkpoint,
+    execute,
+    heldout_domains,
+    refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,10 @@ class PartResult:
     def tuning_runs(self) -> list[RunRecord]:
         return [r for s in self.searches.values() for r in s.runs.values()]
 
+    @property
+    def all_reported(self) -> list[RunRecord]:
+        return [r for runs in self.reported.values() for r in runs]
+
 
 @dataclass
 class StudyResults:
@@ -84,11 +95,7 @@ class StudyResults:
 
     @property
     def records(self) -> list[RunRecord]:
-        return [
-            r
-            for p in self.parts.values()
-            for r in (*p.tuning_runs, *(r for runs in p.reported.values() for r in runs))
-        ]
+        return [r for p in self.parts.values() for r in (*p.tuning_runs, *p.all_reported)]
 
 
 Task = tuple[Part, RunSpec, tuple[int, ...], tuple[str, ...]]
@@ -211,8 +218,9 @@ def run_study(
 ) -> StudyResults:
     """Search, then run the reported seeds of every part of ``plan`` (module docstring).
 
-    Runs live in ``cache`` (checkpoints; locked for the whole study, so a second study on the
-    same cache is refused at once) and leave their records in ``records``.
+    Runs live in ``cache`` (locked for the whole study, so a second study on the same cache is
+    refused at once; a part's checkpoints are deleted once the part is done) and leave their
+    records in ``records``.
     """
     cache = Path(cache)
     with lock_dir(cache, "study cache"), _workers(jobs) as pool:
@@ -235,4 +243,6 @@ def run_study(
                 result.searches = study.tune(part)
                 _choose(part, result.searches, result)
             study.report(part, result)
+            for key in {r.key for r in [*result.tuning_runs, *result.all_reported]}:
+                drop_checkpoint(cache, key)  # the part is done: its records hold the rest
     return StudyResults(plan, parts, code_commit(), command)

@@ -17,6 +17,11 @@ small record is written under the records folder (:mod:`fedwon.study.records`; `
 for the full study). A stop the record already answers is not trained at all: that is how
 ``make report`` rebuilds the report from committed records alone.
 
+Checkpoints are what resuming needs and what takes the disk (~57 MB for ``cnn``): once a part
+is done, :func:`drop_checkpoint` deletes those of its runs (their records hold everything the
+report reads), so the cache holds about one part's worth at a time; a later study that asks one
+of them for more rounds trains it again from the start, saying so.
+
 A run that diverges (a grid point with a too-large learning rate: every client returns
 non-finite updates) is a result: recorded, reported, and the grid point is never chosen. Any
 other failure (a damaged checkpoint, a crash) is a result of this invocation only: its error is
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedwon.checkpoint import CHECKPOINT
 from fedwon.config import ConfigError, RunConfig, load_config
 from fedwon.datasets import DATASETS, DataError
 from fedwon.errors import error_line
@@ -52,6 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RunRecord",
     "RunSpec",
+    "drop_checkpoint",
     "execute",
     "heldout_domains",
     "refusal",
@@ -319,6 +326,12 @@ def _reach(
         info["rounds"] = rounds
     store.save(key, info, previous if further else path, cfg)
     return trained.status, ""
+
+
+def drop_checkpoint(cache: Path, key: str) -> None:
+    """Delete the checkpoint of the cached run ``key`` (its config, metrics and summary stay)."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old"):
+        shutil.rmtree(cache / key / name, ignore_errors=True)
 
 
 STATUS_ORDER = ("recorded", "cached", "resumed", "trained", "failed")

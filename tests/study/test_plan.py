@@ -9,7 +9,7 @@ from fedwon.config import load_config
 from fedwon.study.budget import estimate_seconds, planned_rounds, planned_runs
 from fedwon.study.part import AGC_CLIPS, REPORTED_SEEDS, TUNING_SEED, Candidate, Part
 from fedwon.study.plan import BN_METHODS, FULL, QUICK
-from fedwon.study.runs import RunSpec, run_config
+from fedwon.study.runs import RunSpec, refusal, run_config
 
 BUDGET_HOURS = 4.0  # issue 20: the whole full study on two cores with `make report JOBS=2`
 
@@ -60,6 +60,23 @@ def test_the_full_plan_is_the_issues_study() -> None:
         cfg = load_config(FULL.part(name).recipe_path, FULL.part(name).settings)
         assert cfg.data.domains == ("mnist_m",) and cfg.data.alpha == alpha
     assert FULL.part("label_skew").settings.get("domains") is None  # feature shift + skew
+
+
+@pytest.mark.parametrize("part", FULL.parts, ids=lambda p: p.name)
+def test_every_run_of_the_full_plan_is_a_valid_config(part: Part) -> None:
+    """Every method and arm at its starting grid's first point loads (refused methods aside,
+    which the config refuses with its one-line error)."""
+    for method in part.methods:
+        candidates = [Candidate(0.01)]
+        if not part.reuse:
+            candidates = [
+                part.candidate(method, arm, tuple(a.start[0] for a in part.axes(method, arm)))
+                for arm in part.arms(method)
+            ]
+        for candidate in candidates:
+            cfg = run_config(part, RunSpec(part.name, method, candidate, 1, "report"))
+            assert cfg.server.num_rounds == part.num_rounds
+    assert all(refusal(part, m) for m in part.refused)
 
 
 @pytest.mark.parametrize("part", FULL.parts, ids=lambda p: p.name)

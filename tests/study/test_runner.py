@@ -54,6 +54,15 @@ def test_the_study_tunes_on_seed_0_by_halving_and_reports_only_the_other_seeds(
         assert set(r.heldout["per_domain"]) == {r.spec.heldout}  # type: ignore[index]
 
 
+def test_a_done_part_leaves_no_checkpoint_behind(
+    mini_results: StudyResults, mini_dirs: tuple[Path, Path]
+) -> None:
+    cache, _ = mini_dirs
+    runs = [p for p in cache.rglob("config.toml")]
+    assert len(runs) == len({r.key for r in mini_results.records})
+    assert not [p for p in cache.rglob("checkpoint*") if p.is_dir()]
+
+
 def test_a_second_study_is_answered_by_the_records(
     mini_results: StudyResults, mini_dirs: tuple[Path, Path]
 ) -> None:
