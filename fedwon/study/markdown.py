@@ -128,6 +128,28 @@ def _tuning_lines(name: str, section: dict[str, Any]) -> list[str]:
     return [*lines, "</details>"]
 
 
+def _bound_lines(section: dict[str, Any]) -> list[str]:
+    """A visible flag for every choice that sits on a bound of its search (not in a fold)."""
+    tuning = section.get("tuning")
+    if not isinstance(tuning, dict):
+        return []
+    flags = []
+    for key, t in tuning.items():
+        method, _, arm = key.partition(":")
+        label = LABELS.get(method, method) + (f" ({ARM_LABELS.get(arm, arm)})" if arm else "")
+        for axis, value in t["at_bound"].items():
+            bound = "upper" if value == max(t["bounds"][axis]) else "lower"
+            name = "λ" if axis == "agc_clip" else axis
+            flags.append(f"{label} {name} {value:g} ({bound} bound)")
+    if not flags:
+        return []
+    return [
+        "**Chosen on a bound** (the grid could widen no further; the best value may lie "
+        f"beyond): {'; '.join(flags)}.",
+        "",
+    ]
+
+
 def _settings_line(section: dict[str, Any]) -> str:
     s = section.get("settings", {})
     schedule = section.get("schedule", {})
@@ -279,6 +301,7 @@ def _part_lines(name: str, section: dict[str, Any], methods: dict[str, Any]) -> 
         ]
     for method, error in section.get("refused", {}).items():
         out += [f"{LABELS.get(method, method)} is refused before training: `{error}`", ""]
+    out += _bound_lines(section)
     ablation = section.get("agc_ablation")
     if ablation:
         out += ["FedWon's AGC ablation (each arm tuned and reported on its own):", ""]

@@ -214,11 +214,12 @@ def part_json(part: PartResult) -> dict[str, Any]:
 
 
 def missing_runs(results: StudyResults) -> list[dict[str, Any]]:
-    """Every planned run without a result: each failed run (tuning and reported), with its
-    error, and each method whose reported seeds never ran because no grid point finished."""
+    """Every planned run without a result: each failed run, with its error (a grid point that
+    diverged is a result, shown in its tuning table, not a missing run), and each method whose
+    reported seeds never ran because no grid point finished."""
     missing: list[dict[str, Any]] = []
     for name, part in results.parts.items():
-        failed = [r for r in part.tuning_runs if not r.ok]
+        failed = [r for r in part.tuning_runs if not r.ok and not r.diverged]
         failed += [r for runs in part.reported.values() for r in runs if not r.ok]
         for r in failed:
             missing.append(

@@ -164,6 +164,7 @@ class RunRecord:
     heldout: dict[str, Any] | None = None
     averaged: dict[str, Any] | None = None  # FedBN, its clients' norm layers averaged
     error: str = ""  # why a failed run failed
+    diverged: bool = False  # the failure is the run's own recorded result, not an accident
 
     @property
     def ok(self) -> bool:
@@ -359,10 +360,13 @@ def execute(
     cfg = run_config(part, spec)
     key = run_key(spec, cfg)
     record = store.load(key)
-    if not error and record is not None and record.failed and stops[-1] >= record.failed["rounds"]:
-        error = record.failed["error"]
+    failed = record.failed if record is not None else None
+    if not error and failed and stops[-1] >= failed["rounds"]:
+        error = failed["error"]
     seconds = 0.0 if status == "recorded" else time.perf_counter() - start
-    return from_record(spec, key, record, status, seconds, stops[-1], error)
+    run = from_record(spec, key, record, status, seconds, stops[-1], error)
+    run.diverged = bool(error and failed and failed["error"] == error)
+    return run
 
 
 def from_record(

@@ -98,7 +98,8 @@ def test_markdown_comes_from_the_json_alone(mini_results: StudyResults) -> None:
     assert "FedAvg (BN) is refused before training: `invalid config: batch_size=1" in text
     assert "FedWon's AGC ablation" in text and "| no AGC |" in text
     assert "| lr | λ | 1 round | 2 rounds |" in text  # FedWon's rung table names λ
-    assert "sits on the" in text  # a choice on a bound is flagged
+    assert "sits on the" in text  # a choice on a bound is flagged in its table
+    assert "**Chosen on a bound**" in text and "FedBN lr " in text  # and visibly
     assert "| setting | vs FedAvg (BN) | vs FedBN |" in text  # per setting, each baseline
     assert "| cross-device, batch 1 | refused | — |" in text
 

@@ -112,6 +112,7 @@ def test_a_diverged_run_is_a_recorded_result_never_retried(tmp_path: Path) -> No
     assert "0 of 2 clients returned usable results" in record.error
     again = execute(PART, spec(lr=1e12), tmp_path, store, (1,))
     assert again.status == "failed" and again.error == record.error and again.seconds == 0.0
+    assert record.diverged and again.diverged  # a result: the report shows it in its grid
     info = json.loads((store.path(record.key) / "study.json").read_text())
     assert info["failed"] == {"rounds": 1, "error": record.error}
 
@@ -124,7 +125,7 @@ def test_a_damaged_checkpoint_is_named_then_the_run_is_trained_again(tmp_path: P
     arrays = path / "checkpoint" / "arrays.npz"
     arrays.write_bytes(b"PK\x03\x04 not a zip")
     failed = execute(PART, spec(), tmp_path, store, (2,))
-    assert failed.status == "failed"
+    assert failed.status == "failed" and not failed.diverged
     assert failed.error.startswith(f"checkpoint file {arrays} cannot be read (BadZipFile")
     assert not store.path(failed.key).exists()  # an accident, not a result: not recorded
     retried = execute(PART, spec(), tmp_path, store, (2,))
