@@ -267,6 +267,14 @@ def _train(path: Path, cfg: RunConfig) -> Trained:
     return Trained("resumed" if resume else "trained")
 
 
+def _has_checkpoint(path: Path) -> bool:
+    """Whether ``path`` holds a checkpoint (a damaged one counts: :func:`_train` names it)."""
+    try:
+        return RunDir(path).checkpoint_round() is not None
+    except ConfigError:
+        return True
+
+
 def _evaluate(path: Path, cfg: RunConfig, spec: RunSpec, extras: tuple[str, ...]) -> dict:
     """The study's evaluations of the run in ``path`` at its last round."""
     out: dict[str, Any] = {"val": split_accuracy(path, cfg, "val").as_dict()}
@@ -295,15 +303,17 @@ def _reach(
     if record is not None and record.answers(rounds, extras):
         return "recorded", ""
     path = cache / key
-    if record is not None and record.rounds and RunDir(path).checkpoint_round() is None:
-        log.warning(
-            "%s: recorded up to round %d, but %s holds no checkpoint to continue from: "
-            "training it again from the start to round %d",
-            key,
-            record.rounds,
-            path,
-            rounds,
-        )
+    if not _has_checkpoint(path):  # nothing to resume or evaluate: start again
+        shutil.rmtree(path, ignore_errors=True)
+        if record is not None and record.rounds:
+            log.warning(
+                "%s: recorded up to round %d, but %s holds no checkpoint to continue from: "
+                "training it again from the start to round %d",
+                key,
+                record.rounds,
+                path,
+                rounds,
+            )
     trained = _train(path, cfg)
     info = dict(record.info) if record is not None else {}
     info["commit"] = (_read_study(path) or {}).get("commit", "unknown (trained outside the study)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,15 @@ from fedwon.run_dir import RunDir
 from fedwon.simulation import run_simulation
 from fedwon.study.part import Candidate, Part
 from fedwon.study.records import RecordStore
-from fedwon.study.runs import RunSpec, execute, refusal, run_config, run_key, study_file
+from fedwon.study.runs import (
+    RunSpec,
+    drop_checkpoint,
+    execute,
+    refusal,
+    run_config,
+    run_key,
+    study_file,
+)
 
 PART = Part(
     name="mini",
@@ -102,6 +111,20 @@ def test_a_record_without_its_checkpoint_is_trained_again_from_the_start(
     assert "recorded up to round 1" in caplog.text and "from the start to round 2" in caplog.text
     straight = execute(PART, spec(), tmp_path / "s", RecordStore(tmp_path / "r2"), (2,))
     assert later.test == straight.test
+
+
+def test_a_run_whose_checkpoint_was_dropped_is_trained_again_when_its_record_is_gone(
+    tmp_path: Path,
+) -> None:
+    """A done part's checkpoints are dropped; if its record then cannot answer (deleted here),
+    the finished-looking run directory cannot be evaluated: it is trained again, not a crash."""
+    store = RecordStore(tmp_path / "records")
+    first = execute(PART, spec(), tmp_path / "cache", store, (2,))
+    drop_checkpoint(tmp_path / "cache", first.key)
+    assert not (tmp_path / "cache" / first.key / "checkpoint").exists()
+    shutil.rmtree(store.path(first.key))
+    again = execute(PART, spec(), tmp_path / "cache", store, (2,))
+    assert again.status == "trained" and again.ok and again.test == first.test
 
 
 def test_a_diverged_run_is_a_recorded_result_never_retried(tmp_path: Path) -> None:
