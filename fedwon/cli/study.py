@@ -62,8 +62,8 @@ def study(
         Path | None,
         typer.Option(
             help="each run's small record (config, metrics, summary, validation): a run "
-            "whose record answers is not trained [default: docs/study, quick: "
-            "runs/study-quick/records]"
+            "whose record answers is not trained (default docs/study; with --quick "
+            "runs/study-quick/records)"
         ),
     ] = None,
     out: Annotated[
