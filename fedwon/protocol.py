@@ -33,6 +33,7 @@ from fedwon.common.records import (  # noqa: F401  (re-exported: the wire contra
     ARRAYS,
     CLIENT,
     CLIP_NORM_KEY,
+    CLIP_NORM_METRIC,
     CLIPPED_METRIC,
     CLIPPING_KEY,
     CONFIG,
@@ -53,6 +54,7 @@ from fedwon.common.records import (  # noqa: F401  (re-exported: the wire contra
     ROUND_KEY,
     SPLIT_KEY,
     TRAIN_LOSS,
+    UNCLIPPED_KEY,
     WEIGHT_KEY,
 )
 from fedwon.common.section import Section

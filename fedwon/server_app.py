@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.datasets.spec import IN_CHANNELS
-from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
+from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history, prior_state
 from fedwon.run.directory import lock_run_dir, resolve_out
 from fedwon.run.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
 from fedwon.run.process_guard import start_guard
@@ -114,6 +114,7 @@ def run_server(
                 )
         recorder.server_state = lambda: snapshot_server_state(strategy)
         recorder.privacy_history = privacy.history
+        recorder.privacy_state = privacy.state
         strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
         client_record = cfg.client_config().to_record()
         if last > start_round:
@@ -157,7 +158,7 @@ def privacy_wrap(
     checkpoint: Checkpoint | None = None,
 ) -> PrivacyWrap:
     """The DP wrapper assembly for ``cfg`` (:class:`~fedwon.privacy.assembly.PrivacyWrap`),
-    continuing the privacy ledger of a resumed run's ``checkpoint``."""
+    continuing the privacy ledger and the mechanism's state of a resumed run's ``checkpoint``."""
     run = DPRun(
         dp=cfg.dp,
         check=cfg.dp_check(),
@@ -166,8 +167,11 @@ def privacy_wrap(
         num_rounds=cfg.server.num_rounds,
         seed=cfg.seed,
     )
-    prior = prior_history(run, checkpoint.round, checkpoint.privacy) if checkpoint else []
-    return PrivacyWrap(run, wrap, prior)
+    if checkpoint is None:
+        return PrivacyWrap(run, wrap)
+    prior = prior_history(run, checkpoint.round, checkpoint.privacy)
+    state = prior_state(run, checkpoint.round, checkpoint.privacy_state)
+    return PrivacyWrap(run, wrap, prior, state)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fedwon.config import ConfigError, RunConfig
-from fedwon.protocol import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
+from fedwon.protocol import CLIP_NORM_METRIC, CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
 from fedwon.run.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
 from fedwon.run.directory import PER_DOMAIN_FILE, PLOT_FILE, Row, RunDir
 from fedwon.run.trackers import Trackers
@@ -72,7 +72,7 @@ def round_row(
     if train is not None:
         row["train_loss"] = _clean(as_number(train.get("train_loss", math.nan)))
         row["clients"] = int(as_number(train.get("clients", 0)))
-        for key in (EPSILON_METRIC, CLIPPED_METRIC):  # under DP
+        for key in (EPSILON_METRIC, CLIPPED_METRIC, CLIP_NORM_METRIC):  # under DP
             if key in train:
                 row[key] = _clean(as_number(train[key]))
     if evaluate is not None:
@@ -110,6 +110,8 @@ class RunRecorder:
         self.server_state: Callable[[], dict[str, np.ndarray]] | None = None
         # user-level DP: the privacy ledger's history of rounds 1..r, saved with checkpoints
         self.privacy_history: Callable[[int], list[tuple[float, float, int]] | None] | None = None
+        # user-level DP: the mechanism's state after the last round (adaptive clipping bound)
+        self.privacy_state: Callable[[], dict[str, Any] | None] | None = None
         self.final_round = cfg.server.num_rounds  # always checkpointed (fewer under a DP budget)
         self.rows: list[Row] = []
         self.arrays: ArrayRecord | None = None
@@ -204,7 +206,10 @@ class RunRecorder:
                 states = self.client_states.snapshot_states() if self.client_states else None
                 server = self.server_state() if self.server_state else {}
                 privacy = self.privacy_history(server_round) if self.privacy_history else None
-                ckpt = Checkpoint(server_round, arrays, self.rows, states, server, privacy)
+                mechanism = self.privacy_state() if self.privacy_state else None
+                ckpt = Checkpoint(
+                    server_round, arrays, self.rows, states, server, privacy, mechanism
+                )
                 save_checkpoint(self.dir.path, ckpt)
         return row
 
