@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install $(TORCH)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,track,hf]"  # track, hf: their tests read each tool back
 	touch $@
 
 setup: $(VENV)/.installed

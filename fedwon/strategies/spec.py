@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
-from fedwon.section import (
+from fedwon.common.section import (
     Fraction,
     NonNegativeFloat,
     NonNegativeInt,
@@ -23,6 +23,8 @@ from fedwon.section import (
 )
 from fedwon.strategies.aggregators import AGGREGATORS
 from fedwon.strategies.methods import METHODS
+
+FLOWER_ROUND_TIMEOUT_S = 3600.0  # Flower's Strategy.start default
 
 
 class ServerSpec(Section):
@@ -46,6 +48,15 @@ class ServerSpec(Section):
     fraction_evaluate: Fraction = 1.0
     eval_every: PositiveInt = 1
     min_clients: PositiveInt = 1  # fewest successful replies a round may aggregate
+    # seconds a round phase waits for replies before it goes on with those that came (a dead
+    # or stalled node costs at most this); 0 = Flower's own 3,600 s, which never cuts off an
+    # honest client (docs/deployment.md says how to choose it)
+    round_timeout: NonNegativeFloat = 0.0
+
+    @property
+    def reply_timeout(self) -> float:
+        """The timeout handed to Flower's ``Strategy.start`` (``round_timeout`` or 3,600 s)."""
+        return self.round_timeout or FLOWER_ROUND_TIMEOUT_S
 
     @field_validator("strategy")
     @classmethod

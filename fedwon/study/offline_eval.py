@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from fedwon.checkpoint import load_checkpoint
 from fedwon.clients import evaluate, local_arrays
 from fedwon.config import RunConfig
 from fedwon.datasets import Federation, load_federation
+from fedwon.run.checkpoint import load_checkpoint
 
 __all__ = ["FinalStates", "average_states", "final_states", "heldout_accuracy", "split_accuracy"]
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedwon.common.errors import error_line
 from fedwon.config import RunConfig, make_config, read_recipe
-from fedwon.errors import error_line
-from fedwon.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Row, RunDir
+from fedwon.run.directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Row, RunDir
 
 log = logging.getLogger(__name__)
 

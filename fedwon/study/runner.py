@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedwon.provenance import code_commit
-from fedwon.run_lock import lock_dir
+from fedwon.run.lock import lock_dir
+from fedwon.run.provenance import code_commit
 from fedwon.study.budget import planned_runs
 from fedwon.study.halving import Point, Request, SearchResult, drive, search
 from fedwon.study.part import TUNING_SEED, Candidate, Part, StudyPlan, arm_key

@@ -7,7 +7,7 @@ Every run of the study is an ordinary ``fedwon run`` directory under the cache f
 ``<part>/<name>-<digest>`` is the **run key**: the digest hashes the resolved config minus
 ``num_rounds`` and the keys that only say where it ran (:func:`fedwon.study.records.comparable`),
 so one directory holds one run as halving takes it from rung to rung — each time resumed from its
-final checkpoint with a larger ``num_rounds`` (:meth:`fedwon.run_dir.RunDir.reuse`), which
+final checkpoint with a larger ``num_rounds`` (:meth:`fedwon.run.directory.RunDir.reuse`), which
 trains exactly what a straight run would.
 
 A run is brought to a list of **stops** (rounds); at each it is validated (each client's final
@@ -41,13 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedwon.checkpoint import CHECKPOINT
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError, RunConfig, load_config
-from fedwon.datasets import DATASETS, DataError
-from fedwon.errors import error_line
-from fedwon.provenance import code_commit
-from fedwon.results import final_metrics, per_domain
-from fedwon.run_dir import RunDir
+from fedwon.datasets import DataError, spec_info
+from fedwon.run.checkpoint import CHECKPOINT
+from fedwon.run.directory import RunDir
+from fedwon.run.provenance import code_commit
+from fedwon.run.recorder import final_metrics, per_domain
 from fedwon.strategies.round_rules import RoundFailedError
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
 from fedwon.study.part import METHODS, Candidate, Part
@@ -103,7 +103,7 @@ def _overrides(part: Part, method: str, seed: int) -> dict[str, Any]:
 
 def _heldout_overrides(cfg: RunConfig, heldout: str) -> dict[str, Any]:
     """Train on every domain but ``heldout``, with as many clients per domain as before."""
-    domains = cfg.data.domains or DATASETS[cfg.data.dataset].domains
+    domains = cfg.data.domains or spec_info(cfg.data).domains
     kept = [d for d in domains if d != heldout]
     per_domain = max(1, cfg.data.num_clients // len(domains))
     return {"domains": ",".join(kept), "num_clients": per_domain * len(kept)}
@@ -123,7 +123,7 @@ def run_config(part: Part, spec: RunSpec, rounds: int | None = None) -> RunConfi
 def heldout_domains(part: Part) -> tuple[str, ...]:
     """The domains a domain-generalization part holds out in turn: every domain it would use."""
     cfg = load_config(part.recipe_path, part.settings)
-    return cfg.data.domains or DATASETS[cfg.data.dataset].domains
+    return cfg.data.domains or spec_info(cfg.data).domains
 
 
 def refusal(part: Part, method: str) -> str:

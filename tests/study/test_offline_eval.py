@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fedwon.config import make_config
-from fedwon.results import per_domain
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import per_domain
 from fedwon.simulation import run_simulation
 from fedwon.study.offline_eval import average_states, heldout_accuracy, split_accuracy
 

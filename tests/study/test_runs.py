@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
 from fedwon.simulation import run_simulation
 from fedwon.study.part import Candidate, Part
 from fedwon.study.records import RecordStore

@@ -13,7 +13,7 @@ from lock_holder import holder
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
-from fedwon.run_dir import LOCK_FILE
+from fedwon.run.directory import LOCK_FILE
 from fedwon.study.plan import FULL, METHODS, QUICK
 
 runner = CliRunner()

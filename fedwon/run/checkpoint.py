@@ -5,13 +5,13 @@ Layout, inside the run directory::
     checkpoint/arrays.npz         shared arrays
     checkpoint/server_state.npz   the server optimizer's moments (when it has any)
     checkpoint/client_states/     every client's ``Context.state`` (fast engine), one .pb each
-    checkpoint/state.json         round, rows and the DP ledger; written last
+    checkpoint/state.json         round, rows, the DP ledger and DP mechanism state; written last
 
 A copy holding ``state.json`` is complete; :func:`save_checkpoint` swaps a new copy in with two
 renames and :func:`find_checkpoint` repairs a swap a crash interrupted. A damaged file is one
 line naming it (:class:`~fedwon.config.ConfigError`), never a parser's traceback. Which
 directory holds a checkpoint, and whether a run may resume from it, is
-:class:`fedwon.run_dir.RunDir`'s business.
+:class:`fedwon.run.directory.RunDir`'s business.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError
-from fedwon.errors import error_line
 
 __all__ = [
     "CHECKPOINT",
@@ -74,6 +74,9 @@ class Checkpoint:
     # user-level DP: the (noise multiplier, sample rate, rounds) of rounds 1..round, so a
     # resumed run accounts every round at the noise it actually used (None: no DP ledger)
     privacy: list[tuple[float, float, int]] | None = None
+    # user-level DP: the mechanism's own state after round ``round`` (JSON-able; e.g. the
+    # adaptive clipping bound), so a resumed run continues it exactly (None: stateless)
+    privacy_state: dict[str, Any] | None = None
 
 
 def _save_states(directory: Path, states: dict[int, RecordDict]) -> None:
@@ -127,6 +130,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     state: dict[str, Any] = {"round": ckpt.round, "rows": ckpt.rows}
     if ckpt.privacy is not None:
         state["privacy_history"] = [list(entry) for entry in ckpt.privacy]
+    if ckpt.privacy_state is not None:
+        state["privacy_state"] = ckpt.privacy_state
     write_text_atomic(tmp / STATE_FILE, json.dumps(state))
     old = run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -200,7 +205,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     )
     privacy = state.get("privacy_history")
     history = None if privacy is None else [(float(z), float(q), int(n)) for z, q, n in privacy]
-    return Checkpoint(round_, arrays, rows, states, server_state, history)
+    mechanism = state.get("privacy_state")
+    return Checkpoint(round_, arrays, rows, states, server_state, history, mechanism)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
