@@ -357,3 +357,12 @@ def test_the_client_reports_whether_it_clipped_and_the_server_needs_it() -> None
     without = [reply(m, client_delta(i, 0.0, sent)) for i, m in enumerate(messages)]
     with pytest.raises(RuntimeError, match=r"did not report whether its clipping left"):
         dp.aggregate_train(1, without)
+
+
+def test_os_secure_noise_drives_the_count_too() -> None:
+    mechanism = adaptive(noise_multiplier=0.3, unclipped_count_stddev=None, secure_rng=True)
+    total = RoundSum([torch.zeros(100)], COHORT, 0)
+    mechanism.release(1, total)
+    assert float(total.sums[0].abs().sum()) > 0  # update noise from the OS
+    assert mechanism.noisy_unclipped_fraction != 0.0  # count noise too (sigma_b = 4/20)
+    assert mechanism.clip_norm != START
