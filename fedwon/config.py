@@ -51,11 +51,7 @@ from pydantic import (
 )
 
 from fedwon.clients.spec import TrainSpec
-from fedwon.datasets.spec import DataSpec
-from fedwon.models.spec import ModelSpec
-from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
-from fedwon.protocol import ClientConfig
-from fedwon.section import (
+from fedwon.common.section import (
     ConfigError,
     NonNegativeFloat,
     NonNegativeInt,
@@ -63,7 +59,12 @@ from fedwon.section import (
     Section,
     check_scalar,
 )
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
+from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
+from fedwon.protocol import ClientConfig
 from fedwon.strategies.methods import METHODS
+from fedwon.strategies.participation import Participation
 from fedwon.strategies.spec import ServerSpec
 
 Scalar = bool | int | float | str
@@ -105,7 +106,7 @@ class EngineSpec(Section):
 
 
 TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
-"""The experiment trackers ``track`` may name (:mod:`fedwon.trackers` implements them)."""
+"""The experiment trackers ``track`` may name (:mod:`fedwon.run.trackers` implements them)."""
 
 
 class OutputSpec(Section):
@@ -230,13 +231,13 @@ class RunConfig(BaseModel):
     def _consistent(self) -> RunConfig:
         """The rules that span sections."""
         norm = self.resolved_norm  # the method's norms (raises ValueError)
-        self.dp_check()  # the dp.* settings against the cohort, population and model
         server, data = self.server, self.data
         if server.clients_per_round > data.num_clients:
             raise ValueError(
                 f"clients_per_round={server.clients_per_round} exceeds "
                 f"num_clients={data.num_clients}"
             )
+        self.dp_check()  # the dp.* settings against the cohort, schedule, population and model
         if server.min_clients > self.sampled_per_round:
             raise ValueError(
                 f"min_clients={server.min_clients} exceeds the {self.sampled_per_round} clients "
@@ -265,6 +266,11 @@ class RunConfig(BaseModel):
         """Clients asked to train each round."""
         return self.server.sampled(self.data.num_clients)
 
+    @property
+    def participation(self) -> Participation:
+        """Who trains when (``participation``: uniform sampling or cyclic groups)."""
+        return self.server.schedule(self.data.num_clients)
+
     def client_config(self) -> ClientConfig:
         """What travels to clients: the data, model (norm resolved), train and dp sections as
         they are, the seed and the number of rounds (the horizon of a DP-SGD target)."""
@@ -287,6 +293,8 @@ class RunConfig(BaseModel):
             norm=self.resolved_norm,
             agc_clip=self.train.agc_clip,
             proximal_mu=self.server.proximal_mu,
+            participation=self.participation,
+            num_rounds=self.server.num_rounds,
         )
 
     # ---- (de)serialisation --------------------------------------------------------------------

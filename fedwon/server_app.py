@@ -24,11 +24,11 @@ from flwr.serverapp.strategy import Strategy
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.datasets.spec import IN_CHANNELS
-from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
-from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
-from fedwon.process_guard import start_guard
-from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
-from fedwon.run_dir import lock_run_dir, resolve_out
+from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history, prior_state
+from fedwon.run.directory import lock_run_dir, resolve_out
+from fedwon.run.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
+from fedwon.run.process_guard import start_guard
+from fedwon.run.recorder import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.strategies import (
     METHODS,
     RoundCallback,
@@ -114,6 +114,7 @@ def run_server(
                 )
         recorder.server_state = lambda: snapshot_server_state(strategy)
         recorder.privacy_history = privacy.history
+        recorder.privacy_state = privacy.state
         strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
         client_record = cfg.client_config().to_record()
         if last > start_round:
@@ -157,7 +158,7 @@ def privacy_wrap(
     checkpoint: Checkpoint | None = None,
 ) -> PrivacyWrap:
     """The DP wrapper assembly for ``cfg`` (:class:`~fedwon.privacy.assembly.PrivacyWrap`),
-    continuing the privacy ledger of a resumed run's ``checkpoint``."""
+    continuing the privacy ledger and the mechanism's state of a resumed run's ``checkpoint``."""
     run = DPRun(
         dp=cfg.dp,
         check=cfg.dp_check(),
@@ -165,9 +166,13 @@ def privacy_wrap(
         num_clients=cfg.data.num_clients,
         num_rounds=cfg.server.num_rounds,
         seed=cfg.seed,
+        participation=cfg.participation,
     )
-    prior = prior_history(run, checkpoint.round, checkpoint.privacy) if checkpoint else []
-    return PrivacyWrap(run, wrap, prior)
+    if checkpoint is None:
+        return PrivacyWrap(run, wrap)
+    prior = prior_history(run, checkpoint.round, checkpoint.privacy)
+    state = prior_state(run, checkpoint.round, checkpoint.privacy_state)
+    return PrivacyWrap(run, wrap, prior, state)
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,7 @@ def main(grid: Grid, context: Context) -> None:
             settings = settings_from_run_config(dict(context.run_config))
             out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
             start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
-            # one writer per run directory, held until the run has ended (fedwon.run_lock)
+            # one writer per run directory, held until the run has ended (fedwon.run.lock)
             held.enter_context(
                 lock_run_dir(out_dir, resume=settings.resume, overwrite=settings.overwrite)
             )

@@ -83,8 +83,10 @@ PLANS: dict[str, Plan] = {
     "fedwon deploy local --nodes 2 --rounds 2": Plan(
         PARSE, slow_extra=["--set", "model=cnn-tiny", "train_per_domain=40", "test_per_domain=20"]
     ),
+    "fedwon study --estimate --jobs 2": Plan(RUN),  # prints the plan's cost, runs nothing
     "fedwon study --part cross_silo": Plan(
-        PARSE, slow_extra=["--quick", "--cache", "study", "--out", "study/report"]
+        PARSE,
+        slow_extra=["--quick", "--cache", "study", "--records", "study/rec", "--out", "study/out"],
     ),
     "fedwon report": Plan(NAME),
     "fedwon data export": Plan(NAME),  # named in the data row; tests/datasets/test_hf.py runs it

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from fedwon.cli import cli
 from fedwon.config import TRACKER_NAMES, ConfigError, load_config, make_config
-from fedwon.results import Row
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import Row
+from fedwon.run.trackers import MLFLOW_DIR, TRACKERS, check_trackers, row_metrics
 from fedwon.simulation import run_simulation
-from fedwon.trackers import MLFLOW_DIR, TRACKERS, check_trackers, row_metrics
 
 SIMS = Path(__file__).resolve().parents[1] / "sims"
 TINY = [

@@ -29,8 +29,8 @@ from fedwon.cli.console import (
 )
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.protocol import EPSILON_METRIC
-from fedwon.results import Row, final_metrics
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import Row, final_metrics
 
 __all__ = ["default_out", "round_line", "round_progress", "run"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import field_serializer, model_validator
 
+from fedwon.common.section import Section
 from fedwon.datasets.errors import DataError
-from fedwon.section import Section
 
 IN_CHANNELS = 3  # every fedwon data set yields RGB images (grey domains are replicated)
 CHOICES: dict[str, Collection[str]] = {"dataset": (), "partition": (), "dirichlet_scope": ()}

@@ -32,9 +32,9 @@ from fedwon.deploy.keys import NodeKey, make_node_keys
 from fedwon.deploy.network import LOOPBACK, free_ports, wait_listening
 from fedwon.deploy.plan import Scalar, fit_to_nodes, node_config
 from fedwon.deploy.processes import Process, ProcessSet
-from fedwon.preflight import prepare_run
-from fedwon.run_dir import LOCK_FILE, Row, RunDir
-from fedwon.run_lock import lock_dir
+from fedwon.run.directory import LOCK_FILE, Row, RunDir
+from fedwon.run.lock import lock_dir
+from fedwon.run.preflight import prepare_run
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml declares the app
 DEFAULT_RECIPE = APP_DIR / "sims" / "cross_silo.toml"

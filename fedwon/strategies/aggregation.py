@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
+from fedwon.common.errors import failure_line
+from fedwon.common.records import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
 from fedwon.engine.fastarrays import payload_view
-from fedwon.errors import failure_line
-from fedwon.records import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
 
 log = logging.getLogger(__name__)
 

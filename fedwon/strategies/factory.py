@@ -52,6 +52,7 @@ def build_strategy(
         eval_every=cfg.eval_every,
         round_offset=round_offset,
         on_round=on_round,
+        participation=cfg.schedule(num_clients),
         sampler=aggregator,  # its sample sizes shrink to the connected nodes (deployments)
         # named in errors only where the aggregator steps on its own (a server learning rate)
         server_step=(

@@ -6,6 +6,8 @@ wrappers: it holds the inner strategy and delegates every hook, adding
 - *seeded sampling*: Flower samples nodes with the global ``random`` module; it is seeded from
   ``(seed, round, phase)`` before the inner strategy samples, so a run and a resumed run sample
   the same clients;
+- *cyclic participation* (``participation = "cyclic"``, :mod:`fedwon.strategies.participation`):
+  the inner strategy samples a round's training cohort from that round's group only;
 - *faults*: replies with an error, or with NaN/Inf in arrays or metrics, are dropped and logged
   (one line each) **before** any inner wrapper or aggregator sees them; a round with fewer than
   ``min_clients`` usable replies stops the run with a message saying why (Flower would go on,
@@ -41,7 +43,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedwon.records import WEIGHT_KEY
+from fedwon.common.records import WEIGHT_KEY
 from fedwon.strategies.aggregation import (
     non_finite_in,
     reply_order,
@@ -49,6 +51,7 @@ from fedwon.strategies.aggregation import (
     total_weight,
 )
 from fedwon.strategies.nodes import NodeTracker, NodeView
+from fedwon.strategies.participation import Participation
 from fedwon.strategies.spec import FLOWER_ROUND_TIMEOUT_S
 from fedwon.strategies.streaming import RunningMean, streams
 
@@ -99,11 +102,14 @@ class RoundRules(Strategy):
         on_round: RoundCallback | None = None,
         server_step: str = "",
         sampler: FedAvg | None = None,
+        participation: Participation | None = None,
     ) -> None:
         """``sampler``: the aggregator (inside any wrappers) whose sample sizes the round rules
         lower for a round with fewer connected nodes; without it Flower's sampling waits for
-        every node it was sized for."""
+        every node it was sized for. ``participation``: who may train when (None: any node,
+        Flower's uniform sampling)."""
         self.strategy = strategy
+        self.participation = participation
         self.sampler = sampler
         self.nodes = NodeTracker(flower_log)
         self.timeout = FLOWER_ROUND_TIMEOUT_S  # set by start()
@@ -239,7 +245,17 @@ class RoundRules(Strategy):
     def _sampling(self, server_round: int, phase: str, grid: Grid) -> Iterator[Grid]:
         """The grid the inner strategy samples from: ``grid`` itself while every node it was
         sized for is there (simulation, a healthy deployment), else a :class:`NodeView` of the
-        available nodes, with the sampler's minimum sizes lowered to them for the call."""
+        available nodes, with the sampler's minimum sizes lowered to them for the call. Under
+        cyclic participation a training round sees only its group."""
+        cyclic = self.participation is not None and self.participation.cyclic
+        if cyclic and phase == "train":
+            assert self.participation is not None
+            try:
+                group = self.participation.members(server_round, list(grid.get_node_ids()))
+            except ValueError as err:
+                raise RoundFailedError(f"round {server_round}: {err}") from None
+            yield NodeView(grid, group)
+            return
         sampler = self.sampler
         if sampler is None:
             yield grid

@@ -16,8 +16,8 @@ from fedwon.cli import cli
 from fedwon.config import load_config
 from fedwon.datasets import DataError, DataSpec, build_federation, load_domain_arrays
 from fedwon.datasets.export import export_embedded
-from fedwon.results import per_domain
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import per_domain
 from fedwon.simulation import run_simulation
 
 datasets = pytest.importorskip("datasets")  # the optional extra: fedwon[hf]

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from loopback import SMALL, assert_nothing_left, fitted, run_config_for
 
-from fedwon.checkpoint import load_checkpoint
 from fedwon.config import make_config, read_recipe
 from fedwon.deploy.certs import make_certificates
 from fedwon.deploy.diagnose import supernode_exit
@@ -22,7 +21,8 @@ from fedwon.deploy.errors import DeployError
 from fedwon.deploy.keys import make_node_key, make_node_keys
 from fedwon.deploy.local import APP_DIR, LocalFederation, LocalResult, Node, deploy_local
 from fedwon.deploy.plan import node_config
-from fedwon.run_dir import RunDir
+from fedwon.run.checkpoint import load_checkpoint
+from fedwon.run.directory import RunDir
 from fedwon.simulation import run_simulation
 
 RESULT_FILES = ("config.toml", "metrics.jsonl", "summary.json", "per_domain.csv", "accuracy.png")

@@ -1,4 +1,4 @@
-"""Experiment trackers: each round's metrics, as :class:`fedwon.results.RunRecorder` records
+"""Experiment trackers: each round's metrics, as :class:`fedwon.run.recorder.RunRecorder` records
 them, also go to TensorBoard, MLflow or Weights & Biases (``track = "tensorboard,mlflow,wandb"``).
 
 Researchers compare runs in the tools they already use; ``metrics.jsonl`` stays the record of a
@@ -47,10 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedwon.checkpoint import write_text_atomic
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError, RunConfig
-from fedwon.errors import error_line
-from fedwon.run_dir import TENSORBOARD_DIR, TRACKERS_FILE, Row
+from fedwon.run.checkpoint import write_text_atomic
+from fedwon.run.directory import TENSORBOARD_DIR, TRACKERS_FILE, Row
 
 __all__ = [
     "EXTRA",
