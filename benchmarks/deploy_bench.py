@@ -28,7 +28,7 @@ from benchmarks.cross_device_bench import machine
 from benchmarks.report import write_section
 from fedwon.config import make_config, read_recipe
 from fedwon.deploy.local import DEFAULT_RECIPE, deploy_local
-from fedwon.run_dir import Row
+from fedwon.run.directory import Row
 from fedwon.simulation import run_simulation
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"

@@ -28,14 +28,12 @@ from flwr.app.user_config import UserConfig
 from pydantic import ValidationError
 
 from fedwon.clients.spec import TrainSpec
-from fedwon.datasets.spec import DataSpec
-from fedwon.models.spec import ModelSpec
-from fedwon.privacy.config import DPConfig
-from fedwon.records import (  # noqa: F401  (re-exported: the wire contract names them)
+from fedwon.common.records import (  # noqa: F401  (re-exported: the wire contract names them)
     ACCURACY,
     ARRAYS,
     CLIENT,
     CLIP_NORM_KEY,
+    CLIP_NORM_METRIC,
     CLIPPED_METRIC,
     CLIPPING_KEY,
     CONFIG,
@@ -58,9 +56,13 @@ from fedwon.records import (  # noqa: F401  (re-exported: the wire contract name
     RUN_OUT_KEY,
     SPLIT_KEY,
     TRAIN_LOSS,
+    UNCLIPPED_KEY,
     WEIGHT_KEY,
 )
-from fedwon.section import Section
+from fedwon.common.section import Section
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
+from fedwon.privacy.config import DPConfig
 
 log = logging.getLogger(__name__)
 

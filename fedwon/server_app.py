@@ -28,11 +28,11 @@ from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.datasets.spec import IN_CHANNELS
 from fedwon.engine.replies import PromptReplies
-from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
-from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
-from fedwon.process_guard import start_guard
-from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
-from fedwon.run_dir import lock_run_dir, resolve_out
+from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history, prior_state
+from fedwon.run.directory import lock_run_dir, resolve_out
+from fedwon.run.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
+from fedwon.run.process_guard import start_guard
+from fedwon.run.recorder import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.strategies import (
     METHODS,
     RoundCallback,
@@ -83,50 +83,58 @@ def run_server(
     arrays = initial_arrays(cfg)
     holder = grid if isinstance(grid, ClientStateHolder) else None
     recorder = RunRecorder(out_dir, cfg, client_states=holder)
-    ckpt = recorder.load_resume() if resume else None
-    if ckpt is None:
-        check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public API)
-    start_round = ckpt.round if ckpt is not None else 0
+    with recorder:  # the trackers' runs end, as failed on an exception
+        ckpt = recorder.load_resume() if resume else None
+        if ckpt is None:
+            check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public)
+        start_round = ckpt.round if ckpt is not None else 0
+        short_rounds = 0  # rounds that ran with fewer nodes than planned (dead or stalled ones)
 
-    def record(report: RoundReport) -> None:
-        row = recorder.record(
-            report.round,
-            report.arrays,
-            report.train_metrics,
-            report.evaluate_metrics,
-            dropped=len(report.dropped),
-        )
-        if on_round is not None:
-            on_round(row)
-
-    # built (noise calibrated against the rounds already run) before the resume writes
-    privacy = privacy_wrap(cfg, wrap, checkpoint=ckpt)
-    strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
-    last = privacy.last_round(start_round)
-    if ckpt is not None:
-        recorder.resume(ckpt)
-        arrays = ckpt.arrays
-        restore_server_state(strategy, ckpt.server_state)
-        if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
-            log.warning(
-                "resuming FedBN without the clients' local layers (this engine does not "
-                "checkpoint Context.state): clients restart them from the initial model, "
-                "except on SuperNodes that keep their state (node config state-dir); "
-                "use engine='fast' to resume exactly"
+        def record(report: RoundReport) -> None:
+            nonlocal short_rounds
+            short_rounds += report.missing_nodes
+            row = recorder.record(
+                report.round,
+                report.arrays,
+                report.train_metrics,
+                report.evaluate_metrics,
+                dropped=len(report.dropped),
             )
-    recorder.server_state = lambda: snapshot_server_state(strategy)
-    recorder.privacy_history = privacy.history
-    strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
-    client_record = cfg.client_config().to_record()
-    if last > start_round:
-        strategy.start(
-            grid,
-            arrays,
-            num_rounds=last - start_round,
-            train_config=client_record,
-            evaluate_config=ConfigRecord(dict(client_record)),
-        )
-    summary = recorder.finish(privacy.summary(recorder.rows))
+            if on_round is not None:
+                on_round(row)
+
+        # built (noise calibrated against the rounds already run) before the resume writes
+        privacy = privacy_wrap(cfg, wrap, checkpoint=ckpt)
+        strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
+        last = privacy.last_round(start_round)
+        if ckpt is not None:
+            recorder.resume(ckpt)
+            arrays = ckpt.arrays
+            restore_server_state(strategy, ckpt.server_state)
+            if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
+                log.warning(
+                    "resuming FedBN without the clients' local layers (this engine does not "
+                    "checkpoint Context.state): clients restart them from the initial model, "
+                    "except on SuperNodes that keep their state (node config state-dir); "
+                    "use engine='fast' to resume exactly"
+                )
+        recorder.server_state = lambda: snapshot_server_state(strategy)
+        recorder.privacy_history = privacy.history
+        recorder.privacy_state = privacy.state
+        strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
+        client_record = cfg.client_config().to_record()
+        if last > start_round:
+            strategy.start(
+                grid,
+                arrays,
+                num_rounds=last - start_round,
+                timeout=cfg.server.reply_timeout,
+                train_config=client_record,
+                evaluate_config=ConfigRecord(dict(client_record)),
+            )
+        # rounds_with_missing_nodes: of the rounds this process ran (a resumed run counts its own)
+        extra = {"rounds_with_missing_nodes": short_rounds, **privacy.summary(recorder.rows)}
+        summary = recorder.finish(extra)
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
 
 
@@ -156,7 +164,7 @@ def privacy_wrap(
     checkpoint: Checkpoint | None = None,
 ) -> PrivacyWrap:
     """The DP wrapper assembly for ``cfg`` (:class:`~fedwon.privacy.assembly.PrivacyWrap`),
-    continuing the privacy ledger of a resumed run's ``checkpoint``."""
+    continuing the privacy ledger and the mechanism's state of a resumed run's ``checkpoint``."""
     run = DPRun(
         dp=cfg.dp,
         check=cfg.dp_check(),
@@ -164,9 +172,13 @@ def privacy_wrap(
         num_clients=cfg.data.num_clients,
         num_rounds=cfg.server.num_rounds,
         seed=cfg.seed,
+        participation=cfg.participation,
     )
-    prior = prior_history(run, checkpoint.round, checkpoint.privacy) if checkpoint else []
-    return PrivacyWrap(run, wrap, prior)
+    if checkpoint is None:
+        return PrivacyWrap(run, wrap)
+    prior = prior_history(run, checkpoint.round, checkpoint.privacy)
+    state = prior_state(run, checkpoint.round, checkpoint.privacy_state)
+    return PrivacyWrap(run, wrap, prior, state)
 
 
 @dataclass(frozen=True)
@@ -238,7 +250,7 @@ def main(grid: Grid, context: Context) -> None:
                 grid = PromptReplies(grid, settings.reply_poll)
             out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
             start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
-            # one writer per run directory, held until the run has ended (fedwon.run_lock)
+            # one writer per run directory, held until the run has ended (fedwon.run.lock)
             held.enter_context(
                 lock_run_dir(out_dir, resume=settings.resume, overwrite=settings.overwrite)
             )

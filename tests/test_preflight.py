@@ -11,7 +11,7 @@ from fedwon.config import ConfigError, make_config
 from fedwon.datasets import DataError
 from fedwon.engine.executors import InProcessExecutor
 from fedwon.engine.grid import FastGrid
-from fedwon.preflight import prepare_run, wait_for_nodes
+from fedwon.run.preflight import prepare_run, wait_for_nodes
 
 TINY: dict[str, Any] = {"model": "cnn-tiny", "train_per_domain": 20, "test_per_domain": 10}
 
@@ -81,7 +81,7 @@ def test_the_server_app_reads_its_flwr_run_settings() -> None:
 def test_a_server_facing_supernodes_checks_metadata_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedwon.preflight as preflight
+    import fedwon.run.preflight as preflight
 
     def refuse(*args: object) -> None:
         raise AssertionError("the server opened client data")

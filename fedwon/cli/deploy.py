@@ -67,7 +67,7 @@ def local(
 ) -> None:
     """Run a recipe on a SuperLink and N SuperNodes on this machine (loopback gRPC)."""
     from fedwon.deploy.local import APP_DIR, DEFAULT_RECIPE, deploy_local
-    from fedwon.process_guard import start_guard
+    from fedwon.run.process_guard import start_guard
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     stopped = ": every process of the deployment was stopped"

@@ -38,10 +38,10 @@ from fedwon.deploy.keys import NodeKey, make_node_keys
 from fedwon.deploy.network import LOOPBACK, free_ports, wait_listening
 from fedwon.deploy.plan import Scalar, fit_to_nodes, node_config
 from fedwon.deploy.processes import Process, ProcessSet
-from fedwon.preflight import prepare_run
 from fedwon.protocol import NODE_STATE_DIR
-from fedwon.run_dir import LOCK_FILE, Row, RunDir
-from fedwon.run_lock import lock_dir
+from fedwon.run.directory import LOCK_FILE, Row, RunDir
+from fedwon.run.lock import lock_dir
+from fedwon.run.preflight import prepare_run
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml declares the app
 DEFAULT_RECIPE = APP_DIR / "sims" / "cross_silo.toml"
@@ -54,7 +54,10 @@ Event = Callable[[str], None]
 
 @dataclass
 class Node:
-    """A started SuperNode; ``required``: the run cannot go on without it."""
+    """A started SuperNode; ``required``: the run cannot start without it. Once it has joined,
+    its exit is reported once and the rounds go on with the others (the server samples the
+    connected nodes, see ``round_timeout``); the run stops only if the server then waits for
+    nodes that will not come."""
 
     name: str
     process: Process
@@ -218,7 +221,7 @@ class LocalFederation:
                 retries = diagnose.connection_retries(text)
                 if node.required and retries >= diagnose.RETRIES_BEFORE_FAILING:
                     raise DeployError(diagnose.retrying(node.name, log, retries, self.tls))
-            elif node.required:
+            elif node.required and not diagnose.joined(text):
                 raise DeployError(diagnose.supernode_exit(node.name, code, log, text))
             elif not node.warned:
                 if on_event is not None:

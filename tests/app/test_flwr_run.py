@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
 from fedwon.server_app import NODE_TIMEOUT_S, REPLY_POLL_S, RUN_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]

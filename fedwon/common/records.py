@@ -30,6 +30,9 @@ SPLIT_KEY = "dp-split"  # uniform | dim
 # carries its client's own epsilon and the round's aggregate is the max over its clients.
 EPSILON_METRIC = "epsilon"
 CLIPPED_METRIC = "clipped_fraction"  # train MetricRecord under DP: share of updates clipped
+CLIP_NORM_METRIC = "clip_norm"  # train MetricRecord, adaptive clipping: the round's bound C_t
+# train reply MetricRecord, set by dp_clipping_mod: 1 if clipping left the update untouched
+UNCLIPPED_KEY = "dp-unclipped"
 TRAIN_LOSS = "train_loss"
 ACCURACY = "accuracy"
 LOSS = "loss"
