@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install $(TORCH)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,track,hf]"  # track, hf: their tests read each tool back
 	touch $@
 
 setup: $(VENV)/.installed
@@ -51,8 +51,11 @@ gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu_check --out runs/gpu-check
 
 # The FedWon paper's comparisons -> docs/results.md, docs/results.json, docs/img/ (hours of CPU;
-# finished runs are reused from runs/study/, interrupted ones resumed). JOBS=N trains N runs at
-# once (each on one thread: the results do not depend on N).
+# `fedwon study --estimate --jobs 2` says how many). Each finished run's record lands in
+# docs/study/ (commit it): a run whose record answers is not trained again, so on a fresh clone
+# this rebuilds the report without training; checkpoints stay in runs/study/, where halving
+# resumes runs from rung to rung. JOBS=N trains N runs at once (each on one thread: the results
+# do not depend on N).
 JOBS ?= 1
 report: setup
 	$(BIN)/python -m fedwon.cli study --jobs $(JOBS)

@@ -1,18 +1,21 @@
 """Cross-device speed and memory: fedwon's fast engine against its real peers, in one run.
 
 Speed (same workload everywhere — see ``benchmarks.workloads``), in this order:
-  1. in-process, interleaved repeats (lean loop, state-dict loop, pfl, fast engine, lean, ...):
-     - the lean bare PyTorch loop (the limit: ``workloads.lean_fedavg``),
+  1. in-process, interleaved repeats (lean loops, state-dict loop, pfl, fast engine, lean, ...):
+     - the lean bare PyTorch loop (the limit: ``workloads.lean_fedavg``), with Flower's
+       ``FedAvg`` cohorts and arithmetic, and with ``RoundRules``' cohorts and streamed mean,
      - the bare loop with state-dict clones (``workloads.bare_fedavg``),
      - apple/pfl-research's ``SimulatedBackend`` (``benchmarks.pfl_workload``; a row saying
        so when pfl is not installed),
-     - the fast engine in-process running the tutorial ClientApp under Flower's ``FedAvg``;
+     - the fast engine in-process running the tutorial ClientApp under ``RoundRules(FedAvg)``
+       (streamed, what ``fedwon run`` builds), under Flower's ``FedAvg`` alone, and the
+       latter with Flower's records as they are;
   2. the fast engine with Ray actors (repeats), then Flower's ``run_simulation`` (once: it is
      an order of magnitude slower, and it shuts Ray down when it finishes).
 A run's steady time per round is the median of its rounds after a warm-up; a row reports the
-median over its runs, their spread, and the per-client overhead: (ms/round - lean ms/round) /
-clients per round. Start-up is the time steady rounds do not explain (Ray, actors, first
-rounds).
+median over its runs, their spread, and the per-client overhead: (ms/round - ms/round of the
+lean loop doing the same work) / clients per round. Start-up is the time steady rounds do not
+explain (Ray, actors, first rounds).
 
 Memory: peak RSS of the fast engine with 1,000 vs 10,000 clients, each in a fresh subprocess.
 
@@ -72,6 +75,7 @@ class System:
     run: Callable[[int], Run]
     fedavg_weights: bool = True  # aggregates like FedAvg: its weights can equal the lean loop's
     in_process: bool = True  # all its work in this process: its CPU time per round is its cost
+    limit: str = "lean"  # the lean loop doing the same work (cohorts, arithmetic): its limit
     runs: list[Run] = field(default_factory=list)
 
 
@@ -119,6 +123,11 @@ def run_lean(rounds: int) -> Run:
     return _timed(lambda st: w.lean_fedavg(rounds, round_times=st))
 
 
+def run_lean_streamed(rounds: int) -> Run:
+    """The lean bare loop with ``RoundRules``' cohorts and streamed mean."""
+    return _timed(lambda st: w.lean_fedavg(rounds, round_times=st, streamed=True))
+
+
 def run_bare(rounds: int) -> Run:
     """The bare loop with state-dict clones."""
     return _timed(lambda st: w.bare_fedavg(rounds, round_times=st))
@@ -129,13 +138,16 @@ def run_pfl(rounds: int) -> Run:
     return _timed(lambda st: pfl_workload.pfl_fedavg(rounds, round_times=st))
 
 
-def run_fast(rounds: int, num_workers: int, fast_arrays: bool = True) -> Run:
+def run_fast(
+    rounds: int, num_workers: int, fast_arrays: bool = True, round_rules: bool = False
+) -> Run:
     """The fast engine with the tutorial ClientApp (``num_workers`` 0 = in-process);
-    ``fast_arrays=False`` leaves Flower's record layer as it is (``.npy`` bytes)."""
+    ``fast_arrays=False`` leaves Flower's record layer as it is (``.npy`` bytes);
+    ``round_rules``: Flower's FedAvg inside fedwon's ``RoundRules`` (streamed)."""
     from fedwon.engine import run_fast as engine_run_fast
 
     rec = w.RunRecord()
-    app = w.make_server_app(rounds, record=rec)
+    app = w.make_server_app(rounds, record=rec, round_rules=round_rules)
     t0 = time.perf_counter()
     engine_run_fast(
         app, CLIENT_APP_REF, w.NUM_CLIENTS, num_workers=num_workers, fast_arrays=fast_arrays
@@ -159,12 +171,30 @@ def in_process_systems() -> list[System]:
     """The systems measured with interleaved repeats in this process (pfl if installed)."""
     systems = [
         System("lean", "bare PyTorch loop, lean (the limit)", run_lean),
+        System(
+            "lean-stream",
+            "bare PyTorch loop, lean, fedwon's cohorts and streamed mean (its limit)",
+            run_lean_streamed,
+            limit="lean-stream",
+        ),
         System("bare", "bare PyTorch loop, state-dict clones", run_bare),
     ]
     if pfl_workload.available():
         label = f"pfl-research {pfl_workload.PFL_VERSION}, SimulatedBackend in-process"
         systems.append(System("pfl", label, run_pfl, fedavg_weights=False))
-    systems.append(System("fast", "fedwon fast engine, in-process", lambda n: run_fast(n, 0)))
+    systems.append(
+        System(
+            "fast-stream",
+            "**fedwon fast engine, in-process, `RoundRules(FedAvg)`: streamed (`fedwon run`)**",
+            lambda n: run_fast(n, 0, round_rules=True),
+            limit="lean-stream",
+        )
+    )
+    systems.append(
+        System(
+            "fast", "fedwon fast engine, in-process, Flower's `FedAvg`", lambda n: run_fast(n, 0)
+        )
+    )
     systems.append(
         System(
             "fast-bytes",
@@ -220,11 +250,11 @@ def measure(rounds: int, repeats: int, flower_rounds: int) -> list[System]:
 
 
 def summarise(systems: list[System]) -> list[Row]:
-    """One row per system: medians over runs, overhead per client against the lean loop."""
-    lean = next(s for s in systems if s.key == "lean")
-    lean_final = lean.runs[0].final
+    """One row per system: medians over runs, overhead per client against its lean loop."""
+    finals = {s.key: s.runs[0].final for s in systems if s.key.startswith("lean")}
     rows: list[Row] = []
     for s in systems:
+        lean_final = finals[s.limit]
         per_run = [steady_ms_per_round(r.stamps) for r in s.runs]
         cpu_per_run = [steady_ms_per_round(r.stamps, cpu=True) for r in s.runs]
         ms = statistics.median(per_run)
@@ -250,18 +280,29 @@ def summarise(systems: list[System]) -> list[Row]:
                 "rounds_per_s": 1000 / ms,
                 "startup_s": statistics.median(startups),
                 "equal_to_lean": equal,
+                "limit": s.limit,
+                "per_run_ms": per_run,
             }
         )
-    lean_ms, lean_cpu = rows[0]["ms_per_round"], rows[0]["cpu_ms_per_round"]
+    limits = {r["key"]: r for r in rows if r["key"].startswith("lean")}
     for r in rows:
+        lean = limits[r["limit"]]
+        lean_ms, lean_cpu = lean["ms_per_round"], lean["cpu_ms_per_round"]
         r["vs_lean"] = r["ms_per_round"] / lean_ms
         r["overhead_ms_per_client"] = (r["ms_per_round"] - lean_ms) / w.CLIENTS_PER_ROUND
         cpu = r["cpu_ms_per_round"]
         r["cpu_overhead_ms_per_client"] = (
             None if cpu is None else (cpu - lean_cpu) / w.CLIENTS_PER_ROUND
         )
+        # run by run against the lean run interleaved with it: the spread of the overhead
+        if len(r["per_run_ms"]) == len(lean["per_run_ms"]) and r is not lean:
+            paired = [
+                (a - b) / w.CLIENTS_PER_ROUND
+                for a, b in zip(r["per_run_ms"], lean["per_run_ms"], strict=True)
+            ]
+            r["overhead_spread"] = (min(paired), max(paired))
     if not pfl_workload.available():
-        rows.insert(2, {"bench": "speed", "key": "pfl", "missing": True})
+        rows.insert(3, {"bench": "speed", "key": "pfl", "missing": True})
     return rows
 
 
@@ -360,7 +401,7 @@ def _equal_cell(r: Row) -> str:
     if r["key"] == "pfl":
         return "n/a (uniform weights)"
     eq = r["equal_to_lean"]
-    if eq is None or r["key"] == "lean":
+    if eq is None or r["key"].startswith("lean"):
         return ""
     return "yes" if eq else "no"
 
@@ -375,8 +416,8 @@ def _cpu_cells(r: Row) -> str:
 def speed_markdown(rows: list[Row]) -> str:
     """The speed table."""
     lines = [
-        "| system | ms/round | rounds/s | time vs lean | overhead ms/client | CPU ms/round "
-        "| CPU overhead ms/client | runs x rounds: ms/round min-max | start-up s "
+        "| system | ms/round | rounds/s | time vs lean | overhead ms/client (run by run) "
+        "| CPU ms/round | CPU overhead ms/client | runs x rounds: ms/round min-max | start-up s "
         "| final weights == lean |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
@@ -388,9 +429,12 @@ def speed_markdown(rows: list[Row]) -> str:
             )
             continue
         spread = f"{r['runs']} x {r['rounds']}: {r['ms_min']:.1f}-{r['ms_max']:.1f}"
+        overhead = f"{r['overhead_ms_per_client']:.2f}"
+        if "overhead_spread" in r:
+            overhead += " ({:.2f} to {:.2f})".format(*r["overhead_spread"])
         lines.append(
             f"| {r['engine']} | {r['ms_per_round']:.1f} | {r['rounds_per_s']:.1f} "
-            f"| {r['vs_lean']:.2f}x | {r['overhead_ms_per_client']:.2f} | {_cpu_cells(r)} "
+            f"| {r['vs_lean']:.2f}x | {overhead} | {_cpu_cells(r)} "
             f"| {spread} | {r['startup_s']:.1f} | {_equal_cell(r)} |"
         )
     return "\n".join(lines)
@@ -432,27 +476,33 @@ def speed_note(rows: list[Row]) -> str:
     load = ", ".join(f"{x:.1f}" for x in speed[0]["load_before"]) if speed else "?"
     return (
         "Workload: 1,000 clients x 1-2 digits (1x28x28), 10 clients/round, batch size 1, "
-        "1 local epoch, CNN 421,642 params, SGD 0.05. fedwon and Flower rows: Flower's own "
-        "`FedAvg` (train only) and a tutorial-style ClientApp (`ArrayRecord(model."
-        "state_dict())`, one cached model per process). Lean loop: parameters copied in place "
-        "into one reused model, each client added to a running weighted sum; its weights are "
-        "bitwise FedAvg's. pfl: `FederatedAveraging` on `SimulatedBackend`, uniform user "
-        "weights, same users per round. ms/round: median of each run's rounds after "
-        f"{WARMUP_ROUNDS} warm-up rounds, then the median over runs (in-process systems "
-        "interleaved in table order, run after run); overhead ms/client = "
-        "(ms/round - lean ms/round) / 10. CPU columns: the same from this process's CPU "
-        "time, which leaves out the time other jobs on a shared machine keep it waiting "
-        "(in-process systems only; Ray and Flower work in other processes). One torch "
-        f"thread per process; load average {load} when the runs started (other jobs share "
-        "these cores: compare rows within one table, not across tables).\n\n"
+        "1 local epoch, CNN 421,642 params, SGD 0.05. fedwon and Flower rows: a tutorial-style "
+        "ClientApp (`ArrayRecord(model.state_dict())`, one cached model per process) under "
+        "Flower's own `FedAvg` (train only), either inside fedwon's `RoundRules` (what "
+        "`fedwon run` builds: its cohorts, seeded per round, and the streamed mean) or on its "
+        "own. Lean loops: parameters copied in place into one reused model, each client "
+        "added to a running weighted sum: with Flower's `FedAvg` cohorts and arithmetic, or "
+        "with `RoundRules`' cohorts and streamed mean; each one's weights are bitwise those of "
+        "the rows measured against it. pfl: `FederatedAveraging` on `SimulatedBackend`, "
+        "uniform user weights, the same users per round as Flower's `FedAvg`. ms/round: "
+        f"median of each run's rounds after {WARMUP_ROUNDS} warm-up rounds, then the median "
+        "over runs (in-process systems interleaved in table order, run after run); overhead "
+        "ms/client = (ms/round - its lean loop's ms/round) / 10, in brackets the lowest and "
+        "highest of the same difference run by run (each run against the lean run "
+        "interleaved with it). CPU columns: the same from this process's CPU time, which "
+        "leaves out the time other jobs on a shared machine keep it waiting (in-process "
+        "systems only; Ray and Flower work in other processes). One torch thread per "
+        f"process; load average {load} when the runs started (other jobs share these cores: "
+        "compare rows within one table, not across tables).\n\n"
     )
 
 
 BREAKDOWN_NOTE = (
-    "Where the per-client overhead goes, measured inside runs (`benchmarks/"
-    "overhead_breakdown.py`): each step of a client's round timed in place, in CPU time, "
-    "the lean loop and the fast engine interleaved, median over runs; training is the same "
-    "code in both and is left out of the totals.\n\n"
+    "Where the per-client overhead of the streamed row goes, measured inside runs "
+    "(`benchmarks/overhead_breakdown.py`): each step of a client's round timed in place, in "
+    "CPU time, the lean loop (fedwon's cohorts, streamed mean) and the fast engine "
+    "(`RoundRules(FedAvg)`) interleaved, median over runs; training is the same code in both "
+    "and is left out of the totals.\n\n"
 )
 
 

@@ -158,9 +158,10 @@ STREAMING_NOTE = (
     "while the next round trains: about two models per client of the cohort. Inside fedwon's "
     "`RoundRules` (what `fedwon run` builds; `fedwon.strategies.streaming`) the fast engine's "
     "grid hands replies over one at a time, each client running when the round rules ask "
-    "for its reply; the reply is checked for errors and NaN/Inf, added into one running "
-    "weighted sum and dropped before the next client trains, and FedAvg receives the mean as "
-    "a single reply. Memory is one running sum plus one reply, whatever the cohort; results "
+    "for its reply; the reply (copy-on-write snapshots of the client's model, no copies) is "
+    "checked for errors and NaN/Inf as it is added into one running weighted sum, and "
+    "dropped before the next client trains; FedAvg receives the mean as a single reply. "
+    "Memory is one running sum plus one reply, whatever the cohort; results "
     "equal FedAvg's to rounding (the sum is `sum(w_i x_i) / W` where FedAvg adds "
     "`x_i (w_i / W)`). With Ray actors a batch still returns whole.\n"
 )

@@ -157,12 +157,23 @@ def evaluate_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 # ---- bare PyTorch FedAvg loops (the speed limit) ---------------------------------------
 
 
+def fedwon_cohort(
+    server_round: int, num_clients: int, clients_per_round: int, seed: int
+) -> list[int]:
+    """The clients fedwon's ``RoundRules`` around Flower's ``FedAvg`` train in a round, in the
+    order their replies are folded: Flower's sampling (``random.sample`` over the node ids)
+    after the round rules seed it from (seed, round, phase), then node (= partition) order."""
+    rng = random.Random(f"fedwon:{seed}:{server_round}:train")
+    return sorted(rng.sample(range(num_clients), clients_per_round))
+
+
 def lean_fedavg(
     num_rounds: int,
     num_clients: int = NUM_CLIENTS,
     clients_per_round: int = CLIENTS_PER_ROUND,
     seed: int = SEED,
     round_times: list[Stamp] | None = None,
+    streamed: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The leanest FedAvg loop: the limit any engine is measured against.
 
@@ -172,6 +183,11 @@ def lean_fedavg(
     product). The weights are the sampled clients' example counts, known before training,
     and the arithmetic is Flower's FedAvg's (``x * w`` then ``+=``, in sampling order), so the
     result is bitwise equal to FedAvg's.
+
+    ``streamed``: the same loop with the cohorts and arithmetic of ``RoundRules(FedAvg)``
+    (what ``fedwon run`` builds): :func:`fedwon_cohort`, ``sum(n_i * x_i)`` then one
+    division by ``sum(n_i)`` (``fedwon.strategies.streaming``), so the result is bitwise
+    equal to that strategy's.
     Appends a timestamp after every round to ``round_times`` (first entry: the start).
     """
     global_model = make_model(seed)
@@ -182,25 +198,26 @@ def lean_fedavg(
     rng = random.Random(seed)
     if round_times is not None:
         round_times.append(stamp())
-    for _ in range(num_rounds):
-        data = [
-            client_data(pid, num_clients)
-            for pid in rng.sample(range(num_clients), clients_per_round)
-        ]
+    for server_round in range(1, num_rounds + 1):
+        if streamed:
+            cohort = fedwon_cohort(server_round, num_clients, clients_per_round, seed)
+        else:
+            cohort = rng.sample(range(num_clients), clients_per_round)
+        data = [client_data(pid, num_clients) for pid in cohort]
         total = sum(len(y) for _, y in data)
         sums: list[torch.Tensor] = []
         for x, y in data:
             for dst, src in zip(local_params, global_params, strict=True):
                 dst.copy_(src)
             train_local(local, x, y)
-            weight = len(y) / total
+            weight = float(len(y)) if streamed else len(y) / total
             if not sums:
                 sums = [p * weight for p in local_params]
             else:
                 for acc, p, tmp in zip(sums, local_params, scratch, strict=True):
                     acc += torch.mul(p, weight, out=tmp)
         for dst, src in zip(global_params, sums, strict=True):
-            dst.copy_(src)
+            dst.copy_(src / total if streamed else src)
         if round_times is not None:
             round_times.append(stamp())
     return {k: v.clone() for k, v in global_model.state_dict().items()}

@@ -5,7 +5,9 @@ A message carries the arrays to start from and, in its ``config`` record, the
 :class:`~fedwon.protocol.ClientConfig` (plus whatever Flower's strategies add: FedProx's
 ``proximal-mu`` is honoured, keys this client does not know are ignored). The node's own config
 says which data it holds and what it runs on (:class:`~fedwon.protocol.NodeSettings`). Arrays the
-server did not send (FedBN's normalization layers) stay in the client's ``Context.state``.
+server did not send (FedBN's normalization layers) stay in the client's ``Context.state``; a
+node with a ``state-dir`` also keeps that state on its disk, so a restarted SuperNode or a resumed
+run continues from it (:mod:`fedwon.clients.node_state`).
 With ``dp.level = "sample"`` the client trains with DP-SGD (Opacus) and reports its own
 epsilon, composed over every step it has taken in the run (kept in ``Context.state`` too).
 
@@ -15,6 +17,7 @@ epsilon, composed over every step it has taken in the run (kept in ``Context.sta
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +28,7 @@ from flwr.clientapp.typing import Mod
 
 from fedwon.clients import ContextStateStore, TrainStats, Workspace, evaluate, train_epochs
 from fedwon.clients import workspace as cached_workspace
+from fedwon.clients.node_state import NodeStateDir
 from fedwon.privacy.client_clipping import dp_clipping_mod
 from fedwon.protocol import (
     ACCURACY,
@@ -38,14 +42,18 @@ from fedwon.protocol import (
     PARTITION_KEY,
     PROXIMAL_MU_KEY,
     ROUND_KEY,
+    RUN_OUT_KEY,
     TRAIN_LOSS,
     WEIGHT_KEY,
     ClientConfig,
+    NodeSettings,
     ProtocolError,
     node_partition,
     read_client_config,
     read_node_settings,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,6 +67,8 @@ class ClientJob:
     received: dict[str, torch.Tensor]
     store: ContextStateStore
     config: ConfigRecord
+    server_round: int
+    saved: NodeStateDir | None  # the node's copy of the client's state (node config state-dir)
 
     def identity(self) -> ConfigRecord:
         """Who replied: the server aggregates in partition order and reports per domain."""
@@ -66,7 +76,7 @@ class ClientJob:
         return ConfigRecord({PARTITION_KEY: self.partition_id, DOMAIN_KEY: domain})
 
 
-def prepare(msg: Message, context: Context) -> ClientJob:
+def prepare(msg: Message, context: Context, *, training: bool) -> ClientJob:
     """Load this client's full model state (received + its local layers) into the workspace."""
     config = msg.content.config_records[CONFIG]
     cfg = read_client_config(config)
@@ -83,10 +93,30 @@ def prepare(msg: Message, context: Context) -> ClientJob:
     unknown = sorted(set(received) - set(ws.initial_state))
     if unknown:
         raise ProtocolError(f"received arrays this model does not have: {unknown[:5]}")
+    partition = node_partition(node, ws.federation.num_clients)
+    server_round = int(_number(config, ROUND_KEY, 0))
+    saved = saved_states(node, context, cfg, partition) if server_round else None
+    if saved is not None and len(context.state) == 0:
+        # a fresh Context (a restarted SuperNode, a resumed run): continue from the node's copy
+        found = saved.load(before=server_round if training else server_round + 1)
+        if found is not None:
+            for key, record in found[1].items():
+                context.state[key] = record
+            log.info("client %d continues from its state of round %d", partition, found[0])
     store = ContextStateStore(context, cfg.fingerprint())
     ws.reset(received, store.load())
-    partition = node_partition(node, ws.federation.num_clients)
-    return ClientJob(cfg, ws, partition, received, store, config)
+    return ClientJob(cfg, ws, partition, received, store, config, server_round, saved)
+
+
+def saved_states(
+    node: NodeSettings, context: Context, cfg: ClientConfig, partition: int
+) -> NodeStateDir | None:
+    """Where this node keeps the client's state for this run, if it keeps one: the run is the
+    server's run directory (the same when resumed), else Flower's run id."""
+    if not node.state_dir:
+        return None
+    run = str(context.run_config.get(RUN_OUT_KEY, "")) or f"flower-run-{context.run_id}"
+    return NodeStateDir(node.state_dir, run, partition, cfg.fingerprint())
 
 
 def client_seed(cfg: ClientConfig, server_round: int, partition_id: int) -> int:
@@ -103,9 +133,9 @@ def _number(config: ConfigRecord, key: str, default: float) -> float:
 
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on this client's partition; reply with the keys received."""
-    job = prepare(msg, context)
+    job = prepare(msg, context, training=True)
     cfg, ws = job.cfg, job.ws
-    seed = client_seed(cfg, int(_number(job.config, ROUND_KEY, 0)), job.partition_id)
+    seed = client_seed(cfg, job.server_round, job.partition_id)
     ws.seed(seed)
     x, y = ws.federation.train_data(job.partition_id)
     x, y = x.to(ws.device), y.to(ws.device)
@@ -130,6 +160,8 @@ def train(msg: Message, context: Context) -> Message:
     local = {k: v for k, v in state.items() if k not in job.received}
     if local:
         job.store.save(local)
+    if job.saved is not None and len(context.state):
+        job.saved.save(context.state, job.server_round)
     arrays = ArrayRecord({k: state[k].detach().cpu() for k in job.received})
     metrics = MetricRecord({TRAIN_LOSS: stats.loss, WEIGHT_KEY: stats.num_examples})
     if epsilon is not None:
@@ -191,7 +223,7 @@ def train_dp_sgd(
 
 def evaluate_step(msg: Message, context: Context) -> Message:
     """Evaluate the received model (with this client's local layers) on its test share."""
-    job = prepare(msg, context)
+    job = prepare(msg, context, training=False)
     x, y = job.ws.federation.test_data(job.partition_id)
     stats = evaluate(job.ws.model, x.to(job.ws.device), y.to(job.ws.device))
     metrics = MetricRecord(

@@ -17,7 +17,7 @@ section      keys                                        owner
              num_rounds, clients_per_round, ...
 ``dp``       dp.* (the recipe's ``[dp]`` table)          :class:`fedwon.privacy.DPConfig`
 ``engine``   engine, num_workers, gpus_per_client, ...   :class:`EngineSpec` (here)
-``output``   checkpoint_every                            :class:`OutputSpec` (here)
+``output``   checkpoint_every, track                     :class:`OutputSpec` (here)
 ===========  ==========================================  =======================================
 
 plus the run's ``seed``. Recipe keys stay flat (``lr = 0.05``, ``[dp]`` for ``dp.*``): every
@@ -45,16 +45,13 @@ from pydantic import (
     ConfigDict,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
 from fedwon.clients.spec import TrainSpec
-from fedwon.datasets.spec import DataSpec
-from fedwon.models.spec import ModelSpec
-from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
-from fedwon.protocol import ClientConfig
-from fedwon.section import (
+from fedwon.common.section import (
     ConfigError,
     NonNegativeFloat,
     NonNegativeInt,
@@ -62,7 +59,12 @@ from fedwon.section import (
     Section,
     check_scalar,
 )
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
+from fedwon.privacy.config import DP_PREFIX, DPConfig, DPRunCheck, check_dp_run
+from fedwon.protocol import ClientConfig
 from fedwon.strategies.methods import METHODS
+from fedwon.strategies.participation import Participation
 from fedwon.strategies.spec import ServerSpec
 
 Scalar = bool | int | float | str
@@ -103,10 +105,41 @@ class EngineSpec(Section):
         return value
 
 
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
+"""The experiment trackers ``track`` may name (:mod:`fedwon.run.trackers` implements them)."""
+
+
 class OutputSpec(Section):
-    """What the run directory keeps."""
+    """What the run directory keeps, and which experiment trackers receive its rounds."""
 
     checkpoint_every: NonNegativeInt = 5  # rounds; 0 = never (the final state is always saved)
+    track: tuple[str, ...] | None = None  # trackers, e.g. "tensorboard,mlflow"; None = none
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> Any:
+        """``"tensorboard,mlflow"`` (a recipe, ``--track``) or a list of names; an unknown name
+        is refused here, with the valid ones, so a typo fails before anything runs."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected tracker names, got {value!r}")
+        names: list[str] = []
+        for name in (v.strip().lower() for v in value):
+            if name and name not in TRACKER_NAMES:
+                raise ValueError(
+                    f"unknown tracker {name!r} (valid trackers: {', '.join(TRACKER_NAMES)})"
+                )
+            if name and name not in names:
+                names.append(name)
+        return tuple(names) or None
+
+    @field_serializer("track")
+    def _comma_separated(self, track: tuple[str, ...] | None) -> str | None:
+        """The recipe form (TOML, Flower's run config): comma-separated names."""
+        return ",".join(track) if track else None
 
 
 # The sections of a run config, in the order config.toml lists their keys.
@@ -198,13 +231,13 @@ class RunConfig(BaseModel):
     def _consistent(self) -> RunConfig:
         """The rules that span sections."""
         norm = self.resolved_norm  # the method's norms (raises ValueError)
-        self.dp_check()  # the dp.* settings against the cohort, population and model
         server, data = self.server, self.data
         if server.clients_per_round > data.num_clients:
             raise ValueError(
                 f"clients_per_round={server.clients_per_round} exceeds "
                 f"num_clients={data.num_clients}"
             )
+        self.dp_check()  # the dp.* settings against the cohort, schedule, population and model
         if server.min_clients > self.sampled_per_round:
             raise ValueError(
                 f"min_clients={server.min_clients} exceeds the {self.sampled_per_round} clients "
@@ -233,6 +266,11 @@ class RunConfig(BaseModel):
         """Clients asked to train each round."""
         return self.server.sampled(self.data.num_clients)
 
+    @property
+    def participation(self) -> Participation:
+        """Who trains when (``participation``: uniform sampling or cyclic groups)."""
+        return self.server.schedule(self.data.num_clients)
+
     def client_config(self) -> ClientConfig:
         """What travels to clients: the data, model (norm resolved), train and dp sections as
         they are, the seed and the number of rounds (the horizon of a DP-SGD target)."""
@@ -255,6 +293,8 @@ class RunConfig(BaseModel):
             norm=self.resolved_norm,
             agc_clip=self.train.agc_clip,
             proximal_mu=self.server.proximal_mu,
+            participation=self.participation,
+            num_rounds=self.server.num_rounds,
         )
 
     # ---- (de)serialisation --------------------------------------------------------------------
@@ -391,6 +431,7 @@ RESUMABLE_KEYS = frozenset(
         "fraction_evaluate",
         "checkpoint_every",
         "min_clients",
+        "round_timeout",
         "engine",
         "device",
         "gpus_per_client",
@@ -399,6 +440,7 @@ RESUMABLE_KEYS = frozenset(
         "ray_address",
         "client_state_budget_mb",
         "data_root",  # the same files, moved
+        "track",  # where the rounds are also sent, not what they compute
     }
 )
 

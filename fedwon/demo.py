@@ -18,7 +18,7 @@ from rich.console import Console
 
 from fedwon.cli import results_table
 from fedwon.config import load_config
-from fedwon.results import final_metrics
+from fedwon.run.recorder import final_metrics
 from fedwon.simulation import run_simulation
 
 RECIPE = Path(__file__).resolve().parent.parent / "sims" / "cross_silo.toml"

@@ -28,14 +28,12 @@ from flwr.app.user_config import UserConfig
 from pydantic import ValidationError
 
 from fedwon.clients.spec import TrainSpec
-from fedwon.datasets.spec import DataSpec
-from fedwon.models.spec import ModelSpec
-from fedwon.privacy.config import DPConfig
-from fedwon.records import (  # noqa: F401  (re-exported: the wire contract names them)
+from fedwon.common.records import (  # noqa: F401  (re-exported: the wire contract names them)
     ACCURACY,
     ARRAYS,
     CLIENT,
     CLIP_NORM_KEY,
+    CLIP_NORM_METRIC,
     CLIPPED_METRIC,
     CLIPPING_KEY,
     CONFIG,
@@ -50,15 +48,21 @@ from fedwon.records import (  # noqa: F401  (re-exported: the wire contract name
     NODE_KEYS,
     NODE_NUM_PARTITIONS,
     NODE_PARTITION,
+    NODE_STATE_DIR,
     NODE_THREADS,
     PARTITION_KEY,
     PROXIMAL_MU_KEY,
     ROUND_KEY,
+    RUN_OUT_KEY,
     SPLIT_KEY,
     TRAIN_LOSS,
+    UNCLIPPED_KEY,
     WEIGHT_KEY,
 )
-from fedwon.section import Section
+from fedwon.common.section import Section
+from fedwon.datasets.spec import DataSpec
+from fedwon.models.spec import ModelSpec
+from fedwon.privacy.config import DPConfig
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +225,7 @@ class NodeSettings:
     domain: str = ""
     threads: int = 0  # 0 = leave torch's default
     device: str = ""  # empty = the run's ``device``
+    state_dir: str = ""  # empty = Context.state only (fedwon.clients.node_state)
 
 
 def _node_int(node_config: UserConfig, key: str) -> int | None:
@@ -260,6 +265,7 @@ def _node_settings(items: frozenset[tuple[str, Any]]) -> NodeSettings:
         domain=str(node_config.get(NODE_DOMAIN, "")),
         threads=_node_int(node_config, NODE_THREADS) or 0,
         device=device,
+        state_dir=str(node_config.get(NODE_STATE_DIR, "")),
     )
 
 

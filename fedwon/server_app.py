@@ -5,6 +5,8 @@ engine, the fast engine (:mod:`fedwon.engine`) or a real SuperLink. It never loa
 data: classes and domains come from the data set's metadata. Under ``flwr run`` the module-level
 ``app`` reads its settings from the run config: ``recipe`` (a TOML file), ``set``
 (space-separated ``key=value`` overrides), ``out`` (run directory; empty = none) and ``resume``.
+On a SuperLink it pulls replies every ``reply_poll`` seconds (default 0.2; Flower's own: 3,
+:mod:`fedwon.engine.replies`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from fedwon.config import ConfigError, RunConfig, load_config, make_config
 from fedwon.datasets import DataError, validate_spec
 from fedwon.datasets.spec import IN_CHANNELS
-from fedwon.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
-from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history
-from fedwon.process_guard import start_guard
-from fedwon.results import Checkpoint, ClientStateHolder, Row, RunRecorder
-from fedwon.run_dir import lock_run_dir, resolve_out
+from fedwon.engine.replies import PromptReplies
+from fedwon.privacy.assembly import DPRun, PrivacyWrap, prior_history, prior_state
+from fedwon.run.directory import lock_run_dir, resolve_out
+from fedwon.run.preflight import check_first_round_budget, prepare_run, refused, wait_for_nodes
+from fedwon.run.process_guard import start_guard
+from fedwon.run.recorder import Checkpoint, ClientStateHolder, Row, RunRecorder
 from fedwon.strategies import (
     METHODS,
     RoundCallback,
@@ -42,8 +46,9 @@ log = logging.getLogger(__name__)
 
 RowCallback = Callable[[Row], None]
 # Keys of Flower's run config that steer the run rather than configure it.
-RUN_KEYS = ("recipe", "set", "out", "resume", "overwrite", "node_timeout")
+RUN_KEYS = ("recipe", "set", "out", "resume", "overwrite", "node_timeout", "reply_poll")
 NODE_TIMEOUT_S = 120.0  # how long flwr run / a SuperLink waits for one SuperNode per client
+REPLY_POLL_S = 0.2  # between a deployed ServerApp's pulls of replies (Flower's HttpGrid: 3 s)
 
 
 @dataclass
@@ -78,49 +83,58 @@ def run_server(
     arrays = initial_arrays(cfg)
     holder = grid if isinstance(grid, ClientStateHolder) else None
     recorder = RunRecorder(out_dir, cfg, client_states=holder)
-    ckpt = recorder.load_resume() if resume else None
-    if ckpt is None:
-        check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public API)
-    start_round = ckpt.round if ckpt is not None else 0
+    with recorder:  # the trackers' runs end, as failed on an exception
+        ckpt = recorder.load_resume() if resume else None
+        if ckpt is None:
+            check_first_round_budget(cfg)  # (prepare_run checks it too; run_server is public)
+        start_round = ckpt.round if ckpt is not None else 0
+        short_rounds = 0  # rounds that ran with fewer nodes than planned (dead or stalled ones)
 
-    def record(report: RoundReport) -> None:
-        row = recorder.record(
-            report.round,
-            report.arrays,
-            report.train_metrics,
-            report.evaluate_metrics,
-            dropped=len(report.dropped),
-        )
-        if on_round is not None:
-            on_round(row)
-
-    # built (noise calibrated against the rounds already run) before the resume writes
-    privacy = privacy_wrap(cfg, wrap, checkpoint=ckpt)
-    strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
-    last = privacy.last_round(start_round)
-    if ckpt is not None:
-        recorder.resume(ckpt)
-        arrays = ckpt.arrays
-        restore_server_state(strategy, ckpt.server_state)
-        if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
-            log.warning(
-                "resuming FedBN without the clients' local layers (this engine does not "
-                "checkpoint Context.state): clients restart them from the initial model; "
-                "use engine='fast' to resume exactly"
+        def record(report: RoundReport) -> None:
+            nonlocal short_rounds
+            short_rounds += report.missing_nodes
+            row = recorder.record(
+                report.round,
+                report.arrays,
+                report.train_metrics,
+                report.evaluate_metrics,
+                dropped=len(report.dropped),
             )
-    recorder.server_state = lambda: snapshot_server_state(strategy)
-    recorder.privacy_history = privacy.history
-    strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
-    client_record = cfg.client_config().to_record()
-    if last > start_round:
-        strategy.start(
-            grid,
-            arrays,
-            num_rounds=last - start_round,
-            train_config=client_record,
-            evaluate_config=ConfigRecord(dict(client_record)),
-        )
-    summary = recorder.finish(privacy.summary(recorder.rows))
+            if on_round is not None:
+                on_round(row)
+
+        # built (noise calibrated against the rounds already run) before the resume writes
+        privacy = privacy_wrap(cfg, wrap, checkpoint=ckpt)
+        strategy = run_strategy(cfg, round_offset=start_round, on_round=record, wrap=privacy)
+        last = privacy.last_round(start_round)
+        if ckpt is not None:
+            recorder.resume(ckpt)
+            arrays = ckpt.arrays
+            restore_server_state(strategy, ckpt.server_state)
+            if cfg.server.strategy == "fedbn" and (holder is None or ckpt.client_states is None):
+                log.warning(
+                    "resuming FedBN without the clients' local layers (this engine does not "
+                    "checkpoint Context.state): clients restart them from the initial model, "
+                    "except on SuperNodes that keep their state (node config state-dir); "
+                    "use engine='fast' to resume exactly"
+                )
+        recorder.server_state = lambda: snapshot_server_state(strategy)
+        recorder.privacy_history = privacy.history
+        recorder.privacy_state = privacy.state
+        strategy.num_rounds = recorder.final_round = last  # evaluate and checkpoint the last one
+        client_record = cfg.client_config().to_record()
+        if last > start_round:
+            strategy.start(
+                grid,
+                arrays,
+                num_rounds=last - start_round,
+                timeout=cfg.server.reply_timeout,
+                train_config=client_record,
+                evaluate_config=ConfigRecord(dict(client_record)),
+            )
+        # rounds_with_missing_nodes: of the rounds this process ran (a resumed run counts its own)
+        extra = {"rounds_with_missing_nodes": short_rounds, **privacy.summary(recorder.rows)}
+        summary = recorder.finish(extra)
     return RunOutcome(summary=summary, rows=recorder.rows, arrays=recorder.arrays or arrays)
 
 
@@ -150,7 +164,7 @@ def privacy_wrap(
     checkpoint: Checkpoint | None = None,
 ) -> PrivacyWrap:
     """The DP wrapper assembly for ``cfg`` (:class:`~fedwon.privacy.assembly.PrivacyWrap`),
-    continuing the privacy ledger of a resumed run's ``checkpoint``."""
+    continuing the privacy ledger and the mechanism's state of a resumed run's ``checkpoint``."""
     run = DPRun(
         dp=cfg.dp,
         check=cfg.dp_check(),
@@ -158,9 +172,13 @@ def privacy_wrap(
         num_clients=cfg.data.num_clients,
         num_rounds=cfg.server.num_rounds,
         seed=cfg.seed,
+        participation=cfg.participation,
     )
-    prior = prior_history(run, checkpoint.round, checkpoint.privacy) if checkpoint else []
-    return PrivacyWrap(run, wrap, prior)
+    if checkpoint is None:
+        return PrivacyWrap(run, wrap)
+    prior = prior_history(run, checkpoint.round, checkpoint.privacy)
+    state = prior_state(run, checkpoint.round, checkpoint.privacy_state)
+    return PrivacyWrap(run, wrap, prior, state)
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,7 @@ class RunSettings:
     resume: bool = False
     overwrite: bool = False
     node_timeout: float = NODE_TIMEOUT_S
+    reply_poll: float = REPLY_POLL_S
 
 
 def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
@@ -189,7 +208,11 @@ def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
     timeout = run_config.get("node_timeout", NODE_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise ConfigError(f"node_timeout must be a number of seconds > 0, got {timeout!r}")
-    return RunSettings(cfg, out, resume, bool(run_config.get("overwrite", False)), float(timeout))
+    poll = run_config.get("reply_poll", REPLY_POLL_S)
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= 60:
+        raise ConfigError(f"reply_poll must be a number of seconds in (0, 60], got {poll!r}")
+    overwrite = bool(run_config.get("overwrite", False))
+    return RunSettings(cfg, out, resume, overwrite, float(timeout), float(poll))
 
 
 class BoundServerApp(ServerApp):
@@ -223,9 +246,11 @@ def main(grid: Grid, context: Context) -> None:
     with ExitStack() as held:
         try:
             settings = settings_from_run_config(dict(context.run_config))
+            if isinstance(grid, HttpGrid):  # a SuperLink's, which pulls replies every 3 s
+                grid = PromptReplies(grid, settings.reply_poll)
             out_dir = resolve_out(settings.out, base=None)  # a relative out is refused
             start_guard()  # Ray, if this process starts it, ends with it (flwr stop)
-            # one writer per run directory, held until the run has ended (fedwon.run_lock)
+            # one writer per run directory, held until the run has ended (fedwon.run.lock)
             held.enter_context(
                 lock_run_dir(out_dir, resume=settings.resume, overwrite=settings.overwrite)
             )

@@ -9,10 +9,10 @@ Resources: with G GPUs each client actor gets ``gpus_per_client`` of one (defaul
 each client trains on its own GPU); without GPUs it asks for none. Asking Ray for a GPU that does
 not exist leaves Flower waiting forever ("ActorPool is empty"), so it is never done.
 
-The run directory is locked for the whole run (:mod:`fedwon.run_lock`): a second writer is
+The run directory is locked for the whole run (:mod:`fedwon.run.lock`): a second writer is
 refused. Everything a run needs is checked before an engine starts
-(:func:`fedwon.preflight.prepare_run`, and a reachable ``ray_address``). A run that may start
-Ray also starts a process guard (:mod:`fedwon.process_guard`) and shuts Ray down when it ends,
+(:func:`fedwon.run.preflight.prepare_run`, and a reachable ``ray_address``). A run that may start
+Ray also starts a process guard (:mod:`fedwon.run.process_guard`) and shuts Ray down when it ends,
 however it ends.
 """
 
@@ -32,12 +32,12 @@ from typing import overload
 from flwr.app.user_config import UserConfig
 from flwr.serverapp import ServerApp
 
+from fedwon.common.records import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
 from fedwon.config import ConfigError, RunConfig
-from fedwon.preflight import prepare_run
-from fedwon.process_guard import ending_started_processes, start_guard
-from fedwon.records import NODE_NUM_PARTITIONS, NODE_PARTITION, NODE_THREADS
-from fedwon.results import Row
-from fedwon.run_dir import RunDir, lock_run_dir
+from fedwon.run.directory import RunDir, lock_run_dir
+from fedwon.run.preflight import prepare_run
+from fedwon.run.process_guard import ending_started_processes, start_guard
+from fedwon.run.recorder import Row
 from fedwon.server_app import BoundServerApp, RunOutcome
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def run_simulation(
 
     ``out_dir`` must be new or empty, unless ``resume`` (continue the run there from its
     checkpoint) or ``overwrite`` (delete the previous run's files first); see
-    :mod:`fedwon.run_dir`. Bad input raises :class:`ConfigError` or ``DataError`` before
+    :mod:`fedwon.run.directory`. Bad input raises :class:`ConfigError` or ``DataError`` before
     anything is written.
     """
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")

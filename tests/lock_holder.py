@@ -1,4 +1,4 @@
-"""Another process holding a directory's lock (:mod:`fedwon.run_lock`), for the tests that check
+"""Another process holding a directory's lock (:mod:`fedwon.run.lock`), for the tests that check
 a second writer is refused: a real process, because a lock that only worked within one process
 would not stop two ``fedwon`` commands."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 HOLD = (
     "import sys, time\n"
     "from pathlib import Path\n"
-    "from fedwon.run_lock import lock_dir\n"
+    "from fedwon.run.lock import lock_dir\n"
     "with lock_dir(Path(sys.argv[1]), 'run directory'):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(120)\n"

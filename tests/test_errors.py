@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedwon.errors import error_line, failure_line
+from fedwon.common.errors import error_line, failure_line
 
 # What Flower's simulation engine (Ray) put in the error reply of tests/app/faulty_client.py
 # (shortened: the real one repeats the frames; ANSI colour codes included)

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from fedwon.cli.report import plot_runs
-from fedwon.results import plot_accuracy
+from fedwon.run.recorder import plot_accuracy
 
 ROWS = [
     {"round": r, "accuracy": 0.5 + r / 10, "accuracy/mnist": 0.6, "accuracy/usps": 0.7}

@@ -11,7 +11,7 @@ from fedwon.config import ConfigError, make_config
 from fedwon.datasets import DataError
 from fedwon.engine.executors import InProcessExecutor
 from fedwon.engine.grid import FastGrid
-from fedwon.preflight import prepare_run, wait_for_nodes
+from fedwon.run.preflight import prepare_run, wait_for_nodes
 
 TINY: dict[str, Any] = {"model": "cnn-tiny", "train_per_domain": 20, "test_per_domain": 10}
 
@@ -64,20 +64,24 @@ def test_the_server_app_reads_its_flwr_run_settings() -> None:
             "resume": False,
             "overwrite": True,
             "node_timeout": 5,
+            "reply_poll": 1.5,
         }
     )
     assert (settings.cfg.model.model, settings.cfg.server.num_rounds) == ("cnn-tiny", 2)
     assert (settings.out, settings.overwrite, settings.node_timeout) == ("/x", True, 5.0)
+    assert settings.reply_poll == 1.5
     flat = settings_from_run_config({"model": "cnn-tiny", "overwrite": False, "out": ""})
     assert flat.cfg.model.model == "cnn-tiny" and not flat.overwrite
     with pytest.raises(ConfigError, match="node_timeout must be a number of seconds > 0"):
         settings_from_run_config({"recipe": "sims/cross_silo.toml", "node_timeout": 0})
+    with pytest.raises(ConfigError, match="reply_poll must be a number of seconds in"):
+        settings_from_run_config({"recipe": "sims/cross_silo.toml", "reply_poll": 0})
 
 
 def test_a_server_facing_supernodes_checks_metadata_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedwon.preflight as preflight
+    import fedwon.run.preflight as preflight
 
     def refuse(*args: object) -> None:
         raise AssertionError("the server opened client data")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedwon.process_guard import descendants, ending_started_processes
+from fedwon.run.process_guard import descendants, ending_started_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -56,7 +56,7 @@ def test_processes_started_in_the_block_end_with_it() -> None:
 def test_the_guard_ends_a_killed_process_s_children() -> None:
     script = (
         "import os, signal, subprocess, time\n"
-        "from fedwon.process_guard import descendants, start_guard\n"
+        "from fedwon.run.process_guard import descendants, start_guard\n"
         "start_guard()\n"
         f"subprocess.Popen({STUBBORN!r}, stdout=subprocess.DEVNULL)\n"
         "subprocess.Popen(['sleep', '301'], start_new_session=True, stdout=subprocess.DEVNULL)\n"
@@ -80,7 +80,7 @@ def test_the_guard_ends_ray_s_processes_after_a_sigkill() -> None:
     script = (
         "import os, signal\n"
         "import ray\n"
-        "from fedwon.process_guard import descendants, start_guard\n"
+        "from fedwon.run.process_guard import descendants, start_guard\n"
         "start_guard()\n"
         "ray.init(num_cpus=1, include_dashboard=False, logging_level='ERROR')\n"
         "ray.get(ray.remote(lambda: 1).remote())\n"

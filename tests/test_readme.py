@@ -65,6 +65,8 @@ PLANS: dict[str, Plan] = {
         RUN, ["--set", "num_rounds=2", "num_workers=0"]
     ),
     "fedwon run sims/cross_device.toml": TRAIN,
+    # Experiment tracking (the extra is installed by make setup, as in CI)
+    "fedwon run sims/cross_silo.toml --track tensorboard,mlflow,wandb --out runs/tracked": TRAIN,
     # Composing with Flower's strategies (no --out: each writes to its default directory)
     "fedwon run sims/cross_silo.toml --set strategy=fedwon aggregator=fedadam server_lr=0.01": (
         TRAIN
@@ -87,10 +89,13 @@ PLANS: dict[str, Plan] = {
     "fedwon deploy local --nodes 2 --rounds 2": Plan(
         PARSE, slow_extra=["--set", "model=cnn-tiny", "train_per_domain=40", "test_per_domain=20"]
     ),
+    "fedwon study --estimate --jobs 2": Plan(RUN),  # prints the plan's cost, runs nothing
     "fedwon study --part cross_silo": Plan(
-        PARSE, slow_extra=["--quick", "--cache", "study", "--out", "study/report"]
+        PARSE,
+        slow_extra=["--quick", "--cache", "study", "--records", "study/rec", "--out", "study/out"],
     ),
     "fedwon report": Plan(NAME),
+    "fedwon data export": Plan(NAME),  # named in the data row; tests/datasets/test_hf.py runs it
 }
 
 COMMAND = re.compile(r"(?:\.venv/bin/)?fedwon\s")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedwon.checkpoint import Checkpoint, checkpoint_round, load_checkpoint, save_checkpoint
 from fedwon.config import ConfigError, RunConfig, make_config
-from fedwon.results import RunRecorder, round_row
-from fedwon.run_dir import RunDir
+from fedwon.run.checkpoint import Checkpoint, checkpoint_round, load_checkpoint, save_checkpoint
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import RunRecorder, round_row
 
 TINY: dict[str, Any] = {"model": "cnn-tiny", "num_rounds": 4, "checkpoint_every": 2}
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from flwr.app import ArrayRecord
 
-from fedwon.checkpoint import Checkpoint, save_checkpoint
 from fedwon.config import ConfigError, RunConfig, make_config
-from fedwon.run_dir import RunDir, RunStatus, resolve_out
+from fedwon.run.checkpoint import Checkpoint, save_checkpoint
+from fedwon.run.directory import RunDir, RunStatus, resolve_out
 
 TINY: dict[str, Any] = {"model": "cnn-tiny", "num_rounds": 4, "checkpoint_every": 2}
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from fedwon.cli import cli
 from fedwon.config import ConfigError, load_config
-from fedwon.run_dir import LOCK_FILE, RunDir, lock_run_dir
-from fedwon.run_lock import holder_pid, lock_dir
+from fedwon.run.directory import LOCK_FILE, RunDir, lock_run_dir
+from fedwon.run.lock import holder_pid, lock_dir
 from fedwon.simulation import run_simulation
 
 SIMS = Path(__file__).resolve().parents[1] / "sims"

@@ -2,7 +2,8 @@
 
 ``fedwon run`` a recipe (:mod:`fedwon.cli.run`), ``fedwon report`` runs side by side
 (:mod:`fedwon.cli.report`), ``fedwon study`` (:mod:`fedwon.cli.study`), ``fedwon deploy``
-(:mod:`fedwon.cli.deploy`) and ``fedwon privacy-curve`` (:mod:`fedwon.cli.privacy_curve`). Each
+(:mod:`fedwon.cli.deploy`), ``fedwon privacy-curve`` (:mod:`fedwon.cli.privacy_curve`) and
+``fedwon data export`` (:mod:`fedwon.cli.data`). Each
 imports the bottom module :mod:`fedwon.cli.console` (one-line errors, tables, signals, logging)
 and the library, never another subcommand; nothing outside this package imports it but the
 entry points (``[project.scripts]``, ``python -m fedwon.cli``, ``make demo``).
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from fedwon.cli import deploy, privacy_curve, report, run, study
+from fedwon.cli import data, deploy, privacy_curve, report, run, study
 from fedwon.cli.args import ManySetCommand
 from fedwon.cli.console import console, results_table
 
@@ -27,6 +28,7 @@ cli.add_typer(deploy.deploy, name="deploy")
 cli.command(cls=ManySetCommand)(run.run)
 cli.command()(report.report)
 cli.add_typer(privacy_curve.privacy_curve_cli, name="privacy-curve")
+cli.add_typer(data.data_cli, name="data")
 
 
 def _print_version(value: bool) -> None:

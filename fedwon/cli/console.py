@@ -24,11 +24,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError
 from fedwon.datasets import DataError
-from fedwon.errors import error_line
 from fedwon.protocol import EPSILON_METRIC
-from fedwon.results import Row, per_domain
+from fedwon.run.recorder import Row, per_domain
 from fedwon.strategies import RoundFailedError
 
 __all__ = [

@@ -1,7 +1,9 @@
-"""``fedwon deploy``: real SuperNodes over gRPC: a one-machine trial, certificates, node keys.
+"""``fedwon deploy``: real SuperNodes over gRPC: a one-machine trial, certificates, node keys,
+and what a client machine runs (a SuperNode with a warm ClientApp worker).
 
-Owns the three subcommands' options and what they print (copy-pastable commands); the work is
-:mod:`fedwon.deploy`'s.
+Owns the subcommands' options and what they print (copy-pastable commands); the work is
+:mod:`fedwon.deploy`'s. ``supernode`` and ``worker`` hand their flags to the modules' own
+parsers (``flower-supernode``'s flags pass through unchanged).
 """
 
 from __future__ import annotations
@@ -50,11 +52,22 @@ def local(
     app_dir: Annotated[
         Path | None, typer.Option(help="directory whose pyproject.toml declares the Flower app")
     ] = None,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            help="process: one warm ClientApp worker per SuperNode; subprocess: Flower's "
+            "default, a flwr-clientapp process per message"
+        ),
+    ] = "process",
+    poll_interval: Annotated[
+        float,
+        typer.Option(help="seconds between a SuperNode's polls for messages (Flower's: 3)"),
+    ] = 0.5,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a recipe on a SuperLink and N SuperNodes on this machine (loopback gRPC)."""
     from fedwon.deploy.local import APP_DIR, DEFAULT_RECIPE, deploy_local
-    from fedwon.process_guard import start_guard
+    from fedwon.run.process_guard import start_guard
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     stopped = ": every process of the deployment was stopped"
@@ -72,6 +85,8 @@ def local(
                 timeout=timeout,
                 app_dir=app_dir or APP_DIR,
                 on_event=lambda line: console.print(line, highlight=False),
+                isolation=isolation,
+                poll_interval=poll_interval,
             )
         except DeployError as err:
             raise fail(err) from None
@@ -124,3 +139,23 @@ def keys(
             f"{pair.name}; its machine: --auth-supernode-private-key {pair.private_key.name}",
             highlight=False,
         )
+
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@deploy.command(context_settings=PASS_THROUGH, add_help_option=False)
+def supernode(ctx: typer.Context) -> None:
+    """A Flower SuperNode for a client machine: flower-supernode's flags, a 0.5 s poll
+    (--poll-interval), and with --isolation process fedwon's warm ClientApp worker (--help)."""
+    from fedwon.deploy.supernode import main
+
+    main(ctx.args)
+
+
+@deploy.command(context_settings=PASS_THROUGH, add_help_option=False)
+def worker(ctx: typer.Context) -> None:
+    """fedwon's warm ClientApp worker for a SuperNode started with --isolation process (--help)."""
+    from fedwon.deploy.worker import main
+
+    main(ctx.args)

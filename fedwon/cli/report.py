@@ -2,7 +2,7 @@
 
 Owns how a run directory is named in the table (its strategy, and its state when it did not
 simply finish) and the comparison plot; what a run directory holds is
-:class:`fedwon.run_dir.RunDir`'s to read.
+:class:`fedwon.run.directory.RunDir`'s to read.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from rich.markup import escape
 
 from fedwon.cli.console import console, one_line_errors, results_table, setup_logging
 from fedwon.config import ConfigError
-from fedwon.results import Row, final_metrics
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import Row, final_metrics
 
 __all__ = ["load_runs", "plot_path", "plot_runs", "report"]
 

@@ -1,6 +1,7 @@
 """``fedwon run``: a recipe (or a run to resume) as a simulation, with its round progress.
 
-Owns the command's arguments (recipe, ``--set``, ``--out``, ``--resume``, ``--overwrite``), the
+Owns the command's arguments (recipe, ``--set``, ``--out``, ``--resume``, ``--overwrite``,
+``--track``: the recipe key ``track``, as ``--set track=...`` would set it), the
 default run directory, and how rounds are shown while the run trains: a progress bar on a
 terminal, one plain line per round otherwise.
 """
@@ -28,8 +29,8 @@ from fedwon.cli.console import (
 )
 from fedwon.config import ConfigError, RunConfig, load_config, parse_override
 from fedwon.protocol import EPSILON_METRIC
-from fedwon.results import Row, final_metrics
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import Row, final_metrics
 
 __all__ = ["default_out", "round_line", "round_progress", "run"]
 
@@ -129,6 +130,13 @@ def run(
         bool,
         typer.Option("--overwrite", help="Replace the previous run in --out (deletes its files)."),
     ] = False,
+    track: Annotated[
+        str | None,
+        typer.Option(
+            help="Also send each round to these trackers: tensorboard,mlflow,wandb (any of them; "
+            "the recipe key track). Local by default; pip install 'fedwon[track]'.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Flower's logs and tracebacks.")
     ] = False,
@@ -138,7 +146,8 @@ def run(
 
     setup_logging(verbose)
     with one_line_errors(verbose):
-        cfg, run_dir = _run_config(recipe, set_ or [], out, resume, overwrite)
+        overrides = [*(set_ or []), *([f"track={track}"] if track is not None else [])]
+        cfg, run_dir = _run_config(recipe, overrides, out, resume, overwrite)
     console.print(
         f"[bold]{cfg.server.strategy}[/bold] · {cfg.model.model}/{cfg.resolved_norm} · "
         f"{cfg.data.dataset} · {cfg.data.num_clients} clients ({cfg.sampled_per_round}/round) · "

@@ -23,25 +23,30 @@ study_cli = typer.Typer(
 console = Console(soft_wrap=True)  # one line per run, however narrow the terminal
 
 DEFAULT_CACHE = {"full": Path("runs/study"), "quick": Path("runs/study-quick")}
+DEFAULT_RECORDS = {"full": Path("docs/study"), "quick": Path("runs/study-quick/records")}
 DEFAULT_OUT = {"full": Path("docs"), "quick": Path("runs/study-quick/report")}
 
 
 def progress_line(done: int, total: int, record: RunRecord) -> str:
-    """``[ 3/57] cross_silo fedwon lr=0.05 clip=0.32 seed 0 (tune): trained in 12s · val 71.2%``"""
+    """``[ 3/57] cross_silo fedwon lr=0.05 clip=0.32 seed 0 (tune) to 8 rounds: trained in
+    12s · val 71.2%``"""
     width = len(str(total))
-    how = {"cached": "cached", "failed": "FAILED"}.get(record.status, record.status)
-    if record.status in ("trained", "resumed"):
+    how = {"failed": "FAILED"}.get(record.status, record.status)
+    if record.status in ("trained", "resumed", "cached"):
         how += f" in {record.seconds:.0f}s"
     scores = []
-    if record.val:
-        scores.append(f"val {100 * record.val['accuracy']:.1f}%")
+    val = record.val_at(record.rounds)
+    if val is not None:
+        scores.append(f"val {100 * val:.1f}%")
     if record.test.get("accuracy") is not None:
         scores.append(f"test {100 * record.test['accuracy']:.1f}%")
     if record.heldout:
         scores.append(f"held-out {100 * record.heldout['accuracy']:.1f}%")
     if record.error:
         scores.append(record.error)
-    return f"[{done:>{width}}/{total}] {record.spec.describe()}: {how} · " + " · ".join(scores)
+    to = f" to {record.rounds} rounds"
+    line = f"[{done:>{width}}/{total}] {record.spec.describe()}{to}: {how}"
+    return line + "".join(f" · {s}" for s in scores)
 
 
 @study_cli.callback(invoke_without_command=True)
@@ -51,7 +56,15 @@ def study(
     ] = False,
     cache: Annotated[
         Path | None,
-        typer.Option(help="run directories (reused when finished, resumed when interrupted)"),
+        typer.Option(help="run directories with checkpoints (resumed from rung to rung)"),
+    ] = None,
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            help="each run's small record (config, metrics, summary, validation): a run "
+            "whose record answers is not trained (default docs/study; with --quick "
+            "runs/study-quick/records)"
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="where results.md, results.json and img/ go")
@@ -65,6 +78,13 @@ def study(
             + ", ".join(p.name for p in PLANS["full"].parts),
         ),
     ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="print what the plan trains and what it costs at the pilot's speed; run nothing",
+        ),
+    ] = False,
 ) -> None:
     """Reproduce the FedWon paper's comparisons: tune on validation, run seeds, write report."""
     from fedwon.study.report import write_report
@@ -76,16 +96,26 @@ def study(
         plan = base.only(part) if part else base
     except KeyError as err:
         raise fail(ValueError(err.args[0])) from None
+    if estimate:
+        from fedwon.study.budget import table
+
+        console.print(table(plan, jobs), highlight=False)
+        return
     cache = cache or DEFAULT_CACHE[base.name]
+    records = records or DEFAULT_RECORDS[base.name]
     out = out or DEFAULT_OUT[base.name]
     command = " ".join(
         ["fedwon study", *(["--quick"] if quick else []), *(f"--part {p}" for p in part or [])]
     )
-    console.print(f"[bold]study[/bold] plan {plan.name}: runs under {cache}, report to {out}")
+    console.print(
+        f"[bold]study[/bold] plan {plan.name}: runs under {cache}, records in {records}, "
+        f"report to {out}"
+    )
     with one_line_errors(verbose=False):  # e.g. the cache is in use by another study
         results = run_study(
             plan,
             cache,
+            records=records,
             command=command,
             jobs=jobs,
             on_run=lambda done, total, record: console.print(
@@ -98,13 +128,15 @@ def study(
 
 
 def summary_line(records: list[RunRecord]) -> str:
-    """How many runs were trained, reused or failed, and the training time they record."""
-    counts = {s: sum(r.status == s for r in records) for s in ("trained", "resumed", "cached")}
+    """How many run requests were trained, answered by a record or failed, and the time spent
+    on them now."""
+    counts = {s: sum(r.status == s for r in records) for s in ("trained", "resumed", "recorded")}
+    reused = counts["recorded"] + sum(r.status == "cached" for r in records)
     failed = sum(not r.ok for r in records)
-    took = human_duration(sum(r.train_seconds for r in records))
+    took = human_duration(sum(r.seconds for r in records))
     return (
         f"{len(records)} runs: {counts['trained']} trained, {counts['resumed']} resumed, "
-        f"{counts['cached']} reused, {failed} failed; their rounds took {took} in all"
+        f"{reused} reused, {failed} failed; {took} spent on them now"
     )
 
 

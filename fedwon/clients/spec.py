@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fedwon.section import NonNegativeFloat, PositiveFloat, PositiveInt, Section
+from fedwon.common.section import NonNegativeFloat, PositiveFloat, PositiveInt, Section
 
 
 class TrainSpec(Section):

@@ -9,10 +9,12 @@
 
 Data sets (:data:`DATASETS`): ``digits-embedded`` (offline, built from data inside installed
 packages), ``digits5``, ``office-caltech10``, ``domainnet`` (FedBN's files) and ``cifar10``
-(python-version batches) under ``DataSpec.data_root``. Partitioners (:data:`PARTITIONERS`):
-``domain``, ``iid``, ``dirichlet``. Pickled files are read with a restricted unpickler
-(:mod:`fedwon.datasets.safe_pickle`). Every data problem raises :class:`DataError`. See
-``docs/data.md``.
+(python-version batches) under ``DataSpec.data_root``, and ``hf``: a Hugging Face
+``DatasetDict`` saved with ``save_to_disk`` (:mod:`fedwon.datasets.hf`). Partitioners
+(:data:`PARTITIONERS`): ``domain``, ``iid``, ``dirichlet``; ``natural_id`` and, for ``hf``,
+``iid`` and ``dirichlet`` are Flower Datasets' (:mod:`fedwon.datasets.flwr_partition`).
+Pickled files are read with a restricted unpickler (:mod:`fedwon.datasets.safe_pickle`). Every
+data problem raises :class:`DataError`. See ``docs/data.md``.
 """
 
 from fedwon.datasets.base import DatasetInfo, DomainArrays
@@ -26,7 +28,7 @@ from fedwon.datasets.federation import (
     validate_spec,
 )
 from fedwon.datasets.partition import DIRICHLET_SCOPES, PARTITIONERS
-from fedwon.datasets.registry import DATASETS
+from fedwon.datasets.registry import DATASETS, spec_info
 from fedwon.datasets.safe_pickle import load_pickle_file
 from fedwon.datasets.spec import DataSpec
 
@@ -46,5 +48,6 @@ __all__ = [
     "load_domain_arrays",
     "load_federation",
     "load_pickle_file",
+    "spec_info",
     "validate_spec",
 ]

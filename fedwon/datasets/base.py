@@ -57,6 +57,9 @@ class DatasetInfo:
     loader: Loader
     layout: str
     """One line describing the files expected under ``data_root`` (used in error messages)."""
+    resolve: Callable[[DataSpec], DatasetInfo] | None = None
+    """For a data set whose domains, classes and image size are read from the user's files
+    (``hf``): the facts for one spec, read from its ``data_root``. ``None``: the entry is static."""
 
 
 def _key_int(key: str | int) -> int:

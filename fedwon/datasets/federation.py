@@ -23,16 +23,16 @@ import torch
 
 from fedwon.datasets.base import DatasetInfo, DomainArrays, rng_for
 from fedwon.datasets.errors import DataError, PartitionIdError
+from fedwon.datasets.flwr_partition import PARTITION_NAMES, partitioner_for
 from fedwon.datasets.images import normalize
 from fedwon.datasets.partition import (
     DIRICHLET_SCOPES,
-    PARTITIONERS,
     Assignment,
     PartitionOptions,
     Pool,
     clients_per_domain,
 )
-from fedwon.datasets.registry import dataset_info, select_domains
+from fedwon.datasets.registry import select_domains, spec_info
 from fedwon.datasets.spec import DataSpec, check_fields
 from fedwon.datasets.validation import validation_split
 
@@ -56,10 +56,17 @@ def validate_spec(spec: DataSpec) -> Resolved:
     if not isinstance(spec, DataSpec):
         raise DataError(f"expected a DataSpec, got {type(spec).__name__}")
     check_fields(spec)
-    info = dataset_info(spec.dataset)
+    info = spec_info(spec)
+    if info.resolve is not None:  # its domains are in the files data_root should name
+        raise DataError(f"dataset {info.name!r} needs data_root; expected layout: {info.layout}")
     domains = select_domains(info, spec.domains)
-    if spec.partition not in PARTITIONERS:
-        raise DataError(f"unknown partition {spec.partition!r}; valid: {list(PARTITIONERS)}")
+    if spec.partition not in PARTITION_NAMES:
+        raise DataError(f"unknown partition {spec.partition!r}; valid: {list(PARTITION_NAMES)}")
+    if spec.partition == "natural_id" and spec.num_clients != len(domains):
+        raise DataError(
+            f"partition 'natural_id' gives one client per domain: set num_clients={len(domains)} "
+            f"for the domains {list(domains)} (got {spec.num_clients})"
+        )
     if spec.dirichlet_scope not in DIRICHLET_SCOPES:
         raise DataError(
             f"unknown dirichlet_scope {spec.dirichlet_scope!r}; valid: {list(DIRICHLET_SCOPES)}"
@@ -144,7 +151,8 @@ class Federation:
             dirichlet_scope=spec.dirichlet_scope,
             seed=spec.seed,
         )
-        self.assignment: Assignment = PARTITIONERS[spec.partition](pool, options)
+        partitioner = partitioner_for(spec.dataset, spec.partition)
+        self.assignment: Assignment = partitioner(pool, options)
         self.pool = pool
         fit, self.validation = split_validation(
             self.assignment.train, pool.train_y, float(spec.val_fraction), spec.seed
@@ -259,7 +267,7 @@ class Federation:
     def heldout_domains(self) -> list[str]:
         """Domains of the data set that no client of this federation holds (domain
         generalization: train on the others, test on these), in the data set's order."""
-        return [d for d in dataset_info(self.spec.dataset).domains if d not in self.domains]
+        return [d for d in spec_info(self.spec).domains if d not in self.domains]
 
     def heldout_test_data(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The test set of a held-out ``domain`` (see :attr:`heldout_domains`), normalized as

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fedwon.datasets import cifar10, digits5, domainnet, embedded_digits, office_caltech
+from fedwon.datasets import cifar10, digits5, domainnet, embedded_digits, hf, office_caltech
 from fedwon.datasets.base import DatasetInfo
 from fedwon.datasets.errors import DataError
-from fedwon.datasets.spec import CHOICES
+from fedwon.datasets.spec import CHOICES, DataSpec
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits-embedded": DatasetInfo(
@@ -53,6 +53,16 @@ DATASETS: dict[str, DatasetInfo] = {
         loader=cifar10.load_cifar10,
         layout=cifar10.LAYOUT,
     ),
+    hf.NAME: DatasetInfo(
+        name=hf.NAME,
+        domains=(hf.NO_DOMAIN,),  # the real ones come from the domain column: resolve
+        num_classes=0,
+        default_image_size=0,
+        needs_root=True,
+        loader=hf.load_hf,
+        layout=hf.LAYOUT,
+        resolve=hf.resolve_info,
+    ),
 }
 CHOICES["dataset"] = DATASETS  # what a data section may name
 
@@ -63,6 +73,16 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASETS[name]
     except (KeyError, TypeError):
         raise DataError(f"unknown dataset {name!r}; valid: {list(DATASETS)}") from None
+
+
+def spec_info(spec: DataSpec) -> DatasetInfo:
+    """The registry entry for ``spec.dataset`` with the facts its files decide filled in (the
+    domains, classes and image size of a saved Hugging Face data set); static entries as they
+    are. Reading them needs ``data_root``: without it, the static entry."""
+    info = dataset_info(spec.dataset)
+    if info.resolve is None or not spec.data_root:
+        return info
+    return info.resolve(spec)
 
 
 def select_domains(info: DatasetInfo, requested: tuple[str, ...] | None) -> tuple[str, ...]:

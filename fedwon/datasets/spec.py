@@ -4,8 +4,9 @@ set (the per-process cache key of :func:`~fedwon.datasets.load_federation`).
 It is the run config's ``data`` section as it is (:mod:`fedwon.config` composes it; clients
 receive it unchanged in every message), so its keys are the recipe keys ``dataset``,
 ``data_root``, ``partition``, ``num_clients``, ``alpha``, ``dirichlet_scope``, ``domains``,
-``train_per_domain``, ``test_per_domain``, ``image_size``, ``val_fraction`` (plus the run's
-``seed``, which partitions the data). Recipes write "not set" as 0 or an empty string;
+``train_per_domain``, ``test_per_domain``, ``image_size``, ``val_fraction``, and for
+``dataset = "hf"`` the column names ``image_column``, ``label_column``, ``domain_column`` (plus
+the run's ``seed``, which partitions the data). Recipes write "not set" as 0 or an empty string;
 here it is ``None``. Field checks (types, ranges, names in the registries) run on
 construction; :func:`check_fields` repeats the field checks for specs built without
 validation (``model_copy``), and :func:`fedwon.datasets.federation.validate_spec` adds what
@@ -20,8 +21,8 @@ from typing import Any
 
 from pydantic import field_serializer, model_validator
 
+from fedwon.common.section import Section
 from fedwon.datasets.errors import DataError
-from fedwon.section import Section
 
 IN_CHANNELS = 3  # every fedwon data set yields RGB images (grey domains are replicated)
 CHOICES: dict[str, Collection[str]] = {"dataset": (), "partition": (), "dirichlet_scope": ()}
@@ -42,6 +43,10 @@ class DataSpec(Section):
     ``val_fraction``: share of each client's training data held back for validation (see
     :mod:`fedwon.datasets.validation`); 0 keeps all of it for training (a run's default is
     0.1, see :mod:`fedwon.config`).
+    ``image_column`` / ``label_column`` / ``domain_column``: which columns of a saved Hugging
+    Face data set (``dataset = "hf"``, :mod:`fedwon.datasets.hf`) hold the images, the class
+    labels and the domain of each example; without a domain column every example is in one
+    domain, ``all``. Other data sets ignore them (their files fix the layout).
     """
 
     dataset: str = "digits-embedded"
@@ -55,6 +60,9 @@ class DataSpec(Section):
     test_per_domain: int | None = None
     image_size: int | None = None
     val_fraction: float = 0.0
+    image_column: str = "image"
+    label_column: str = "label"
+    domain_column: str | None = None
     seed: int = 0
 
     @model_validator(mode="before")
@@ -68,8 +76,9 @@ class DataSpec(Section):
         for key in ("train_per_domain", "test_per_domain", "image_size"):
             if values.get(key) == 0 and not isinstance(values.get(key), bool):
                 values[key] = None
-        if values.get("data_root") == "":
-            values["data_root"] = None
+        for key in ("data_root", "domain_column"):
+            if values.get(key) == "":
+                values[key] = None
         domains = values.get("domains")
         if isinstance(domains, str):
             names = tuple(d.strip() for d in domains.split(",") if d.strip())
@@ -133,3 +142,12 @@ def check_fields(spec: DataSpec) -> None:
         raise DataError(f"domains must be a tuple of names or None, got {spec.domains!r}")
     if spec.data_root is not None and not isinstance(spec.data_root, str):
         raise DataError(f"data_root must be a string path or None, got {spec.data_root!r}")
+    columns = {"image_column": spec.image_column, "label_column": spec.label_column}
+    if spec.domain_column is not None:
+        columns["domain_column"] = spec.domain_column
+    for key, name in columns.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{key} must be a column name, got {name!r}")
+    if len(set(columns.values())) < len(columns):
+        # one column cannot be both the image and the label: a typo, caught before reading
+        raise DataError(f"{', '.join(columns)} must name different columns, got {columns}")

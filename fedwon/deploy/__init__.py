@@ -6,6 +6,8 @@
 - :mod:`~fedwon.deploy.processes` / :mod:`~fedwon.deploy.network`: starting and stopping processes
   without orphans, free ports;
 - :mod:`~fedwon.deploy.diagnose`: failures as one-line explanations;
+- :mod:`~fedwon.deploy.supernode` / :mod:`~fedwon.deploy.worker`: what a client machine runs, a
+  SuperNode with a shorter poll and a warm ClientApp worker that runs all its messages;
 - :mod:`~fedwon.deploy.local`: all of it on one machine. See docs/deployment.md.
 """
 

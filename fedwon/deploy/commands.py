@@ -5,8 +5,11 @@ checked with ``--help`` on the pinned binaries. What goes where:
 
 - ``flower-superlink``: Fleet API (``--fleet-api-address``, SuperNodes dial it over gRPC) and the
   HTTP API (``--host``/``--port``, used by the ``flwr`` CLI and the ServerApp);
-- ``flower-supernode``: dials the Fleet API, serves its own Runtime API on ``--port`` (the
-  ClientApp processes it starts talk to it), reads its ``--node-config`` from a TOML file;
+- ``flower-supernode``: dials the Fleet API, serves its own Runtime API on ``--port`` (its
+  ClientApps talk to it), reads its ``--node-config`` from a TOML file; ``--isolation
+  subprocess`` starts one ClientApp process per message, ``process`` leaves that to fedwon's
+  warm worker. :func:`launcher_argv` runs it through :mod:`fedwon.deploy.supernode`, which adds
+  the worker and sets the poll interval;
 - ``flwr run APP CONNECTION``: the connection is a ``[superlink.<name>]`` table in
   ``$FLWR_HOME/config.toml``.
 """
@@ -25,6 +28,7 @@ from fedwon.deploy.certs import Certificates
 from fedwon.deploy.errors import DeployError
 
 Scalar = bool | int | float | str
+SUPERNODE_POLL_S = 0.5  # fedwon's SuperNode poll interval (Flower's own: 3 s; deploy.supernode)
 
 
 def flower_bin(name: str) -> str:
@@ -93,6 +97,7 @@ def supernode_argv(
     root_certificates: Path | None = None,
     private_key: Path | None = None,
     host: str = "127.0.0.1",
+    isolation: str = "subprocess",
 ) -> list[str]:
     """A SuperNode dialling ``superlink`` (Fleet API ``host:port``) with its node config file."""
     argv = [
@@ -105,6 +110,8 @@ def supernode_argv(
         host,
         "--port",
         str(runtime_port),
+        "--isolation",
+        isolation,
     ]
     argv += (
         ["--insecure"]
@@ -114,6 +121,20 @@ def supernode_argv(
     if private_key is not None:
         argv += ["--auth-supernode-private-key", str(private_key)]
     return argv
+
+
+def launcher_argv(supernode: list[str], poll_interval: float) -> list[str]:
+    """``supernode`` (:func:`supernode_argv`) run by :mod:`fedwon.deploy.supernode`: in this
+    Python, polling every ``poll_interval`` seconds, with a warm worker if ``--isolation
+    process``."""
+    return [
+        sys.executable,
+        "-m",
+        "fedwon.deploy.supernode",
+        "--poll-interval",
+        f"{poll_interval:g}",
+        *supernode[1:],
+    ]
 
 
 def flwr_run_argv(app_dir: Path, connection: str, run_config: Path) -> list[str]:

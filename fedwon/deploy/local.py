@@ -8,15 +8,20 @@ two trials can run side by side. Layout of the run directory ``DIR``:
 - ``logs/``: one log per process (``superlink.log``, ``supernode-<i>.log``, ``flwr-run.log`` with
   the ServerApp's output, ``register-node-<i>.log``);
 - ``deploy/``: what the processes read: ``certs/``, ``keys/``, ``nodes/node-<i>.toml`` (node
-  configs), ``recipe.toml`` (the resolved run config), ``run-config.toml``, each process's
-  ``FLWR_HOME`` under ``home/``.
+  configs), ``nodes/node-<i>-state/`` (each node's copy of its client's state,
+  :mod:`fedwon.clients.node_state`), ``recipe.toml`` (the resolved run config),
+  ``run-config.toml``, each process's ``FLWR_HOME`` under ``home/``.
 
-Every process is stopped when the run ends, fails, times out or is interrupted.
+Each SuperNode runs through :mod:`fedwon.deploy.supernode`: with ``isolation="process"`` (the
+default) one warm worker per node runs every message (:mod:`fedwon.deploy.worker`); with
+``"subprocess"`` Flower starts a ``flwr-clientapp`` process per message. Every process is
+stopped when the run ends, fails, times out or is interrupted.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,26 +32,32 @@ from typing import Any
 from fedwon.config import RunConfig, load_config
 from fedwon.deploy import commands, diagnose
 from fedwon.deploy.certs import Certificates, make_certificates
-from fedwon.deploy.errors import DeployError
+from fedwon.deploy.commands import SUPERNODE_POLL_S
+from fedwon.deploy.errors import DeployError, check_seconds
 from fedwon.deploy.keys import NodeKey, make_node_keys
 from fedwon.deploy.network import LOOPBACK, free_ports, wait_listening
 from fedwon.deploy.plan import Scalar, fit_to_nodes, node_config
 from fedwon.deploy.processes import Process, ProcessSet
-from fedwon.preflight import prepare_run
-from fedwon.run_dir import LOCK_FILE, Row, RunDir
-from fedwon.run_lock import lock_dir
+from fedwon.protocol import NODE_STATE_DIR
+from fedwon.run.directory import LOCK_FILE, Row, RunDir
+from fedwon.run.lock import lock_dir
+from fedwon.run.preflight import prepare_run
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml declares the app
 DEFAULT_RECIPE = APP_DIR / "sims" / "cross_silo.toml"
 CONNECTION = "fedwon-local"
 POLL_S = 0.5
+ISOLATIONS = ("process", "subprocess")  # fedwon's warm worker | a process per message (Flower's)
 
 Event = Callable[[str], None]
 
 
 @dataclass
 class Node:
-    """A started SuperNode; ``required``: the run cannot go on without it."""
+    """A started SuperNode; ``required``: the run cannot start without it. Once it has joined,
+    its exit is reported once and the rounds go on with the others (the server samples the
+    connected nodes, see ``round_timeout``); the run stops only if the server then waits for
+    nodes that will not come."""
 
     name: str
     process: Process
@@ -76,9 +87,20 @@ class LocalFederation:
     """A SuperLink and SuperNodes on loopback; a context manager that always stops them."""
 
     def __init__(
-        self, root: Path, *, tls: bool = False, auth: bool = False, grace: float = 5.0
+        self,
+        root: Path,
+        *,
+        tls: bool = False,
+        auth: bool = False,
+        grace: float = 5.0,
+        isolation: str = "process",
+        poll_interval: float = SUPERNODE_POLL_S,
+        app_dir: Path = APP_DIR,
     ) -> None:
         check_security(tls, auth)
+        check_isolation(isolation, poll_interval)
+        self.isolation, self.poll_interval = isolation, poll_interval
+        self.node_env = {"PYTHONPATH": python_path(app_dir)}
         self.root = root
         self.logs = root / "logs"
         self.work = root / "deploy"
@@ -153,11 +175,14 @@ class LocalFederation:
     ) -> Node:
         """Start SuperNode ``index`` with node config ``values`` and auth key ``key``.
 
+        Its state directory is ``deploy/nodes/node-<index>-state`` unless ``values`` names one.
         It trusts the federation's CA unless given other ``root_certificates``, or dials without
         TLS if ``insecure`` (to try a misconfiguration); a node that is not ``required`` may
         exit without failing the run (a node expected to be refused, or crashing).
         """
         name = f"supernode-{index}"
+        state_dir = self.work / "nodes" / f"node-{index}-state"
+        values = {NODE_STATE_DIR: str(state_dir), **values}
         config_file = commands.write_toml(self.work / "nodes" / f"node-{index}.toml", values)
         port = free_ports(1, self.host)[0]
         self.ports.append(port)
@@ -170,8 +195,10 @@ class LocalFederation:
             root_certificates=root_certificates,
             private_key=key.private_key if key else None,
             host=self.host,
+            isolation=self.isolation,
         )
-        env = commands.flower_env(self.work / "home" / name)
+        argv = commands.launcher_argv(argv, self.poll_interval)
+        env = {**commands.flower_env(self.work / "home" / name), **self.node_env}
         process = self.processes.start(name, argv, self.logs / f"{name}.log", env=env)
         node = Node(name, process, required)
         self.nodes.append(node)
@@ -194,7 +221,7 @@ class LocalFederation:
                 retries = diagnose.connection_retries(text)
                 if node.required and retries >= diagnose.RETRIES_BEFORE_FAILING:
                     raise DeployError(diagnose.retrying(node.name, log, retries, self.tls))
-            elif node.required:
+            elif node.required and not diagnose.joined(text):
                 raise DeployError(diagnose.supernode_exit(node.name, code, log, text))
             elif not node.warned:
                 if on_event is not None:
@@ -277,6 +304,21 @@ def check_security(tls: bool, auth: bool) -> None:
         raise DeployError("--auth needs --tls: Flower authenticates SuperNodes only over TLS")
 
 
+def check_isolation(isolation: str, poll_interval: float) -> None:
+    if isolation not in ISOLATIONS:
+        raise DeployError(f"--isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    check_seconds("--poll-interval", poll_interval)
+
+
+def python_path(app_dir: Path) -> str:
+    """The ``PYTHONPATH`` of a node: the app directory first, as ``flwr-clientapp`` puts the
+    installed app bundle first (so the warm worker imports the code the bundle holds), then
+    the fedwon running here, then the caller's."""
+    here = str(Path(__file__).resolve().parents[2])
+    parts = [str(app_dir), here, os.environ.get("PYTHONPATH", "")]
+    return os.pathsep.join(dict.fromkeys(p for p in parts if p))
+
+
 def check_timeout(timeout: float) -> None:
     """Refuse, before any process starts, a timeout the run could never meet (0 or negative:
     every process would start only to be stopped) or that means nothing (NaN compares false
@@ -325,14 +367,23 @@ def deploy_local(
     timeout: float = 900.0,
     app_dir: Path = APP_DIR,
     on_event: Event | None = None,
+    isolation: str = "process",
+    poll_interval: float = SUPERNODE_POLL_S,
+    reply_poll: float | None = None,
 ) -> LocalResult:
     """Run ``recipe`` on a SuperLink and ``nodes`` SuperNodes on this machine; see the module.
 
+    ``isolation``: ``process`` (a warm worker per node) or ``subprocess`` (Flower's default, a
+    process per message); ``poll_interval``: seconds between a SuperNode's polls (Flower's: 3);
+    ``reply_poll``: the ServerApp's run config ``reply_poll`` (default 0.2 s; Flower's: 3).
     Bad input (recipe, overrides, data, directories, flags) is refused before anything starts.
     """
     say: Event = on_event or (lambda _: None)
     check_timeout(timeout)
     check_security(tls, auth)
+    check_isolation(isolation, poll_interval)
+    if reply_poll is not None:
+        check_seconds("reply_poll", reply_poll)
     app_dir = check_app_dir(app_dir)
     cfg, changes = fit_to_nodes(load_config(recipe, list(overrides)), nodes, rounds)
     prepare_run(cfg, None)  # fedwon run's checks (data, model input): fail here, not in N nodes
@@ -342,24 +393,33 @@ def deploy_local(
     # One launcher per directory: its own lock in deploy/ (the run directory's lock is the
     # ServerApp's, a process this one cannot hand a lock to), held until every process stopped.
     with lock_dir(out / "deploy", "deployment directory"):
-        return _deploy(out, cfg, changes, nodes, tls, auth, timeout, app_dir, say)
+        federation = LocalFederation(
+            out,
+            tls=tls,
+            auth=auth,
+            isolation=isolation,
+            poll_interval=poll_interval,
+            app_dir=app_dir,
+        )
+        extra = {} if reply_poll is None else {"reply_poll": reply_poll}
+        return _deploy(federation, cfg, changes, nodes, timeout, app_dir, say, extra)
 
 
 def _deploy(
-    out: Path,
+    federation: LocalFederation,
     cfg: RunConfig,
     changes: dict[str, Any],
     nodes: int,
-    tls: bool,
-    auth: bool,
     timeout: float,
     app_dir: Path,
     say: Event,
+    run_settings: Mapping[str, Scalar],
 ) -> LocalResult:
     """:func:`deploy_local` once its input is checked and ``out`` is locked."""
+    out, tls, auth = federation.root, federation.tls, federation.auth
     resolved = commands.write_toml(out / "deploy" / "recipe.toml", cfg.to_flat())
     start = time.monotonic()
-    with LocalFederation(out, tls=tls, auth=auth) as federation:
+    with federation:
         federation.start_superlink()
         say(
             f"SuperLink up{' with TLS' if tls else ''}: Fleet API "
@@ -375,8 +435,12 @@ def _deploy(
             say(f"registered {nodes} SuperNode keys")
         for i in range(nodes):
             federation.start_node(i, node_config(cfg, i, nodes), key=keys[i])
-        say(f"started {nodes} SuperNodes; {cfg.server.num_rounds} rounds of {cfg.server.strategy}")
-        run_config = {"recipe": str(resolved), "set": "", "out": str(out)}
+        how = "a warm worker each" if federation.isolation == "process" else "a process per message"
+        say(
+            f"started {nodes} SuperNodes ({how}); {cfg.server.num_rounds} rounds of "
+            f"{cfg.server.strategy}"
+        )
+        run_config = {"recipe": str(resolved), "set": "", "out": str(out), **run_settings}
         remaining = timeout - (time.monotonic() - start)
         run_s = federation.run(app_dir, run_config, remaining, say)
         wall_s = time.monotonic() - start

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedwon.config import RunConfig
-from fedwon.datasets import DATASETS
+from fedwon.datasets import spec_info
 from fedwon.deploy.errors import DeployError
 from fedwon.strategies import ServerSpec
 
@@ -22,7 +22,7 @@ Scalar = bool | int | float | str
 
 def _per_domain(cfg: RunConfig) -> bool:
     """Whether the partition puts a whole number of clients in every domain."""
-    return cfg.data.partition == "domain" or (
+    return cfg.data.partition in ("domain", "natural_id") or (
         cfg.data.partition == "dirichlet" and cfg.data.dirichlet_scope == "domain"
     )
 
@@ -43,7 +43,7 @@ def fit_to_nodes(
             raise DeployError(f"--rounds must be >= 1, got {rounds}")
         changes["num_rounds"] = rounds
     if _per_domain(cfg):
-        domains = cfg.data.domains or DATASETS[cfg.data.dataset].domains
+        domains = cfg.data.domains or spec_info(cfg.data).domains
         if nodes % len(domains):
             if nodes > len(domains) or cfg.data.domains:
                 raise DeployError(

@@ -91,7 +91,7 @@ class InProcessExecutor(Executor):
 
     def iter_execute(self, jobs: Sequence[Job], deadline: float | None) -> Iterator[Outcome | None]:
         """Run each job when its outcome is asked for: nothing of a reply outlives its use."""
-        return self._runner.iter_batch(jobs, remaining(deadline))
+        return self._runner.iter_batch(jobs, remaining(deadline), streamed=True)
 
 
 # ---- Ray --------------------------------------------------------------------------------

@@ -14,15 +14,22 @@ During a run (``fast_array_codec()``; ``install()`` in worker processes the engi
 * ``Array.numpy`` returns a fresh writable copy of the payload (one copy, as before), and
   ``ArrayRecord.to_torch_state_dict`` copy-on-write clones of one tensor per payload (no
   copy unless the receiver writes: see ``_cow_tensor``);
-* ``ArrayRecord.from_torch_state_dict`` does the same per tensor with less Python, and
-  ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares payloads instead
-  of re-encoding them;
+* ``ArrayRecord.from_torch_state_dict`` (and ``ArrayRecord(state_dict)``, without Flower's
+  type-check passes) does the same per tensor with less Python -- and, for a client whose
+  reply the grid streams to the round rules' running mean (``lazy_snapshots``), takes a
+  copy-on-write snapshot of each tensor instead of a copy (see "replies without a snapshot
+  copy" below); ``ArrayRecord.from_array_dict`` (``ArrayRecord(dict_of_arrays)``) shares
+  payloads instead of re-encoding them;
 * Flower's ``aggregate_arrayrecords`` (used by ``FedAvg`` and its subclasses, ``MultiKrum``)
   is replaced by ``aggregate_arrayrecords`` below: the same arithmetic in the same order,
-  bit for bit, reading each reply's values in place instead of through a copy;
+  bit for bit, reading each reply's values in place instead of through a copy, and handing
+  on a server-computed payload (``adopt_result``: the streamed mean) as the mean of that one
+  reply, since ``x * 1.0`` is ``x``;
 * Flower's ``TypedDict`` item access and ``RecordDict.array_records``/``metric_records``/
   ``config_records`` behave as before without building typing objects or re-assigning every
-  record on each call (dozens of times per message).
+  record on each call (dozens of times per message), and without the reference cycle of
+  Flower's record views (which kept the message they were taken from alive until the garbage
+  collector ran).
 
 ``Array.data`` itself is a property (installed once, kept for the process's life, so that
 arrays created during a run stay valid after it): it returns the stored bytes, or encodes the
@@ -53,6 +60,8 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.message.arrayrecord import _check_key as _check_array_key
+from flwr.app.message.arrayrecord import _check_value as _check_array_value
 from flwr.app.message.recorddict import _check_key as _check_record_key
 from flwr.app.message.recorddict import _SyncedDict
 from flwr.app.message.typeddict import TypedDict
@@ -62,6 +71,8 @@ _MAGIC = b"\x93NUMPY"
 _MAX_CACHE = 4096
 #: ``Array.__dict__`` key of a lazy array's payload (a private, read-only, C-ordered ndarray).
 PAYLOAD_KEY = "_fedwon_payload"
+#: ``Array.__dict__`` key marking a payload computed on the server (see :func:`adopt_result`).
+EXACT_KEY = "_fedwon_exact"
 _STRATEGY_PACKAGE = "flwr.serverapp.strategy"
 
 _ORIG_NUMPY: Callable[[Array], np.ndarray] = Array.numpy
@@ -184,6 +195,42 @@ def adopt(payload: np.ndarray) -> Array:
     return arr
 
 
+def adopt_result(payload: np.ndarray) -> Array:
+    """:func:`adopt` for the result of arithmetic on the server (a mean, a sum): its values
+    hold no signalling NaN, so multiplying them by 1.0 leaves every bit as it is, and
+    :func:`aggregate_arrayrecords` may hand such an array on as FedAvg's mean of one reply
+    (weight factor 1.0) instead of computing ``value * 1.0`` into a new array. Outside a run
+    (no payloads), a plain ``Array``."""
+    if not (_saved and _lazy_eligible(payload) and payload.flags.c_contiguous):
+        return Array(payload)
+    base: Any = payload.base
+    torch = sys.modules.get("torch")
+    if torch is not None and type(base) is torch.Tensor and base.numel() == payload.size:
+        # from :func:`empty_result`: the tensor is what clients' tensors are cloned from
+        interface = {
+            "shape": payload.shape,
+            "typestr": payload.dtype.str,
+            "data": (base.data_ptr(), True),
+            "version": 3,
+        }
+        payload = np.asarray(_CowMemory(interface, base))
+    arr = adopt(payload)
+    arr.__dict__[EXACT_KEY] = True
+    return arr
+
+
+def empty_result(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A writable array for a result the server computes and then hands to clients (a mean,
+    for :func:`adopt_result`): torch memory during a run when torch has the dtype, so that
+    clients' ``to_torch_state_dict`` clone it copy-on-write rather than copying it first."""
+    dtype = np.dtype(dtype)
+    torch = sys.modules.get("torch")
+    if not _saved or torch is None or not _torch_supports(dtype) or not cow_tensors_work():
+        return np.empty(shape, dtype)
+    out: np.ndarray = torch.from_numpy(np.empty(0, dtype)).new_empty(shape).numpy()
+    return out
+
+
 def is_lazy(arr: Array) -> bool:
     """Whether ``arr`` holds a payload whose bytes were not produced yet."""
     return PAYLOAD_KEY in arr.__dict__
@@ -214,6 +261,8 @@ def clone_array(arr: Array) -> Array:
     payload = src.get(PAYLOAD_KEY)
     if payload is not None:
         d[PAYLOAD_KEY] = payload
+        if EXACT_KEY in src:  # a property of the (shared) values
+            d[EXACT_KEY] = True
     else:
         d["data"] = src["data"]
     return new
@@ -347,10 +396,35 @@ def _lazy_from_torch_state_dict(
     return record
 
 
+_ORIG_RECORD_INIT: Any = ArrayRecord.__init__
+
+
+def _record_init(self: ArrayRecord, *args: Any, **kwargs: Any) -> None:
+    """``ArrayRecord.__init__``: ``ArrayRecord(state_dict)`` (a dict of tensors, what a
+    ClientApp replies with) goes straight to ``from_torch_state_dict``'s arrays, without
+    Flower's three passes of type checks over the dict and a second record to copy from;
+    anything else takes Flower's constructor."""
+    arg = args[0] if len(args) == 1 and not kwargs else None
+    torch = sys.modules.get("torch")
+    if type(arg) in (dict, OrderedDict) and arg and torch is not None:
+        tensor = torch.Tensor
+        if all(type(k) is str and isinstance(v, tensor) for k, v in arg.items()):
+            d = self.__dict__
+            d["_check_key_fn"] = _check_array_key
+            d["_check_value_fn"] = _check_array_value
+            d["_data"] = {k: _array_from_tensor(v) for k, v in arg.items()}
+            return
+    _ORIG_RECORD_INIT(self, *args, **kwargs)
+
+
 def _array_from_tensor(tensor: Any) -> Array:
     """A lazy ``Array`` holding a copy of ``tensor`` (Flower's path for anything unusual)."""
     if tensor.requires_grad:
         tensor = tensor.detach()
+    if getattr(_snapshots, "lazy", False):
+        snapshot = _cow_array(tensor)
+        if snapshot is not None:
+            return snapshot
     if not tensor.is_cpu:
         ndarray = tensor.cpu().numpy()  # a fresh copy already: adopt it when C-ordered
         if ndarray.flags.c_contiguous and _lazy_eligible(ndarray):
@@ -423,7 +497,11 @@ def _torch_supports(dtype: np.dtype[Any]) -> bool:
 
 def _torch_source(payload: np.ndarray) -> Any:
     """The torch tensor holding a copy of ``payload`` (made once per payload, cached while
-    the payload lives); clients get copy-on-write clones of it."""
+    the payload lives); clients get copy-on-write clones of it. A copy-on-write snapshot's
+    payload already has one: its clone (which nothing writes)."""
+    owner = payload.base
+    if type(owner) is _CowMemory:
+        return owner.clone
     key = id(payload)
     entry = _torch_sources.get(key)
     if entry is not None and entry[0]() is payload:
@@ -440,6 +518,9 @@ def _cow_tensor(arr: Array) -> Any:
     where possible, else Flower's ``torch.from_numpy(arr.numpy())``."""
     torch = sys.modules["torch"]
     payload = arr.__dict__.get(PAYLOAD_KEY)
+    owner = getattr(payload, "base", None)
+    if type(owner) is _CowMemory and arr.stype == SType.NUMPY:
+        return torch._lazy_clone(owner.clone)  # a snapshot or a streamed mean: torch memory
     if (
         payload is not None
         and arr.stype == SType.NUMPY
@@ -461,6 +542,129 @@ def _cow_to_torch_state_dict(self: ArrayRecord, *, keep_input: bool = True) -> A
     return state
 
 
+# ---- replies without a snapshot copy: copy-on-write clones of the live tensors -----------------
+#
+# ``ArrayRecord(model.state_dict())`` in a ClientApp must snapshot the tensors: the next client
+# of the process trains the same cached model. When the grid streams replies (the round rules'
+# running mean folds each reply and lets it go before the next client runs), the engine runs
+# each client under ``lazy_snapshots()``: the record's payloads are then read-only views of
+# copy-on-write clones of the tensors (``torch._lazy_clone``), made without copying. Whoever
+# writes a tensor while its snapshot lives -- the ClientApp after building its reply, the next
+# client's ``load_state_dict``, the optimizer -- first gets its own copy from torch, so the
+# snapshot keeps the values it was taken with; once the snapshot is gone (folded and dropped),
+# torch hands the memory back to the tensor on its next write, without a copy. Memory torch
+# does not own (``torch.from_numpy``, shared memory) cannot be cloned this way and is copied as
+# before. What copy-on-write cannot see are raw pointers taken earlier: a ClientApp that keeps
+# ``tensor.numpy()`` views of its parameters from one call to the next and writes through them
+# (rather than through torch) must not run streamed rounds with ``fast_arrays``.
+
+_snapshots = threading.local()
+
+
+class _CowMemory:
+    """Owns a snapshot's memory: the copy-on-write clone, kept alive with every view of it,
+    and the array interface numpy builds the (read-only) payload from."""
+
+    __slots__ = ("__array_interface__", "clone")
+
+    def __init__(self, interface: dict[str, Any], clone: Any) -> None:
+        self.__array_interface__ = interface
+        self.clone = clone
+
+
+#: (address, torch dtype, shape) of a tensor snapshotted before -> (the array interface of
+#: its memory, numpy's dtype name, the shape as a tuple). A model's tensors keep their memory
+#: from one client to the next (see above), so each snapshot after the first finds these.
+_cow_layouts: dict[tuple[int, Any, Any], tuple[dict[str, Any], str, tuple[int, ...]]] = {}
+
+
+def _cow_array(tensor: Any, *, tested: bool = False) -> Array | None:
+    """A lazy ``Array`` whose payload is a copy-on-write snapshot of ``tensor`` (see above),
+    made without copying; None where that cannot be done (not on the CPU, not contiguous,
+    empty, no numpy dtype, memory torch does not own, a torch without copy-on-write).
+    ``tested``: called by the self-test (which it must not wait for, nor leave a cache for)."""
+    if not (tested or cow_snapshots_work()) or not (tensor.is_cpu and tensor.is_contiguous()):
+        return None
+    address = tensor.data_ptr()  # before the clone: afterwards it would copy
+    key = (address, tensor.dtype, tensor.shape)
+    layout = _cow_layouts.get(key)
+    if layout is None:
+        layout = _cow_layout(tensor, address)
+        if layout is None:
+            return None
+        if not tested:
+            if len(_cow_layouts) >= _MAX_CACHE:
+                _cow_layouts.clear()
+            _cow_layouts[key] = layout
+    try:
+        clone = sys.modules["torch"]._lazy_clone(tensor)
+    except RuntimeError:  # memory torch does not own (from numpy, shared): copy it
+        return None
+    interface, dtype_name, shape = layout
+    payload = np.asarray(_CowMemory(interface, clone))  # read-only: see the interface
+    arr = object.__new__(Array)
+    d = arr.__dict__
+    d["dtype"], d["shape"], d["stype"], d[PAYLOAD_KEY] = dtype_name, shape, SType.NUMPY, payload
+    return arr
+
+
+def _cow_layout(tensor: Any, address: int) -> tuple[dict[str, Any], str, tuple[int, ...]] | None:
+    """What :func:`_cow_array` caches for ``tensor``'s memory, or None where a snapshot
+    cannot be taken (empty, or no numpy dtype)."""
+    if tensor.numel() == 0:
+        return None
+    try:
+        dtype = tensor.numpy().dtype  # a dtype numpy has (not bfloat16, ...)
+    except (TypeError, RuntimeError):
+        return None
+    shape = tuple(tensor.shape)
+    interface = {"shape": shape, "typestr": dtype.str, "data": (address, True), "version": 3}
+    return interface, _dtype_name(dtype), shape
+
+
+def lazy_snapshots(enabled: bool) -> bool:
+    """Whether ``ArrayRecord(state_dict)`` in this thread takes copy-on-write snapshots
+    instead of copies (see above; for a client whose reply is folded before the next client
+    runs) from now on; returns the previous setting, to restore afterwards."""
+    saved: bool = getattr(_snapshots, "lazy", False)
+    _snapshots.lazy = enabled
+    return saved
+
+
+@functools.lru_cache(maxsize=1)
+def cow_snapshots_work() -> bool:
+    """Whether this torch keeps a snapshot's values when the tensor is then written in every
+    way a ClientApp writes a model (torch ops, ``load_state_dict``, foreach copies, a new
+    ``.numpy()`` view)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not cow_tensors_work() or not hasattr(torch._C, "_is_cow_tensor"):
+        return False
+    try:
+        layer = torch.nn.Linear(3, 1)
+        with torch.no_grad():
+            layer.weight.copy_(torch.arange(3.0))
+        weight = layer.weight.detach()
+
+        def snapshot() -> np.ndarray | None:
+            arr = _cow_array(weight, tested=True)
+            return None if arr is None else arr.__dict__[PAYLOAD_KEY]
+
+        snapshots = [snapshot()]
+        with torch.no_grad():
+            layer.weight.add_(1.0)  # the layer gets its own copy; the snapshot keeps its own
+        snapshots.append(snapshot())
+        layer.load_state_dict({"weight": torch.zeros(1, 3), "bias": torch.zeros(1)})
+        snapshots.append(snapshot())
+        torch._foreach_copy_([weight], [torch.full((1, 3), 7.0)])
+        snapshots.append(snapshot())
+        weight.numpy()[0, 0] = 9.0  # a new numpy view writes the tensor's own memory
+        seen = [s.tolist() if s is not None else None for s in snapshots]
+        want = [[[0.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]], [[7.0, 7.0, 7.0]]]
+        return seen == want and weight.tolist() == [[9.0, 7.0, 7.0]]
+    except (RuntimeError, TypeError, AttributeError, ValueError):
+        return False
+
+
 def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str) -> ArrayRecord:
     """Flower's ``aggregate_arrayrecords``, bit for bit, reading replies in place.
 
@@ -477,11 +681,15 @@ def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str
     weight_factors = [w / total_weight for w in weights]
     sums: dict[str, Any] = {}
     scratch: dict[str, np.ndarray] = {}
+    # FedAvg's mean of one reply (the round rules' streamed mean): ``x * 1.0`` is ``x``
+    one = len(records) == 1 and weight_factors[0] == 1.0 and len(records[0].array_records) == 1
     for record, weight in zip(records, weight_factors, strict=True):
         for record_item in record.array_records.values():
             for key, value in record_item.items():
                 view = payload_view(value)
-                if key not in sums:
+                if one and key not in sums and _times_one_is_identity(value, view):
+                    sums[key] = value.__dict__[PAYLOAD_KEY]  # x * 1.0 == x: share it
+                elif key not in sums:
                     sums[key] = view * weight
                 else:
                     sums[key] += _product(view, weight, sums[key], scratch, key)
@@ -492,6 +700,17 @@ def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str
             adopt(total) if _lazy_eligible(total) and total.flags.c_contiguous else Array(total)
         )
     return result
+
+
+def _times_one_is_identity(arr: Array, view: np.ndarray) -> bool:
+    """Whether ``view * 1.0`` would be ``arr``'s payload bit for bit, in its dtype: a float
+    payload computed on the server (:func:`adopt_result`: no signalling NaN)."""
+    return (
+        arr.__dict__.get(EXACT_KEY, False)
+        and PAYLOAD_KEY in arr.__dict__
+        and view.dtype.kind == "f"
+        and np.result_type(view, 1.0) == view.dtype
+    )
 
 
 def _product(
@@ -566,14 +785,31 @@ def _typed_items(self: TypedDict[Any, Any]) -> Any:
     return self.__dict__["_data"].items()
 
 
+@functools.cache
+def _value_check(allowed: type) -> Callable[[Any], None]:
+    """``_SyncedDict.check_value`` for one record type, bound to nothing."""
+
+    def check_value(value: Any) -> None:
+        if not isinstance(value, allowed):
+            raise TypeError(
+                f"Expected `{allowed.__name__}`, but "
+                f"received `{type(value).__name__}` for the value."
+            )
+
+    return check_value
+
+
 def _records_view(recorddict: RecordDict, allowed: type) -> Any:
     """What ``RecordDict.array_records`` (etc.) return: a ``_SyncedDict`` of the records of
     one type, built directly (Flower re-assigns every record into the ``RecordDict`` while
-    building it, with two type checks each, on every property access)."""
+    building it, with two type checks each, on every property access). Flower's view holds
+    its own bound ``check_value``, a reference cycle: the view, and the message it was taken
+    from, would live until the garbage collector runs (a streamed reply, and its snapshot,
+    past the next client); this one is freed as soon as it is dropped."""
     synced = object.__new__(_SyncedDict)
     d = synced.__dict__
     d["_check_key_fn"] = _check_record_key
-    d["_check_value_fn"] = synced.check_value
+    d["_check_value_fn"] = _value_check(allowed)
     d["_data"] = {k: v for k, v in recorddict.__dict__["_data"].items() if isinstance(v, allowed)}
     d["recorddict"] = recorddict
     d["allowed_type"] = allowed
@@ -607,6 +843,7 @@ def _patches() -> list[tuple[Any, str, Any]]:
         (Array, "from_numpy_ndarray", classmethod(_lazy_from_numpy_ndarray)),
         (ArrayRecord, "from_array_dict", classmethod(_sharing_from_array_dict)),
         (ArrayRecord, "from_torch_state_dict", classmethod(_lazy_from_torch_state_dict)),
+        (ArrayRecord, "__init__", _record_init),
         (ArrayRecord, "to_torch_state_dict", _cow_to_torch_state_dict),
         (TypedDict, "__setitem__", _typed_setitem),
         (TypedDict, "__getitem__", _typed_getitem),

@@ -35,7 +35,7 @@ from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from .fastarrays import clone_array_record
+from .fastarrays import clone_array_record, lazy_snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,11 @@ def isolated_message(message: Message) -> Message:
     content = RecordDict()
     for key, record in message.content.items():
         content[key] = isolated_record(record)
-    # ``metadata=`` is Flower's internal constructor path (not in its typing overloads).
-    return Message(content=content, metadata=_copy_metadata(message.metadata))  # type: ignore[call-overload]
+    # what ``Message(content=content, metadata=...)``, Flower's internal constructor path,
+    # stores, without re-checking arguments that come from a valid message
+    new = object.__new__(Message)
+    new.__dict__.update(_metadata=_copy_metadata(message.metadata), _content=content, _error=None)
+    return new
 
 
 def _copy_metadata(metadata: Metadata) -> Metadata:
@@ -180,9 +183,19 @@ class ClientRunner:
     def run_one(self, job: Job) -> Outcome:
         """Call the ClientApp on one message; exceptions become error replies."""
         msg, ctx = isolated_message(job.message), job.context
+        md = msg.metadata
         try:
-            with task_identity(msg.metadata.run_id, msg.metadata.dst_node_id):
+            # ``task_identity``, inline (a generator context manager per client shows)
+            saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+            TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = (
+                1,
+                md.run_id,
+                md.dst_node_id,
+            )
+            try:
                 reply = self.app(msg, ctx)
+            finally:
+                TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, not a Message")
         except Exception as ex:
@@ -207,16 +220,29 @@ class ClientRunner:
         return list(self.iter_batch(jobs, time_budget))
 
     def iter_batch(
-        self, jobs: Sequence[Job], time_budget: float | None
+        self, jobs: Sequence[Job], time_budget: float | None, *, streamed: bool = False
     ) -> Iterator[Outcome | None]:
-        """:meth:`run_batch`, one job per request (the budget starts now)."""
+        """:meth:`run_batch`, one job per request (the budget starts now).
+
+        ``streamed``: each reply is expected to be consumed (folded into a sum) and dropped
+        before the next job is asked for, so replies snapshot the ClientApp's tensors
+        copy-on-write instead of copying them (``fastarrays.lazy_snapshots``): no copy at
+        all when the reply is gone by the time the next client writes its model, one copy
+        (by torch, at that write) when it is not.
+        """
         deadline = None if time_budget is None else time.monotonic() + time_budget
 
         def outcomes() -> Iterator[Outcome | None]:
             for job in jobs:
                 if deadline is not None and time.monotonic() >= deadline:
                     yield None
-                else:
-                    yield self.run_one(job)
+                    continue
+                saved = lazy_snapshots(streamed)
+                try:
+                    outcome = self.run_one(job)
+                finally:
+                    lazy_snapshots(saved)
+                yield outcome
+                del outcome  # the consumer's now: not held while the next client runs
 
         return outcomes()

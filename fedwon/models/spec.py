@@ -11,9 +11,9 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
+from fedwon.common.section import Section
 from fedwon.models.registry import MODELS, build_model
 from fedwon.nn import NORM_KINDS
-from fedwon.section import Section
 
 AUTO_NORM = "auto"
 

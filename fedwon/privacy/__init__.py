@@ -6,6 +6,9 @@
 * :mod:`~fedwon.privacy.accounting` -- ``compute_epsilon``, ``calibrate_noise``,
   ``PrivacyLedger`` (Opacus' RDP / PRV accountants, amplification by sampling);
 * :mod:`~fedwon.privacy.central_dp` -- ``CentralDP``, user-level DP around any Flower strategy;
+* :mod:`~fedwon.privacy.mechanisms` -- the user-level mechanisms it runs, one interface
+  (``gaussian``, ``adaptive_clipping``, ``bandmf``); :mod:`~fedwon.privacy.bandmf` -- DP-FTRL's
+  banded matrix factorization, correlated noise and participation accounting;
 * :mod:`~fedwon.privacy.client_clipping` -- ``dp_clipping_mod``, clipping on the client;
 * ``FedLAMB`` (layer-wise gradient normalization on the server) lives with the aggregators,
   :mod:`fedwon.strategies.lamb`; re-exported here;

@@ -11,18 +11,20 @@ run besides the dp section is :class:`DPRun`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
+from fedwon.common.records import CLIP_NORM_METRIC
+from fedwon.common.section import ConfigError
 from fedwon.privacy.accounting import Mechanism
 from fedwon.privacy.central_dp import CentralDP
 from fedwon.privacy.client_epsilons import ClientEpsilons
 from fedwon.privacy.config import DPConfig, DPRunCheck
-from fedwon.privacy.noise import noise_std
-from fedwon.section import ConfigError
+from fedwon.privacy.mechanisms import MECHANISMS
+from fedwon.strategies.participation import Participation
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -31,7 +33,8 @@ Row = dict[str, Any]
 @dataclass(frozen=True)
 class DPRun:
     """What DP needs to know of a run besides its ``dp`` section: the cohort it calibrates
-    noise and averages for, the checked population, the number of rounds and the seed."""
+    noise and averages for, the checked population, the number of rounds, the seed and who
+    trains when (``participation``; None: uniform sampling)."""
 
     dp: DPConfig
     check: DPRunCheck
@@ -39,6 +42,7 @@ class DPRun:
     num_clients: int
     num_rounds: int
     seed: int
+    participation: Participation | None = None
 
 
 class PrivacyWrap:
@@ -58,12 +62,14 @@ class PrivacyWrap:
         run: DPRun,
         wrap: Callable[[Strategy], Strategy] | None = None,
         prior: Sequence[Mechanism] = (),
+        state: Mapping[str, Any] | None = None,
     ) -> None:
         self.run, self.wrap = run, wrap
         self.dp: CentralDP | None = None
         self.sample_dp: ClientEpsilons | None = None
         self.check = run.check
         self.prior = list(prior)
+        self.prior_state = state
         for warning in self.check.warnings:
             log.warning("%s", warning)
 
@@ -84,6 +90,8 @@ class PrivacyWrap:
                 num_rounds=self.run.num_rounds,
                 seed=self.run.seed,
                 prior=self.prior,
+                state=self.prior_state,
+                participation=self.run.participation,
             )
         except ValueError as err:  # a budget out of reach: the user's settings
             raise ConfigError(str(err)) from None
@@ -93,6 +101,12 @@ class PrivacyWrap:
         """The privacy ledger's ``(z, q, rounds)`` segments of rounds 1..``rounds`` (None
         without user-level DP): what a checkpoint keeps."""
         return None if self.dp is None else self.dp.ledger.history(rounds)
+
+    def state(self) -> dict[str, Any] | None:
+        """The user-level mechanism's state after the last round run (None without one, or
+        for a stateless mechanism): what a checkpoint keeps besides the ledger, so that a
+        resumed run continues it exactly (adaptive clipping: the next round's bound)."""
+        return None if self.dp is None else self.dp.mechanism.state()
 
     def last_round(self, start_round: int = 0) -> int:
         """The last round the run may take: ``num_rounds``, or fewer under ``dp.max_epsilon``
@@ -135,11 +149,15 @@ class PrivacyWrap:
         if self.dp is None:
             return {}
         ledger = self.dp.ledger
+        mechanism = self.dp.mechanism
         done = max((int(r["round"]) for r in rows), default=0)
         last = self.dp.rounds_within_budget(self.run.num_rounds)
+        bounds = [r[CLIP_NORM_METRIC] for r in rows if r.get(CLIP_NORM_METRIC) is not None]
+        clip_norm = bounds[-1] if bounds else self.dp.clip_norm  # the last round's (adaptive)
         return {
             "privacy": {
                 "level": "user",
+                **mechanism.describe(),
                 "epsilon": ledger.epsilon(done),
                 "delta": ledger.delta,
                 "noise_multiplier": ledger.noise_multiplier,
@@ -151,15 +169,10 @@ class PrivacyWrap:
                 "target_epsilon": self.run.dp.target_epsilon or None,
                 "max_epsilon": self.run.dp.max_epsilon or None,
                 "accountant": ledger.accountant,
-                "clip_norm": self.dp.clip_norm,
+                "clip_norm": clip_norm,
                 "clipping": self.dp.clipping,
                 "placement": self.dp.placement,
-                "noise_std_on_mean": noise_std(
-                    ledger.noise_multiplier,
-                    self.dp.clip_norm,
-                    self.dp.expected_clients,
-                    self.dp.noise_cohort,
-                ),
+                "noise_std_on_mean": mechanism.noise_std_on_mean(clip_norm),
                 **population_statement(
                     self.check.population,
                     self.run.num_clients,
@@ -196,6 +209,29 @@ def prior_history(
             f"rounds, but the checkpoint is at round {checkpoint_round}"
         )
     return list(history)
+
+
+def prior_state(
+    run: DPRun, checkpoint_round: int, state: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The user-level mechanism's state at a resumed run's checkpoint (None for a new run or a
+    stateless mechanism). A stateful mechanism's checkpoint without it, or with another
+    mechanism's, is refused: its next round could not continue where the run stopped."""
+    dp = run.dp
+    if checkpoint_round == 0 or not (dp.enabled and dp.level == "user"):
+        return None
+    if not MECHANISMS[dp.mechanism].stateful:
+        return None
+    if state is None or state.get("mechanism") != dp.mechanism:
+        found = (
+            "no mechanism state" if state is None else f"the state of {state.get('mechanism')!r}"
+        )
+        raise ConfigError(
+            f"cannot resume this DP run: its checkpoint holds {found}, but "
+            f"dp.mechanism={dp.mechanism!r} continues from its state at round "
+            f"{checkpoint_round} (e.g. the adaptive clipping bound); start the run again"
+        )
+    return dict(state)
 
 
 def population_statement(

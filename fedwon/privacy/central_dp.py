@@ -9,11 +9,15 @@ accounting *with* amplification by sampling (Opacus' RDP or PRV accountant, see
    strategy sample the cohort and build its messages; remember the arrays they carry. With
    ``placement="client"`` the clip settings travel in the train ConfigRecord
    (:data:`CLIP_NORM_KEY`, ...) and :func:`fedwon.privacy.dp_clipping_mod` clips on the client.
-2. ``aggregate_train``: per reply, the update is ``reply - sent``; clip it (flat or per layer);
+2. ``aggregate_train``: per reply, the update is ``reply - sent``; clip it (flat or per layer)
+   to the round's bound (the mechanism's ``clip_rule``);
    sum the clipped updates, **each client weighted equally** (a data-size weight would let one
-   client move the sum by more than C); add N(0, (z*C)^2) per coordinate; divide by the
-   *expected* cohort size m. With ``noise_cohort`` M (population-scale simulation) the
-   noise std on the sum is z*C*m/M, so the average carries a cohort of M's noise z*C/M.
+   client move the sum by more than C), counting those the clipping left untouched; the
+   mechanism (:mod:`fedwon.privacy.mechanisms`, ``dp.mechanism``) turns the sum into the private
+   mean -- ``gaussian``: add N(0, (z*C)^2) per coordinate and divide by the *expected* cohort
+   size m (with ``noise_cohort`` M, population-scale simulation, the noise std on the sum is
+   z*C*m/M, so the average carries a cohort of M's noise z*C/M); ``adaptive_clipping``: the
+   same with a raised noise multiplier, plus a noisy count that moves the bound.
 3. The inner strategy then aggregates replies whose arrays all equal ``sent + noisy mean``:
    any weighted average of identical arrays is that array, so FedAvg returns it, FedAvgM and
    FedOpt (FedAdam, FedYogi, FedAdagrad, LAMB) see the noisy mean as their pseudo-gradient
@@ -26,9 +30,10 @@ accounting *with* amplification by sampling (Opacus' RDP or PRV accountant, see
    (median, Krum, ...) get the N replies.
    Entries that are not learned (integer counters, see :mod:`fedwon.privacy.updates`) are
    put back to the sent values afterwards: the global model keeps their dtype and shape.
-4. The train MetricRecord gains ``epsilon`` (spent after this round) and
+4. The train MetricRecord gains ``epsilon`` (spent after this round),
    ``clipped_fraction`` (share of the cohort whose update was clipped; a server-side
-   diagnostic, not privatized -- like the clients' other metrics).
+   diagnostic, not privatized -- like the clients' other metrics) and the mechanism's own
+   round metrics (adaptive clipping: ``clip_norm``, the round's bound).
 
 Rounds are numbered as the strategy sees them: the wrapper must receive *absolute* round numbers
 (a resumed run's offset already applied), since epsilon after round r and round r's noise seed
@@ -39,8 +44,8 @@ round and the cohort has at most ``expected_clients`` members (checked).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -51,15 +56,25 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from fedwon.privacy.accounting import (
-    Mechanism,
-    PrivacyLedger,
-    calibrate_noise_after,
-    sample_rate,
+from fedwon.common.records import (
+    CLIP_NORM_KEY,
+    CLIPPED_METRIC,
+    CLIPPING_KEY,
+    EPSILON_METRIC,
+    SPLIT_KEY,
+    UNCLIPPED_KEY,
 )
+from fedwon.privacy.accounting import Mechanism, PrivacyLedger, sample_rate
 from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
 from fedwon.privacy.config import DPConfig
-from fedwon.privacy.noise import privatize_sum_, round_generator
+from fedwon.privacy.mechanisms import (
+    MECHANISMS,
+    ClipRule,
+    GaussianMechanism,
+    MechanismSetting,
+    RoundSum,
+    UserMechanism,
+)
 from fedwon.privacy.train_wrapper import TrainWrapper
 from fedwon.privacy.updates import (
     apply_update,
@@ -68,15 +83,9 @@ from fedwon.privacy.updates import (
     is_learned,
     update_tensors,
 )
-from fedwon.records import (
-    CLIP_NORM_KEY,
-    CLIPPED_METRIC,
-    CLIPPING_KEY,
-    EPSILON_METRIC,
-    SPLIT_KEY,
-)
 from fedwon.strategies.aggregation import reply_weight
 from fedwon.strategies.aggregators import AGGREGATORS
+from fedwon.strategies.participation import Participation
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +114,14 @@ class ClientClippingError(RuntimeError):
 
 
 class CentralDP(TrainWrapper):
-    """Clip, sum with equal weights, add Gaussian noise, average over the expected cohort.
+    """Clip, sum with equal weights, add noise, average over the expected cohort: a user-level
+    mechanism (:mod:`fedwon.privacy.mechanisms`) around any Flower strategy.
+
+    ``CentralDP(strategy, noise_multiplier=..., clip_norm=..., ...)`` runs the ``gaussian``
+    mechanism (fixed clipping); :meth:`around` runs any mechanism, :meth:`from_config` the one
+    a run's ``dp.mechanism`` names. The wrapper does the plumbing (messages, the arrays sent,
+    updates, the inner strategy, the budget stop), the mechanism the maths (clip rule, noise,
+    accounting, state).
 
     Args:
         strategy: the inner strategy (sampling, messages, aggregation, evaluation).
@@ -147,37 +163,87 @@ class CentralDP(TrainWrapper):
         noise_cohort: int = 0,
         prior: Sequence[Mechanism] = (),
     ) -> None:
-        super().__init__()
         check_clip_settings(clip_norm, clipping, split)
         if expected_clients < 1:
             raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
-        if placement not in ("server", "client"):
-            raise ValueError(f"unknown placement {placement!r}; choose 'server' or 'client'")
-        if max_epsilon < 0:
-            raise ValueError(f"max_epsilon must be >= 0 (0 = no cap), got {max_epsilon}")
-        if noise_cohort and noise_cohort < expected_clients:
-            raise ValueError(
-                f"noise_cohort={noise_cohort} is below expected_clients={expected_clients}: "
-                "it simulates the noise of a larger cohort (0 = the cohort itself)"
-            )
+        _check_wrapper_settings(placement, max_epsilon)
+        mechanism = GaussianMechanism(
+            noise_multiplier=noise_multiplier,
+            clip_norm=clip_norm,
+            expected_clients=expected_clients,
+            sample_rate=sample_rate,
+            delta=delta,
+            clipping=clipping,
+            split=split,
+            accountant=accountant,
+            seed=seed,
+            secure_rng=secure_rng,
+            noise_cohort=noise_cohort,
+            prior=prior,
+        )
+        self._attach(strategy, mechanism, placement, max_epsilon)
+
+    def _attach(
+        self, strategy: Strategy, mechanism: UserMechanism, placement: str, max_epsilon: float
+    ) -> None:
+        super().__init__()
         self.strategy = strategy
-        self.ledger = PrivacyLedger(noise_multiplier, sample_rate, delta, accountant, prior)
-        self.noise_multiplier = float(noise_multiplier)
-        self.clip_norm = float(clip_norm)
-        self.expected_clients = int(expected_clients)
-        self.noise_cohort = int(noise_cohort)
-        self.clipping: str = clipping
-        self.split: str = split
+        self.mechanism = mechanism
         self.placement = placement
         self.max_epsilon = float(max_epsilon)
-        self.seed = seed
-        self.secure_rng = secure_rng
         self.epsilon_spent = 0.0
         self._sent: dict[str, np.ndarray] | None = None
+        self._rule: ClipRule | None = None
         self._buffers: tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+    @classmethod
+    def around(
+        cls,
+        strategy: Strategy,
+        mechanism: UserMechanism,
+        *,
+        placement: Literal["server", "client"] = "server",
+        max_epsilon: float = 0.0,
+    ) -> CentralDP:
+        """``mechanism`` (any :class:`~fedwon.privacy.mechanisms.UserMechanism`) around
+        ``strategy``."""
+        _check_wrapper_settings(placement, max_epsilon)
+        wrapper = cls.__new__(cls)
+        wrapper._attach(strategy, mechanism, placement, max_epsilon)
+        return wrapper
 
     def __repr__(self) -> str:
         return f"CentralDP({self.strategy!r})"
+
+    # the mechanism's settings, as this wrapper has always exposed them
+    @property
+    def ledger(self) -> PrivacyLedger:
+        return self.mechanism.ledger
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.mechanism.noise_multiplier
+
+    @property
+    def clip_norm(self) -> float:
+        """The clipping bound of the next round (fixed, or the adaptive bound's current value)."""
+        return self.mechanism.clip_rule(0).clip_norm
+
+    @property
+    def clipping(self) -> str:
+        return self.mechanism.clip_rule(0).clipping
+
+    @property
+    def split(self) -> str:
+        return self.mechanism.clip_rule(0).split
+
+    @property
+    def expected_clients(self) -> int:
+        return self.mechanism.expected_clients
+
+    @property
+    def noise_cohort(self) -> int:
+        return self.mechanism.noise_cohort
 
     @classmethod
     def from_config(
@@ -190,14 +256,19 @@ class CentralDP(TrainWrapper):
         num_rounds: int,
         seed: int,
         prior: Sequence[Mechanism] = (),
+        state: Mapping[str, Any] | None = None,
+        participation: Participation | None = None,
     ) -> CentralDP:
-        """The wrapper a run's ``dp.*`` settings describe (user level).
+        """The wrapper a run's ``dp.*`` settings describe (user level): the mechanism
+        ``dp.mechanism`` names, around ``strategy``.
 
         ``population`` is ``dp.population`` or, when that is 0, the number of simulated
         clients (:func:`fedwon.privacy.check_dp_run` resolves it). With ``dp.target_epsilon``
         the noise multiplier is calibrated here so that rounds 1..``num_rounds`` end within
         it; a resumed run's rounds already run (``prior``) keep the noise they used and the
         remaining ones get what is left of the budget (:func:`calibrate_noise_after`).
+        ``state`` is the mechanism's state at a resumed run's checkpoint; ``participation``
+        the run's schedule (None: uniform sampling).
         """
         z, q = planned_noise(
             dp,
@@ -205,24 +276,13 @@ class CentralDP(TrainWrapper):
             population=population,
             num_rounds=num_rounds,
             prior=prior,
+            participation=participation,
         )
-        return cls(
-            strategy,
-            noise_multiplier=z,
-            clip_norm=dp.clip_norm,
-            expected_clients=expected_clients,
-            sample_rate=q,
-            delta=dp.delta,
-            clipping=dp.clipping,
-            split=dp.split,
-            placement=dp.placement,
-            accountant=dp.accountant,
-            max_epsilon=dp.max_epsilon,
-            seed=seed,
-            secure_rng=dp.secure_rng,
-            noise_cohort=dp.noise_cohort_size,
-            prior=prior,
+        setting = MechanismSetting(
+            z, q, expected_clients, seed, tuple(prior), state, num_rounds, participation
         )
+        mechanism = MECHANISMS[dp.mechanism].from_config(dp, setting)
+        return cls.around(strategy, mechanism, placement=dp.placement, max_epsilon=dp.max_epsilon)
 
     # ---- budget ---------------------------------------------------------------------------------
     def rounds_within_budget(self, num_rounds: int) -> int:
@@ -235,9 +295,11 @@ class CentralDP(TrainWrapper):
         return self.ledger.rounds_within(self.max_epsilon, num_rounds)
 
     def summary(self) -> None:
+        mechanism = self.mechanism
         log.info(
-            "central DP: z=%g, C=%g (%s%s, clipped on the %s), m=%d, noise of M=%d, q=%g, "
+            "central DP (%s): z=%g, C=%g (%s%s, clipped on the %s), m=%d, noise of M=%d, q=%g, "
             "delta=%g, %s, max_epsilon=%s, %s noise",
+            mechanism.name,
             self.noise_multiplier,
             self.clip_norm,
             self.clipping,
@@ -249,7 +311,7 @@ class CentralDP(TrainWrapper):
             self.ledger.delta,
             self.ledger.accountant,
             self.max_epsilon or "none",
-            "OS-secure" if self.secure_rng else "seeded",
+            "OS-secure" if getattr(mechanism, "secure_rng", False) else "seeded",
         )
         self.strategy.summary()
 
@@ -264,10 +326,13 @@ class CentralDP(TrainWrapper):
                 f"{self.ledger.epsilon(server_round):.4g} > dp.max_epsilon={self.max_epsilon:g} "
                 f"(delta {self.ledger.delta:g}); round {last} was the last within budget"
             )
+        rule = self._rule = self.mechanism.clip_rule(server_round)
         if self.placement == "client":
-            config[CLIP_NORM_KEY] = self.clip_norm
-            config[CLIPPING_KEY] = self.clipping
-            config[SPLIT_KEY] = self.split
+            config[CLIP_NORM_KEY] = rule.clip_norm
+            config[CLIPPING_KEY] = rule.clipping
+            config[SPLIT_KEY] = rule.split
+        if self.mechanism.constrains_participation:
+            grid = self._eligible_grid(server_round, grid)
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if len(messages) > self.expected_clients:
             raise ValueError(
@@ -276,6 +341,19 @@ class CentralDP(TrainWrapper):
             )
         self._sent = arrays_of(_single_array_record(messages[0].content)) if messages else None
         return messages
+
+    def _eligible_grid(self, server_round: int, grid: Grid) -> Grid:
+        """``grid`` as the inner strategy samples from it: only the nodes the mechanism lets
+        take part in this round (refused when fewer than the cohort, which Flower's sampling
+        would wait for forever)."""
+        allowed = self.mechanism.eligible(server_round, list(grid.get_node_ids()))
+        if len(allowed) < self.expected_clients:
+            raise RuntimeError(
+                f"round {server_round}: dp.mechanism={self.mechanism.name!r} lets only "
+                f"{len(allowed)} clients take part, fewer than the cohort of "
+                f"{self.expected_clients}"
+            )
+        return cast(Grid, _EligibleGrid(grid, allowed))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -295,6 +373,8 @@ class CentralDP(TrainWrapper):
         if metrics is not None:
             metrics[EPSILON_METRIC] = self.epsilon_spent
             metrics[CLIPPED_METRIC] = clipped / len(usable)
+            for key, value in self.mechanism.round_metrics().items():
+                metrics[key] = value
         log.info(
             "round %d: DP mean of %d updates (%d clipped), epsilon %.4g at delta %g",
             server_round,
@@ -312,42 +392,57 @@ class CentralDP(TrainWrapper):
 
         Streams the replies through one update buffer into one sum (both reused across
         rounds): each reply's bytes are read once, clipping is folded into the accumulation.
+        The mechanism then turns the sum into the private mean.
         """
+        rule = self._rule or self.mechanism.clip_rule(server_round)
         update_buf, total = self._scratch(sent)
         sums = list(total.values())
         for tensor in sums:
             tensor.zero_()
-        clipped = 0
+        summed: list[int] = []
+        unclipped = 0
         for msg in replies:
             who = f"node {msg.metadata.src_node_id}"
             update = update_tensors(_single_array_record(msg.content), sent, who, out=update_buf)
             tensors = list(update.values())
             try:
-                factors = clip_factors(tensors, self.clip_norm, self.clipping, self.split).tolist()
+                factors = clip_factors(tensors, rule.clip_norm, rule.clipping, rule.split).tolist()
             except NonFiniteUpdateError as err:
                 # dropping a client costs no privacy (the noise is calibrated to m anyway)
                 log.warning("round %d: %s dropped from the DP sum: %s", server_round, who, err)
                 continue
             smallest = min(factors, default=1.0)
-            if self.placement == "client" and smallest < 1 - CLIENT_CLIP_SLACK:
-                raise ClientClippingError(
-                    f"{who} sent an update {1 / smallest:.3g}x over its clipping bound although "
-                    "dp.placement='client'; install fedwon.privacy.dp_clipping_mod in the "
-                    "ClientApp's mods"
-                )
-            clipped += smallest < 1.0
+            untouched = smallest >= 1.0
+            if self.placement == "client":
+                if smallest < 1 - CLIENT_CLIP_SLACK:
+                    raise ClientClippingError(
+                        f"{who} sent an update {1 / smallest:.3g}x over its clipping bound "
+                        "although dp.placement='client'; install fedwon.privacy.dp_clipping_mod "
+                        "in the ClientApp's mods"
+                    )
+                untouched = self._reported_unclipped(msg, who, untouched)
+            unclipped += untouched
+            summed.append(msg.metadata.src_node_id)
             for acc, tensor, factor in zip(sums, tensors, factors, strict=True):
                 acc.add_(tensor, alpha=min(factor, 1.0))
-        generator = None if self.secure_rng else round_generator(self.seed, server_round)
-        privatize_sum_(
-            sums,
-            self.noise_multiplier,
-            self.clip_norm,
-            self.expected_clients,
-            generator,
-            self.noise_cohort,
-        )
-        return total, clipped
+        round_sum = RoundSum(sums, len(summed), unclipped, tuple(summed))
+        self.mechanism.release(server_round, round_sum)
+        return total, len(summed) - unclipped
+
+    def _reported_unclipped(self, msg: Message, who: str, fallback: bool) -> bool:
+        """Whether a client-clipped update was left untouched, as the client's mod reported
+        it (the server only sees the clipped update). A mechanism that counts unclipped
+        updates needs the report; fixed clipping falls back to the server's own check."""
+        for record in msg.content.metric_records.values():
+            if UNCLIPPED_KEY in record:
+                return bool(record[UNCLIPPED_KEY])
+        if self.mechanism.counts_unclipped:
+            raise ClientClippingError(
+                f"{who} did not report whether its clipping left its update untouched "
+                f"({UNCLIPPED_KEY!r}), which dp.mechanism={self.mechanism.name!r} counts; "
+                "install this fedwon's fedwon.privacy.dp_clipping_mod in the ClientApp's mods"
+            )
+        return fallback
 
     def _scratch(
         self, sent: dict[str, np.ndarray]
@@ -378,6 +473,27 @@ class CentralDP(TrainWrapper):
         return [make_message(metadata=replies[0].metadata, content=content)]
 
 
+class _EligibleGrid:
+    """A Grid whose ``get_node_ids`` lists only some of its nodes (everything else is the
+    wrapped grid's)."""
+
+    def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
+        self._grid, self._node_ids = grid, list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _check_wrapper_settings(placement: str, max_epsilon: float) -> None:
+    if placement not in ("server", "client"):
+        raise ValueError(f"unknown placement {placement!r}; choose 'server' or 'client'")
+    if max_epsilon < 0:
+        raise ValueError(f"max_epsilon must be >= 0 (0 = no cap), got {max_epsilon}")
+
+
 def planned_noise(
     dp: DPConfig,
     *,
@@ -385,24 +501,33 @@ def planned_noise(
     population: int,
     num_rounds: int,
     prior: Sequence[Mechanism] = (),
+    participation: Participation | None = None,
 ) -> tuple[float, float]:
     """``(z, q)``: the noise multiplier of the rounds still to run and the sample rate M / N
     (M = ``dp.noise_cohort_size``, or the sampled cohort m when it is 0).
 
     ``dp.noise_multiplier`` as given, or calibrated so that rounds 1..``num_rounds``, composed
     with the ``prior`` rounds a resumed run has already run, end within ``dp.target_epsilon``
-    (:func:`~fedwon.privacy.accounting.calibrate_noise_after`; ValueError when out of reach).
+    (the mechanism's :meth:`~fedwon.privacy.mechanisms.UserMechanism.calibrate`: by default
+    :func:`~fedwon.privacy.accounting.calibrate_noise_after`; BandMF composes participations
+    of the ``participation`` schedule). z is what every round is accounted at;
+    ``dp.mechanism`` checks it can reach it (adaptive clipping: z below twice the count's
+    noise). ValueError (one line) when out of reach.
     """
-    q = sample_rate(dp.noise_cohort(expected_clients), population)
+    mechanism = MECHANISMS[dp.mechanism]
+    noise_cohort = dp.noise_cohort(expected_clients)
+    q = sample_rate(noise_cohort, population)
     done = sum(steps for _, _, steps in prior)
     if dp.noise_multiplier:
-        return dp.noise_multiplier, q
-    if num_rounds > done:
-        z = calibrate_noise_after(
-            prior, dp.target_epsilon, dp.delta, q, num_rounds - done, dp.accountant
+        z = dp.noise_multiplier
+    elif num_rounds > done:
+        z = mechanism.calibrate(
+            dp, sample_rate=q, num_rounds=num_rounds, prior=prior, participation=participation
         )
-        return z, q
-    return prior[-1][0], q  # nothing left to run: the last noise used stands for the ledger
+    else:
+        z = prior[-1][0]  # nothing left to run: the last noise used stands for the ledger
+    mechanism.check_noise(dp, z, noise_cohort)
+    return z, q
 
 
 def averages_replies(strategy: Strategy) -> bool:

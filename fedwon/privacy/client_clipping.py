@@ -5,7 +5,9 @@ puts the clip settings into the train ConfigRecord (the shape of Flower's ``fixe
 and ``DifferentialPrivacyClientSideFixedClipping``, with per-layer clipping). The mod runs the
 app, computes the update ``reply - received`` exactly as the server would
 (:mod:`fedwon.privacy.updates`), clips it with :func:`fedwon.privacy.clip_update` and replies
-``received + clipped update``.
+``received + clipped update``, reporting in its metrics whether the clipping left the update
+untouched (``dp-unclipped``: 1 or 0), which adaptive clipping counts (the server sees only the
+clipped update).
 
 Messages without the settings pass through untouched, so one ClientApp serves DP and non-DP
 runs alike; a server expecting clipped replies refuses one that is not (``ClientClippingError``).
@@ -15,13 +17,13 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
+from fedwon.common.records import CLIP_NORM_KEY, CLIPPING_KEY, METRICS, SPLIT_KEY, UNCLIPPED_KEY
 from fedwon.privacy.clipping import clip_tensors_
 from fedwon.privacy.updates import apply_update, arrays_of, update_tensors
-from fedwon.records import CLIP_NORM_KEY, CLIPPING_KEY, SPLIT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,12 @@ def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable
     key, record = records[0]
     try:
         update = update_tensors(record, received, "this client")
-        clip_tensors_(list(update.values()), clip_norm, clipping, split)
+        factors = clip_tensors_(list(update.values()), clip_norm, clipping, split)
     except ValueError as err:
         return _error_reply(msg, f"dp_clipping_mod: {err}")
     reply.content[key] = apply_update(received, update)
+    metrics = next(iter(reply.content.metric_records.values()), None)
+    if metrics is None:
+        metrics = reply.content[METRICS] = MetricRecord()
+    metrics[UNCLIPPED_KEY] = int(bool((factors >= 1.0).all()))
     return reply

@@ -22,8 +22,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedwon.common.records import EPSILON_METRIC
 from fedwon.privacy.train_wrapper import TrainWrapper
-from fedwon.records import EPSILON_METRIC
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,9 @@ import torch
 ClipMode = Literal["flat", "per_layer"]
 Split = Literal["uniform", "dim"]
 CLIP_MODES: tuple[str, ...] = ("flat", "per_layer")
+# A bound beyond this clips nothing a float32 update can hold meaningfully, and its noise
+# (z * C per coordinate) would overflow float32 long before it protected anyone.
+MAX_CLIP_NORM = 1e6
 SPLITS: tuple[str, ...] = ("uniform", "dim")
 
 Tensorish = np.ndarray | torch.Tensor

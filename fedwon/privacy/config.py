@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from fedwon.section import Section
+from fedwon.common.section import Section
+from fedwon.privacy.clipping import MAX_CLIP_NORM
+from fedwon.privacy.mechanisms import MECHANISMS
+from fedwon.strategies.participation import Participation
 
 DP_PREFIX = "dp."
-# A bound beyond this clips nothing a float32 update can hold meaningfully, and its noise
-# (z * C per coordinate) would overflow float32 long before it protected anyone.
-MAX_CLIP_NORM = 1e6
 
 
 class DPConfig(Section):
@@ -40,6 +40,16 @@ class DPConfig(Section):
       simulation. The m sampled clients train, but the noise on their average is that of a
       cohort of M >= m (std z*C/M) and epsilon is accounted at q = M / N -- pfl-research's
       ``noise_scale`` = m/M. What M clients' own updates would add is not simulated.
+    * ``mechanism`` (user level): ``gaussian`` -- the fixed bound ``clip_norm``;
+      ``adaptive_clipping`` -- a bound that starts at ``initial_clip_norm`` and tracks the
+      ``target_unclipped_quantile`` of the update norms with step ``clip_learning_rate``,
+      from a count noised with std ``unclipped_count_stddev`` (0 = the noise cohort / 20);
+      z (``noise_multiplier`` or calibrated) is what the update and the count cost together
+      (:mod:`fedwon.privacy.mechanisms`); ``bandmf`` -- DP-FTRL with banded matrix
+      factorization: noise correlated over ``bands`` rounds (0 = as many as the cyclic
+      schedule allows), C ``factorization`` ``optimized`` or ``sqrt``; needs
+      ``participation = "cyclic"`` and is accounted without amplification by sampling
+      (:mod:`fedwon.privacy.bandmf`). A mechanism's own keys are refused under another.
     """
 
     enabled: bool = False
@@ -56,8 +66,15 @@ class DPConfig(Section):
     secure_rng: bool = False
     placement: Literal["server", "client"] = "server"
     noise_cohort_size: int = 0  # 0 = the sampled cohort
+    mechanism: str = "gaussian"  # a name in fedwon.privacy.mechanisms.MECHANISMS
+    initial_clip_norm: float = 0.1  # adaptive_clipping: C_1 (Andrew et al.'s default)
+    target_unclipped_quantile: float = 0.5  # adaptive_clipping: gamma, the share left unclipped
+    clip_learning_rate: float = 0.2  # adaptive_clipping: eta, the geometric step
+    unclipped_count_stddev: float = 0.0  # adaptive_clipping: sigma_b; 0 = noise cohort / 20
+    bands: int = 0  # bandmf: b, rounds a noise stays correlated over; 0 = the cyclic groups G
+    factorization: Literal["optimized", "sqrt"] = "optimized"  # bandmf: how C is chosen
 
-    @field_validator("clip_norm")
+    @field_validator("clip_norm", "initial_clip_norm")
     @classmethod
     def _positive(cls, value: float) -> float:
         if not (value > 0 and math.isfinite(value)):
@@ -75,6 +92,44 @@ class DPConfig(Section):
     def _non_negative(cls, value: float) -> float:
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"must be >= 0 and finite (0 = not set), got {value}")
+        return value
+
+    @field_validator("mechanism")
+    @classmethod
+    def _known_mechanism(cls, value: str) -> str:
+        if value not in MECHANISMS:
+            raise ValueError(f"unknown mechanism {value!r}; choose one of {list(MECHANISMS)}")
+        return value
+
+    @field_validator("target_unclipped_quantile")
+    @classmethod
+    def _quantile(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(
+                f"must be in (0, 1): the share of updates left unclipped (0.5 = the median), "
+                f"got {value}"
+            )
+        return value
+
+    @field_validator("clip_learning_rate")
+    @classmethod
+    def _step(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"must be > 0 (Andrew et al. recommend 0.2), got {value}")
+        return value
+
+    @field_validator("unclipped_count_stddev")
+    @classmethod
+    def _count_stddev(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"must be >= 0 (0 = the noise cohort / 20), got {value}")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0 (0 = as many as the cyclic groups), got {value}")
         return value
 
     @field_validator("delta")
@@ -129,7 +184,39 @@ class DPConfig(Section):
                 "the clients' average (dp.level='user'); DP-SGD (dp.level='sample') adds its "
                 "noise on each client: set dp.noise_cohort_size=0 or dp.level='user'"
             )
+        self._check_mechanism()
         return self
+
+    def _check_mechanism(self) -> None:
+        """``dp.mechanism`` against the level and the other keys: a user-level mechanism
+        with DP-SGD, a mechanism's own keys set under another one (they would be ignored), and
+        the chosen mechanism's own rules."""
+        default = type(self).model_fields["mechanism"].default
+        if self.level == "sample" and self.mechanism != default:
+            raise ValueError(
+                f"dp.mechanism={self.mechanism!r} is a user-level mechanism (it clips and noises "
+                "client updates on the server); DP-SGD (dp.level='sample') clips each example's "
+                f"gradient to dp.clip_norm: set dp.mechanism={default!r} or dp.level='user'"
+            )
+        chosen = MECHANISMS[self.mechanism]
+        changed = frozenset(self._changed())
+        for name, other in MECHANISMS.items():
+            for key in other.keys:
+                if key in changed and key not in chosen.keys:
+                    raise ValueError(
+                        f"{DP_PREFIX}{key} is read by dp.mechanism={name!r} only; with "
+                        f"dp.mechanism={self.mechanism!r} it would be ignored: set "
+                        f"dp.mechanism={name!r} or remove {DP_PREFIX}{key}"
+                    )
+        chosen.check_config(self, changed)
+
+    def _changed(self) -> list[str]:
+        """The fields set away from their defaults (``enabled`` aside)."""
+        return [
+            name
+            for name, field in type(self).model_fields.items()
+            if name != "enabled" and getattr(self, name) != field.default
+        ]
 
     def noise_cohort(self, sampled: int) -> int:
         """M: the cohort the noise and the sample rate are those of -- ``noise_cohort_size``,
@@ -140,11 +227,7 @@ class DPConfig(Section):
         """With DP off, any dp.* setting away from its default is refused: a ``[dp]`` table
         whose ``enabled = true`` line was forgotten would otherwise train with no privacy at
         all while its author believes otherwise."""
-        changed = [
-            f"{DP_PREFIX}{name}"
-            for name, field in type(self).model_fields.items()
-            if name != "enabled" and getattr(self, name) != field.default
-        ]
+        changed = [f"{DP_PREFIX}{name}" for name in self._changed()]
         if changed:
             raise ValueError(
                 f"{', '.join(changed)} set but dp.enabled is false, so the run would train "
@@ -176,7 +259,18 @@ class DPConfig(Section):
         else:
             noise = f"noise multiplier {self.noise_multiplier:g}"
         cap = f", max epsilon {self.max_epsilon:g}" if self.max_epsilon else ""
-        return f"DP {level}: {noise} at delta {self.delta:g}{cap}, clip {self.clip_norm:g}{scope}"
+        if self.level == "user" and self.mechanism == "adaptive_clipping":
+            clip = (
+                f"adaptive clip from {self.initial_clip_norm:g} toward the "
+                f"{self.target_unclipped_quantile:g} quantile of update norms"
+            )
+        else:
+            clip = f"clip {self.clip_norm:g}"
+        if self.level == "user" and self.mechanism == "bandmf":
+            bands = f"{self.bands} bands" if self.bands else "bands = cyclic groups"
+            per = "" if self.target_epsilon else " per participation"
+            noise = f"BandMF ({bands}, {self.factorization} C), {noise}{per}"
+        return f"DP {level}: {noise} at delta {self.delta:g}{cap}, {clip}{scope}"
 
     # ---- (de)serialisation (Flower's ConfigRecord carries flat scalars) -----------------------
     def to_flat(self, prefix: str = DP_PREFIX) -> dict[str, bool | int | float | str]:
@@ -207,6 +301,8 @@ def check_dp_run(
     norm: str,
     agc_clip: float = 0.0,
     proximal_mu: float = 0.0,
+    participation: Participation | None = None,
+    num_rounds: int = 0,
 ) -> DPRunCheck:
     """Check ``dp`` against the run; raise ValueError (one line) or return warnings.
 
@@ -216,7 +312,13 @@ def check_dp_run(
     replaces the gradient by its own clipped, noised one, so either would be silently
     dropped), a ``noise_cohort_size`` M below the cohort (it would add *more* noise than the
     cohort's own while accounting at a lower q: a simulation of nothing) or above the
-    population (q = M / N > 1). The sample rate is M / N (m / N without ``noise_cohort_size``).
+    population (q = M / N > 1), a ``dp.noise_multiplier`` the mechanism cannot reach with that
+    cohort (adaptive clipping: z must stay below twice the unclipped count's noise, whose
+    default is M/20), a ``participation`` schedule the mechanism's accounting does not hold
+    for (amplification by sampling with cyclic groups, BandMF with uniform sampling) or
+    settings the mechanism cannot honour over ``num_rounds`` rounds of that schedule (BandMF:
+    more bands than cyclic groups or rounds). The sample rate is M / N (m / N without
+    ``noise_cohort_size``).
     Warned: delta >= 1/population (a mechanism that publishes one random client's data
     outright is (0, 1/N)-DP, so such a delta means little).
     """
@@ -263,6 +365,16 @@ def check_dp_run(
             "gradients of the data loss only, so FedProx's proximal term would be ignored; "
             "set proximal_mu=0 (or use dp.level='user')"
         )
+    if dp.level == "user":
+        mechanism = MECHANISMS[dp.mechanism]
+        schedule = participation or Participation(
+            "uniform", max(num_clients, clients_per_round), clients_per_round
+        )
+        if schedule.mode not in mechanism.participation_modes:
+            raise ValueError(_participation_refusal(dp.mechanism, schedule.mode))
+        mechanism.check_run(dp, schedule, num_rounds)
+        if dp.noise_multiplier:  # a calibrated z is checked once known
+            mechanism.check_noise(dp, dp.noise_multiplier, noise_cohort)
     warnings: list[str] = []
     if dp.delta >= 1 / population:
         warnings.append(
@@ -270,3 +382,20 @@ def check_dp_run(
             "allows leaking a whole client's data with that probability; use delta << 1/population"
         )
     return DPRunCheck(population, noise_cohort / population, tuple(warnings))
+
+
+def _participation_refusal(mechanism: str, mode: str) -> str:
+    """Why ``dp.mechanism`` cannot be accounted under participation ``mode`` (one line)."""
+    if mode == "cyclic":
+        return (
+            f"dp.mechanism={mechanism!r} is accounted with amplification by sampling (each "
+            "client in a round with probability q = m/N), but participation='cyclic' picks the "
+            "cohort by a fixed schedule: set participation='uniform', or dp.mechanism='bandmf' "
+            "(accounted for cyclic participation)"
+        )
+    return (
+        f"dp.mechanism={mechanism!r} correlates its noise across rounds and needs each client to "
+        "come back no sooner than dp.bands rounds later, which uniform random sampling does not "
+        "ensure (a client can be drawn in consecutive rounds): set participation='cyclic' "
+        "(server section)"
+    )

@@ -76,6 +76,14 @@ def standard_normal(count: int, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(count, generator=generator, dtype=torch.float32)
 
 
+def standard_normal_value(generator: torch.Generator | None) -> float:
+    """One N(0, 1) draw in float64 (a noised count's noise): the next draw of ``generator``,
+    or OS-secure like :func:`secure_standard_normal`."""
+    if generator is None:
+        return float(secure_standard_normal(1)[0])
+    return float(torch.randn(1, generator=generator, dtype=torch.float64)[0])
+
+
 def noise_std(
     noise_multiplier: float, clip_norm: float, expected_clients: int, noise_cohort: int = 0
 ) -> float:

@@ -22,17 +22,14 @@ with the weights and noised like them (see docs/privacy.md).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
-from flwr.common.constant import SType
 
-from fedwon.records import as_array
+from fedwon.common.records import as_array
+from fedwon.engine.fastarrays import payload_view
 
 
 class UpdateMismatchError(ValueError):
@@ -47,45 +44,6 @@ def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
 def is_learned(array: np.ndarray) -> bool:
     """Whether an entry is part of the update (floating point) or held fixed (counters)."""
     return bool(np.issubdtype(array.dtype, np.floating))
-
-
-def payload_view(array: Array) -> np.ndarray | None:
-    """A read-only, zero-copy view of an Array's values, or None where that is not safe.
-
-    Flower stores ``.npy`` bytes: a header, then the values in C order. ``Array.numpy()``
-    copies them; the update only needs to read them once (to subtract the sent weights), so
-    for plain numeric C-ordered payloads we read them in place.
-    """
-    if array.stype != SType.NUMPY:
-        return None
-    data = array.data
-    spec = _payload_spec(array.dtype, tuple(array.shape), len(data), data[:_HEADER_PROBE])
-    if spec is None:
-        return None
-    dtype, shape, count, offset = spec
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-
-_HEADER_PROBE = 256  # .npy headers of plain arrays are 128 bytes (v1) and never this long
-
-
-@lru_cache(maxsize=4096)
-def _payload_spec(
-    dtype_name: str, shape: tuple[int, ...], size: int, head: bytes
-) -> tuple[np.dtype[Any], tuple[int, ...], int, int] | None:
-    """(dtype, shape, count, offset) if the header says C order and the expected dtype."""
-    dtype = np.dtype(dtype_name)
-    if dtype.hasobject or dtype.names is not None:
-        return None
-    count = math.prod(shape)
-    offset = size - count * dtype.itemsize
-    if not 0 < offset <= len(head):
-        return None
-    header = head[:offset]
-    descr = repr(np.lib.format.dtype_to_descr(dtype)).encode()
-    if b"'fortran_order': False" not in header or b"'descr': " + descr not in header:
-        return None
-    return dtype, shape, count, offset
 
 
 def update_tensors(
@@ -110,9 +68,7 @@ def update_tensors(
     for key, base in sent.items():
         if not is_learned(base):
             continue
-        value = payload_view(reply[key])
-        if value is None:
-            value = reply[key].numpy()
+        value = payload_view(reply[key])  # the payload itself, or a view of the .npy bytes
         if value.shape != base.shape:
             raise UpdateMismatchError(
                 f"{who} replied with shape {value.shape} for {key!r}, sent {base.shape}"

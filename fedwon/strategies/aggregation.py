@@ -8,14 +8,15 @@ any Flower strategy (FedAvg, FedProx, FedAdam, DP wrappers) that :class:`RoundRu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
+from fedwon.common.errors import failure_line
+from fedwon.common.records import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
 from fedwon.engine.fastarrays import payload_view
-from fedwon.errors import failure_line
-from fedwon.records import CLIENT, DOMAIN_KEY, PARTITION_KEY, WEIGHT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ def total_weight(contents: Iterable[RecordDict], weight_key: str = WEIGHT_KEY) -
 def non_finite_arrays(content: RecordDict) -> list[str]:
     """Names of arrays in a reply holding NaN or Inf (an update that would poison the average).
 
-    Reads the values in place and sums them first (NaN and Inf survive a sum; one pass, no
-    temporary); only a non-finite sum, which finite values reach only by overflowing, is
-    checked element by element."""
+    Reads the values in place (:func:`all_finite`: one BLAS pass, no temporary)."""
     return [name for record in content.array_records.values() for name in non_finite_in(record)]
 
 
@@ -50,13 +49,33 @@ def non_finite_in(record: ArrayRecord) -> list[str]:
     """Names of the arrays of one ``ArrayRecord`` holding NaN or Inf (see
     :func:`non_finite_arrays`; also used on the server's own aggregate)."""
     bad = []
-    for name, array in record.items():
-        values = payload_view(array)
-        if not np.issubdtype(values.dtype, np.floating):
-            continue
-        if not np.isfinite(values.sum()) and not np.isfinite(values).all():
-            bad.append(name)
+    with np.errstate(over="ignore", invalid="ignore"):  # the probe may overflow: no warning
+        for name, array in record.items():
+            values = payload_view(array)
+            if values.dtype.kind == "f" and not all_finite(values):
+                bad.append(name)
     return bad
+
+
+_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite (no NaN, no +-Inf), reading ``values`` once.
+
+    First :func:`finite_probe`, then, only where it is not finite, element by element. The
+    answer is always exact."""
+    return finite_probe(values) or bool(np.isfinite(values).all())
+
+
+def finite_probe(values: np.ndarray) -> bool:
+    """True only if every value is finite: ``v . v`` (a BLAS dot, ~3x faster than ``sum``) is
+    finite. NaN and Inf make it non-finite, and finite values only by overflowing (|v| > ~1e19
+    in float32): False means "check element by element", not "not finite". (Callers silence
+    numpy's overflow warning: ``np.errstate(over="ignore", invalid="ignore")``.)"""
+    flat = values.reshape(-1)
+    probe = np.dot(flat, flat) if flat.dtype in _BLAS_FLOATS else flat.sum()
+    return math.isfinite(probe)
 
 
 def non_finite_metrics(content: RecordDict) -> list[str]:
@@ -65,19 +84,25 @@ def non_finite_metrics(content: RecordDict) -> list[str]:
     for record in content.metric_records.values():
         for name, value in record.items():
             values = value if isinstance(value, list) else [value]
-            if not all(np.isfinite(float(v)) for v in values):
+            if not all(math.isfinite(v) for v in values):
                 bad.append(name)
     return bad
 
 
-def reply_problem(msg: Message) -> str | None:
-    """Why ``msg`` cannot be aggregated (one line), or None when it can."""
+def reply_problem(msg: Message, fold: Callable[[Message], list[str]] | None = None) -> str | None:
+    """Why ``msg`` cannot be aggregated (one line), or None when it can.
+
+    ``fold`` (the streamed mean's checked ``add``) adds a reply whose metrics are finite and
+    returns the names of its non-finite arrays, adding nothing then: the arrays are checked
+    as they are folded, not read once more. The answer is the same either way."""
     node = msg.metadata.src_node_id
     if msg.has_error():
         reason = str(msg.error.reason)
         log.debug("node %s failed:\n%s", node, reason)  # the whole traceback, with -v
         return f"node {node} failed: {failure_line(reason)}"
-    bad = non_finite_arrays(msg.content) + non_finite_metrics(msg.content)
+    bad = non_finite_metrics(msg.content)
+    # with ``fold``, a reply with finite metrics is folded unless its arrays are not finite
+    bad = fold(msg) if fold is not None and not bad else non_finite_arrays(msg.content) + bad
     if bad:
         return f"node {node} sent non-finite values in {', '.join(bad[:5])}"
     return None

@@ -36,14 +36,13 @@ def build_strategy(
     The method (``cfg.strategy``) is not part of the strategy: it decides which arrays the
     server starts from (:meth:`fedwon.strategies.methods.Method.shared_arrays`).
     """
-    inner: Strategy = build_aggregator(
+    aggregator = build_aggregator(
         cfg,
         num_clients=num_clients,
         client_lr=client_lr,
         evaluate_metrics_aggr_fn=per_domain_metrics,
     )
-    if wrap is not None:
-        inner = wrap(inner)
+    inner: Strategy = aggregator if wrap is None else wrap(aggregator)
     lr = "default" if cfg.server_lr is None else f"{cfg.server_lr:g}"
     return RoundRules(
         inner,
@@ -53,6 +52,8 @@ def build_strategy(
         eval_every=cfg.eval_every,
         round_offset=round_offset,
         on_round=on_round,
+        participation=cfg.schedule(num_clients),
+        sampler=aggregator,  # its sample sizes shrink to the connected nodes (deployments)
         # named in errors only where the aggregator steps on its own (a server learning rate)
         server_step=(
             f"aggregator={cfg.aggregator} server_lr={lr}"
@@ -73,6 +74,9 @@ def build_aggregator(
     clients a round (``client_lr`` is only logged, as Flower's FedOpt ``eta_l``).
 
     ``min_train_nodes`` pins the sample size: Flower samples max(int(n · fraction), minimum).
+    ``min_available_nodes`` makes Flower wait for that many connected nodes; the round rules
+    lower all three for a round with fewer connected nodes (a dead SuperNode), so the round
+    runs with those that are there.
     """
     sampled = cfg.sampled(num_clients)
     agg = AGGREGATORS[cfg.aggregator]

@@ -32,7 +32,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy.fedopt import FedOpt
 
-from fedwon.records import as_array
+from fedwon.common.records import as_array
 
 
 def trust_ratio(weight_norm: float, step_norm: float) -> float:

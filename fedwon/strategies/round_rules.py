@@ -6,10 +6,17 @@ wrappers: it holds the inner strategy and delegates every hook, adding
 - *seeded sampling*: Flower samples nodes with the global ``random`` module; it is seeded from
   ``(seed, round, phase)`` before the inner strategy samples, so a run and a resumed run sample
   the same clients;
+- *cyclic participation* (``participation = "cyclic"``, :mod:`fedwon.strategies.participation`):
+  the inner strategy samples a round's training cohort from that round's group only;
 - *faults*: replies with an error, or with NaN/Inf in arrays or metrics, are dropped and logged
   (one line each) **before** any inner wrapper or aggregator sees them; a round with fewer than
   ``min_clients`` usable replies stops the run with a message saying why (Flower would go on,
   and return empty arrays when every client failed);
+- *connected nodes* (deployments): sampling draws from the nodes that are connected, less those
+  that recently let a round time out (:mod:`fedwon.strategies.nodes`), so a dead or stalled
+  node costs at most one ``round_timeout`` and a round runs with fewer nodes as long as
+  ``min_clients`` replies come back; an instruction without a reply within the timeout counts
+  as a dropped reply, naming the node;
 - *round offset*: a resumed run starts Flower's loop at 1 again; the offset makes the round
   numbers the inner strategy, clients and callbacks see identical to an uninterrupted run;
 - *evaluation cadence*: federated evaluation every ``eval_every`` rounds and on the last round;
@@ -25,22 +32,27 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedwon.records import WEIGHT_KEY
+from fedwon.common.records import WEIGHT_KEY
 from fedwon.strategies.aggregation import (
     non_finite_in,
     reply_order,
     reply_problem,
     total_weight,
 )
+from fedwon.strategies.nodes import NodeTracker, NodeView
+from fedwon.strategies.participation import Participation
+from fedwon.strategies.spec import FLOWER_ROUND_TIMEOUT_S
 from fedwon.strategies.streaming import RunningMean, streams
 
 log = logging.getLogger(__name__)
@@ -62,6 +74,13 @@ class RoundReport:
     train_metrics: MetricRecord | None = None
     evaluate_metrics: MetricRecord | None = None
     dropped: list[str] = field(default_factory=list)
+    no_reply: list[int] = field(default_factory=list)  # nodes silent until the timeout
+    unsampled: int = 0  # train instructions short of the planned sample (too few nodes)
+
+    @property
+    def missing_nodes(self) -> bool:
+        """Whether the round ran with fewer nodes than planned (not connected, or silent)."""
+        return bool(self.no_reply) or self.unsampled > 0
 
 
 RoundCallback = Callable[[RoundReport], None]
@@ -82,8 +101,18 @@ class RoundRules(Strategy):
         round_offset: int = 0,
         on_round: RoundCallback | None = None,
         server_step: str = "",
+        sampler: FedAvg | None = None,
+        participation: Participation | None = None,
     ) -> None:
+        """``sampler``: the aggregator (inside any wrappers) whose sample sizes the round rules
+        lower for a round with fewer connected nodes; without it Flower's sampling waits for
+        every node it was sized for. ``participation``: who may train when (None: any node,
+        Flower's uniform sampling)."""
         self.strategy = strategy
+        self.participation = participation
+        self.sampler = sampler
+        self.nodes = NodeTracker(flower_log)
+        self.timeout = FLOWER_ROUND_TIMEOUT_S  # set by start()
         self.server_step = server_step  # e.g. "aggregator=fedadam server_lr=0.01", for errors
         self.num_rounds = num_rounds
         self.seed = seed
@@ -93,17 +122,19 @@ class RoundRules(Strategy):
         self.on_round = on_round
         self._report: RoundReport | None = None
         self._sent = {"train": 0, "evaluate": 0}  # messages configured this round, per phase
+        self._sent_to: dict[str, list[int]] = {"train": [], "evaluate": []}
 
     def __repr__(self) -> str:
         return f"RoundRules({self.strategy!r})"
 
     def summary(self) -> None:
         log.info(
-            "round rules: seed %d, min_clients %d, eval every %d, offset %d",
+            "round rules: seed %d, min_clients %d, eval every %d, offset %d, timeout %g s",
             self.seed,
             self.min_clients,
             self.eval_every,
             self.round_offset,
+            self.timeout,
         )
         self.strategy.summary()
 
@@ -116,14 +147,23 @@ class RoundRules(Strategy):
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
 
     def _filtered(
-        self, server_round: int, replies: Iterable[Message], phase: str
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        phase: str,
+        fold: Callable[[Message], list[str]] | None = None,
     ) -> Iterator[Message]:
         """The replies an inner strategy may see, one at a time as they arrive; the round fails
-        below ``min_clients`` (unless the inner strategy chose to send nothing this phase)."""
+        below ``min_clients`` (unless the inner strategy chose to send nothing this phase).
+        ``fold``: the streamed mean's checked ``add`` (see :func:`reply_problem`): the replies
+        yielded have been added already."""
         received, kept, problems, non_finite = 0, 0, [], 0
+        sent, self._sent_to[phase] = self._sent_to[phase], []  # these replies answer them
+        replied: list[int] = []
         for msg in replies:
             received += 1
-            problem = reply_problem(msg)
+            replied.append(msg.metadata.src_node_id)
+            problem = reply_problem(msg, fold)
             if problem is not None:
                 log.warning("round %d %s: dropped %s", server_round, phase, problem)
                 problems.append(problem)
@@ -134,6 +174,8 @@ class RoundRules(Strategy):
             kept += 1
             yield msg
             del msg  # not held while the next reply is produced (the next client trains)
+        problems += self._silent(server_round, phase, sent, replied)
+        asked = max(received, len(sent))
         if kept < self.min_clients and (self._sent[phase] or received):
             if phase == "evaluate" and kept == 0 and non_finite == received > 0:
                 # this round's training replies were all finite (or it would have failed
@@ -154,9 +196,85 @@ class RoundRules(Strategy):
                 )
             detail = "; ".join(problems[:3]) or "no replies arrived"
             raise RoundFailedError(
-                f"round {server_round} {phase}: {kept} of {received} clients returned "
+                f"round {server_round} {phase}: {kept} of {asked} clients returned "
                 f"usable results, fewer than min_clients={self.min_clients} ({detail})"
             )
+
+    def _silent(
+        self, server_round: int, phase: str, sent: list[int], replied: list[int]
+    ) -> list[str]:
+        """The nodes ``sent`` an instruction this phase that did not reply before the timeout
+        (none, unless a reply was missing): one dropped entry each, left out of sampling for a
+        while."""
+        if len(replied) >= len(sent):
+            return []
+        answered = set(replied)
+        silent = [n for n in sent if n not in answered]
+        self.nodes.missed(server_round, phase, silent, self.timeout)
+        problems = [f"node {n}: no reply within round_timeout={self.timeout:g} s" for n in silent]
+        if self._report is not None:
+            self._report.dropped += problems
+            self._report.no_reply += silent
+        return problems
+
+    def _connected(self, server_round: int, grid: Grid) -> Sequence[int]:
+        """The connected node ids, once at least ``min_clients`` are (a round cannot succeed
+        with fewer): waits up to the round timeout, saying so in Flower's words (which
+        ``fedwon deploy local`` watches for), then fails the round."""
+        ids = grid.get_node_ids()
+        nodes = ids if isinstance(ids, range) else list(ids)
+        deadline, shown = time.monotonic() + self.timeout, -1
+        while len(nodes) < self.min_clients:
+            if len(nodes) != shown:
+                shown = len(nodes)
+                flower_log.info(
+                    "Waiting for nodes to connect: %d connected (minimum required: %d).",
+                    shown,
+                    self.min_clients,
+                )
+            if time.monotonic() >= deadline:
+                raise RoundFailedError(
+                    f"round {server_round}: {len(nodes)} nodes connected, fewer than "
+                    f"min_clients={self.min_clients}, for round_timeout={self.timeout:g} s"
+                )
+            time.sleep(1.0)
+            nodes = list(grid.get_node_ids())
+        return nodes
+
+    @contextmanager
+    def _sampling(self, server_round: int, phase: str, grid: Grid) -> Iterator[Grid]:
+        """The grid the inner strategy samples from: ``grid`` itself while every node it was
+        sized for is there (simulation, a healthy deployment), else a :class:`NodeView` of the
+        available nodes, with the sampler's minimum sizes lowered to them for the call. Under
+        cyclic participation a training round sees only its group."""
+        cyclic = self.participation is not None and self.participation.cyclic
+        if cyclic and phase == "train":
+            assert self.participation is not None
+            try:
+                group = self.participation.members(server_round, list(grid.get_node_ids()))
+            except ValueError as err:
+                raise RoundFailedError(f"round {server_round}: {err}") from None
+            yield NodeView(grid, group)
+            return
+        sampler = self.sampler
+        if sampler is None:
+            yield grid
+            return
+        nodes = self._connected(server_round, grid)
+        available = self.nodes.available(server_round, nodes, self.min_clients)
+        wanted = sampler.min_train_nodes if phase == "train" else sampler.min_evaluate_nodes
+        if available is nodes and len(nodes) >= max(wanted, sampler.min_available_nodes):
+            yield grid
+            return
+        saved = (sampler.min_train_nodes, sampler.min_evaluate_nodes, sampler.min_available_nodes)
+        k = len(available)
+        sampler.min_train_nodes, sampler.min_evaluate_nodes, sampler.min_available_nodes = (
+            min(v, k) for v in saved
+        )
+        try:
+            yield NodeView(grid, available)
+        finally:
+            sampler.min_train_nodes, sampler.min_evaluate_nodes, sampler.min_available_nodes = saved
 
     def _usable(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
         """All usable replies, in :func:`reply_order`."""
@@ -170,12 +288,15 @@ class RoundRules(Strategy):
         weight_key = getattr(self.strategy, "weighted_by_key", WEIGHT_KEY)
         mean = RunningMean(weight_key)
         # a list (Flower's grids) is sorted into partition order first; the fast engine's
-        # stream already comes in it (train messages go out in node order)
-        streamed = not isinstance(replies, list | tuple)
-        usable = self._filtered if streamed else self._usable
-        for msg in usable(server_round, replies, "train"):
-            mean.add(msg)
-            del msg  # folded in: let it go before the next client trains
+        # stream already comes in it (train messages go out in node order), and each reply is
+        # checked for NaN/Inf as it is folded in, then let go before the next client trains
+        if isinstance(replies, list | tuple):
+            for msg in self._usable(server_round, replies, "train"):
+                mean.add(msg)
+        else:
+            fold = partial(mean.add, check_finite=True)
+            for msg in self._filtered(server_round, replies, "train", fold):
+                del msg
         if not mean.count:
             return [], 0.0, 0
         aggr_fn = getattr(self.strategy, "train_metrics_aggr_fn", aggregate_metricrecords)
@@ -200,13 +321,17 @@ class RoundRules(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
-        self._report = RoundReport(server_round, arrays)
-        self._seed_sampling(server_round, "train")
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        report = self._report = RoundReport(server_round, arrays)
+        planned = self.sampler.min_train_nodes if self.sampler is not None else 0
+        with self._sampling(server_round, "train", grid) as nodes:
+            self._seed_sampling(server_round, "train")
+            messages = list(self.strategy.configure_train(server_round, arrays, config, nodes))
         # in node order: a grid that delivers in order (the fast engine's, whose node ids are
         # partition order) then streams replies in the order the running mean adds them
         messages.sort(key=lambda m: m.metadata.dst_node_id)
         self._sent["train"] = len(messages)
+        self._sent_to["train"] = [m.metadata.dst_node_id for m in messages]
+        report.unsampled = max(0, planned - len(messages))
         return messages
 
     def aggregate_train(
@@ -241,12 +366,14 @@ class RoundRules(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
-        self._sent["evaluate"] = 0
+        self._sent["evaluate"], self._sent_to["evaluate"] = 0, []
         if not self.is_evaluation_round(server_round):
             return []
-        self._seed_sampling(server_round, "evaluate")
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        with self._sampling(server_round, "evaluate", grid) as nodes:
+            self._seed_sampling(server_round, "evaluate")
+            messages = list(self.strategy.configure_evaluate(server_round, arrays, config, nodes))
         self._sent["evaluate"] = len(messages)
+        self._sent_to["evaluate"] = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def aggregate_evaluate(
@@ -274,8 +401,10 @@ class RoundRules(Strategy):
     ) -> Result:
         """Flower's round loop, with ``on_round`` called once each round has completed.
 
-        ``num_rounds`` counts the rounds still to run (after ``round_offset``).
+        ``num_rounds`` counts the rounds still to run (after ``round_offset``); ``timeout`` is
+        how long each phase waits for replies (the ``round_timeout`` key).
         """
+        self.timeout = timeout
 
         def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             result = evaluate_fn(server_round + self.round_offset, arrays) if evaluate_fn else None

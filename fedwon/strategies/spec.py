@@ -8,11 +8,11 @@ is refused (:func:`~fedwon.strategies.aggregators.check_aggregator_settings`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from fedwon.section import (
+from fedwon.common.section import (
     Fraction,
     NonNegativeFloat,
     NonNegativeInt,
@@ -23,6 +23,9 @@ from fedwon.section import (
 )
 from fedwon.strategies.aggregators import AGGREGATORS
 from fedwon.strategies.methods import METHODS
+from fedwon.strategies.participation import Participation
+
+FLOWER_ROUND_TIMEOUT_S = 3600.0  # Flower's Strategy.start default
 
 
 class ServerSpec(Section):
@@ -46,6 +49,17 @@ class ServerSpec(Section):
     fraction_evaluate: Fraction = 1.0
     eval_every: PositiveInt = 1
     min_clients: PositiveInt = 1  # fewest successful replies a round may aggregate
+    # who trains when: uniform random sampling, or fixed groups in turn (DP-FTRL / BandMF)
+    participation: Literal["uniform", "cyclic"] = "uniform"
+    # seconds a round phase waits for replies before it goes on with those that came (a dead
+    # or stalled node costs at most this); 0 = Flower's own 3,600 s, which never cuts off an
+    # honest client (docs/deployment.md says how to choose it)
+    round_timeout: NonNegativeFloat = 0.0
+
+    @property
+    def reply_timeout(self) -> float:
+        """The timeout handed to Flower's ``Strategy.start`` (``round_timeout`` or 3,600 s)."""
+        return self.round_timeout or FLOWER_ROUND_TIMEOUT_S
 
     @field_validator("strategy")
     @classmethod
@@ -76,6 +90,11 @@ class ServerSpec(Section):
         if self.clients_per_round:
             return self.clients_per_round
         return max(1, int(num_clients * self.fraction_train))
+
+    def schedule(self, num_clients: int) -> Participation:
+        """Who trains when among ``num_clients`` (``participation``; ValueError, one line,
+        for a cyclic cohort that does not divide them)."""
+        return Participation(self.participation, num_clients, self.sampled(num_clients))
 
 
 # Config keys an aggregator may read, and the value meaning "not set".

@@ -1,6 +1,6 @@
 """Evaluate a finished run's final model on data its clients never tested on during the run.
 
-Two evaluations the study needs and a run does not perform:
+Three evaluations the study needs and a run does not perform:
 
 * **validation accuracy** — each client's final model (global arrays plus, for FedBN, the
   client's own normalization layers) on its validation share (``Federation.val_data``); what
@@ -8,7 +8,11 @@ Two evaluations the study needs and a run does not perform:
 * **held-out-domain accuracy** — the final global model on the test set of each domain no client
   trained on (``Federation.heldout_test_data``). FedBN has no normalization layers for a domain
   it never saw; it gets the *average* of its clients' local layers (affine parameters and running
-  statistics, unweighted), the natural choice and the one the report states.
+  statistics, unweighted), the natural choice and the one the report states;
+* **FedBN with averaged normalization layers** — each client's test data scored by that same
+  averaged model instead of the client's own layers (``split_accuracy(..., averaged=True)``):
+  under label skew, how much of FedBN's accuracy comes from layers fitted to each client's own
+  class mix.
 
 Both read the run directory's final checkpoint — the global arrays and the client states the
 fast engine snapshots into it (:func:`final_states`) — and rebuild each model exactly as the
@@ -23,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from fedwon.checkpoint import load_checkpoint
 from fedwon.clients import evaluate, local_arrays
 from fedwon.config import RunConfig
 from fedwon.datasets import Federation, load_federation
+from fedwon.run.checkpoint import load_checkpoint
 
 __all__ = ["FinalStates", "average_states", "final_states", "heldout_accuracy", "split_accuracy"]
 
@@ -97,13 +101,20 @@ def _domain_average(correct: dict[str, int], total: dict[str, int]) -> Accuracy:
     return Accuracy(mean, per_domain, sum(total.values()))
 
 
-def split_accuracy(run_dir: str | Path, cfg: RunConfig, split: str = "val") -> Accuracy:
+def split_accuracy(
+    run_dir: str | Path, cfg: RunConfig, split: str = "val", *, averaged: bool = False
+) -> Accuracy:
     """Each client's final model on its ``split`` data; per-domain pooled, then domain mean.
 
-    Clients without data in ``split`` (too small for a validation share) are left out.
+    ``averaged``: every client evaluates the model with the *average* of the clients' local
+    layers instead of its own (the same for shared-only methods). Clients without data in
+    ``split`` (too small for a validation share) are left out.
     """
     fed = load_federation(cfg.data)
     states = final_states(run_dir, cfg, fed)
+    if averaged:  # one model for every client: global arrays + the mean of the local ones
+        mean = average_states(list(states.local.values()))
+        states.global_arrays, states.local = {**states.global_arrays, **mean}, {}
     correct = dict.fromkeys(fed.domains, 0)
     total = dict.fromkeys(fed.domains, 0)
     loaded_shared = False

@@ -1,275 +1,291 @@
-"""The study as data: which methods, settings, grids and seeds each part of the report runs.
+"""The two study plans: :data:`FULL` (``make report``) and :data:`QUICK` (``make report-quick``).
 
-A :class:`Part` is one comparison of the FedWon paper (cross-silo table, cross-device at batch
-size 1, label skew, domain generalization): a recipe from ``sims/`` plus the overrides every run
-of the part shares, the methods compared, and how their hyper-parameters are chosen:
+Both have the same parts, in the order they run: cross-device at batch size 1 and 2 (with
+FedWon's AGC ablation, as in every tuned part), label skew without feature shift (one domain,
+Dirichlet α 0.1 and 0.5) and with it, cross-silo, and domain generalization last (it reuses the
+cross-silo choices). The vocabulary (methods, grids, arms) is :mod:`fedwon.study.part`.
 
-* ``tune``: each method's learning rate — and FedWon's AGC clip — comes from a small grid, run
-  on :data:`TUNING_SEED` and ranked by **validation** accuracy (each client's held-out share of
-  its training data, ``val_fraction``); test accuracy is never looked at. The chosen values are
-  then run on the part's ``seeds``. When those include the tuning seed, its run at the chosen
-  values is the grid run itself (same config, same cache directory), reused; the report says so.
-* ``reuse``: take the values chosen in another part (domain generalization trains on four of the
-  cross-silo domains and reuses the cross-silo choice rather than tuning per held-out domain).
+FULL keeps the paper's ``cnn`` (14.2 M parameters) everywhere and is sized from pilot runs on
+the project's 2-core machine, shared at the time with four other jobs (load average 5-10).
 
-Two plans: :data:`FULL` (the paper's ``cnn``, ~2 h on two CPU cores with ``make report JOBS=2``) and
-:data:`QUICK` (``cnn-tiny``, tiny data and rounds; a few minutes) — same structure, so the quick
-one exercises every code path of the full one.
+* **Cross-device pilot** (batch size 1, FedWon, lr 0.03, AGC 0.32, the recipe's 10 images per
+  client): test accuracy 18% after 4 rounds, 21% after 8, 33% after 12, 40% after 16, 45% after
+  20, training loss still falling (2.42 → 2.24): far from converged after 20 rounds, at 6-10 s
+  of wall time a round on the shared machine. A round costs what its SGD steps cost, ~0.1 s per
+  step at batch 1 or 2 whatever the batch (the 12.8 M-weight first linear layer dominates), so
+  cross-device clients hold 5 images — 3 to train on, 2 for validation (the issue's ≥3 local
+  samples; 200 validation images in all) — and the schedule is 64 rounds, halving from 4.
+* **Per-round cost** of every part (4-round pilots, one thread, CPU seconds: what a worker with
+  a core to itself pays): cross-device 2.2 s at batch 1 and 1.4 s at batch 2 (+5 s per test
+  evaluation of all 100 clients), label skew on one domain 2.7 s, with feature shift 2.7 s,
+  cross-silo 5.0 s (:data:`fedwon.study.budget.PILOT`).
+
+What the schedules cost (``fedwon study --estimate --jobs 2``: runs and rounds counted from the
+plan when nothing fails, +15% of the tuning for widening grids, priced at the pilot's speed)::
+
+    cross_device            64 rounds:   516 tuning +   960 reported rounds,  79 runs ≈ 1.24 h
+    cross_device_bs2        64 rounds:   668 tuning +  1344 reported rounds, 101 runs ≈ 1.21 h
+    label_skew_alpha01      32 rounds:   400 tuning +   576 reported rounds,  84 runs ≈ 0.87 h
+    label_skew_alpha05      32 rounds:   400 tuning +   576 reported rounds,  84 runs ≈ 0.87 h
+    label_skew              32 rounds:   400 tuning +   576 reported rounds,  84 runs ≈ 1.00 h
+    cross_silo              20 rounds:   410 tuning +   480 reported rounds,  94 runs ≈ 1.52 h
+    domain_generalization   20 rounds:     0 tuning +   900 reported rounds,  45 runs ≈ 1.12 h
+    in all ≈ 7.8 h of one worker ≈ 3.9 h with --jobs 2 at the pilot's speed
+
+so about 4 hours of wall time with ``make report JOBS=2`` on a quiet 2-core machine (more if the
+cores are shared, or if grids widen more than allowed for). Schedules are far shorter than the
+paper's hundreds of rounds; whether each chosen configuration converged is not assumed but
+measured: the report's convergence column (the change of validation accuracy over the last 20%
+of rounds) says which did not, and the cross-device pilot says to expect it there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from fedwon.study.halving import Ladder
+from fedwon.study.part import (
+    AGC_ARMS,
+    METHODS,
+    TUNING_SEED,
+    Candidate,
+    Method,
+    Part,
+    StudyPlan,
+)
 
-__all__ = [
-    "FULL",
-    "METHODS",
-    "PLANS",
-    "QUICK",
-    "TUNING_SEED",
-    "Candidate",
-    "Method",
-    "Part",
-    "StudyPlan",
-]
-
-SIMS = Path(__file__).resolve().parent.parent.parent / "sims"
-
-TUNING_SEED = 0
-"""Grid runs use this seed; reported runs use the part's ``seeds`` (never this one)."""
-
-
-@dataclass(frozen=True)
-class Method:
-    """A row of the paper's tables: what is shared (strategy) and which normalization."""
-
-    name: str
-    label: str
-    strategy: str
-    norm: str
-
-    @property
-    def overrides(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "norm": self.norm}
-
-    @property
-    def uses_agc(self) -> bool:
-        """FedWon trains with adaptive gradient clipping, so its clip is tuned as well."""
-        return self.strategy == "fedwon"
-
-
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("fedavg", "FedAvg (BN)", "fedavg", "bn"),
-        Method("fedavg_gn", "FedAvg + GN", "fedavg", "gn"),
-        Method("fedavg_ln", "FedAvg + LN", "fedavg", "ln"),
-        Method("fedavg_ws_gn", "FedAvg + WS+GN", "fedavg", "ws_gn"),
-        Method("fedbn", "FedBN", "fedbn", "bn"),
-        Method("fedwon", "FedWon", "fedwon", "ws"),
-    )
-}
-"""The six methods of ``docs/results.json`` (DESIGN.md), in table order."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One grid point: the hyper-parameters tuned (lr, and AGC clip; 0 = AGC off)."""
-
-    lr: float
-    agc_clip: float = 0.0
-
-    def overrides(self) -> dict[str, Any]:
-        return {"lr": self.lr, "agc_clip": self.agc_clip}
-
-    def tag(self) -> str:
-        return f"lr{self.lr:g}" + (f"-clip{self.agc_clip:g}" if self.agc_clip else "")
-
-    def as_dict(self) -> dict[str, float]:
-        return {"lr": self.lr, "agc_clip": self.agc_clip}
-
-
-@dataclass(frozen=True)
-class Part:
-    """One comparison: recipe + shared overrides, methods, grid and seeds (module doc)."""
-
-    name: str
-    title: str
-    recipe: str
-    settings: dict[str, Any]
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    lrs: tuple[float, ...] = ()
-    fedwon_lrs: tuple[float, ...] = ()
-    agc_clips: tuple[float, ...] = ()
-    reuse: str = ""  # take the chosen values of this part instead of tuning
-    refused: tuple[str, ...] = ()  # methods shown as refused by the config (BN at batch size 1)
-    heldout: bool = False  # one run per held-out domain, trained on the others
-
-    def grid(self, method: Method) -> list[Candidate]:
-        """The candidates tuned for ``method``: FedWon's lrs x AGC clips, else the lrs."""
-        if method.uses_agc:
-            return [Candidate(lr, clip) for lr in self.fedwon_lrs for clip in self.agc_clips]
-        return [Candidate(lr) for lr in self.lrs]
-
-    @property
-    def recipe_path(self) -> Path:
-        return SIMS / self.recipe
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    name: str
-    parts: tuple[Part, ...]
-
-    def part(self, name: str) -> Part:
-        for p in self.parts:
-            if p.name == name:
-                return p
-        raise KeyError(f"unknown study part {name!r}; parts: {[p.name for p in self.parts]}")
-
-    def only(self, names: list[str]) -> StudyPlan:
-        """The plan restricted to some parts (plus the parts whose choices they reuse), named
-        so that its report says it is partial."""
-        wanted = {self.part(n).name for n in names}
-        wanted |= {self.part(n).reuse for n in names if self.part(n).reuse}
-        parts = tuple(p for p in self.parts if p.name in wanted)
-        if len(parts) == len(self.parts):
-            return self
-        return StudyPlan(f"{self.name} (parts: {', '.join(p.name for p in parts)})", parts)
-
+__all__ = ["FULL", "METHODS", "PLANS", "QUICK", "TUNING_SEED", "Candidate", "Method", "Part"]
 
 CROSS_SILO_METHODS = tuple(METHODS)
-CROSS_DEVICE_METHODS = ("fedavg_gn", "fedavg_ws_gn", "fedwon")
-LABEL_SKEW_METHODS = ("fedavg", "fedbn", "fedwon")
+CROSS_DEVICE_BS1_METHODS = ("fedavg_gn", "fedavg_ws_gn", "fedwon")
+CROSS_DEVICE_BS2_METHODS = ("fedavg", "fedbn", "fedavg_gn", "fedavg_ws_gn", "fedwon")
+LABEL_SKEW_METHODS = ("fedavg", "fedavg_gn", "fedbn", "fedwon")
 DG_METHODS = ("fedavg", "fedbn", "fedwon")
+BN_METHODS = ("fedavg", "fedbn")  # refused at batch size 1, shown as refused
 
-# Sized to finish in about two hours on two CPU cores (``make report JOBS=2``), keeping the
-# paper's ``cnn`` (14.2 M parameters) in every part. What is cut against the paper, and said in
-# the report's settings lines: 400 training images per domain (FedBN uses ~743, the
-# recipe's default), 12-20 rounds instead of hundreds, and the tuning seed reused as one of the
-# three reported seeds (the report says what that costs).
-# Grids: normalized models get half-decade steps around BN's known 0.01 (GN, LN and WS+GN have no
-# prior here, so the range is wide); FedWon gets steps around its known 0.05 (REFERENCES.md:
-# 0.02-0.1), with AGC off or at 0.32 (0.16-0.32 worked, too small a clip hurt). A value chosen
-# at a grid edge is flagged in the report rather than hidden.
-NORM_LRS = (0.003, 0.01, 0.03)
-FEDWON_LRS = (0.02, 0.05, 0.1)
-AGC_CLIPS = (0.0, 0.32)
-REPORTED_SEEDS = (0, 1, 2)
-_FULL_DATA = {"train_per_domain": 400}
+# Cross-device (the recipe: 100 clients, 20 per domain, 10 sampled per round): 5 images per
+# client, 2 of them for validation (val_fraction 0.3 rounds 1.5 up), 200 test images a domain.
+_DEVICE = {
+    "train_per_domain": 100,
+    "val_fraction": 0.3,
+    "test_per_domain": 200,
+    "num_rounds": 64,
+    "eval_every": 16,
+    "checkpoint_every": 8,
+}
+# Label skew without feature shift: one domain (MNIST-M, neither saturated like MNIST nor as
+# hard as SVHN), 10 clients, 5 per round, Dirichlet(α) class proportions.
+_ONE_DOMAIN = {
+    "domains": "mnist_m",
+    "num_clients": 10,
+    "clients_per_round": 5,
+    "train_per_domain": 500,
+    "test_per_domain": 400,
+    "num_rounds": 32,
+    "eval_every": 8,
+    "checkpoint_every": 8,
+}
+_SILO_DATA = {"train_per_domain": 200, "test_per_domain": 200}
 
 FULL = StudyPlan(
     name="full",
     parts=(
         Part(
-            name="cross_silo",
-            title="Cross-silo, feature shift: digits-embedded, one client per domain",
-            recipe="cross_silo.toml",
-            settings={**_FULL_DATA, "num_rounds": 12, "eval_every": 2, "checkpoint_every": 4},
-            methods=CROSS_SILO_METHODS,
-            seeds=REPORTED_SEEDS,
-            lrs=NORM_LRS,
-            fedwon_lrs=FEDWON_LRS,
-            agc_clips=AGC_CLIPS,
-        ),
-        Part(
             name="cross_device",
             title="Cross-device at batch size 1: 100 clients, 10 per round",
             recipe="cross_device.toml",
-            settings={"num_rounds": 20, "eval_every": 4, "checkpoint_every": 4},
-            methods=CROSS_DEVICE_METHODS,
-            seeds=REPORTED_SEEDS,
-            lrs=(0.003, 0.01, 0.03),  # batch size 1, no momentum: the recipe's 0.01 centred
-            fedwon_lrs=(0.003, 0.01, 0.03),
-            agc_clips=(0.32,),  # the paper trains FedWon with AGC at batch size 1
-            refused=("fedavg",),
+            settings={**_DEVICE, "batch_size": 1},
+            methods=CROSS_DEVICE_BS1_METHODS,
+            lrs=(0.01, 0.03, 0.1),  # no momentum; the pilot's lr 0.03 was slow
+            fedwon_lrs=(0.03, 0.1),
+            rung0=4,
+            refused=BN_METHODS,
+        ),
+        Part(
+            name="cross_device_bs2",
+            title="Cross-device at batch size 2: 100 clients, 10 per round",
+            recipe="cross_device.toml",
+            settings={**_DEVICE, "batch_size": 2},
+            methods=CROSS_DEVICE_BS2_METHODS,
+            lrs=(0.01, 0.03, 0.1),
+            fedwon_lrs=(0.03, 0.1),
+            rung0=4,
+        ),
+        Part(
+            name="label_skew_alpha01",
+            title="Label skew without feature shift: one domain, Dirichlet(0.1), 10 clients",
+            recipe="label_skew.toml",
+            settings={**_ONE_DOMAIN, "alpha": 0.1},
+            methods=LABEL_SKEW_METHODS,
+            lrs=(0.01, 0.03, 0.1),
+            fedwon_lrs=(0.03, 0.1),
+            rung0=4,
+            fedbn_averaged=True,
+        ),
+        Part(
+            name="label_skew_alpha05",
+            title="Label skew without feature shift: one domain, Dirichlet(0.5), 10 clients",
+            recipe="label_skew.toml",
+            settings={**_ONE_DOMAIN, "alpha": 0.5},
+            methods=LABEL_SKEW_METHODS,
+            lrs=(0.01, 0.03, 0.1),
+            fedwon_lrs=(0.03, 0.1),
+            rung0=4,
+            fedbn_averaged=True,
         ),
         Part(
             name="label_skew",
-            title="Label skew: Dirichlet(0.1) within each domain, 4 clients per domain",
+            title="Label skew with feature shift: Dirichlet(0.1) within each of five domains",
             recipe="label_skew.toml",
-            settings={**_FULL_DATA, "num_rounds": 12, "eval_every": 3, "checkpoint_every": 3},
+            settings={
+                **_SILO_DATA,
+                "num_rounds": 32,
+                "eval_every": 8,
+                "checkpoint_every": 8,
+            },
             methods=LABEL_SKEW_METHODS,
-            seeds=REPORTED_SEEDS,
-            lrs=(0.03, 0.1),  # no momentum, batch 16: around the recipe's 0.05
+            lrs=(0.01, 0.03, 0.1),
             fedwon_lrs=(0.03, 0.1),
-            agc_clips=(0.32,),
+            rung0=4,
+            fedbn_averaged=True,
+        ),
+        Part(
+            name="cross_silo",
+            title="Cross-silo, feature shift: digits-embedded, one client per domain",
+            recipe="cross_silo.toml",
+            settings={**_SILO_DATA, "num_rounds": 20, "eval_every": 5, "checkpoint_every": 5},
+            methods=CROSS_SILO_METHODS,
+            lrs=(0.01, 0.03, 0.1),  # SGD momentum 0.9; the last study chose 0.03 at its edge
+            fedwon_lrs=(0.03, 0.1),
+            rung0=5,
         ),
         Part(
             name="domain_generalization",
             title="Domain generalization: train on four domains, test on the held-out fifth",
             recipe="cross_silo.toml",
-            settings={**_FULL_DATA, "num_rounds": 12, "checkpoint_every": 4, "eval_every": 4},
+            settings={**_SILO_DATA, "num_rounds": 20, "eval_every": 10, "checkpoint_every": 10},
             methods=DG_METHODS,
-            seeds=(1,),
             reuse="cross_silo",
             heldout=True,
         ),
     ),
 )
 
-_TINY_DATA = {"model": "cnn-tiny", "train_per_domain": 60, "test_per_domain": 40}
+_TINY = {"model": "cnn-tiny", "train_per_domain": 60, "test_per_domain": 40, "checkpoint_every": 0}
+_QUICK_LRS = Ladder((0.01, 0.03, 0.1))  # widening bounded to keep the quick study quick
+_QUICK_CLIPS = Ladder((0.16, 0.32, 0.64))
+_QUICK_GRID = {
+    "lrs": (0.03, 0.1),
+    "fedwon_lrs": (0.03,),
+    "agc_clips": (0.32,),
+    "agc_arms": AGC_ARMS,
+    "lr_ladder": _QUICK_LRS,
+    "clip_ladder": _QUICK_CLIPS,
+    "rung0": 1,
+}
 
 QUICK = StudyPlan(
     name="quick",
     parts=(
         Part(
-            name="cross_silo",
-            title=FULL.part("cross_silo").title + " (quick: cnn-tiny, tiny data)",
-            recipe="cross_silo.toml",
-            settings={**_TINY_DATA, "num_rounds": 3, "checkpoint_every": 0},
-            methods=CROSS_SILO_METHODS,
-            seeds=(1, 2),
-            lrs=(0.01, 0.05),
-            fedwon_lrs=(0.05,),
-            agc_clips=AGC_CLIPS,
-        ),
-        Part(
             name="cross_device",
             title="Cross-device at batch size 1 (quick: 20 clients, 5 per round)",
             recipe="cross_device.toml",
             settings={
-                **_TINY_DATA,
+                **_TINY,
                 "train_per_domain": 40,
                 "num_clients": 20,
                 "clients_per_round": 5,
-                "num_rounds": 3,
+                "batch_size": 1,
+                "num_rounds": 2,
                 "eval_every": 1,
-                "checkpoint_every": 0,
             },
-            methods=CROSS_DEVICE_METHODS,
+            methods=CROSS_DEVICE_BS1_METHODS,
             seeds=(1,),
-            lrs=(0.01,),
-            fedwon_lrs=(0.01,),
-            agc_clips=(0.32,),
-            refused=("fedavg",),
+            refused=BN_METHODS,
+            **_QUICK_GRID,  # type: ignore[arg-type]
         ),
         Part(
-            name="label_skew",
-            title="Label skew: Dirichlet(0.1) (quick: 10 clients, 5 per round)",
+            name="cross_device_bs2",
+            title="Cross-device at batch size 2 (quick: 20 clients, 5 per round)",
+            recipe="cross_device.toml",
+            settings={
+                **_TINY,
+                "train_per_domain": 40,
+                "num_clients": 20,
+                "clients_per_round": 5,
+                "batch_size": 2,
+                "num_rounds": 2,
+                "eval_every": 1,
+            },
+            methods=CROSS_DEVICE_BS2_METHODS,
+            seeds=(1,),
+            **_QUICK_GRID,  # type: ignore[arg-type]
+        ),
+        Part(
+            name="label_skew_alpha01",
+            title="Label skew without feature shift (quick: one domain, Dirichlet(0.1))",
             recipe="label_skew.toml",
             settings={
-                **_TINY_DATA,
-                "num_clients": 10,
-                "clients_per_round": 5,
-                "num_rounds": 3,
+                **_TINY,
+                "domains": "mnist_m",
+                "num_clients": 4,
+                "clients_per_round": 4,
+                "alpha": 0.1,
+                "num_rounds": 2,
                 "eval_every": 1,
-                "checkpoint_every": 0,
             },
             methods=LABEL_SKEW_METHODS,
             seeds=(1,),
-            lrs=(0.05,),
-            fedwon_lrs=(0.05,),
-            agc_clips=(0.32,),
+            fedbn_averaged=True,
+            **_QUICK_GRID,  # type: ignore[arg-type]
+        ),
+        Part(
+            name="label_skew_alpha05",
+            title="Label skew without feature shift (quick: one domain, Dirichlet(0.5))",
+            recipe="label_skew.toml",
+            settings={
+                **_TINY,
+                "domains": "mnist_m",
+                "num_clients": 4,
+                "clients_per_round": 4,
+                "alpha": 0.5,
+                "num_rounds": 2,
+                "eval_every": 1,
+            },
+            methods=LABEL_SKEW_METHODS,
+            seeds=(1,),
+            fedbn_averaged=True,
+            **_QUICK_GRID,  # type: ignore[arg-type]
+        ),
+        Part(
+            name="label_skew",
+            title="Label skew with feature shift (quick: 10 clients, 5 per round)",
+            recipe="label_skew.toml",
+            settings={
+                **_TINY,
+                "num_clients": 10,
+                "clients_per_round": 5,
+                "num_rounds": 2,
+                "eval_every": 1,
+            },
+            methods=LABEL_SKEW_METHODS,
+            seeds=(1,),
+            fedbn_averaged=True,
+            **_QUICK_GRID,  # type: ignore[arg-type]
+        ),
+        Part(
+            name="cross_silo",
+            title=FULL.part("cross_silo").title + " (quick: cnn-tiny, tiny data)",
+            recipe="cross_silo.toml",
+            settings={**_TINY, "num_rounds": 2},
+            methods=CROSS_SILO_METHODS,
+            seeds=(1, 2),
+            **_QUICK_GRID,  # type: ignore[arg-type]
         ),
         Part(
             name="domain_generalization",
             title=FULL.part("domain_generalization").title + " (quick)",
             recipe="cross_silo.toml",
-            settings={**_TINY_DATA, "num_rounds": 2, "checkpoint_every": 0},
+            settings={**_TINY, "num_rounds": 2},
             methods=DG_METHODS,
             seeds=(1,),
             reuse="cross_silo",

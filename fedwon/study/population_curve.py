@@ -27,7 +27,7 @@ has finished, its ``config.toml``, ``metrics.jsonl`` and ``summary.json`` (no ch
 ``provenance.json`` (the commit and command that trained it) are copied to
 ``RECORDS/<arm>/`` (``docs/privacy_study/``), which is what is committed. The tables and the
 plot are built from those records alone: a record whose config is the arm's planned config
-(:meth:`fedwon.run_dir.RunDir.reuse`) is used without training, and ``records_only`` never
+(:meth:`fedwon.run.directory.RunDir.reuse`) is used without training, and ``records_only`` never
 trains -- an arm without a record is listed as missing.
 """
 
@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
-from fedwon.errors import error_line
-from fedwon.provenance import code_commit
-from fedwon.results import final_metrics, per_domain
-from fedwon.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunDir
+from fedwon.run.directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunDir
+from fedwon.run.provenance import code_commit
+from fedwon.run.recorder import final_metrics, per_domain
 from fedwon.strategies import RoundFailedError
 from fedwon.study.privacy_curve import RECIPE, run_arm
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
-from fedwon.provenance import code_commit
-from fedwon.results import final_metrics, per_domain
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.provenance import code_commit
+from fedwon.run.recorder import final_metrics, per_domain
 
 log = logging.getLogger(__name__)
 

@@ -1,48 +1,89 @@
-"""Conducting the study: tune on validation, run the reported seeds, collect the records.
+"""Conducting the study: part by part, search on validation, then run the reported seeds.
 
-Two phases over all parts, each a flat list of independent runs (so ``jobs > 1`` runs them in
-parallel processes):
+Parts run in plan order (a study cut short has its first parts complete). In each part:
 
-1. **tune** — every grid point of every method of every part that tunes, on the tuning seed;
-   each method's value is the grid point with the best validation accuracy (ties: the earlier
-   grid point; failed runs never win);
-2. **report** — every method of every part at its chosen values (or those of the part it
-   reuses) on the part's seeds, and for domain generalization once per held-out domain.
+1. **search** — every method (and each of FedWon's AGC arms) is searched on the tuning seed by
+   successive halving over a self-widening grid (:mod:`fedwon.study.halving`); the searches of
+   the part advance in lockstep, so each rung of every search is one batch of independent runs
+   (``jobs > 1`` trains them in parallel processes). FedWon's main-table row is its arm with
+   the best validation accuracy at the full schedule (ties: the part's arm order).
+2. **report** — every method and arm at its chosen values (or those of the part it reuses: its
+   main rows only) on the part's seeds, each brought to the start of the last 20% of rounds and
+   validated there (the convergence column), then to the full schedule; for domain
+   generalization once per held-out domain.
 
 Methods a part lists as ``refused`` are not run: the config's one-line refusal is recorded.
+Every run answers from its committed record when it can (:mod:`fedwon.study.runs`), so a study
+whose records are all committed trains nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedwon.config import load_config
-from fedwon.datasets import DATASETS
-from fedwon.provenance import code_commit
-from fedwon.run_lock import lock_dir
-from fedwon.study.plan import METHODS, TUNING_SEED, Candidate, Part, StudyPlan
-from fedwon.study.runs import RunRecord, RunSpec, execute, refusal
+from fedwon.run.lock import lock_dir
+from fedwon.run.provenance import code_commit
+from fedwon.study.budget import planned_runs
+from fedwon.study.halving import Point, Request, SearchResult, drive, search
+from fedwon.study.part import TUNING_SEED, Candidate, Part, StudyPlan, arm_key
+from fedwon.study.records import RecordStore
+from fedwon.study.runs import (
+    RunRecord,
+    RunSpec,
+    drop_checkpoint,
+    execute,
+    heldout_domains,
+    refusal,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PartResult", "StudyResults", "choose", "run_study"]
+__all__ = ["PartResult", "Search", "StudyResults", "run_study"]
 
 OnRun = Callable[[int, int, RunRecord], None]
-"""Progress callback: (runs done, runs in total, the record just finished)."""
+"""Progress callback: (runs done, runs planned so far, the record just finished)."""
+
+
+@dataclass
+class Search:
+    """One method's (or FedWon arm's) search: the halving result and the run behind each score."""
+
+    method: str
+    arm: str
+    result: SearchResult
+    runs: dict[tuple[Point, int], RunRecord] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> Point | None:
+        return self.result.best
 
 
 @dataclass
 class PartResult:
     part: Part
-    tuning: dict[str, list[RunRecord]] = field(default_factory=dict)  # method -> grid runs
-    chosen: dict[str, Candidate] = field(default_factory=dict)
-    reported: dict[str, list[RunRecord]] = field(default_factory=dict)  # method -> runs
+    searches: dict[str, Search] = field(default_factory=dict)  # arm key -> search
+    chosen: dict[str, Candidate] = field(default_factory=dict)  # arm key -> chosen values
+    main_arm: dict[str, str] = field(default_factory=dict)  # method -> arm of its main row
+    reported: dict[str, list[RunRecord]] = field(default_factory=dict)  # arm key -> runs
     refused: dict[str, str] = field(default_factory=dict)  # method -> config error
+
+    def main_key(self, method: str) -> str:
+        """The arm key whose runs are ``method``'s main-table row."""
+        return arm_key(method, self.main_arm.get(method, ""))
+
+    @property
+    def tuning_runs(self) -> list[RunRecord]:
+        return [r for s in self.searches.values() for r in s.runs.values()]
+
+    @property
+    def all_reported(self) -> list[RunRecord]:
+        return [r for runs in self.reported.values() for r in runs]
 
 
 @dataclass
@@ -54,143 +95,154 @@ class StudyResults:
 
     @property
     def records(self) -> list[RunRecord]:
-        return [
-            r
-            for p in self.parts.values()
-            for runs in (*p.tuning.values(), *p.reported.values())
-            for r in runs
+        return [r for p in self.parts.values() for r in (*p.tuning_runs, *p.all_reported)]
+
+
+Task = tuple[Part, RunSpec, tuple[int, ...], tuple[str, ...]]
+
+
+class _Study:
+    """One invocation: the cache, the records, the workers and the progress count."""
+
+    def __init__(
+        self,
+        cache: Path,
+        store: RecordStore,
+        pool: Executor | None,
+        on_run: OnRun | None,
+        total: int,
+    ) -> None:
+        self.cache, self.store, self.pool, self.on_run = cache, store, pool, on_run
+        self.done, self.total = 0, total
+
+    def execute_all(self, tasks: list[Task]) -> list[RunRecord]:
+        """Run ``tasks`` (in the worker pool when there is one); records in task order."""
+        if self.pool is None or len(tasks) <= 1:
+            return [
+                self._progress(execute(p, s, self.cache, self.store, st, ex))
+                for p, s, st, ex in tasks
+            ]
+        futures = [
+            self.pool.submit(execute, p, s, self.cache, self.store, st, ex)
+            for p, s, st, ex in tasks
         ]
+        return [self._progress(f.result()) for f in futures]
 
+    def _progress(self, record: RunRecord) -> RunRecord:
+        self.done += 1
+        self.total = max(self.total, self.done)
+        if self.on_run is not None:
+            self.on_run(self.done, self.total, record)
+        return record
 
-def choose(grid_runs: Sequence[RunRecord]) -> Candidate | None:
-    """The grid point with the best validation accuracy (earliest on ties; None if all failed)."""
-    best: RunRecord | None = None
-    for record in grid_runs:
-        score = (record.val or {}).get("accuracy")
-        if not record.ok or score is None or score != score:  # failed or NaN
-            continue
-        if best is None or score > best.val["accuracy"]:  # type: ignore[index]
-            best = record
-    return best.spec.candidate if best else None
+    def tune(self, part: Part) -> dict[str, Search]:
+        """Search every method and arm of ``part`` (module docstring, step 1)."""
+        searches = {
+            arm_key(m, a): Search(m, a, SearchResult(part.axes(m, a), part.schedule))
+            for m in part.methods
+            for a in part.arms(m)
+        }
+        gens = {k: search(part.axes(s.method, s.arm), part.schedule) for k, s in searches.items()}
 
+        def answer(batch: list[tuple[Hashable, Request]]) -> dict:
+            tasks: list[Task] = []
+            for key, (point, rounds) in batch:
+                s = searches[str(key)]
+                candidate = part.candidate(s.method, s.arm, point)
+                spec = RunSpec(part.name, s.method, candidate, TUNING_SEED, "tune")
+                tasks.append((part, spec, (rounds,), ()))
+            scores = {}
+            for (key, (point, rounds)), record in zip(batch, self.execute_all(tasks), strict=True):
+                searches[str(key)].runs[(point, rounds)] = record
+                scores[(key, (point, rounds))] = record.val_at(rounds)
+            return scores
 
-def heldout_domains(part: Part) -> tuple[str, ...]:
-    """The domains a domain-generalization part holds out in turn: every domain it would use."""
-    cfg = load_config(part.recipe_path, part.settings)
-    return cfg.data.domains or DATASETS[cfg.data.dataset].domains
+        for key, result in drive(gens, answer).items():  # type: ignore[arg-type]
+            searches[str(key)].result = result
+        return searches
 
-
-def tuning_specs(plan: StudyPlan) -> list[tuple[Part, RunSpec]]:
-    return [
-        (part, RunSpec(part.name, method, candidate, TUNING_SEED, "tune"))
-        for part in plan.parts
-        if not part.reuse
-        for method in part.methods
-        for candidate in part.grid(METHODS[method])
-    ]
-
-
-def report_specs(
-    plan: StudyPlan, chosen: dict[str, dict[str, Candidate]]
-) -> list[tuple[Part, RunSpec]]:
-    """Reported runs; methods without a chosen value (every grid point failed) are skipped."""
-    specs = []
-    for part in plan.parts:
-        picks = chosen.get(part.reuse or part.name, {})
+    def report(self, part: Part, result: PartResult) -> None:
+        """Run every chosen value on the part's seeds (module docstring, step 2)."""
         held = heldout_domains(part) if part.heldout else ("",)
-        for method in part.methods:
-            if method not in picks:
-                continue
+        stops = (part.convergence_from, part.num_rounds)
+        tasks: list[Task] = []
+        keys: list[str] = []
+        for key, candidate in result.chosen.items():
+            method = key.split(":")[0]
+            extras = ("averaged",) if part.fedbn_averaged and method == "fedbn" else ()
             for seed in part.seeds:
                 for domain in held:
-                    spec = RunSpec(part.name, method, picks[method], seed, "report", domain)
-                    specs.append((part, spec))
-    return specs
+                    spec = RunSpec(part.name, method, candidate, seed, "report", domain)
+                    tasks.append((part, spec, stops, ("heldout",) if domain else extras))
+                    keys.append(key)
+        for key, record in zip(keys, self.execute_all(tasks), strict=True):
+            result.reported.setdefault(key, []).append(record)
 
 
-def count_report_runs(plan: StudyPlan) -> int:
-    return sum(
-        len(p.methods) * len(p.seeds) * (len(heldout_domains(p)) if p.heldout else 1)
-        for p in plan.parts
-    )
+def _choose(part: Part, searches: dict[str, Search], result: PartResult) -> None:
+    """Each arm's chosen point, and each method's main arm: its best at the full schedule."""
+    for key, s in searches.items():
+        if s.chosen is None:
+            log.warning("%s %s: every grid point failed; nothing to report", part.name, key)
+            continue
+        result.chosen[key] = part.candidate(s.method, s.arm, s.chosen)
+    for method in part.methods:
+        scored = []
+        for i, arm in enumerate(part.arms(method)):
+            s = searches[arm_key(method, arm)]
+            if s.chosen is not None:
+                scored.append((s.result.score(s.chosen, part.num_rounds) or 0.0, -i, arm))
+        if scored:
+            result.main_arm[method] = max(scored)[2]
 
 
-def _execute_all(
-    specs: list[tuple[Part, RunSpec]],
-    cache: Path,
-    jobs: int,
-    progress: Callable[[RunRecord], None],
-) -> list[RunRecord]:
-    """Run ``specs`` (in ``jobs`` processes when > 1); records in the order of ``specs``."""
-    if jobs <= 1 or len(specs) <= 1:
-        records = []
-        for part, spec in specs:
-            records.append(execute(part, spec, cache))
-            progress(records[-1])
-        return records
-    results: dict[int, RunRecord] = {}
+@contextmanager
+def _workers(jobs: int) -> Iterator[Executor | None]:
+    """One pool of ``jobs`` spawned workers for the whole study (``None``: run in-process)."""
+    if jobs <= 1:
+        yield None
+        return
     context = multiprocessing.get_context("spawn")  # no forked torch/Ray state in workers
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {
-            pool.submit(execute, part, spec, cache): i for i, (part, spec) in enumerate(specs)
-        }
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            progress(results[futures[future]])
-    return [results[i] for i in range(len(specs))]
+        yield pool
 
 
 def run_study(
     plan: StudyPlan,
     cache: str | Path,
     *,
+    records: str | Path,
     command: str,
     jobs: int = 1,
     on_run: OnRun | None = None,
 ) -> StudyResults:
-    """Tune, then run the reported seeds of every part of ``plan`` (module docstring).
+    """Search, then run the reported seeds of every part of ``plan`` (module docstring).
 
-    The cache is locked for the whole study (:mod:`fedwon.run_lock`): a second study on the same
-    cache is refused at once, instead of colliding with this one run by run.
+    Runs live in ``cache`` (locked for the whole study, so a second study on the same cache is
+    refused at once; a part's checkpoints are deleted once the part is done) and leave their
+    records in ``records``.
     """
     cache = Path(cache)
-    with lock_dir(cache, "study cache"):
-        return _run_study(plan, cache, command, jobs, on_run)
-
-
-def _run_study(
-    plan: StudyPlan, cache: Path, command: str, jobs: int, on_run: OnRun | None
-) -> StudyResults:
-    """:func:`run_study` with its cache locked."""
-    parts = {p.name: PartResult(p) for p in plan.parts}
-    for p in plan.parts:
-        for method in p.refused:
-            parts[p.name].refused[method] = refusal(p, method) or "(accepted: not refused)"
-    tune = tuning_specs(plan)
-    total = len(tune) + count_report_runs(plan)
-    done = 0
-
-    def progress(record: RunRecord) -> None:
-        nonlocal done
-        done += 1
-        if on_run is not None:
-            on_run(done, total, record)
-
-    for record in _execute_all(tune, cache, jobs, progress):
-        parts[record.spec.part].tuning.setdefault(record.spec.method, []).append(record)
-    chosen: dict[str, dict[str, Candidate]] = {}
-    for name, result in parts.items():
-        for method, runs in result.tuning.items():
-            pick = choose(runs)
-            if pick is None:
-                log.warning("%s %s: every grid point failed; nothing to report", name, method)
-                continue
-            result.chosen[method] = pick
-        chosen[name] = result.chosen
-    for result in parts.values():
-        if result.part.reuse:
-            picks = chosen.get(result.part.reuse, {})
-            result.chosen = {m: c for m, c in picks.items() if m in result.part.methods}
-    for record in _execute_all(report_specs(plan, chosen), cache, jobs, progress):
-        parts[record.spec.part].reported.setdefault(record.spec.method, []).append(record)
+    with lock_dir(cache, "study cache"), _workers(jobs) as pool:
+        total = sum(planned_runs(p) for p in plan.parts)
+        study = _Study(cache, RecordStore(records), pool, on_run, total)
+        parts: dict[str, PartResult] = {}
+        for part in plan.parts:
+            parts[part.name] = result = PartResult(part)
+            for method in part.refused:
+                result.refused[method] = refusal(part, method) or "(accepted: not refused)"
+            if part.reuse:
+                source = parts[part.reuse]
+                for method in part.methods:
+                    if source.main_key(method) in source.chosen:
+                        result.main_arm[method] = source.main_arm.get(method, "")
+                        result.chosen[result.main_key(method)] = source.chosen[
+                            source.main_key(method)
+                        ]
+            else:
+                result.searches = study.tune(part)
+                _choose(part, result.searches, result)
+            study.report(part, result)
+            for key in {r.key for r in [*result.tuning_runs, *result.all_reported]}:
+                drop_checkpoint(cache, key)  # the part is done: its records hold the rest
     return StudyResults(plan, parts, code_commit(), command)

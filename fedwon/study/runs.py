@@ -1,24 +1,33 @@
-"""The study's runs: one normal run directory each, cached, reused and resumed.
+"""The study's runs: one normal run directory each, cached and resumed, and its committed record.
 
 Every run of the study is an ordinary ``fedwon run`` directory under the cache folder::
 
-    CACHE/<part>/<method>-<lr…>-seed<s>[-holdout_<domain>]-<config digest>/
+    CACHE/<part>/<method>-<lr…>-seed<s>[-holdout_<domain>]-<digest>/
 
-The digest is a hash of the fully resolved config, so a directory only ever holds the run of
-exactly one config, and :meth:`fedwon.run_dir.RunDir.reuse` says what to do with it: a finished
-one is reused as is, an interrupted one is resumed from its last checkpoint, a directory that
-never reached a checkpoint is cleared and started again. After training, the evaluations the
-study adds (validation and held-out-domain accuracy, :mod:`fedwon.study.offline_eval`) are
-computed once and kept beside the run directory in ``<directory>.study.json`` (never inside it:
-a run directory holds only what a run writes), together with the commit that trained it.
+``<part>/<name>-<digest>`` is the **run key**: the digest hashes the resolved config minus
+``num_rounds`` and the keys that only say where it ran (:func:`fedwon.study.records.comparable`),
+so one directory holds one run as halving takes it from rung to rung — each time resumed from its
+final checkpoint with a larger ``num_rounds`` (:meth:`fedwon.run.directory.RunDir.reuse`), which
+trains exactly what a straight run would.
 
-A run that fails (e.g. every client diverged at a too-large learning rate of the grid, or its
-checkpoint is damaged) is a result of this invocation, not a crash: its error is kept in the same
-file and reported, and the grid point is never chosen. The next invocation retries it: the
-failed directory and its record are first set aside as ``<directory>.failed-<n>`` (kept to
-inspect, never deleted), so a failure that was an accident does not stay a hole in the report.
-A record that cannot be read (e.g. truncated) is one warning naming it, and the run counts as
-not finished.
+A run is brought to a list of **stops** (rounds); at each it is validated (each client's final
+model on its validation share, :mod:`fedwon.study.offline_eval`), and at the last one the study
+adds what the part asks for (held-out-domain accuracy, FedBN with averaged norm layers). Then its
+small record is written under the records folder (:mod:`fedwon.study.records`; ``docs/study``
+for the full study). A stop the record already answers is not trained at all: that is how
+``make report`` rebuilds the report from committed records alone.
+
+Checkpoints are what resuming needs and what takes the disk (~57 MB for ``cnn``): once a part
+is done, :func:`drop_checkpoint` deletes those of its runs (their records hold everything the
+report reads), so the cache holds about one part's worth at a time; a later study that asks one
+of them for more rounds trains it again from the start, saying so.
+
+A run that diverges (a grid point with a too-large learning rate: every client returns
+non-finite updates) is a result: recorded, reported, and the grid point is never chosen. Any
+other failure (a damaged checkpoint, a crash) is a result of this invocation only: its error is
+kept beside the run directory in ``<directory>.study.json`` and reported, and the next
+invocation retries it, first setting the failed directory aside as ``<directory>.failed-<n>``
+(kept to inspect, never deleted).
 """
 
 from __future__ import annotations
@@ -32,25 +41,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError, RunConfig, load_config
-from fedwon.datasets import DATASETS, DataError
-from fedwon.errors import error_line
-from fedwon.provenance import code_commit
-from fedwon.results import final_metrics, per_domain
-from fedwon.run_dir import RunDir
+from fedwon.datasets import DataError, spec_info
+from fedwon.run.checkpoint import CHECKPOINT
+from fedwon.run.directory import RunDir
+from fedwon.run.provenance import code_commit
+from fedwon.run.recorder import final_metrics, per_domain
+from fedwon.strategies.round_rules import RoundFailedError
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
-from fedwon.study.plan import METHODS, Candidate, Part
+from fedwon.study.part import METHODS, Candidate, Part
+from fedwon.study.records import Record, RecordStore, comparable
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RunRecord",
     "RunSpec",
+    "drop_checkpoint",
     "execute",
+    "heldout_domains",
     "refusal",
     "run_config",
-    "run_dir",
+    "run_key",
 ]
+
+EXTRAS = ("heldout", "averaged")
+"""What a last stop may add: held-out-domain accuracy, FedBN with averaged norm layers."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +87,13 @@ class RunSpec:
         return f"{self.method}-{self.candidate.tag()}-seed{self.seed}{holdout}"
 
     def describe(self) -> str:
-        clip = f" clip={self.candidate.agc_clip:g}" if self.candidate.agc_clip else ""
+        c = self.candidate
+        clip = f" clip={c.agc_clip:g}" if c.agc_clip else ""
+        rule = f" {c.agc_rule}" if c.agc_clip and c.agc_rule != "all_but_head" else ""
         held = f" held-out {self.heldout}" if self.heldout else ""
         return (
-            f"{self.part} {self.method} lr={self.candidate.lr:g}{clip} seed {self.seed}"
-            f"{held} ({self.role})"
+            f"{self.part} {self.method} lr={c.lr:g}{clip}{rule} seed {self.seed}{held} "
+            f"({self.role})"
         )
 
 
@@ -84,19 +103,27 @@ def _overrides(part: Part, method: str, seed: int) -> dict[str, Any]:
 
 def _heldout_overrides(cfg: RunConfig, heldout: str) -> dict[str, Any]:
     """Train on every domain but ``heldout``, with as many clients per domain as before."""
-    domains = cfg.data.domains or DATASETS[cfg.data.dataset].domains
+    domains = cfg.data.domains or spec_info(cfg.data).domains
     kept = [d for d in domains if d != heldout]
     per_domain = max(1, cfg.data.num_clients // len(domains))
     return {"domains": ",".join(kept), "num_clients": per_domain * len(kept)}
 
 
-def run_config(part: Part, spec: RunSpec) -> RunConfig:
-    """The validated config of ``spec``: recipe, part settings, method, candidate, seed."""
+def run_config(part: Part, spec: RunSpec, rounds: int | None = None) -> RunConfig:
+    """The validated config of ``spec`` (at ``rounds``, default the part's full schedule)."""
     values = {**_overrides(part, spec.method, spec.seed), **spec.candidate.overrides()}
+    if rounds is not None:
+        values["num_rounds"] = rounds
     cfg = load_config(part.recipe_path, values)
     if spec.heldout:
         cfg = cfg.replace(**_heldout_overrides(cfg, spec.heldout))
     return cfg
+
+
+def heldout_domains(part: Part) -> tuple[str, ...]:
+    """The domains a domain-generalization part holds out in turn: every domain it would use."""
+    cfg = load_config(part.recipe_path, part.settings)
+    return cfg.data.domains or spec_info(cfg.data).domains
 
 
 def refusal(part: Part, method: str) -> str:
@@ -108,9 +135,10 @@ def refusal(part: Part, method: str) -> str:
     return ""
 
 
-def run_dir(cache: Path, spec: RunSpec, cfg: RunConfig) -> Path:
-    digest = hashlib.sha256(cfg.to_toml().encode()).hexdigest()[:10]
-    return cache / spec.part / f"{spec.name}-{digest}"
+def run_key(spec: RunSpec, cfg: RunConfig) -> str:
+    """``<part>/<name>-<digest>``: the run's directory in the cache and in the records."""
+    text = json.dumps(comparable(cfg), sort_keys=True)
+    return f"{spec.part}/{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 def _domain_mean(row: dict[str, Any]) -> float | None:
@@ -120,33 +148,42 @@ def _domain_mean(row: dict[str, Any]) -> float | None:
 
 @dataclass
 class RunRecord:
-    """What the report needs from one run of the study."""
+    """What the report needs from one run of the study (read back from its record)."""
 
     spec: RunSpec
-    path: str
-    status: str  # "cached", "resumed", "trained" or "failed"
-    seconds: float  # wall time spent on it now (0 when cached)
-    test: dict[str, Any]  # {"accuracy": mean over domains, "per_domain": {...}} of the final round
+    key: str
+    status: str  # "recorded", "cached", "resumed", "trained" or "failed" (in this invocation)
+    seconds: float  # wall time spent on it now (0 when its record answered)
+    rounds: int  # the rounds asked for (its last stop)
+    test: dict[str, Any]  # {"accuracy": mean over domains, "per_domain": {...}} of the last row
     curve: list[tuple[int, float]]  # (round, test accuracy averaged over domains)
     train_seconds: float  # the run's own per-round times summed (what training it cost)
+    eval_seconds: float  # what the study's evaluations of it cost
     commit: str  # the code that trained it
-    val: dict[str, Any] | None = None
+    val: dict[int, dict[str, Any]]  # validation accuracy at each stop
     heldout: dict[str, Any] | None = None
+    averaged: dict[str, Any] | None = None  # FedBN, its clients' norm layers averaged
     error: str = ""  # why a failed run failed
+    diverged: bool = False  # the failure is the run's own recorded result, not an accident
 
     @property
     def ok(self) -> bool:
         return not self.error
 
+    def val_at(self, rounds: int) -> float | None:
+        """Validation accuracy (domain mean) after ``rounds`` (``None``: failed or not asked)."""
+        return None if self.error else (self.val.get(rounds) or {}).get("accuracy")
+
 
 def study_file(path: Path) -> Path:
-    """Where the study keeps what it adds to the run in ``path`` (beside it, not inside)."""
+    """Where the study keeps its notes on the cached run in ``path`` (beside it, not inside):
+    the commit that trained it, and a failure to retry."""
     return path.with_name(path.name + ".study.json")
 
 
 def _read_study(path: Path) -> dict[str, Any] | None:
-    """The study's record of the run in ``path``: ``{}`` when there is none, ``None`` when it
-    cannot be read (one warning naming it; the run then counts as not finished)."""
+    """The notes on the run in ``path``: ``{}`` when there are none, ``None`` when they cannot
+    be read (one warning naming the file; the run then counts as not finished)."""
     file = study_file(path)
     if not file.exists():
         return {}
@@ -162,7 +199,7 @@ def _read_study(path: Path) -> dict[str, Any] | None:
 
 
 def set_aside(path: Path) -> Path:
-    """Move a failed run's directory and record to ``<path>.failed-<n>`` (the first free
+    """Move a failed run's directory and notes to ``<path>.failed-<n>`` (the first free
     ``n``), so it can be run again from scratch while what it left stays inspectable."""
 
     def aside(n: int) -> Path:
@@ -192,7 +229,14 @@ def _failure(err: Exception) -> str:
     return error_line(err, with_type=not isinstance(err, ConfigError | DataError))
 
 
-def _train(path: Path, cfg: RunConfig) -> str:
+@dataclass
+class Trained:
+    status: str  # "cached", "resumed", "trained" or "failed"
+    error: str = ""
+    diverged: bool = False  # the failure is the run's own result (recorded), not an accident
+
+
+def _train(path: Path, cfg: RunConfig) -> Trained:
     """Bring ``path`` to a finished run of ``cfg``: cached, resumed, trained, or failed."""
     from fedwon.simulation import run_simulation
 
@@ -206,9 +250,9 @@ def _train(path: Path, cfg: RunConfig) -> str:
     except ConfigError as err:  # a damaged config or checkpoint: this attempt's failure, named
         log.warning("%s failed: %s", path, err)
         _write_study(path, {**info, "failed": _failure(err)})
-        return "failed"
+        return Trained("failed", _failure(err))
     if reuse == "cached":
-        return "cached"
+        return Trained("cached")
     resume = reuse == "resume"
     if not resume:
         shutil.rmtree(path, ignore_errors=True)  # started but never checkpointed: nothing to keep
@@ -219,37 +263,152 @@ def _train(path: Path, cfg: RunConfig) -> str:
     except Exception as err:  # a diverged grid point is a result; Ctrl-C is not caught
         log.warning("%s failed: %s", path, err)
         _write_study(path, {**info, "failed": _failure(err)})
-        return "failed"
-    return "resumed" if resume else "trained"
+        return Trained("failed", _failure(err), diverged=isinstance(err, RoundFailedError))
+    return Trained("resumed" if resume else "trained")
 
 
-def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
-    """Train (or reuse, or resume) ``spec``'s run and evaluate what the study needs from it."""
-    cfg = run_config(part, spec)
-    path = run_dir(cache, spec, cfg)
+def _has_checkpoint(path: Path) -> bool:
+    """Whether ``path`` holds a checkpoint (a damaged one counts: :func:`_train` names it)."""
+    try:
+        return RunDir(path).checkpoint_round() is not None
+    except ConfigError:
+        return True
+
+
+def _evaluate(path: Path, cfg: RunConfig, spec: RunSpec, extras: tuple[str, ...]) -> dict:
+    """The study's evaluations of the run in ``path`` at its last round."""
+    out: dict[str, Any] = {"val": split_accuracy(path, cfg, "val").as_dict()}
+    if "heldout" in extras:
+        out["heldout"] = heldout_accuracy(path, cfg, [spec.heldout]).as_dict()
+    if "averaged" in extras:
+        out["averaged"] = split_accuracy(path, cfg, "test", averaged=True).as_dict()
+    return out
+
+
+def _reach(
+    part: Part,
+    spec: RunSpec,
+    cache: Path,
+    store: RecordStore,
+    rounds: int,
+    extras: tuple[str, ...],
+) -> tuple[str, str]:
+    """Bring ``spec``'s run to ``rounds`` and record it there: ``(status, error)``."""
+    cfg = run_config(part, spec, rounds)
+    key = run_key(spec, cfg)
+    record = store.load(key)
+    if record is not None and not record.matches(cfg):
+        log.warning("record %s was made with another config: the run is trained again", key)
+        record = None
+    if record is not None and record.answers(rounds, extras):
+        return "recorded", ""
+    path = cache / key
+    if not _has_checkpoint(path):  # nothing to resume or evaluate: start again
+        shutil.rmtree(path, ignore_errors=True)
+        if record is not None and record.rounds:
+            log.warning(
+                "%s: recorded up to round %d, but %s holds no checkpoint to continue from: "
+                "training it again from the start to round %d",
+                key,
+                record.rounds,
+                path,
+                rounds,
+            )
+    trained = _train(path, cfg)
+    info = dict(record.info) if record is not None else {}
+    info["commit"] = (_read_study(path) or {}).get("commit", "unknown (trained outside the study)")
+    previous = record.path if record is not None and record.rounds else None
+    if trained.status == "failed":
+        if trained.diverged:  # the run's own result: recorded, never retried
+            info["failed"] = {"rounds": rounds, "error": trained.error}
+            store.save(key, info, previous, cfg)
+        return "failed", trained.error
     start = time.perf_counter()
-    status = _train(path, cfg)
-    info = _read_study(path) or {}
-    if status == "failed":
+    for name, value in _evaluate(path, cfg, spec, extras).items():
+        if name == "val":
+            info.setdefault("val", {})[str(rounds)] = value
+        else:
+            info[name] = value
+    info["eval_seconds"] = info.get("eval_seconds", 0.0) + time.perf_counter() - start
+    if info.get("failed") and info["failed"]["rounds"] <= rounds:
+        del info["failed"]
+    further = record is not None and record.rounds > rounds
+    if not further:
+        info["rounds"] = rounds
+    store.save(key, info, previous if further else path, cfg)
+    return trained.status, ""
+
+
+def drop_checkpoint(cache: Path, key: str) -> None:
+    """Delete the checkpoint of the cached run ``key`` (its config, metrics and summary stay)."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old"):
+        shutil.rmtree(cache / key / name, ignore_errors=True)
+
+
+STATUS_ORDER = ("recorded", "cached", "resumed", "trained", "failed")
+
+
+def execute(
+    part: Part,
+    spec: RunSpec,
+    cache: Path,
+    store: RecordStore,
+    stops: tuple[int, ...],
+    extras: tuple[str, ...] = (),
+) -> RunRecord:
+    """Bring ``spec``'s run to each of ``stops`` in turn (validated and recorded at each; the
+    ``extras`` at the last) and return its record as the report reads it."""
+    start = time.perf_counter()
+    statuses, error = [], ""
+    for i, rounds in enumerate(stops):
+        last = i == len(stops) - 1
+        status, error = _reach(part, spec, cache, store, rounds, extras if last else ())
+        statuses.append(status)
+        if error:
+            break
+    status = max(statuses, key=STATUS_ORDER.index)
+    cfg = run_config(part, spec)
+    key = run_key(spec, cfg)
+    record = store.load(key)
+    failed = record.failed if record is not None else None
+    if not error and failed and stops[-1] >= failed["rounds"]:
+        error = failed["error"]
+    seconds = 0.0 if status == "recorded" else time.perf_counter() - start
+    run = from_record(spec, key, record, status, seconds, stops[-1], error)
+    run.diverged = bool(error and failed and failed["error"] == error)
+    return run
+
+
+def from_record(
+    spec: RunSpec,
+    key: str,
+    record: Record | None,
+    status: str,
+    seconds: float,
+    rounds: int,
+    error: str = "",
+) -> RunRecord:
+    """The :class:`RunRecord` of ``spec`` read from its record (``None``: it has none yet)."""
+    if record is None:
+        empty: dict[str, Any] = {}
         return RunRecord(
-            spec=spec,
-            path=str(path),
-            status=status,
-            seconds=time.perf_counter() - start,
-            test={},
-            curve=[],
-            train_seconds=0.0,
-            commit=str(info.get("commit", "unknown")),
-            error=str(info["failed"]),
+            spec,
+            key,
+            "failed",
+            seconds,
+            rounds,
+            empty,
+            [],
+            0.0,
+            0.0,
+            "unknown",
+            {},
+            None,
+            None,
+            error or "no record",
         )
-    if spec.role == "tune" and "val" not in info:
-        info["val"] = split_accuracy(path, cfg, "val").as_dict()
-    if spec.heldout and "heldout" not in info:
-        info["heldout"] = heldout_accuracy(path, cfg, [spec.heldout]).as_dict()
-    info.setdefault("commit", "unknown (trained outside the study)")
-    _write_study(path, info)
-    rows = RunDir(path).metrics()
-    final = final_metrics(rows)
+    rows = record.rows
+    final = final_metrics(rows) if rows else {}
     curve = [
         (int(r["round"]), acc)
         for r in rows
@@ -257,13 +416,17 @@ def execute(part: Part, spec: RunSpec, cache: Path) -> RunRecord:
     ]
     return RunRecord(
         spec=spec,
-        path=str(path),
-        status=status,
-        seconds=time.perf_counter() - start if status != "cached" else 0.0,
-        test={"accuracy": _domain_mean(final), "per_domain": per_domain(final)},
+        key=key,
+        status="failed" if error else status,
+        seconds=seconds,
+        rounds=rounds,
+        test={"accuracy": _domain_mean(final), "per_domain": per_domain(final)} if final else {},
         curve=curve,
         train_seconds=float(sum(r.get("time_s") or 0.0 for r in rows)),
-        commit=str(info["commit"]),
-        val=info.get("val"),
-        heldout=info.get("heldout"),
+        eval_seconds=float(record.info.get("eval_seconds", 0.0)),
+        commit=str(record.info.get("commit", "unknown")),
+        val=record.val,
+        heldout=record.info.get("heldout"),
+        averaged=record.info.get("averaged"),
+        error=error,
     )

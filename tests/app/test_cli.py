@@ -13,7 +13,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
 
 SIMS = Path(__file__).resolve().parents[2] / "sims"
 runner = CliRunner()

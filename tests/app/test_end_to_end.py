@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from fedwon import process_guard
-from fedwon.checkpoint import load_checkpoint
 from fedwon.clients.local_state import STATE_KEY
 from fedwon.config import RunConfig, make_config
 from fedwon.engine import run_fast
 from fedwon.models import build_model
 from fedwon.nn import WSConv2d, has_norm_layers
-from fedwon.process_guard import descendants
-from fedwon.run_dir import RunDir
+from fedwon.run import process_guard
+from fedwon.run.checkpoint import load_checkpoint
+from fedwon.run.directory import RunDir
+from fedwon.run.process_guard import descendants
 from fedwon.server_app import BoundServerApp, RunOutcome
 from fedwon.simulation import run_simulation
 from fedwon.strategies import RoundFailedError, norm_state_keys

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fedwon.run_dir import RunDir
-from fedwon.server_app import NODE_TIMEOUT_S, RUN_KEYS
+from fedwon.run.directory import RunDir
+from fedwon.server_app import NODE_TIMEOUT_S, REPLY_POLL_S, RUN_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +76,7 @@ def test_the_app_declares_every_run_config_key_the_server_reads() -> None:
     assert set(declared) == set(RUN_KEYS)  # exactly what the ServerApp reads
     assert (declared["resume"], declared["overwrite"], declared["out"]) == (False, False, "")
     assert declared["node_timeout"] == NODE_TIMEOUT_S
+    assert declared["reply_poll"] == REPLY_POLL_S
 
 
 def test_the_readme_flwr_command_puts_the_venv_on_path() -> None:

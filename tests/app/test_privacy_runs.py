@@ -4,7 +4,9 @@ dp.level='sample' runs DP-SGD on the clients and reports the worst client's epsi
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from opacus.accountants import RDPAccountant
 
 from fedwon.config import ConfigError, load_config, make_config
 from fedwon.privacy import compute_epsilon
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
 from fedwon.simulation import run_simulation
 
 DP_RUN: dict[str, Any] = {
@@ -294,3 +296,163 @@ def test_a_resumed_population_scale_run_continues_bit_for_bit(tmp_path: Path) ->
         return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
     assert strip(RunDir(tmp_path / "part").metrics()) == strip(RunDir(tmp_path / "whole").metrics())
+
+
+# ---- adaptive clipping: dp.mechanism = "adaptive_clipping" -----------------------------------
+ADAPTIVE: dict[str, Any] = {
+    **{k: v for k, v in DP_RUN.items() if k != "dp.clip_norm"},
+    "num_rounds": 4,
+    "dp.noise_multiplier": 0.3,  # the default count noise for 5 clients (0.25) allows z < 0.5
+    "dp.mechanism": "adaptive_clipping",
+}
+
+
+def strip_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+def test_an_adaptive_clipping_run_records_its_bound_and_pays_for_the_count(
+    tmp_path: Path,
+) -> None:
+    """Every row carries the bound its round clipped to (from dp.initial_clip_norm, moving
+    geometrically); epsilon is accounted at the configured z = 0.3, which the updates' raised
+    noise z_upd = (0.3^-2 - 0.5^-2)^-1/2 = 0.375 and the count's (sigma_b = 5/20) compose to."""
+    outcome = run_simulation(make_config(ADAPTIVE), tmp_path / "run")
+    rows = RunDir(tmp_path / "run").metrics()
+    bounds = [r["clip_norm"] for r in rows]
+    assert bounds[0] == 0.1 and len(set(bounds)) == 4
+    for before, after in itertools.pairwise(bounds):
+        assert math.exp(-0.2) <= after / before <= math.exp(0.2)  # |b~ - gamma| <= 1 here
+    eps = [r["epsilon"] for r in rows]
+    assert eps == [compute_epsilon(0.3, 0.5, r, 1e-5) for r in (1, 2, 3, 4)]
+    privacy = outcome.summary["privacy"]
+    assert privacy["mechanism"] == "adaptive_clipping" and privacy["noise_multiplier"] == 0.3
+    assert privacy["unclipped_count_stddev"] == 0.25
+    assert privacy["update_noise_multiplier"] == pytest.approx(0.375, rel=1e-12)
+    assert privacy["clip_norm"] == bounds[-1]
+    assert privacy["noise_std_on_mean"] == pytest.approx(0.375 * bounds[-1] / 5, rel=1e-12)
+    # what forgetting the count would report: epsilon at the updates' noise alone, lower
+    assert compute_epsilon(0.375, 0.5, 4, 1e-5) < eps[-1]
+
+
+class Killed(Exception):
+    """Stands for the process being killed after a checkpoint."""
+
+
+def test_a_killed_or_extended_adaptive_run_resumes_bit_for_bit(tmp_path: Path) -> None:
+    """The bound (the mechanism's state) is saved with each checkpoint and restored: killed
+    after round 2 and resumed, or run for 2 rounds and resumed to 4, the run ends with the
+    arrays, rows (bounds included) and epsilon of an uninterrupted 4-round run."""
+    cfg = make_config({**ADAPTIVE, "checkpoint_every": 1})
+    whole = run_simulation(cfg, tmp_path / "whole")
+
+    def kill(row: dict[str, Any]) -> None:
+        if row["round"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_simulation(cfg, tmp_path / "killed", on_round=kill)
+    state = json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())
+    second = RunDir(tmp_path / "whole").metrics()[2]["clip_norm"]  # round 3's bound
+    assert state["privacy_state"] == {"mechanism": "adaptive_clipping", "clip_norm": second}
+    run_simulation(cfg.replace(num_rounds=2), tmp_path / "extended")
+    for name in ("killed", "extended"):
+        resumed = run_simulation(cfg, tmp_path / name, resume=True)
+        for key, array in whole.arrays.items():
+            np.testing.assert_array_equal(resumed.arrays[key].numpy(), array.numpy(), key)
+        assert strip_times(RunDir(tmp_path / name).metrics()) == strip_times(
+            RunDir(tmp_path / "whole").metrics()
+        )
+        assert resumed.summary["privacy"] == whole.summary["privacy"]
+
+
+def test_adaptive_clipping_on_the_clients_trains_like_on_the_server(tmp_path: Path) -> None:
+    """dp.placement='client': the server sends each round's bound, every client clips and
+    reports whether it clipped; the same bounds and (up to float rounding) the same model."""
+    server = run_simulation(make_config(ADAPTIVE))
+    client = run_simulation(make_config({**ADAPTIVE, "dp.placement": "client"}))
+    assert [r["clip_norm"] for r in client.rows] == pytest.approx(
+        [r["clip_norm"] for r in server.rows], rel=1e-6
+    )
+    assert [r["clipped_fraction"] for r in client.rows] == [
+        r["clipped_fraction"] for r in server.rows
+    ]
+    for key, array in server.arrays.items():
+        np.testing.assert_allclose(client.arrays[key].numpy(), array.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_adaptive_clipping_composes_with_population_scale_noise() -> None:
+    """With dp.noise_cohort_size M the count's default noise is M/20 and both noises are those
+    of a cohort of M; epsilon at q = M/N and the configured z."""
+    cfg = make_config(
+        {
+            **ADAPTIVE,
+            **{k: v for k, v in SCALED.items() if k.startswith("dp.")},
+            "dp.noise_multiplier": 0.8,
+            "num_rounds": 2,
+        }
+    )
+    outcome = run_simulation(cfg)
+    privacy = outcome.summary["privacy"]
+    assert privacy["unclipped_count_stddev"] == 1000 / 20
+    z_upd = (0.8**-2 - 100.0**-2) ** -0.5
+    assert privacy["update_noise_multiplier"] == pytest.approx(z_upd, rel=1e-12)
+    assert privacy["noise_std_on_mean"] == pytest.approx(z_upd * privacy["clip_norm"] / 1000)
+    assert privacy["epsilon"] == pytest.approx(compute_epsilon(0.8, 1e-3, 2, 1e-7), rel=1e-12)
+    assert outcome.rows[0]["clip_norm"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"dp.clip_norm": 0.05}, r"dp\.clip_norm=0\.05 is a fixed bound, but dp\.mechanism="),
+        (
+            {"dp.level": "sample", "norm": "ws"},
+            r"dp\.mechanism='adaptive_clipping' is a user-level",
+        ),
+        (
+            {"dp.target_unclipped_quantile": 1.0},
+            r"dp\.target_unclipped_quantile: must be in \(0, 1\)",
+        ),
+        (
+            {"dp.target_unclipped_quantile": 0.0},
+            r"dp\.target_unclipped_quantile: must be in \(0, 1\)",
+        ),
+        ({"dp.clip_learning_rate": 0.0}, r"dp\.clip_learning_rate: must be > 0"),
+        ({"dp.unclipped_count_stddev": -1.0}, r"dp\.unclipped_count_stddev: must be >= 0"),
+        ({"dp.initial_clip_norm": 0.0}, r"dp\.initial_clip_norm: must be a positive finite"),
+        ({"dp.mechanism": "tree"}, r"unknown mechanism 'tree'; choose one of \['gaussian', "),
+        (
+            {"dp.noise_multiplier": 0.8},
+            r"dp\.noise_multiplier=0\.8 is out of reach of adaptive clipping with its default "
+            r"0\.25 \(a cohort of 5 / 20\).*above 0\.4",
+        ),
+        (
+            {"dp.mechanism": "gaussian", "dp.clip_learning_rate": 0.5},
+            r"dp\.clip_learning_rate is read by dp\.mechanism='adaptive_clipping' only; with "
+            r"dp\.mechanism='gaussian' it would be ignored",
+        ),
+        (
+            {"dp.enabled": False, "dp.noise_multiplier": 0.0},
+            r"dp\.mechanism set but dp\.enabled is false",
+        ),
+    ],
+)
+def test_inconsistent_adaptive_clipping_settings_are_refused_in_one_line(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        make_config({**ADAPTIVE, **settings})
+    assert "\n" not in str(caught.value)
+
+
+def test_a_target_adaptive_clipping_cannot_reach_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    cfg = make_config({**ADAPTIVE, "dp.noise_multiplier": 0.0, "dp.target_epsilon": 2.0})
+    with pytest.raises(
+        ConfigError, match=r"calibrated to dp\.target_epsilon=2\) is out of reach of adaptive"
+    ) as caught:
+        run_simulation(cfg, tmp_path / "run")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()

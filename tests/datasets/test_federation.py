@@ -19,6 +19,7 @@ from fedwon.datasets import (
     load_federation,
     validate_spec,
 )
+from fedwon.datasets.flwr_partition import FLWR_PARTITIONERS
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ BAD_SPECS = [
     ({"domains": ("mnist", "mnist")}, r"twice"),
     (
         {"partition": "shards"},
-        r"unknown partition 'shards'; valid: \['domain', 'iid', 'dirichlet'\]",
+        r"unknown partition 'shards'; valid: \['domain', 'iid', 'dirichlet', 'natural_id'\]",
     ),
     ({"partition": "dirichlet", "alpha": 0.0}, r"alpha must be > 0, got 0"),
     ({"alpha": -1.0}, r"alpha must be > 0"),
@@ -185,8 +186,10 @@ def test_registries_list_the_documented_names() -> None:
         "office-caltech10",
         "domainnet",
         "cifar10",
+        "hf",
     ]
     assert list(PARTITIONERS) == ["domain", "iid", "dirichlet"]
+    assert list(FLWR_PARTITIONERS) == ["natural_id", "iid", "dirichlet"]
     assert DATASETS["domainnet"].domains == (
         "clipart",
         "infograph",

@@ -1,6 +1,7 @@
 """Flower command lines and the files they read, checked against Flower's own parsers."""
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,14 @@ def test_supernode_trusts_the_ca_and_signs_with_its_key(tmp_path: Path) -> None:
     assert secure[secure.index("--root-certificates") + 1] == str(tmp_path / "ca.crt")
     assert secure[secure.index("--auth-supernode-private-key") + 1] == str(tmp_path / "node-0")
     assert commands.address("::1", 9092) == "[::1]:9092"
+
+
+def test_supernodes_run_through_fedwons_launcher(tmp_path: Path) -> None:
+    flower = commands.supernode_argv("h:2", 3, tmp_path / "n", isolation="process")
+    assert flower[flower.index("--isolation") + 1] == "process"
+    argv = commands.launcher_argv(flower, 0.25)
+    assert argv[:5] == [sys.executable, "-m", "fedwon.deploy.supernode", "--poll-interval", "0.25"]
+    assert argv[5:] == flower[1:]  # flower-supernode's own flags, unchanged
 
 
 @pytest.mark.parametrize("tls", [False, True])

@@ -50,6 +50,8 @@ def test_keys_print_how_to_register_them(tmp_path: Path) -> None:
         (["--rounds", "0"], "--rounds must be >= 1, got 0"),
         (["--recipe", "nope.toml"], "nope.toml"),
         (["--app-dir", "/"], "holds no Flower app"),
+        (["--isolation", "thread"], "--isolation must be one of process, subprocess, got 'thread'"),
+        (["--poll-interval", "0"], "--poll-interval must be a number of seconds in (0, 60], got 0"),
         (["--timeout", "0"], "--timeout must be a number of seconds > 0 (inf: no limit), got 0"),
         (["--timeout", "-5"], "--timeout must be a number of seconds > 0 (inf: no limit), got -5"),
         (

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
-import torch  # noqa: F401 - ArrayRecord.to_torch_state_dict needs it imported
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -179,3 +179,46 @@ def summary(sink: dict[str, Any]) -> dict[str, Any]:
         "train": sink["train"],
         "evaluate": sink["evaluate"],
     }
+
+
+# ---- a tutorial-style torch ClientApp (one cached model, `ArrayRecord(model.state_dict())`) ----
+
+torch_client_app = ClientApp()
+_torch_model: list[torch.nn.Linear] = []
+#: The cached model's weight address when each client starts (reading it takes the memory
+#: back from a dropped snapshot, or copies it while a snapshot still holds it).
+weight_addresses: list[int] = []
+
+
+@torch_client_app.train()
+def torch_train(msg: Message, context: Context) -> Message:
+    """Load the global model into the process's cached model, change it in place, reply."""
+    if not _torch_model:
+        _torch_model.append(torch.nn.Linear(64, 32))
+    model = _torch_model[0]
+    weight_addresses.append(model.weight.data_ptr())
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    pid = int(context.node_config["partition-id"])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(0.5).add_(pid / 8)
+    metrics = MetricRecord({"num-examples": 1 + pid % 2})
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
+def torch_server_app(num_rounds: int, result: dict[str, Any]) -> ServerApp:
+    """``RoundRules(FedAvg)`` over every node (streamed on the fast engine); the final
+    arrays land in ``result["arrays"]``."""
+    from fedwon.strategies import RoundRules
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        torch.manual_seed(0)
+        initial = ArrayRecord(torch.nn.Linear(64, 32).state_dict())
+        strategy = RoundRules(FedAvg(fraction_evaluate=0.0), num_rounds=num_rounds)
+        result["arrays"] = strategy.start(grid, initial, num_rounds=num_rounds).arrays
+
+    return app

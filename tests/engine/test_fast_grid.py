@@ -473,3 +473,40 @@ def test_ray_executor_and_flower_engine_agree() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_streamed_replies_snapshot_the_model_without_copies_and_free_them_at_once() -> None:
+    """Round rules around FedAvg stream: each reply is folded and freed before the next client
+    runs -- by reference counting, not the garbage collector -- so the cached model's memory
+    is never copied (its snapshots are copy-on-write), and the results are those of Flower's
+    own records (``fast_arrays=False``: copied snapshots), bit for bit."""
+    results: list[dict[str, Any]] = [{}, {}]
+    toy.weight_addresses.clear()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        run_fast(toy.torch_server_app(3, results[0]), toy.torch_client_app, 6, num_workers=0)
+    finally:
+        if enabled:
+            gc.enable()
+    assert len(toy.weight_addresses) == 18 and len(set(toy.weight_addresses)) == 1
+    run_fast(
+        toy.torch_server_app(3, results[1]),
+        toy.torch_client_app,
+        6,
+        num_workers=0,
+        fast_arrays=False,
+    )
+    for key, arr in results[0]["arrays"].items():
+        assert arr.numpy().tobytes() == results[1]["arrays"][key].numpy().tobytes()
+
+
+def test_message_ids_are_unique_and_uuid_shaped() -> None:
+    grid = make_grid(3)
+    with server_identity():
+        replies = list(grid.send_and_receive([train_msg(n) for n in [*grid.get_node_ids()] * 2]))
+    ids = [r.metadata.message_id for r in replies] + [
+        r.metadata.reply_to_message_id for r in replies
+    ]
+    assert len(set(ids)) == len(ids) == 12
+    assert all(len(i) == 36 and [len(p) for p in i.split("-")] == [8, 4, 4, 4, 12] for i in ids)

@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
-from fedwon.checkpoint import Checkpoint
 from fedwon.config import ConfigError, RunConfig, make_config
 from fedwon.privacy.accounting import (
     Mechanism,
@@ -31,6 +30,8 @@ from fedwon.privacy.accounting import (
     history_epsilon,
     merge_history,
 )
+from fedwon.privacy.mechanisms.adaptive_clipping import composed_noise_multiplier
+from fedwon.run.checkpoint import Checkpoint
 from fedwon.server_app import privacy_wrap
 
 DELTA = 1e-4
@@ -64,7 +65,9 @@ def run_process(cfg: RunConfig, ckpt: Checkpoint | None) -> tuple[Checkpoint, di
     rows += [
         {"round": r, "epsilon": privacy.dp.ledger.epsilon(r)} for r in range(start + 1, last + 1)
     ]
-    new = Checkpoint(last, ArrayRecord(), rows, privacy=privacy.history(last))
+    new = Checkpoint(
+        last, ArrayRecord(), rows, privacy=privacy.history(last), privacy_state=privacy.state()
+    )
     return new, privacy.summary(rows)["privacy"]
 
 
@@ -138,6 +141,7 @@ def test_a_checkpoint_without_a_privacy_ledger_cannot_resume_a_dp_run() -> None:
     noise=st.sampled_from([0.7, 1.2]),
     cap=st.sampled_from([0.0, 3.0, 6.0]),
     population=st.sampled_from([0, 40, 10_000]),
+    mechanism=st.sampled_from(["gaussian", "adaptive_clipping"]),
 )
 def test_reported_epsilon_is_opacus_over_the_noise_used_and_within_every_bound(
     schedule: list[tuple[int, float]],
@@ -145,11 +149,17 @@ def test_reported_epsilon_is_opacus_over_the_noise_used_and_within_every_bound(
     noise: float,
     cap: float,
     population: int,
+    mechanism: str,
 ) -> None:
     """Random resume schedules: each step raises ``num_rounds`` by its first number (the
     second is unused slack for hypothesis to shrink); the reported epsilon always equals
-    Opacus' composition of the noise actually used, and never exceeds the cap or target."""
+    Opacus' composition of the noise actually used, and never exceeds the cap or target.
+    With adaptive clipping the noise actually used is the updates' z_upd and the count's
+    sigma_b, which compose to the z of the history's last segment; its bound is carried
+    from checkpoint to checkpoint."""
     settings_ = {"dp.target_epsilon": target} if target else {"dp.noise_multiplier": noise}
+    if mechanism != "gaussian":  # sigma_b = 10 (2 sigma_b = 20) lets every z here through
+        settings_ |= {"dp.mechanism": mechanism, "dp.unclipped_count_stddev": 10.0}
     if cap and target > cap:
         cap = 0.0  # refused by the config (tested elsewhere)
     base = make_config(
@@ -168,10 +178,15 @@ def test_reported_epsilon_is_opacus_over_the_noise_used_and_within_every_bound(
             ckpt, summary = run_process(cfg, ckpt)
         except ConfigError as err:  # a target already spent: refused, nothing ran
             assert target, err
-            assert "no budget is left" in str(err) or "too little" in str(err)
+            refusals = ["no budget is left", "too little", "out of reach of adaptive clipping"]
+            assert any(refusal in str(err) for refusal in refusals), err
             return
         history = ckpt.privacy or []
         assert sum(n for _, _, n in history) == ckpt.round <= rounds
+        if mechanism != "gaussian" and history:
+            assert ckpt.privacy_state is not None and ckpt.privacy_state["clip_norm"] == 0.1
+            z_upd, z = summary["update_noise_multiplier"], history[-1][0]
+            assert composed_noise_multiplier(z_upd, 10.0) == pytest.approx(z, rel=1e-9)
         assert summary["epsilon"] == pytest.approx(opacus_epsilon(history), rel=1e-12, abs=0)
         if ckpt.rows:
             assert ckpt.rows[-1]["epsilon"] == summary["epsilon"]

@@ -7,13 +7,12 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedwon.engine.fastarrays import fast_array_codec
+from fedwon.engine.fastarrays import adopt, fast_array_codec, payload_view
 from fedwon.privacy.updates import (
     UpdateMismatchError,
     apply_update,
     arrays_of,
     hold_fixed,
-    payload_view,
     update_tensors,
 )
 
@@ -36,7 +35,19 @@ def test_payload_views_equal_flowers_decoding(fast: bool) -> None:
             np.testing.assert_array_equal(view, array.numpy())
             assert view.dtype == array.numpy().dtype and view.shape == values.shape
         fortran = Array(np.asfortranarray(np.arange(12.0).reshape(3, 4)))
-        assert payload_view(fortran) is None  # not C order: decoded the ordinary way
+        view = payload_view(fortran)  # not C order: decoded the ordinary way, still read-only
+        np.testing.assert_array_equal(view, np.arange(12.0).reshape(3, 4))
+        assert not view.flags.writeable
+
+
+def test_an_update_reads_the_fast_engines_payload_without_encoding_it() -> None:
+    """Under the fast engine a reply's Array holds its ndarray; DP reads it in place rather
+    than through ``Array.data``, which would serialize it to .npy bytes first."""
+    with fast_array_codec(True):
+        reply = ArrayRecord({"w": adopt(np.full((2, 3), 1.5, np.float32))})
+        update = update_tensors(reply, {"w": np.ones((2, 3), np.float32)})
+        assert "data" not in reply["w"].__dict__  # never encoded
+    torch.testing.assert_close(update["w"], torch.full((2, 3), 0.5))
 
 
 def test_update_round_trip_keeps_counters_and_dtypes() -> None:

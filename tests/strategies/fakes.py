@@ -17,9 +17,13 @@ BASE = 100  # node id of partition 0
 
 
 class FakeGrid:
-    """``n`` nodes (ids BASE + partition); ``respond(message, partition)`` makes each reply."""
+    """``n`` nodes (ids BASE + partition); ``respond(message, partition)`` makes each reply, or
+    returns None for a node that never answers (dead or stalled: the timeout passes). Tests may
+    change ``ids``, the connected nodes, between rounds."""
 
-    def __init__(self, n: int, respond: Callable[[Message, int], Message] | None = None) -> None:
+    def __init__(
+        self, n: int, respond: Callable[[Message, int], Message | None] | None = None
+    ) -> None:
         self.ids = list(range(BASE, BASE + n))
         self.respond = respond
         self.sent: list[list[Message]] = []
@@ -31,7 +35,8 @@ class FakeGrid:
         batch = list(messages)
         self.sent.append(batch)
         assert self.respond is not None
-        return [self.respond(m, m.metadata.dst_node_id - BASE) for m in batch]
+        replies = [self.respond(m, m.metadata.dst_node_id - BASE) for m in batch]
+        return [r for r in replies if r is not None]
 
 
 def train_reply(

@@ -12,7 +12,8 @@ from fedwon.strategies import (
     norm_state_keys,
     per_domain_metrics,
 )
-from fedwon.strategies.aggregation import reply_order, reply_problem
+from fedwon.strategies.aggregation import all_finite, finite_probe, reply_order, reply_problem
+from fedwon.strategies.streaming import RunningMean
 
 TaskIdentity.run_id = 1
 TaskIdentity.node_id = 0
@@ -44,6 +45,78 @@ def test_non_finite_updates_and_errors_are_dropped_with_reasons() -> None:
     assert any("boom" in p for p in problems)
     assert any("non-finite values in w" in p for p in problems)
     assert non_finite_arrays(nan.content) == ["w"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_finite_check_is_exact_and_its_probe_never_misses(dtype: type) -> None:
+    big = np.finfo(dtype).max / 2  # finite, but its square overflows the probe
+    cases = {
+        "finite": (np.linspace(-3, 3, 1001).astype(dtype), True),
+        "nan": (np.array([0.0, np.nan, 1.0], dtype), False),
+        "inf": (np.array([np.inf], dtype), False),
+        "-inf": (np.array([[1.0, -np.inf]], dtype), False),
+        "nan and inf": (np.array([np.inf, -np.inf, np.nan], dtype), False),
+        "huge but finite": (np.full(4, big, dtype), True),
+        "0-d": (np.array(2.0, dtype), True),
+        "empty": (np.zeros((0, 3), dtype), True),
+    }
+    for name, (values, finite) in cases.items():
+        with np.errstate(over="ignore", invalid="ignore"):
+            assert all_finite(values) is finite, name
+            assert not finite_probe(values) or finite, name  # a finite probe means finite
+            assert not finite_probe(np.full(4, big, dtype))  # ...not the other way round
+
+
+def _arrays_reply(pid: int, arrays: dict[str, np.ndarray], loss: float = 1.0) -> Message:
+    ins = Message(RecordDict(), dst_node_id=100 + pid, message_type="train")
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": 1 + pid, "train_loss": loss}),
+        }
+    )
+    return Message(content, reply_to=ins)
+
+
+def test_checking_while_folding_refuses_exactly_what_the_separate_check_refuses() -> None:
+    """The streamed mean checks each product as it folds: the same replies are refused with
+    the same message, the others give the same sums bit for bit, a refused reply adds nothing
+    (even when its bad array comes after good ones), and a finite reply whose product
+    overflows is added, as before."""
+    rng = np.random.default_rng(0)
+    huge = np.float32(3e38)
+
+    def arrays(**bad: np.ndarray) -> dict[str, np.ndarray]:
+        base = {
+            "a": rng.standard_normal((3, 4)).astype(np.float32),
+            "b": rng.standard_normal(5).astype(np.float32),
+            "n": np.array(4, np.int64),
+        }
+        return base | bad
+
+    replies = [
+        _arrays_reply(0, arrays()),
+        _arrays_reply(1, arrays(b=np.array([1, np.nan, 2, 3, 4], np.float32))),
+        _arrays_reply(
+            2, arrays(a=np.full((3, 4), np.inf, np.float32), b=np.full(5, -np.inf, np.float32))
+        ),
+        _arrays_reply(3, arrays(), loss=float("nan")),
+        _arrays_reply(4, arrays(a=np.full((3, 4), huge, np.float32))),  # finite; w * x overflows
+        _arrays_reply(5, arrays()),
+    ]
+    separate, fused = RunningMean("num-examples"), RunningMean("num-examples")
+    for msg in replies:
+        expected = reply_problem(msg)
+        if expected is None:
+            separate.add(msg)
+        assert reply_problem(msg, lambda m: fused.add(m, check_finite=True)) == expected
+    assert [reply_problem(m) is None for m in replies] == [True, False, False, False, True, True]
+    assert "non-finite values in a, b" in str(reply_problem(replies[2]))
+    assert "non-finite values in train_loss" in str(reply_problem(replies[3]))
+    assert fused.count == separate.count == 3 and fused.total == separate.total
+    for key in ("a", "b", "n"):
+        assert fused._sums[key].tobytes() == separate._sums[key].tobytes()
+    assert np.isinf(fused._sums["a"]).all()  # the overflow reaches the server's own check
 
 
 def test_replies_are_ordered_by_partition_not_arrival() -> None:

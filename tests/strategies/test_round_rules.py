@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeGrid, error_reply, eval_reply, train_reply
+from fakes import BASE, FakeGrid, error_reply, eval_reply, train_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -170,3 +171,90 @@ def test_a_diverged_server_step_is_blamed_on_the_server_not_on_the_clients(
     inf = ArrayRecord({"w": Array(np.array([1.0, np.inf], np.float32))})
     with pytest.raises(RoundFailedError, match=r"round 3: the server update diverged .* in w "):
         strategy._check_server_update(3, inf)
+
+
+@pytest.fixture
+def node_log() -> Iterator[list[str]]:
+    """The lines of fedwon's child of Flower's logger (it does not propagate to caplog)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("flwr.fedwon")
+    level, disabled = logger.level, logger.disabled  # (a quiet simulation earlier raised it)
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.disabled = disabled
+
+
+def healthy(msg: Message, pid: int) -> Message:
+    """Every partition answers with w = 1."""
+    if msg.metadata.message_type == "evaluate":
+        return eval_reply(msg, pid, accuracy=0.5)
+    return train_reply(msg, pid, {"w": np.ones(2, np.float32)})
+
+
+def test_a_silent_node_costs_one_timeout_is_logged_once_and_rounds_go_on_without_it(
+    node_log: list[str],
+) -> None:
+    cfg = make_config({"model": "cnn-tiny", "num_clients": 3, "num_rounds": 3, "min_clients": 2})
+    reports: list[RoundReport] = []
+    strategy = run_strategy(cfg, on_round=reports.append)
+    dead = BASE + 2  # killed during round 1's training: still listed, never answers again
+    grid = FakeGrid(3, lambda m, pid: None if pid == 2 else healthy(m, pid))
+    strategy.start(grid, W0, num_rounds=3, timeout=5.0)  # type: ignore[arg-type]
+    sent = [sorted(m.metadata.dst_node_id for m in batch) for batch in grid.sent]
+    assert sent[0] == [BASE, BASE + 1, dead]  # round 1 train: all three
+    assert all(dead not in nodes for nodes in sent[1:])  # left out once it missed the deadline
+    first = reports[0]
+    assert first.no_reply == [dead] and first.unsampled == 0 and first.missing_nodes
+    assert first.dropped == [f"node {dead}: no reply within round_timeout=5 s"]
+    assert first.train_metrics is not None and first.train_metrics["clients"] == 2
+    for report in reports[1:]:  # sampled from the two that answer: nothing dropped
+        assert report.unsampled == 1 and report.no_reply == [] and report.dropped == []
+        assert report.missing_nodes
+    silent = [line for line in node_log if f"node {dead} sent no reply" in line]
+    assert len(silent) == 1 and silent[0].startswith("round 1 train:")
+
+
+def test_a_node_that_left_is_not_waited_for_and_is_sampled_again_when_back(
+    node_log: list[str],
+) -> None:
+    cfg = make_config({"model": "cnn-tiny", "num_clients": 3, "num_rounds": 3, "eval_every": 9})
+    strategy = run_strategy(cfg)
+    grid = FakeGrid(3, healthy)
+
+    def train_round(rnd: int) -> list[int]:
+        msgs = strategy.configure_train(rnd, W0, ConfigRecord(), grid)  # type: ignore[arg-type]
+        return sorted(m.metadata.dst_node_id for m in msgs)
+
+    assert train_round(1) == [BASE, BASE + 1, BASE + 2]
+    grid.ids = [BASE, BASE + 1]  # the SuperLink no longer lists node 102
+    assert train_round(2) == [BASE, BASE + 1]  # no wait for it (Flower would wait forever)
+    assert strategy.sampler is not None and strategy.sampler.min_train_nodes == 3  # restored
+    grid.ids = [BASE, BASE + 1, BASE + 2]
+    assert train_round(3) == [BASE, BASE + 1, BASE + 2]
+    lines = [line for line in node_log if f"node {BASE + 2}" in line]
+    assert lines == [
+        f"round 2: node {BASE + 2} is no longer connected; rounds go on with the 2 connected nodes",
+        f"round 3: node {BASE + 2} is back and sampled again",
+    ]
+
+
+def test_fewer_connected_nodes_than_min_clients_fail_the_round_after_the_timeout() -> None:
+    cfg = make_config({"model": "cnn-tiny", "num_clients": 3, "min_clients": 3})
+    strategy = run_strategy(cfg)
+    grid = FakeGrid(3, healthy)
+    grid.ids = grid.ids[:2]
+    with pytest.raises(RoundFailedError, match=r"round 1: 2 nodes connected, fewer than min_cl"):
+        strategy.start(grid, W0, num_rounds=1, timeout=0.1)  # type: ignore[arg-type]
+
+
+def test_a_round_without_enough_replies_by_the_timeout_names_the_silent_nodes() -> None:
+    cfg = make_config({"model": "cnn-tiny", "num_clients": 3, "min_clients": 3})
+    grid = FakeGrid(3, lambda m, pid: None if pid == 0 else healthy(m, pid))
+    with pytest.raises(RoundFailedError, match=rf"2 of 3 .*node {BASE}: no reply within round_t"):
+        run_strategy(cfg).start(grid, W0, num_rounds=1, timeout=5.0)  # type: ignore[arg-type]

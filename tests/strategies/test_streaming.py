@@ -179,3 +179,56 @@ def test_a_streamed_round_says_how_many_replies_its_one_result_holds() -> None:
     assert lines[received + 1] == (
         f"aggregate_train: fedwon aggregated {N} replies as one streamed mean (the 1 result above)"
     )
+
+
+def _respond_with_nan_at(bad: int):  # type: ignore[no-untyped-def]
+    def respond_nan(msg: Message, pid: int) -> Message:
+        if pid != bad:
+            return respond(msg, pid)
+        values = dict(VALUES[pid], w=np.full((4, 3), np.nan, np.float32))
+        return train_reply(msg, pid, values, n=WEIGHTS[pid], loss=float(pid))
+
+    return respond_nan
+
+
+def test_a_streamed_nan_reply_is_refused_like_a_listed_one_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The streamed mean checks replies as it folds them: the NaN reply is dropped with the
+    message, and the one warning, that the separate check gives a list of replies, and the
+    mean of the others is the same, bit for bit."""
+    results, dropped, warnings = [], [], []
+    for streamed in (True, False):
+        grid = StreamingGrid(N) if streamed else FakeGrid(N)
+        grid.respond = _respond_with_nan_at(2)
+        if streamed:  # the streaming grid answers with its module-level ``respond``
+            grid.send_and_receive = _streaming_send(grid, _respond_with_nan_at(2))  # type: ignore[method-assign]
+        reports: list = []
+        rules = RoundRules(
+            FedAvg(min_available_nodes=N, fraction_evaluate=0.0),
+            num_rounds=1,
+            on_round=reports.append,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fedwon.strategies.round_rules"):
+            results.append(rules.start(grid, W0, num_rounds=1))  # type: ignore[arg-type]
+        warnings.append([r.getMessage() for r in caplog.records])
+        dropped.append(reports[0].dropped)
+        assert reports[0].train_metrics["clients"] == N - 1
+    assert dropped[0] == dropped[1] == [f"node {BASE + 2} sent non-finite values in w"]
+    assert (
+        warnings[0]
+        == warnings[1]
+        == [f"round 1 train: dropped node {BASE + 2} sent non-finite values in w"]
+    )
+    for key in ("w", "b", "n"):
+        assert results[0].arrays[key].numpy().tobytes() == results[1].arrays[key].numpy().tobytes()
+
+
+def _streaming_send(grid: StreamingGrid, answer):  # type: ignore[no-untyped-def]
+    def send_and_receive(messages: Iterable[Message], *, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        batch = list(messages)
+        assert grid.streaming
+        return (answer(m, m.metadata.dst_node_id - BASE) for m in batch)
+
+    return send_and_receive

@@ -11,10 +11,13 @@ from fedwon.study.runner import StudyResults, run_study
 
 
 @pytest.fixture(scope="session")
-def mini_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("study-cache")
+def mini_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cache, records) of the miniature study."""
+    root = tmp_path_factory.mktemp("study")
+    return root / "cache", root / "records"
 
 
 @pytest.fixture(scope="session")
-def mini_results(mini_cache: Path) -> StudyResults:
-    return run_study(MINI, mini_cache, command="pytest mini study")
+def mini_results(mini_dirs: tuple[Path, Path]) -> StudyResults:
+    cache, records = mini_dirs
+    return run_study(MINI, cache, records=records, command="pytest mini study")

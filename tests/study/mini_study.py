@@ -1,11 +1,19 @@
-"""A miniature study plan: every kind of part, a dozen one-round runs of a tiny model."""
+"""A miniature study plan: every kind of part, halving over two rungs of one round each, FedWon
+with two AGC arms, a couple of dozen runs of a tiny model."""
 
 from __future__ import annotations
 
-from fedwon.study.plan import Part, StudyPlan
+from fedwon.study.halving import Ladder
+from fedwon.study.part import Part, StudyPlan
 
-TINY = {"model": "cnn-tiny", "train_per_domain": 20, "test_per_domain": 10, "num_rounds": 1}
+TINY = {"model": "cnn-tiny", "train_per_domain": 20, "test_per_domain": 10, "num_rounds": 2}
 TWO = {**TINY, "domains": "mnist,usps", "checkpoint_every": 0}
+FIXED = {  # grids that cannot widen: the ladders hold just the grid
+    "lr_ladder": Ladder((0.03, 0.1)),
+    "clip_ladder": Ladder((0.32,)),
+    "agc_clips": (0.32,),
+    "rung0": 1,
+}
 
 MINI = StudyPlan(
     name="mini",
@@ -17,9 +25,10 @@ MINI = StudyPlan(
             settings={**TWO, "num_clients": 2},
             methods=("fedbn", "fedwon"),
             seeds=(1, 2),
-            lrs=(0.01, 0.05),
-            fedwon_lrs=(0.05,),
-            agc_clips=(0.32,),
+            lrs=(0.03, 0.1),
+            fedwon_lrs=(0.03, 0.1),
+            agc_arms=("all_but_head", "off"),
+            **FIXED,  # type: ignore[arg-type]
         ),
         Part(
             name="cross_device",
@@ -28,9 +37,10 @@ MINI = StudyPlan(
             settings={**TWO, "num_clients": 4, "clients_per_round": 2, "eval_every": 1},
             methods=("fedwon",),
             seeds=(1,),
-            fedwon_lrs=(0.01,),
-            agc_clips=(0.32,),
+            fedwon_lrs=(0.03,),
+            agc_arms=("nfnets",),
             refused=("fedavg",),
+            **{**FIXED, "lr_ladder": Ladder((0.03,))},  # type: ignore[arg-type]
         ),
         Part(
             name="domain_generalization",

@@ -28,10 +28,12 @@ def test_human_duration(seconds: float, text: str) -> None:
 @dataclass
 class Record:  # the fields summary_line reads of a RunRecord
     status: str
-    train_seconds: float
+    seconds: float
     ok: bool = True
 
 
 def test_the_quick_study_line_says_seconds() -> None:
-    records: list[Any] = [Record("trained", 9.5), Record("cached", 3.0)]
-    assert summary_line(records).endswith("their rounds took 12.5 s in all")
+    records: list[Any] = [Record("trained", 9.5), Record("cached", 3.0), Record("recorded", 0)]
+    line = summary_line(records)
+    assert line.startswith("3 runs: 1 trained, 0 resumed, 2 reused, 0 failed")
+    assert line.endswith("12.5 s spent on them now")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fedwon.config import make_config
-from fedwon.results import per_domain
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.recorder import per_domain
 from fedwon.simulation import run_simulation
 from fedwon.study.offline_eval import average_states, heldout_accuracy, split_accuracy
 
@@ -36,6 +36,10 @@ def test_test_split_matches_the_clients_own_final_evaluation(tmp_path: Path, str
     offline = split_accuracy(tmp_path, cfg, "test")
     assert offline.per_domain == pytest.approx(per_domain(final), abs=1e-12)
     assert offline.examples == 3 * 20
+    averaged = split_accuracy(tmp_path, cfg, "test", averaged=True)
+    assert averaged.examples == offline.examples
+    if strategy == "fedwon":  # nothing local: averaging the local layers changes nothing
+        assert averaged == offline
     val = split_accuracy(tmp_path, cfg, "val")
     assert val.examples == 3 * 4 and set(val.per_domain) == {"mnist", "svhn", "usps"}
     held = heldout_accuracy(tmp_path, cfg)

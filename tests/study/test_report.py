@@ -1,19 +1,21 @@
-"""The report: results.json's schema, the markdown made from it alone, plots, byte-stable."""
+"""The report: results.json's schema, the markdown made from it alone, the convergence column,
+plots, byte-stable."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fedwon.study.report import results_json, results_markdown, write_report
+from fedwon.study.report import CONVERGED, results_json, results_markdown, write_report
 from fedwon.study.runner import StudyResults
 
-ENTRY_KEYS = {"mean", "std", "per_domain", "seeds", "lr", "agc_clip"}
+ENTRY_KEYS = {"mean", "std", "per_domain", "seeds", "lr", "agc_clip", "val_change", "converged"}
 
 
 def check_entry(entry: dict[str, Any], seeds: int, domains: set[str]) -> None:
@@ -29,16 +31,23 @@ def test_results_json_schema(mini_results: StudyResults) -> None:
     assert set(data["methods"]) == {"fedbn", "fedwon"}
     for entry in data["methods"].values():
         check_entry(entry, seeds=2, domains={"mnist", "usps"})
-    assert data["methods"]["fedwon"]["agc_clip"] == 0.32
+    assert data["methods"]["fedwon"]["agc_clip"] in (0.0, 0.32)
+    assert data["methods"]["fedwon"]["agc_arm"] in ("all_but_head", "off")
     silo = data["cross_silo"]
     assert silo["seeds"] == [1, 2] and silo["settings"]["val_fraction"] == 0.1
+    assert silo["schedule"] == {"num_rounds": 2, "rungs": [1, 2], "convergence_from": 1}
+    assert set(silo["agc_ablation"]) == {"all_but_head", "off"}
+    assert silo["agc_ablation"][data["methods"]["fedwon"]["agc_arm"]] == data["methods"]["fedwon"]
     tuning = silo["tuning"]["fedbn"]
-    assert [p["lr"] for p in tuning["grid"]] == [0.01, 0.05] and tuning["seed"] == 0
-    assert all(0 <= p["val_accuracy"] <= 1 for p in tuning["grid"])
+    assert [p["lr"] for p in tuning["grid"]] == [0.03, 0.1] and tuning["seed"] == 0
+    assert tuning["rungs"] == [1, 2] and tuning["bounds"] == {"lr": [0.03, 0.1]}
+    assert [len(p["val"]) for p in tuning["grid"]] in ([2, 1], [1, 2])  # one went on to rung 2
     assert tuning["chosen"]["lr"] == data["methods"]["fedbn"]["lr"]
-    assert tuning["chosen_at_grid_edge"] is True  # a two-point grid has only edges
+    assert tuning["at_bound"] == {"lr": tuning["chosen"]["lr"]}  # a two-point ladder: all bounds
+    assert set(silo["tuning"]) == {"fedbn", "fedwon:all_but_head", "fedwon:off"}
     device = data["cross_device"]
     check_entry(device["methods"]["fedwon"], seeds=1, domains={"mnist", "usps"})
+    assert device["methods"]["fedwon"]["agc_rule"] == "nfnets"
     assert device["refused"]["fedavg"].startswith("invalid config: batch_size=1")
     dg = data["domain_generalization"]
     check_entry(dg["methods"]["fedbn"], seeds=1, domains={"mnist", "usps", "svhn"})
@@ -47,6 +56,34 @@ def test_results_json_schema(mini_results: StudyResults) -> None:
     assert {c["claim"]: c["verdict"] for c in data["claims"]}  # every claim has a verdict
     assert data["command"] == "pytest mini study" and data["plan"] == "mini"
     assert data["commit"] and data["trained_at"]
+    cost = data["compute"]
+    assert cost["runs"] == len({r.key for r in mini_results.records})
+    assert cost["train_seconds"] > 0 and cost["eval_seconds"] > 0
+
+
+def test_the_convergence_column_is_the_change_of_validation_over_the_last_fifth(
+    mini_results: StudyResults,
+) -> None:
+    """val_change = mean over the reported runs of val(T) − val(T − round(0.2·T)); more than
+    one point either way is "not converged", and the markdown says so in bold."""
+    results = copy.deepcopy(mini_results)
+    silo = results.parts["cross_silo"]
+    start, end = silo.part.convergence_from, silo.part.num_rounds
+    runs = silo.reported["fedbn"]
+    for r, (a, b) in zip(runs, [(0.50, 0.56), (0.60, 0.62)], strict=True):
+        r.val = {start: {"accuracy": a}, end: {"accuracy": b}}
+    entry = results_json(results)["methods"]["fedbn"]
+    assert entry["val_change"] == pytest.approx(statistics.fmean([0.06, 0.02]))
+    assert entry["converged"] is False and CONVERGED == 0.01
+    text = results_markdown(results_json(results))
+    assert "**+4.0 (not converged)**" in text
+    assert (
+        "**Not converged** (|Δval| > 1 point over the last 20% of rounds): FedBN in cross-silo"
+        in text
+    )
+    for r, (a, b) in zip(runs, [(0.50, 0.505), (0.60, 0.595)], strict=True):
+        r.val = {start: {"accuracy": a}, end: {"accuracy": b}}
+    assert results_json(results)["methods"]["fedbn"]["converged"] is True
 
 
 def test_markdown_comes_from_the_json_alone(mini_results: StudyResults) -> None:
@@ -54,11 +91,17 @@ def test_markdown_comes_from_the_json_alone(mini_results: StudyResults) -> None:
     text = results_markdown(json.loads(json.dumps(data)))  # a JSON round trip changes nothing
     assert text == results_markdown(data)
     assert "## Claims" in text and "Partial study** (`mini`)" in text  # not the full plan
+    assert "## Method" in text and "successive halving" in text
+    assert "Seed 0 only tunes: no tuning run is reported." in text
     fedbn = data["methods"]["fedbn"]
-    row = f"| FedBN | {100 * fedbn['per_domain']['mnist']:.1f} |"
-    assert row in text
+    assert f"| FedBN | {100 * fedbn['per_domain']['mnist']:.1f} |" in text
     assert "FedAvg (BN) is refused before training: `invalid config: batch_size=1" in text
-    assert "lr 0.05, AGC 0.32 →" in text  # FedWon's grid names its clip
+    assert "FedWon's AGC ablation" in text and "| no AGC |" in text
+    assert "| lr | λ | 1 round | 2 rounds |" in text  # FedWon's rung table names λ
+    assert "sits on the" in text  # a choice on a bound is flagged in its table
+    assert "**Chosen on a bound**" in text and "FedBN lr " in text  # and visibly
+    assert "| setting | vs FedAvg (BN) | vs FedBN |" in text  # per setting, each baseline
+    assert "| cross-device, batch 1 | refused | — |" in text
 
 
 def test_write_report_files_and_byte_identical_rebuild(

@@ -1,5 +1,6 @@
-"""``fedwon study --quick`` end to end: every part, every method, the schema, a cached rebuild
-that reproduces the files byte for byte, and ``make report`` pointing at this command."""
+"""``fedwon study --quick`` end to end: every part, every method, the schema, a rebuild from
+the records alone that reproduces the files byte for byte, and ``make report`` pointing at this
+command."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from lock_holder import holder
 from typer.testing import CliRunner
 
 from fedwon.cli import cli
-from fedwon.run_dir import LOCK_FILE
+from fedwon.run.directory import LOCK_FILE
 from fedwon.study.plan import FULL, METHODS, QUICK
-from fedwon.study.runner import count_report_runs, tuning_specs
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -27,13 +27,24 @@ def test_make_report_targets_call_the_study_command() -> None:
     )
     assert re.search(r"^report-quick: setup\n\t.* study --quick\n", makefile, re.M)
     result = runner.invoke(cli, ["study", "--help"])
-    assert result.exit_code == 0 and "--quick" in result.output and "--part" in result.output
+    for option in ("--quick", "--part", "--records", "--estimate"):
+        assert option in result.output
     bad = runner.invoke(cli, ["study", "--part", "cross_sile"])
     assert bad.exit_code == 2
-    assert "unknown study part 'cross_sile'; parts: ['cross_silo', 'cross_device'" in bad.output
+    assert (
+        "unknown study part 'cross_sile'; parts: ['cross_device', 'cross_device_bs2'" in bad.output
+    )
+
+
+def test_estimate_prints_the_plans_cost_and_runs_nothing(tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["study", "--estimate", "--jobs", "2", "--cache", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "cross_device" in result.output and "with --jobs 2 at the pilot's speed" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_part_brings_the_part_whose_choices_it_reuses() -> None:
+    assert [p.name for p in QUICK.parts] == [p.name for p in FULL.parts]
     plan = FULL.only(["domain_generalization"])
     assert [p.name for p in plan.parts] == ["cross_silo", "domain_generalization"]
     assert plan.name == "full (parts: cross_silo, domain_generalization)"
@@ -41,42 +52,48 @@ def test_a_part_brings_the_part_whose_choices_it_reuses() -> None:
 
 
 @pytest.mark.slow
-def test_quick_study_is_complete_and_rebuilds_identically(tmp_path: Path) -> None:
-    cache, out = tmp_path / "cache", tmp_path / "report"
-    args = ["study", "--quick", "--cache", str(cache), "--out", str(out)]
-    first = runner.invoke(cli, [*args, "--jobs", "2"])
+def test_quick_study_is_complete_and_rebuilds_identically_from_its_records(
+    tmp_path: Path,
+) -> None:
+    cache, records, out = tmp_path / "cache", tmp_path / "records", tmp_path / "report"
+    args = ["study", "--quick", "--records", str(records), "--out", str(out)]
+    first = runner.invoke(cli, [*args, "--cache", str(cache), "--jobs", "2"])
     assert first.exit_code == 0, first.output
-    total = len(tuning_specs(QUICK)) + count_report_runs(QUICK)
     lines = [line for line in first.output.splitlines() if line.startswith("[")]
-    assert len(lines) == total and all("trained" in line for line in lines)
-    assert f"{total} runs: {total} trained, 0 resumed, 0 reused, 0 failed" in first.output
+    assert lines and not any("FAILED" in line for line in lines)
 
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == set(METHODS)  # the six methods of the schema
     for name, entry in data["methods"].items():
         assert entry["seeds"] == 2 and isinstance(entry["std"], float), name
         assert isinstance(entry["mean"], float) and isinstance(entry["lr"], float)
-        assert len(entry["per_domain"]) == 5
+        assert len(entry["per_domain"]) == 5 and "val_change" in entry
     assert set(data["cross_device"]["methods"]) == {"fedavg_gn", "fedavg_ws_gn", "fedwon"}
-    assert "batch_size=1" in data["cross_device"]["refused"]["fedavg"]
-    assert set(data["label_skew"]["methods"]) == {"fedavg", "fedbn", "fedwon"}
+    assert "batch_size=1" in data["cross_device"]["refused"]["fedbn"]
+    assert set(data["cross_device_bs2"]["methods"]) == set(FULL.part("cross_device_bs2").methods)
+    for name in ("label_skew_alpha01", "label_skew_alpha05", "label_skew"):
+        assert set(data[name]["methods"]) == {"fedavg", "fedavg_gn", "fedbn", "fedwon"}
+        assert data[name]["fedbn_averaged"]["mean"] >= 0
+        assert set(data[name]["agc_ablation"]) == {"all_but_head", "nfnets", "off"}
     dg = data["domain_generalization"]["methods"]
     assert set(dg) == {"fedavg", "fedbn", "fedwon"}
     assert all(len(e["per_domain"]) == 5 for e in dg.values())  # every domain held out once
-    assert len(data["claims"]) == 7 and data["command"] == "fedwon study --quick"
+    assert data["command"] == "fedwon study --quick"
     text = (out / "results.md").read_text()
-    for section in ("## Claims", "## Cross-silo", "## Cross-device", "## Label skew", "## Domain"):
+    for section in ("## Claims", "## Method", "## Cross-silo", "## Cross-device", "## Label skew"):
         assert section in text
     assert sorted(p.name for p in (out / "img").iterdir()) == sorted(
         f"study_{p.name}.png" for p in QUICK.parts
     )
 
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    second = runner.invoke(cli, args)
+    second = runner.invoke(cli, [*args, "--cache", str(tmp_path / "fresh")])  # records only
     assert second.exit_code == 0, second.output
     lines = [line for line in second.output.splitlines() if line.startswith("[")]
-    assert len(lines) == total and all(": cached ·" in line for line in lines)
-    assert f"{total} runs: 0 trained, 0 resumed, {total} reused, 0 failed" in second.output
+    assert lines and all(": recorded" in line for line in lines)
+    assert f"{len(lines)} runs: 0 trained, 0 resumed, {len(lines)} reused, 0 failed" in (
+        second.output
+    )
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
 
 
@@ -84,8 +101,9 @@ def test_a_second_study_on_the_same_cache_is_refused_not_recorded_as_failures(
     tmp_path: Path,
 ) -> None:
     cache, out = tmp_path / "cache", tmp_path / "report"
+    args = ["--cache", str(cache), "--records", str(tmp_path / "records"), "--out", str(out)]
     with holder(cache) as proc:  # another `fedwon study` on this cache
-        result = runner.invoke(cli, ["study", "--quick", "--cache", str(cache), "--out", str(out)])
+        result = runner.invoke(cli, ["study", "--quick", *args])
     assert result.exit_code == 2, result.output
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and f"study cache {cache} is in use" in error[0]

@@ -3,9 +3,10 @@
 :class:`RunRecorder` is the callback the server calls after each round; the writing is here, not
 in the round loop. It writes nothing before it knows the run may write there: a new run's first
 file appears with its first round, a resumed run's after
-:meth:`~fedwon.run_dir.RunDir.check_resumable` passed. The directory's layout, reading it back,
-and whether it may hold a *new* run are :class:`fedwon.run_dir.RunDir`'s business; the
-checkpoint's format is :mod:`fedwon.checkpoint`'s.
+:meth:`~fedwon.run.directory.RunDir.check_resumable` passed. The directory's layout, reading it
+back, and whether it may hold a *new* run are :class:`fedwon.run.directory.RunDir`'s business; the
+checkpoint's format is :mod:`fedwon.run.checkpoint`'s. The experiment trackers a run asks for
+(``track``, :mod:`fedwon.run.trackers`) receive each row from :meth:`RunRecorder.record` too.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from fedwon.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
 from fedwon.config import ConfigError, RunConfig
-from fedwon.protocol import CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
-from fedwon.run_dir import PER_DOMAIN_FILE, PLOT_FILE, Row, RunDir
+from fedwon.protocol import CLIP_NORM_METRIC, CLIPPED_METRIC, EPSILON_METRIC, WEIGHT_KEY
+from fedwon.run.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from fedwon.run.directory import PER_DOMAIN_FILE, PLOT_FILE, Row, RunDir
+from fedwon.run.trackers import Trackers
 from fedwon.strategies.aggregation import as_number
 
 __all__ = [
@@ -70,7 +72,7 @@ def round_row(
     if train is not None:
         row["train_loss"] = _clean(as_number(train.get("train_loss", math.nan)))
         row["clients"] = int(as_number(train.get("clients", 0)))
-        for key in (EPSILON_METRIC, CLIPPED_METRIC):  # under DP
+        for key in (EPSILON_METRIC, CLIPPED_METRIC, CLIP_NORM_METRIC):  # under DP
             if key in train:
                 row[key] = _clean(as_number(train[key]))
     if evaluate is not None:
@@ -108,15 +110,32 @@ class RunRecorder:
         self.server_state: Callable[[], dict[str, np.ndarray]] | None = None
         # user-level DP: the privacy ledger's history of rounds 1..r, saved with checkpoints
         self.privacy_history: Callable[[int], list[tuple[float, float, int]] | None] | None = None
+        # user-level DP: the mechanism's state after the last round (adaptive clipping bound)
+        self.privacy_state: Callable[[], dict[str, Any] | None] | None = None
         self.final_round = cfg.server.num_rounds  # always checkpointed (fewer under a DP budget)
         self.rows: list[Row] = []
         self.arrays: ArrayRecord | None = None
         self._t0 = time.perf_counter()
         self._started = False
+        # opened with the run's first write, like every file of the run directory
+        names, flat = cfg.output.track, cfg.to_flat()
+        self.trackers = Trackers(names, self.dir.path, flat) if names and self.dir else None
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """A run that ends by an exception (or an interrupt) still ends its tracker runs, as
+        failed: an MLflow run left RUNNING or a W&B run never finished misleads its reader."""
+        self.close_trackers(failed=exc_type is not None)
+
+    def close_trackers(self, failed: bool = False) -> None:
+        if self.trackers is not None:
+            self.trackers.close(failed)
 
     def _start(self) -> None:
         """A new run's first write: its config. Refuses to write over another run's files
-        (callers check with :meth:`fedwon.run_dir.RunDir.check_new` before anything runs;
+        (callers check with :meth:`fedwon.run.directory.RunDir.check_new` before anything runs;
         this is the last line of defence against mixing two runs)."""
         if self._started or self.dir is None:
             return
@@ -129,10 +148,12 @@ class RunRecorder:
         self.dir.path.mkdir(parents=True, exist_ok=True)
         self.dir.config_file.write_text(self.cfg.to_toml())
         self._started = True
+        if self.trackers is not None:
+            self.trackers.open()
 
     def load_resume(self) -> Checkpoint:
         """The checkpoint a resumed run continues from, checked
-        (:meth:`~fedwon.run_dir.RunDir.check_resumable`); writes nothing, so whatever else the
+        (:meth:`~fedwon.run.directory.RunDir.check_resumable`); writes nothing, so whatever else the
         caller checks can still refuse the resume."""
         if self.dir is None:
             raise ConfigError("cannot resume a run that has no output directory")
@@ -152,6 +173,8 @@ class RunRecorder:
             self.client_states.restore_states(ckpt.client_states or {})
         self._rewrite_metrics()
         self._started = True
+        if self.trackers is not None:
+            self.trackers.open(resume_round=ckpt.round, rows=self.rows)
         return ckpt
 
     def _rewrite_metrics(self) -> None:
@@ -176,12 +199,17 @@ class RunRecorder:
             self._start()
             with self.dir.metrics_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(row)
             every = self.cfg.output.checkpoint_every
             if server_round == self.final_round or (every and server_round % every == 0):
                 states = self.client_states.snapshot_states() if self.client_states else None
                 server = self.server_state() if self.server_state else {}
                 privacy = self.privacy_history(server_round) if self.privacy_history else None
-                ckpt = Checkpoint(server_round, arrays, self.rows, states, server, privacy)
+                mechanism = self.privacy_state() if self.privacy_state else None
+                ckpt = Checkpoint(
+                    server_round, arrays, self.rows, states, server, privacy, mechanism
+                )
                 save_checkpoint(self.dir.path, ckpt)
         return row
 
@@ -222,6 +250,7 @@ class RunRecorder:
                 writer.writerow(["all", summary["final"]["accuracy"]])
             title = f"{self.cfg.server.strategy}: test accuracy per round"
             plot_accuracy(self.rows, self.dir.path / PLOT_FILE, title=title)
+        self.close_trackers()
         return summary
 
 

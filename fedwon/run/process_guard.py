@@ -13,7 +13,7 @@ when the process is gone, terminates whatever of that list is still alive: SIGTE
 SIGKILL. Only descendants of
 the guarded process are ever signalled. Linux only (it reads ``/proc``); elsewhere a no-op.
 
-Run as ``python -m fedwon.process_guard PID``.
+Run as ``python -m fedwon.run.process_guard PID``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def start_guard() -> None:
     if _guard is not None or not _ON_LINUX:
         return
     _guard = subprocess.Popen(
-        [sys.executable, "-m", "fedwon.process_guard", str(os.getpid())],
+        [sys.executable, "-m", "fedwon.run.process_guard", str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ line (a :class:`~fedwon.config.ConfigError`, exit status 2).
 
 The lock file is removed when the lock is released; a taker that opened the file just before
 it was removed sees that the path no longer names the file it locked, and tries again. A run
-directory takes its lock through :meth:`fedwon.run_dir.RunDir.lock`, which checks it first.
+directory takes its lock through :meth:`fedwon.run.directory.RunDir.lock`, which checks it first.
 """
 
 from __future__ import annotations

@@ -7,12 +7,15 @@ Layout (the contract the README documents for users)::
     DIR/summary.json       {"strategy", "final": {"accuracy", "per_domain"}, ...}; written last
     DIR/per_domain.csv     final accuracy per domain
     DIR/accuracy.png       accuracy per round, overall and per domain
-    DIR/checkpoint/        what --resume continues from (:mod:`fedwon.checkpoint`)
+    DIR/checkpoint/        what --resume continues from (:mod:`fedwon.run.checkpoint`)
+    DIR/tensorboard/       TensorBoard event files (``track`` names tensorboard)
+    DIR/wandb/             W&B's offline runs (``track`` names wandb)
+    DIR/trackers.json      tracker run ids a resume continues (:mod:`fedwon.run.trackers`)
 
 :class:`RunDir` is the one reader of these files: its :meth:`~RunDir.status` (new, unfinished,
 finished, or stopped at its privacy budget), its summary, metrics, config and checkpoint round,
 and the one answer to "is this run cached, resumable or new?" (:meth:`~RunDir.reuse`). The
-writer is :class:`fedwon.results.RunRecorder`, through the paths named here.
+writer is :class:`fedwon.run.recorder.RunRecorder`, through the paths named here.
 
 A run directory is never silently mixed with another run: a new run goes into a directory that
 does not exist yet or is empty (one the user just created). A directory holding anything else
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fedwon.checkpoint import CHECKPOINT, checkpoint_round
+from fedwon.common.errors import error_line
 from fedwon.config import (
     RESUMABLE_KEYS,
     ConfigError,
@@ -46,8 +49,8 @@ from fedwon.config import (
     read_recipe,
     resume_conflicts,
 )
-from fedwon.errors import error_line
-from fedwon.run_lock import LOCK_FILE, lock_dir
+from fedwon.run.checkpoint import CHECKPOINT, checkpoint_round
+from fedwon.run.lock import LOCK_FILE, lock_dir
 
 __all__ = [
     "CONFIG_FILE",
@@ -56,6 +59,9 @@ __all__ = [
     "METRICS_FILE",
     "RUN_FILES",
     "SUMMARY_FILE",
+    "TENSORBOARD_DIR",
+    "TRACKERS_FILE",
+    "WANDB_DIR",
     "Reuse",
     "Row",
     "RunDir",
@@ -75,6 +81,9 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PER_DOMAIN_FILE = "per_domain.csv"
 PLOT_FILE = "accuracy.png"
+TRACKERS_FILE = "trackers.json"  # the MLflow and W&B run ids a resume appends to
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"
 RUN_FILES = frozenset(
     {
         CONFIG_FILE,
@@ -87,6 +96,10 @@ RUN_FILES = frozenset(
         CHECKPOINT,
         f"{CHECKPOINT}.tmp",
         f"{CHECKPOINT}.old",
+        TRACKERS_FILE,
+        f"{TRACKERS_FILE}.part",
+        TENSORBOARD_DIR,
+        WANDB_DIR,
     }
 )
 """What a fedwon run writes into its directory (all that ``--overwrite`` may delete)."""
@@ -368,7 +381,7 @@ class RunDir:
 
     @contextmanager
     def lock(self, *, resume: bool = False, overwrite: bool = False) -> Iterator[None]:
-        """Hold the directory's lock (:mod:`fedwon.run_lock`) while a run writes it.
+        """Hold the directory's lock (:mod:`fedwon.run.lock`) while a run writes it.
 
         A new run's directory is first checked as :meth:`check_new` does, so a file or an
         unwritable place is refused as such, not created for the lock; a resumed run's directory

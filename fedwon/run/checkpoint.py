@@ -5,13 +5,14 @@ Layout, inside the run directory::
     checkpoint/arrays.npz         shared arrays
     checkpoint/server_state.npz   the server optimizer's moments (when it has any)
     checkpoint/client_states/     every client's ``Context.state`` (fast engine), one .pb each
-    checkpoint/state.json         round, rows and the DP ledger; written last
+    checkpoint/privacy_state.npz  the DP mechanism state's arrays (BandMF's noise history)
+    checkpoint/state.json         round, rows, the DP ledger and DP mechanism state; written last
 
 A copy holding ``state.json`` is complete; :func:`save_checkpoint` swaps a new copy in with two
 renames and :func:`find_checkpoint` repairs a swap a crash interrupted. A damaged file is one
 line naming it (:class:`~fedwon.config.ConfigError`), never a parser's traceback. Which
 directory holds a checkpoint, and whether a run may resume from it, is
-:class:`fedwon.run_dir.RunDir`'s business.
+:class:`fedwon.run.directory.RunDir`'s business.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fedwon.common.errors import error_line
 from fedwon.config import ConfigError
-from fedwon.errors import error_line
 
 __all__ = [
     "CHECKPOINT",
@@ -50,6 +51,7 @@ T = TypeVar("T")
 CHECKPOINT = "checkpoint"
 CLIENT_STATES = "client_states"  # in the checkpoint: one <partition>.pb per client
 STATE_FILE = "state.json"  # written last: a checkpoint copy holding it is complete
+PRIVACY_ARRAYS = "privacy_state.npz"  # the arrays of the DP mechanism's state
 
 
 def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -74,6 +76,10 @@ class Checkpoint:
     # user-level DP: the (noise multiplier, sample rate, rounds) of rounds 1..round, so a
     # resumed run accounts every round at the noise it actually used (None: no DP ledger)
     privacy: list[tuple[float, float, int]] | None = None
+    # user-level DP: the mechanism's own state after round ``round`` (JSON-able values, e.g.
+    # the adaptive clipping bound, and numpy arrays, e.g. BandMF's noise history, which go to
+    # privacy_state.npz), so a resumed run continues it exactly (None: stateless)
+    privacy_state: dict[str, Any] | None = None
 
 
 def _save_states(directory: Path, states: dict[int, RecordDict]) -> None:
@@ -127,6 +133,12 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     state: dict[str, Any] = {"round": ckpt.round, "rows": ckpt.rows}
     if ckpt.privacy is not None:
         state["privacy_history"] = [list(entry) for entry in ckpt.privacy]
+    if ckpt.privacy_state is not None:
+        arrays = {k: v for k, v in ckpt.privacy_state.items() if isinstance(v, np.ndarray)}
+        if arrays:
+            np.savez(tmp / PRIVACY_ARRAYS, **arrays)  # type: ignore[arg-type]
+            state["privacy_arrays"] = sorted(arrays)
+        state["privacy_state"] = {k: v for k, v in ckpt.privacy_state.items() if k not in arrays}
     write_text_atomic(tmp / STATE_FILE, json.dumps(state))
     old = run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -200,7 +212,17 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     )
     privacy = state.get("privacy_history")
     history = None if privacy is None else [(float(z), float(q), int(n)) for z, q, n in privacy]
-    return Checkpoint(round_, arrays, rows, states, server_state, history)
+    mechanism = state.get("privacy_state")
+    if mechanism is not None and state.get("privacy_arrays"):
+        stored = _read_checkpoint_file(path / PRIVACY_ARRAYS, _load_npz)
+        missing = sorted(set(state["privacy_arrays"]) - set(stored))
+        if missing:
+            raise ConfigError(
+                f"cannot resume: {path / PRIVACY_ARRAYS} lacks {', '.join(missing)}; "
+                "start the run again"
+            )
+        mechanism = {**mechanism, **stored}
+    return Checkpoint(round_, arrays, rows, states, server_state, history, mechanism)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

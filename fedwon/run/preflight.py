@@ -3,7 +3,8 @@ naming it, not minutes later inside an engine with a traceback, and leaves nothi
 
 :func:`prepare_run` is the whole list for one process (the CLI's simulations and the ServerApp
 under ``flwr run`` call it): the run directory may be written (new, ``--overwrite`` or resume),
-the data loads, the model accepts the data's images; only then is the run directory created.
+the trackers asked for are installed, the data loads, the model accepts the data's images;
+only then is the run directory created.
 :func:`wait_for_nodes` is the one check that needs the Grid: enough SuperNodes to serve every
 partition, instead of Flower's sampling waiting for them forever. :func:`refused` turns what
 either check raises inside a ServerApp into one logged line and a failed run, without the
@@ -25,7 +26,8 @@ from fedwon.datasets.spec import IN_CHANNELS
 from fedwon.models import build_model
 from fedwon.privacy.accounting import PrivacyLedger
 from fedwon.privacy.central_dp import planned_noise
-from fedwon.run_dir import RunDir
+from fedwon.run.directory import RunDir
+from fedwon.run.trackers import check_trackers
 
 log = logging.getLogger(__name__)
 REFUSED = "_fedwon_refused"  # marks an error already logged as one line
@@ -104,6 +106,7 @@ def prepare_run(
         RunDir(out_dir).check_resumable(cfg)
     elif out_dir is not None:
         RunDir(out_dir).check_new(overwrite=overwrite)
+    check_trackers(cfg, out_dir)  # installed, and a directory to link
     spec = cfg.data
     if load_data:
         fed = load_federation(spec)
@@ -118,10 +121,12 @@ def prepare_run(
 
 
 def check_first_round_budget(cfg: RunConfig) -> None:
-    """Refuse a user-level DP run whose ``dp.max_epsilon`` is below a single round's epsilon:
-    it would stop before its first round, with an empty run directory and exit status 0."""
+    """Refuse a user-level DP run whose noise its mechanism cannot reach (a calibrated
+    ``dp.target_epsilon`` needs more noise than adaptive clipping's count allows) or whose
+    ``dp.max_epsilon`` is below a single round's epsilon: it would stop before its first
+    round, with an empty run directory and exit status 0."""
     dp = cfg.dp
-    if not (dp.enabled and dp.level == "user" and dp.max_epsilon):
+    if not (dp.enabled and dp.level == "user" and (dp.max_epsilon or dp.target_epsilon)):
         return
     try:
         z, q = planned_noise(
@@ -129,9 +134,12 @@ def check_first_round_budget(cfg: RunConfig) -> None:
             expected_clients=cfg.sampled_per_round,
             population=cfg.dp_check().population,
             num_rounds=cfg.server.num_rounds,
+            participation=cfg.participation,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if not dp.max_epsilon:
+        return
     first = PrivacyLedger(z, q, dp.delta, dp.accountant).epsilon(1)
     if first > dp.max_epsilon:
         raise ConfigError(

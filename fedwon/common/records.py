@@ -30,6 +30,9 @@ SPLIT_KEY = "dp-split"  # uniform | dim
 # carries its client's own epsilon and the round's aggregate is the max over its clients.
 EPSILON_METRIC = "epsilon"
 CLIPPED_METRIC = "clipped_fraction"  # train MetricRecord under DP: share of updates clipped
+CLIP_NORM_METRIC = "clip_norm"  # train MetricRecord, adaptive clipping: the round's bound C_t
+# train reply MetricRecord, set by dp_clipping_mod: 1 if clipping left the update untouched
+UNCLIPPED_KEY = "dp-unclipped"
 TRAIN_LOSS = "train_loss"
 ACCURACY = "accuracy"
 LOSS = "loss"
@@ -42,6 +45,7 @@ NODE_DATASET = "dataset"
 NODE_DOMAIN = "domain"
 NODE_THREADS = "threads"
 NODE_DEVICE = "device"
+NODE_STATE_DIR = "state-dir"  # where the node keeps its clients' states (fedwon.clients.node_state)
 NODE_KEYS = (
     NODE_PARTITION,
     NODE_NUM_PARTITIONS,
@@ -50,7 +54,11 @@ NODE_KEYS = (
     NODE_DOMAIN,
     NODE_THREADS,
     NODE_DEVICE,
+    NODE_STATE_DIR,
 )
+
+# ---- run config keys (``flwr run --run-config``) that a client reads -------------------------
+RUN_OUT_KEY = "out"  # the server's run directory: the run's identity, kept when it is resumed
 
 
 def as_array(values: np.ndarray) -> Array:

@@ -1,0 +1,1 @@
+"""The bottom layer: record names, configuration sections and one-line errors, shared by all."""

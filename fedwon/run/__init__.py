@@ -1,0 +1,1 @@
+"""Running one simulation or deployment: its directory, lock, checkpoint, recorder and checks."""

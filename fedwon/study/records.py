@@ -1,0 +1,152 @@
+"""The study's committed records: one small folder per run under ``docs/study/``.
+
+Each run the study trains leaves its record in ``RECORDS/<part>/<run name>-<digest>/`` — the
+run key (:func:`fedwon.study.runs.run_key`; the digest hashes the resolved config minus
+``num_rounds`` and where it ran, so one key follows a run as halving resumes it):
+
+    config.toml    the resolved config, at the rounds the run has reached
+    metrics.jsonl  its rows up to there (test accuracy per evaluated round, per-round seconds)
+    summary.json   its summary
+    study.json     what the study adds: validation accuracy at each stop (halving rungs, the
+                   start of the last 20%), held-out-domain and averaged-norm-layer accuracy,
+                   the commit that trained it, seconds spent evaluating, and a failure if the
+                   run diverged
+
+No checkpoint: a record is a few kilobytes, committed with the report, and the report is a pure
+function of the records. A record *answers* a request — "this run's config at ``R`` rounds,
+validated at ``R``" — when its config matches (every key but ``num_rounds`` and those that only
+say where it ran) and it holds what was asked; then nothing is trained. A record short of the
+rounds asked for is continued from the cache's checkpoint, or, when the cache has none (a fresh
+clone), trained again from the start (the study says so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedwon.common.errors import error_line
+from fedwon.config import RunConfig, make_config, read_recipe
+from fedwon.run.directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Row, RunDir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MACHINE_KEYS", "STUDY_FILE", "Record", "RecordStore", "comparable"]
+
+STUDY_FILE = "study.json"
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
+MACHINE_KEYS = frozenset(
+    {
+        "engine",
+        "device",
+        "gpus_per_client",
+        "cpus_per_client",
+        "num_workers",
+        "ray_address",
+        "client_state_budget_mb",
+        "data_root",
+    }
+)
+"""Keys that say where a run ran, not what it computed: a record matches a config whatever they
+are (``num_rounds`` aside, the other resumable keys — ``eval_every``, ... — do count)."""
+
+
+def comparable(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg``'s keys that decide a run and its record, minus ``num_rounds``."""
+    flat = cfg.to_flat()
+    return {k: v for k, v in flat.items() if k not in MACHINE_KEYS and k != "num_rounds"}
+
+
+@dataclass
+class Record:
+    """One run's record as read back: config, rows, summary and the study's additions."""
+
+    path: Path
+    cfg: RunConfig
+    rows: list[Row]
+    summary: dict[str, Any] | None
+    info: dict[str, Any]
+
+    @property
+    def rounds(self) -> int:
+        """The rounds the record's run finished (0: it failed before its first stop)."""
+        return int(self.info.get("rounds", 0))
+
+    @property
+    def val(self) -> dict[int, dict[str, Any]]:
+        """Validation accuracy at each stop: ``{rounds: {"accuracy", "per_domain", ...}}``."""
+        return {int(r): v for r, v in (self.info.get("val") or {}).items()}
+
+    @property
+    def failed(self) -> dict[str, Any] | None:
+        """``{"rounds": R, "error": ...}`` when the run diverged on its way to ``R`` rounds."""
+        return self.info.get("failed")
+
+    def matches(self, cfg: RunConfig) -> bool:
+        return comparable(self.cfg) == comparable(cfg)
+
+    def answers(self, rounds: int, extras: tuple[str, ...] = ()) -> bool:
+        """Holds the run validated at ``rounds`` (and the ``extras`` asked of a final stop), or
+        its divergence on the way there."""
+        if rounds in self.val and self.rounds >= rounds and all(e in self.info for e in extras):
+            return True
+        return bool(self.failed and self.failed["rounds"] <= rounds)
+
+
+class RecordStore:
+    """The records under ``root`` (``docs/study`` for the full study)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RecordStore({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> Record | None:
+        """The record of ``key``; ``None`` when there is none or it cannot be read (one warning
+        naming it: the run is then trained again and the record rewritten)."""
+        path = self.path(key)
+        if not (path / STUDY_FILE).is_file():
+            return None
+        try:
+            info = json.loads((path / STUDY_FILE).read_text())
+            cfg = make_config(read_recipe(path / CONFIG_FILE))
+            rows = RunDir(path).metrics() if (path / METRICS_FILE).is_file() else []
+        except Exception as err:  # a damaged record is one warning, never a crash
+            log.warning("record %s cannot be read (%s): it is rebuilt", path, error_line(err))
+            return None
+        summary = RunDir(path).summary()
+        return Record(path, cfg, rows, summary, info)
+
+    def save(self, key: str, info: dict[str, Any], files: Path | None, cfg: RunConfig) -> Record:
+        """Write ``key``'s record: ``info`` and the run's files from ``files`` (the run directory
+        at a stop it reached, or the previous record's folder); ``None``: only ``cfg``, for a run
+        that failed before its first stop. Written to a sibling folder first and swapped in, so
+        a record is whole or absent."""
+        path = self.path(key)
+        tmp = path.with_name(path.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if files is not None:
+            for name in RECORD_FILES:
+                if (files / name).is_file():
+                    shutil.copyfile(files / name, tmp / name)
+        else:
+            (tmp / CONFIG_FILE).write_text(cfg.to_toml())
+        (tmp / STUDY_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        record = self.load(key)
+        assert record is not None
+        return record
