@@ -11,7 +11,7 @@ from pathlib import Path
 
 __all__ = ["code_commit"]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: fedwon/run/provenance.py
 
 
 def code_commit() -> str:
