@@ -2,7 +2,8 @@
 
 Each run the study trains leaves its record in ``RECORDS/<part>/<run name>-<digest>/`` — the
 run key (:func:`fedwon.study.runs.run_key`; the digest hashes the resolved config minus
-``num_rounds`` and where it ran, so one key follows a run as halving resumes it):
+``num_rounds``, where it ran and the keys at their defaults, so one key follows a run as halving
+resumes it, and a key added to fedwon later does not rename the records):
 
     config.toml    the resolved config, at the rounds the run has reached
     metrics.jsonl  its rows up to there (test accuracy per evaluated round, per-round seconds)
@@ -35,7 +36,7 @@ from fedwon.run.directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Row, R
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MACHINE_KEYS", "STUDY_FILE", "Record", "RecordStore", "comparable"]
+__all__ = ["MACHINE_KEYS", "STUDY_FILE", "Record", "RecordStore", "comparable", "key_values"]
 
 STUDY_FILE = "study.json"
 RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
@@ -59,6 +60,17 @@ def comparable(cfg: RunConfig) -> dict[str, Any]:
     """``cfg``'s keys that decide a run and its record, minus ``num_rounds``."""
     flat = cfg.to_flat()
     return {k: v for k, v in flat.items() if k not in MACHINE_KEYS and k != "num_rounds"}
+
+
+def key_values(cfg: RunConfig) -> dict[str, Any]:
+    """What a run key's digest hashes: :func:`comparable` without the keys at their defaults.
+
+    A key added to fedwon later, with a default that keeps what runs computed before, must not
+    rename every committed record (they would all be trained again); a record whose config
+    differs from the asked one in any key, new ones included, still does not answer
+    (:meth:`Record.matches` compares the whole configs, defaults filled in)."""
+    defaults = RunConfig().to_flat()
+    return {k: v for k, v in comparable(cfg).items() if k not in defaults or defaults[k] != v}
 
 
 @dataclass

@@ -5,8 +5,8 @@ Every run of the study is an ordinary ``fedwon run`` directory under the cache f
     CACHE/<part>/<method>-<lr…>-seed<s>[-holdout_<domain>]-<digest>/
 
 ``<part>/<name>-<digest>`` is the **run key**: the digest hashes the resolved config minus
-``num_rounds`` and the keys that only say where it ran (:func:`fedwon.study.records.comparable`),
-so one directory holds one run as halving takes it from rung to rung — each time resumed from its
+``num_rounds``, the keys that only say where it ran and those at their defaults
+(:func:`fedwon.study.records.key_values`), so one directory holds one run as halving takes it from rung to rung — each time resumed from its
 final checkpoint with a larger ``num_rounds`` (:meth:`fedwon.run.directory.RunDir.reuse`), which
 trains exactly what a straight run would.
 
@@ -51,7 +51,7 @@ from fedwon.run.recorder import final_metrics, per_domain
 from fedwon.strategies.round_rules import RoundFailedError
 from fedwon.study.offline_eval import heldout_accuracy, split_accuracy
 from fedwon.study.part import METHODS, Candidate, Part
-from fedwon.study.records import Record, RecordStore, comparable
+from fedwon.study.records import Record, RecordStore, key_values
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def refusal(part: Part, method: str) -> str:
 
 def run_key(spec: RunSpec, cfg: RunConfig) -> str:
     """``<part>/<name>-<digest>``: the run's directory in the cache and in the records."""
-    text = json.dumps(comparable(cfg), sort_keys=True)
+    text = json.dumps(key_values(cfg), sort_keys=True)
     return f"{spec.part}/{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 

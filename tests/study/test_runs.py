@@ -13,7 +13,7 @@ import pytest
 from fedwon.run.directory import RunDir
 from fedwon.simulation import run_simulation
 from fedwon.study.part import Candidate, Part
-from fedwon.study.records import RecordStore
+from fedwon.study.records import RecordStore, key_values
 from fedwon.study.runs import (
     RunSpec,
     drop_checkpoint,
@@ -158,6 +158,23 @@ def test_a_damaged_checkpoint_is_named_then_the_run_is_trained_again(tmp_path: P
     assert (aside / "checkpoint" / "arrays.npz").read_bytes() == b"PK\x03\x04 not a zip"
     assert "BadZipFile" in json.loads(study_file(aside).read_text())["failed"]
     assert execute(PART, spec(), tmp_path, store, (2,)).status == "recorded"
+
+
+def test_a_record_written_before_a_key_existed_still_answers(tmp_path: Path) -> None:
+    """A key added to fedwon later (here: its config line deleted from a record, as an older
+    fedwon wrote it) leaves the run key and the record's answer alone while the new key sits at
+    its default; set away from its default, the run is another one."""
+    store = RecordStore(tmp_path / "records")
+    first = execute(PART, spec(), tmp_path / "cache", store, (2,))
+    assert "participation" not in key_values(run_config(PART, spec()))  # at its default
+    config = store.path(first.key) / "config.toml"
+    lines = config.read_text().splitlines(keepends=True)
+    config.write_text("".join(line for line in lines if not line.startswith("participation")))
+    shutil.rmtree(tmp_path / "cache")  # only the record can answer
+    again = execute(PART, spec(), tmp_path / "cache", store, (2,))
+    assert again.status == "recorded" and again.key == first.key and again.test == first.test
+    cyclic = run_config(PART, spec()).replace(participation="cyclic")
+    assert run_key(spec(), cyclic) != first.key
 
 
 def test_a_damaged_record_is_one_warning_and_the_run_is_recorded_again(
