@@ -6,9 +6,9 @@ Every run of the study is an ordinary ``fedwon run`` directory under the cache f
 
 ``<part>/<name>-<digest>`` is the **run key**: the digest hashes the resolved config minus
 ``num_rounds``, the keys that only say where it ran and those at their defaults
-(:func:`fedwon.study.records.key_values`), so one directory holds one run as halving takes it from rung to rung — each time resumed from its
-final checkpoint with a larger ``num_rounds`` (:meth:`fedwon.run.directory.RunDir.reuse`), which
-trains exactly what a straight run would.
+(:func:`fedwon.study.records.key_values`), so one directory holds one run as halving takes it
+from rung to rung — each time resumed from its final checkpoint with a larger ``num_rounds``
+(:meth:`fedwon.run.directory.RunDir.reuse`), which trains exactly what a straight run would.
 
 A run is brought to a list of **stops** (rounds); at each it is validated (each client's final
 model on its validation share, :mod:`fedwon.study.offline_eval`), and at the last one the study
