@@ -44,12 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from fedwon.common.errors import error_line
-from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
+from fedwon.config import RunConfig, make_config, read_recipe
 from fedwon.run.directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunDir
 from fedwon.run.provenance import code_commit
-from fedwon.run.recorder import final_metrics, per_domain
 from fedwon.strategies import RoundFailedError
-from fedwon.study.privacy_curve import RECIPE, run_arm
+from fedwon.study.privacy_curve import RECIPE, finished_run, outcome, run_arm
 
 __all__ = [
     "METHODS",
@@ -318,14 +317,8 @@ def record_arm(run_dir: Path, record: Path, provenance: dict[str, Any]) -> None:
 
 def arm_result(arm: PopArm, cfg: RunConfig, record: Path, status: str) -> dict[str, Any]:
     """What the tables and the plot need from a record (a run directory's small files)."""
-    run = RunDir(record)
-    rows = run.metrics()
-    summary = run.summary()
-    if summary is None:
-        raise ConfigError(f"{run.summary_file} is missing or unreadable: the run did not finish")
-    final = final_metrics(rows)
+    rows, summary = finished_run(record)
     privacy = summary.get("privacy") or {}
-    clipped = [r["clipped_fraction"] for r in rows if r.get("clipped_fraction") is not None]
     provenance_file = record / PROVENANCE_FILE
     provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
     return {
@@ -344,12 +337,7 @@ def arm_result(arm: PopArm, cfg: RunConfig, record: Path, status: str) -> dict[s
         "epsilon": privacy.get("epsilon"),
         "noise_multiplier": privacy.get("noise_multiplier"),
         "noise_std_on_mean": privacy.get("noise_std_on_mean"),
-        "accuracy": final.get("accuracy"),
-        "per_domain": per_domain(final),
-        "best_accuracy": summary.get("best_accuracy"),
-        "clipped_fraction": sum(clipped) / len(clipped) if clipped else None,
-        "rounds": len(rows),
-        "seconds": round(sum(r.get("time_s", 0.0) for r in rows), 1),
+        **outcome(rows, summary),
         "trained_at": provenance.get("commit"),
         "wall_s": provenance.get("wall_s"),
         "record": str(record),

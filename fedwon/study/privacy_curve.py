@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedwon.config import ConfigError, RunConfig, make_config, read_recipe
-from fedwon.run.directory import RunDir
+from fedwon.run.directory import Row, RunDir
 from fedwon.run.provenance import code_commit
 from fedwon.run.recorder import final_metrics, per_domain
 
@@ -126,16 +126,34 @@ def run_arm(cfg: RunConfig, run_dir: Path) -> str:
     return "trained"
 
 
-def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str, Any]:
-    """What the table and plot need from a finished run directory."""
+def finished_run(run_dir: Path) -> tuple[list[Row], dict[str, Any]]:
+    """A finished run's rows and summary (refused in one line when it did not finish)."""
     run = RunDir(run_dir)
     rows = run.metrics()
     summary = run.summary()
     if summary is None:
         raise ConfigError(f"{run.summary_file} is missing or unreadable: the run did not finish")
+    return rows, summary
+
+
+def outcome(rows: list[Row], summary: dict[str, Any]) -> dict[str, Any]:
+    """The columns every privacy table reads from a run: accuracy, clipping, rounds, time."""
     final = final_metrics(rows)
-    privacy = summary.get("privacy", {})
     clipped = [r["clipped_fraction"] for r in rows if r.get("clipped_fraction") is not None]
+    return {
+        "accuracy": final.get("accuracy"),
+        "per_domain": per_domain(final),
+        "best_accuracy": summary.get("best_accuracy"),
+        "clipped_fraction": sum(clipped) / len(clipped) if clipped else None,
+        "rounds": len(rows),
+        "seconds": round(sum(r.get("time_s", 0.0) for r in rows), 1),
+    }
+
+
+def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str, Any]:
+    """What the table and plot need from a finished run directory."""
+    rows, summary = finished_run(run_dir)
+    privacy = summary.get("privacy") or {}
     return {
         "name": arm.name,
         "method": arm.method,
@@ -144,12 +162,7 @@ def arm_result(arm: Arm, cfg: RunConfig, run_dir: Path, status: str) -> dict[str
         "target_epsilon": arm.target_epsilon,
         "epsilon": privacy.get("epsilon"),
         "noise_multiplier": privacy.get("noise_multiplier"),
-        "accuracy": final.get("accuracy"),
-        "per_domain": per_domain(final),
-        "best_accuracy": summary.get("best_accuracy"),
-        "clipped_fraction": sum(clipped) / len(clipped) if clipped else None,
-        "rounds": len(rows),
-        "seconds": round(sum(r.get("time_s", 0.0) for r in rows), 1),
+        **outcome(rows, summary),
         "run_dir": str(run_dir),
         "status": status,
     }
