@@ -424,14 +424,8 @@ def load_config(
 # other key (model, norm, data, partition, clients, seed, optimiser, strategy, any key added
 # later) decides what is trained or who holds which data, so changing it would silently train
 # a different federation from the checkpoint: refused.
-RESUMABLE_KEYS = frozenset(
+MACHINE_KEYS = frozenset(
     {
-        "num_rounds",  # upwards from the checkpoint's round (checked against the checkpoint)
-        "eval_every",
-        "fraction_evaluate",
-        "checkpoint_every",
-        "min_clients",
-        "round_timeout",
         "engine",
         "device",
         "gpus_per_client",
@@ -440,9 +434,18 @@ RESUMABLE_KEYS = frozenset(
         "ray_address",
         "client_state_budget_mb",
         "data_root",  # the same files, moved
-        "track",  # where the rounds are also sent, not what they compute
     }
 )
+"""Keys that say where a run ran, not what it computed (the study's records ignore them)."""
+RESUMABLE_KEYS = MACHINE_KEYS | {
+    "num_rounds",  # upwards from the checkpoint's round (checked against the checkpoint)
+    "eval_every",
+    "fraction_evaluate",
+    "checkpoint_every",
+    "min_clients",
+    "round_timeout",
+    "track",  # where the rounds are also sent, not what they compute
+}
 
 
 def resume_conflicts(stored: RunConfig, new: RunConfig) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedwon.common.errors import error_line
-from fedwon.config import RunConfig, make_config, read_recipe
+from fedwon.config import MACHINE_KEYS, RunConfig, make_config, read_recipe
 from fedwon.run.directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Row, RunDir
 
 log = logging.getLogger(__name__)
@@ -40,24 +40,12 @@ __all__ = ["MACHINE_KEYS", "STUDY_FILE", "Record", "RecordStore", "comparable", 
 
 STUDY_FILE = "study.json"
 RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
-MACHINE_KEYS = frozenset(
-    {
-        "engine",
-        "device",
-        "gpus_per_client",
-        "cpus_per_client",
-        "num_workers",
-        "ray_address",
-        "client_state_budget_mb",
-        "data_root",
-    }
-)
-"""Keys that say where a run ran, not what it computed: a record matches a config whatever they
-are (``num_rounds`` aside, the other resumable keys — ``eval_every``, ... — do count)."""
 
 
 def comparable(cfg: RunConfig) -> dict[str, Any]:
-    """``cfg``'s keys that decide a run and its record, minus ``num_rounds``."""
+    """``cfg``'s keys that decide a run and its record: all but ``num_rounds`` and the
+    :data:`~fedwon.config.MACHINE_KEYS` (the other resumable keys, ``eval_every``, ..., count:
+    they change what the record holds)."""
     flat = cfg.to_flat()
     return {k: v for k, v in flat.items() if k not in MACHINE_KEYS and k != "num_rounds"}
 
