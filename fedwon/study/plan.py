@@ -46,6 +46,9 @@ the last 20% of rounds) says which did not.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from fedwon.study.halving import Ladder
 from fedwon.study.part import (
     AGC_ARMS,
@@ -92,67 +95,51 @@ _ONE_DOMAIN = {
 }
 _SILO_DATA = {"train_per_domain": 200, "test_per_domain": 200}
 
+_GRID = {"lrs": (0.01, 0.03, 0.1), "fedwon_lrs": (0.03, 0.1)}  # SGD; widened where needed
+
+
+def _cross_device(batch_size: int, methods: tuple[str, ...], **kw: Any) -> Part:
+    return Part(
+        name="cross_device" if batch_size == 1 else f"cross_device_bs{batch_size}",
+        title=f"Cross-device at batch size {batch_size}: 100 clients, 10 per round, `cnn-tiny`",
+        recipe="cross_device.toml",
+        settings={**_DEVICE, "batch_size": batch_size},
+        methods=methods,
+        rung0=24,
+        **_GRID,  # type: ignore[arg-type]
+        **kw,
+    )
+
+
+def _one_domain_skew(alpha: float) -> Part:
+    return Part(
+        name=f"label_skew_alpha{str(alpha).replace('.', '')}",
+        title=f"Label skew without feature shift: one domain, Dirichlet({alpha}), 10 clients",
+        recipe="label_skew.toml",
+        settings={**_ONE_DOMAIN, "alpha": alpha},
+        methods=LABEL_SKEW_METHODS,
+        rung0=4,
+        fedbn_averaged=True,
+        **_GRID,  # type: ignore[arg-type]
+    )
+
+
 FULL = StudyPlan(
     name="full",
     parts=(
-        Part(
-            name="cross_device",
-            title="Cross-device at batch size 1: 100 clients, 10 per round, `cnn-tiny`",
-            recipe="cross_device.toml",
-            settings={**_DEVICE, "batch_size": 1},
-            methods=CROSS_DEVICE_BS1_METHODS,
-            lrs=(0.01, 0.03, 0.1),  # no momentum
-            fedwon_lrs=(0.03, 0.1),
-            rung0=24,
-            refused=BN_METHODS,
-        ),
-        Part(
-            name="cross_device_bs2",
-            title="Cross-device at batch size 2: 100 clients, 10 per round, `cnn-tiny`",
-            recipe="cross_device.toml",
-            settings={**_DEVICE, "batch_size": 2},
-            methods=CROSS_DEVICE_BS2_METHODS,
-            lrs=(0.01, 0.03, 0.1),
-            fedwon_lrs=(0.03, 0.1),
-            rung0=24,
-        ),
-        Part(
-            name="label_skew_alpha01",
-            title="Label skew without feature shift: one domain, Dirichlet(0.1), 10 clients",
-            recipe="label_skew.toml",
-            settings={**_ONE_DOMAIN, "alpha": 0.1},
-            methods=LABEL_SKEW_METHODS,
-            lrs=(0.01, 0.03, 0.1),
-            fedwon_lrs=(0.03, 0.1),
-            rung0=4,
-            fedbn_averaged=True,
-        ),
-        Part(
-            name="label_skew_alpha05",
-            title="Label skew without feature shift: one domain, Dirichlet(0.5), 10 clients",
-            recipe="label_skew.toml",
-            settings={**_ONE_DOMAIN, "alpha": 0.5},
-            methods=LABEL_SKEW_METHODS,
-            lrs=(0.01, 0.03, 0.1),
-            fedwon_lrs=(0.03, 0.1),
-            rung0=4,
-            fedbn_averaged=True,
-        ),
+        _cross_device(1, CROSS_DEVICE_BS1_METHODS, refused=BN_METHODS),
+        _cross_device(2, CROSS_DEVICE_BS2_METHODS),
+        _one_domain_skew(0.1),
+        _one_domain_skew(0.5),
         Part(
             name="label_skew",
             title="Label skew with feature shift: Dirichlet(0.1) within each of five domains",
             recipe="label_skew.toml",
-            settings={
-                **_SILO_DATA,
-                "num_rounds": 32,
-                "eval_every": 8,
-                "checkpoint_every": 8,
-            },
+            settings={**_SILO_DATA, "num_rounds": 32, "eval_every": 8, "checkpoint_every": 8},
             methods=LABEL_SKEW_METHODS,
-            lrs=(0.01, 0.03, 0.1),
-            fedwon_lrs=(0.03, 0.1),
             rung0=4,
             fedbn_averaged=True,
+            **_GRID,  # type: ignore[arg-type]
         ),
         Part(
             name="cross_silo",
@@ -160,9 +147,8 @@ FULL = StudyPlan(
             recipe="cross_silo.toml",
             settings={**_SILO_DATA, "num_rounds": 20, "eval_every": 5, "checkpoint_every": 5},
             methods=CROSS_SILO_METHODS,
-            lrs=(0.01, 0.03, 0.1),  # SGD momentum 0.9; the last study chose 0.03 at its edge
-            fedwon_lrs=(0.03, 0.1),
             rung0=5,
+            **_GRID,  # type: ignore[arg-type]
         ),
         Part(
             name="domain_generalization",
@@ -177,126 +163,73 @@ FULL = StudyPlan(
 )
 
 _TINY = {"model": "cnn-tiny", "train_per_domain": 60, "test_per_domain": 40, "checkpoint_every": 0}
-_QUICK_LRS = Ladder((0.01, 0.03, 0.1))  # widening bounded to keep the quick study quick
-_QUICK_CLIPS = Ladder((0.16, 0.32, 0.64))
 _QUICK_GRID = {
     "lrs": (0.03, 0.1),
     "fedwon_lrs": (0.03,),
     "agc_clips": (0.32,),
     "agc_arms": AGC_ARMS,
-    "lr_ladder": _QUICK_LRS,
-    "clip_ladder": _QUICK_CLIPS,
+    "lr_ladder": Ladder((0.01, 0.03, 0.1)),  # widening bounded to keep the quick study quick
+    "clip_ladder": Ladder((0.16, 0.32, 0.64)),
     "rung0": 1,
 }
+_QUICK_DEVICE = {"train_per_domain": 40, "num_clients": 20, "clients_per_round": 5}
+_QUICK_ONE_DOMAIN = {"domains": "mnist_m", "num_clients": 4, "clients_per_round": 4}
 
+
+def _quick(name: str, title: str, settings: dict[str, Any], seeds: tuple[int, ...] = (1,)) -> Part:
+    """FULL's part ``name`` (methods, refusals, what it scores) on tiny data and rounds."""
+    part = FULL.part(name)
+    grid = {} if part.reuse else _QUICK_GRID
+    return replace(
+        part,
+        title=title,
+        settings={**_TINY, **settings},
+        seeds=seeds,
+        **grid,  # type: ignore[arg-type]
+    )
+
+
+_DEVICE_Q = "(quick: 20 clients, 5 per round)"
+_SKEW_Q = "Label skew without feature shift (quick: one domain, Dirichlet({}))"
+_TWO_ROUNDS = {"num_rounds": 2, "eval_every": 1}
 QUICK = StudyPlan(
     name="quick",
     parts=(
-        Part(
-            name="cross_device",
-            title="Cross-device at batch size 1 (quick: 20 clients, 5 per round)",
-            recipe="cross_device.toml",
-            settings={
-                **_TINY,
-                "train_per_domain": 40,
-                "num_clients": 20,
-                "clients_per_round": 5,
-                "batch_size": 1,
-                "num_rounds": 2,
-                "eval_every": 1,
-            },
-            methods=CROSS_DEVICE_BS1_METHODS,
-            seeds=(1,),
-            refused=BN_METHODS,
-            **_QUICK_GRID,  # type: ignore[arg-type]
+        _quick(
+            "cross_device",
+            f"Cross-device at batch size 1 {_DEVICE_Q}",
+            {**_QUICK_DEVICE, "batch_size": 1, **_TWO_ROUNDS},
         ),
-        Part(
-            name="cross_device_bs2",
-            title="Cross-device at batch size 2 (quick: 20 clients, 5 per round)",
-            recipe="cross_device.toml",
-            settings={
-                **_TINY,
-                "train_per_domain": 40,
-                "num_clients": 20,
-                "clients_per_round": 5,
-                "batch_size": 2,
-                "num_rounds": 2,
-                "eval_every": 1,
-            },
-            methods=CROSS_DEVICE_BS2_METHODS,
-            seeds=(1,),
-            **_QUICK_GRID,  # type: ignore[arg-type]
+        _quick(
+            "cross_device_bs2",
+            f"Cross-device at batch size 2 {_DEVICE_Q}",
+            {**_QUICK_DEVICE, "batch_size": 2, **_TWO_ROUNDS},
         ),
-        Part(
-            name="label_skew_alpha01",
-            title="Label skew without feature shift (quick: one domain, Dirichlet(0.1))",
-            recipe="label_skew.toml",
-            settings={
-                **_TINY,
-                "domains": "mnist_m",
-                "num_clients": 4,
-                "clients_per_round": 4,
-                "alpha": 0.1,
-                "num_rounds": 2,
-                "eval_every": 1,
-            },
-            methods=LABEL_SKEW_METHODS,
-            seeds=(1,),
-            fedbn_averaged=True,
-            **_QUICK_GRID,  # type: ignore[arg-type]
+        _quick(
+            "label_skew_alpha01",
+            _SKEW_Q.format(0.1),
+            {**_QUICK_ONE_DOMAIN, "alpha": 0.1, **_TWO_ROUNDS},
         ),
-        Part(
-            name="label_skew_alpha05",
-            title="Label skew without feature shift (quick: one domain, Dirichlet(0.5))",
-            recipe="label_skew.toml",
-            settings={
-                **_TINY,
-                "domains": "mnist_m",
-                "num_clients": 4,
-                "clients_per_round": 4,
-                "alpha": 0.5,
-                "num_rounds": 2,
-                "eval_every": 1,
-            },
-            methods=LABEL_SKEW_METHODS,
-            seeds=(1,),
-            fedbn_averaged=True,
-            **_QUICK_GRID,  # type: ignore[arg-type]
+        _quick(
+            "label_skew_alpha05",
+            _SKEW_Q.format(0.5),
+            {**_QUICK_ONE_DOMAIN, "alpha": 0.5, **_TWO_ROUNDS},
         ),
-        Part(
-            name="label_skew",
-            title="Label skew with feature shift (quick: 10 clients, 5 per round)",
-            recipe="label_skew.toml",
-            settings={
-                **_TINY,
-                "num_clients": 10,
-                "clients_per_round": 5,
-                "num_rounds": 2,
-                "eval_every": 1,
-            },
-            methods=LABEL_SKEW_METHODS,
-            seeds=(1,),
-            fedbn_averaged=True,
-            **_QUICK_GRID,  # type: ignore[arg-type]
+        _quick(
+            "label_skew",
+            "Label skew with feature shift (quick: 10 clients, 5 per round)",
+            {"num_clients": 10, "clients_per_round": 5, **_TWO_ROUNDS},
         ),
-        Part(
-            name="cross_silo",
-            title=FULL.part("cross_silo").title + " (quick: cnn-tiny, tiny data)",
-            recipe="cross_silo.toml",
-            settings={**_TINY, "num_rounds": 2},
-            methods=CROSS_SILO_METHODS,
+        _quick(
+            "cross_silo",
+            FULL.part("cross_silo").title + " (quick: cnn-tiny, tiny data)",
+            {"num_rounds": 2},
             seeds=(1, 2),
-            **_QUICK_GRID,  # type: ignore[arg-type]
         ),
-        Part(
-            name="domain_generalization",
-            title=FULL.part("domain_generalization").title + " (quick)",
-            recipe="cross_silo.toml",
-            settings={**_TINY, "num_rounds": 2},
-            methods=DG_METHODS,
-            seeds=(1,),
-            reuse="cross_silo",
-            heldout=True,
+        _quick(
+            "domain_generalization",
+            FULL.part("domain_generalization").title + " (quick)",
+            {"num_rounds": 2},
         ),
     ),
 )
