@@ -65,7 +65,7 @@ from fedwon.common.records import (
     UNCLIPPED_KEY,
 )
 from fedwon.privacy.accounting import Mechanism, PrivacyLedger, sample_rate
-from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
+from fedwon.privacy.clipping import NonFiniteUpdateError, clip_factors
 from fedwon.privacy.config import DPConfig
 from fedwon.privacy.mechanisms import (
     MECHANISMS,
@@ -163,10 +163,6 @@ class CentralDP(TrainWrapper):
         noise_cohort: int = 0,
         prior: Sequence[Mechanism] = (),
     ) -> None:
-        check_clip_settings(clip_norm, clipping, split)
-        if expected_clients < 1:
-            raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
-        _check_wrapper_settings(placement, max_epsilon)
         mechanism = GaussianMechanism(
             noise_multiplier=noise_multiplier,
             clip_norm=clip_norm,
@@ -186,6 +182,9 @@ class CentralDP(TrainWrapper):
     def _attach(
         self, strategy: Strategy, mechanism: UserMechanism, placement: str, max_epsilon: float
     ) -> None:
+        """Wrap ``strategy`` around ``mechanism`` (already validated by its constructor); the
+        wrapper checks only its own settings."""
+        _check_wrapper_settings(placement, max_epsilon)
         super().__init__()
         self.strategy = strategy
         self.mechanism = mechanism
@@ -207,7 +206,6 @@ class CentralDP(TrainWrapper):
     ) -> CentralDP:
         """``mechanism`` (any :class:`~fedwon.privacy.mechanisms.UserMechanism`) around
         ``strategy``."""
-        _check_wrapper_settings(placement, max_epsilon)
         wrapper = cls.__new__(cls)
         wrapper._attach(strategy, mechanism, placement, max_epsilon)
         return wrapper
