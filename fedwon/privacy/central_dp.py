@@ -71,6 +71,7 @@ from fedwon.privacy.mechanisms import (
     MECHANISMS,
     ClipRule,
     GaussianMechanism,
+    GaussianSettings,
     MechanismSetting,
     RoundSum,
     UserMechanism,
@@ -125,58 +126,26 @@ class CentralDP(TrainWrapper):
 
     Args:
         strategy: the inner strategy (sampling, messages, aggregation, evaluation).
-        noise_multiplier: z; the noise std on the sum is z * clip_norm.
-        clip_norm: C, the bound on each client's update (total over layers).
-        expected_clients: m, the cohort size sampled per round (the average divides by it).
-        sample_rate: q = m / population, for accounting.
-        delta: the delta epsilon is reported at.
-        clipping, split: see :func:`fedwon.privacy.clip_update`.
         placement: ``"server"`` clips here; ``"client"`` sends the clip settings and expects
             clipped replies (re-applying the bound, which only absorbs float rounding).
-        accountant: ``"rdp"`` or ``"prv"``.
         max_epsilon: refuse rounds beyond this budget (0 = no cap); see
             :meth:`rounds_within_budget` to plan a run that ends within it.
-        seed: noise seed (simulation); with ``secure_rng`` the OS CSPRNG is used instead.
-        noise_cohort: M >= ``expected_clients`` for a population-scale simulation: the noise
-            on the average is that of a cohort of M (std z * C / M, the sum's noise scaled by
-            m / M); ``sample_rate`` should then be M / population. 0 = the cohort m.
-        prior: the ``(z, q, rounds)`` history of the rounds a resumed run has already run
-            (from its checkpoint); epsilon composes it with the rounds run here.
+        settings: the ``gaussian`` mechanism's, by keyword: the fields of
+            :class:`~fedwon.privacy.mechanisms.GaussianSettings` (``noise_multiplier``,
+            ``clip_norm``, ``expected_clients``, ``sample_rate``, ``delta`` and the optional
+            rest). With ``noise_cohort`` M, ``sample_rate`` should be M / population; ``prior``
+            is the history a resumed run's epsilon composes with the rounds run here.
     """
 
     def __init__(
         self,
         strategy: Strategy,
         *,
-        noise_multiplier: float,
-        clip_norm: float,
-        expected_clients: int,
-        sample_rate: float,
-        delta: float,
-        clipping: Literal["flat", "per_layer"] = "per_layer",
-        split: Literal["uniform", "dim"] = "uniform",
         placement: Literal["server", "client"] = "server",
-        accountant: Literal["rdp", "prv"] = "rdp",
         max_epsilon: float = 0.0,
-        seed: int = 0,
-        secure_rng: bool = False,
-        noise_cohort: int = 0,
-        prior: Sequence[Mechanism] = (),
+        **settings: Any,
     ) -> None:
-        mechanism = GaussianMechanism(
-            noise_multiplier=noise_multiplier,
-            clip_norm=clip_norm,
-            expected_clients=expected_clients,
-            sample_rate=sample_rate,
-            delta=delta,
-            clipping=clipping,
-            split=split,
-            accountant=accountant,
-            seed=seed,
-            secure_rng=secure_rng,
-            noise_cohort=noise_cohort,
-            prior=prior,
-        )
+        mechanism = GaussianMechanism(GaussianSettings(**settings))
         self._attach(strategy, mechanism, placement, max_epsilon)
 
     def _attach(
