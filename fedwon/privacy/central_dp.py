@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -86,6 +86,7 @@ from fedwon.privacy.updates import (
 )
 from fedwon.strategies.aggregation import reply_weight
 from fedwon.strategies.aggregators import AGGREGATORS
+from fedwon.strategies.nodes import NodeView
 from fedwon.strategies.participation import Participation
 
 log = logging.getLogger(__name__)
@@ -320,7 +321,7 @@ class CentralDP(TrainWrapper):
                 f"{len(allowed)} clients take part, fewer than the cohort of "
                 f"{self.expected_clients}"
             )
-        return cast(Grid, _EligibleGrid(grid, allowed))
+        return NodeView(grid, allowed)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -438,20 +439,6 @@ class CentralDP(TrainWrapper):
         (metric_key,) = contents[0].metric_records.keys()
         content = RecordDict({array_key: released, metric_key: metrics})
         return [make_message(metadata=replies[0].metadata, content=content)]
-
-
-class _EligibleGrid:
-    """A Grid whose ``get_node_ids`` lists only some of its nodes (everything else is the
-    wrapped grid's)."""
-
-    def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
-        self._grid, self._node_ids = grid, list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._node_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
 
 def _check_wrapper_settings(placement: str, max_epsilon: float) -> None:
