@@ -14,9 +14,20 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+from pydantic_core import core_schema
 
 
 class ConfigError(ValueError):
@@ -72,16 +83,48 @@ class Section(BaseModel):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class RangeError(ValueError):
+    """A value outside its key's range, in the one line every section uses:
+    ``must be >= 1, got 0``."""
+
+    def __init__(self, what: str, value: object) -> None:
+        super().__init__(f"must be {what}, got {value}")
+        self.what, self.value = what, value
+
+
 def _range(test: Callable[[float], bool], what: str) -> AfterValidator:
-    """A range check with the one-line message every section uses (``must be >= 1, got 0``);
-    ``None`` (an optional key left unset) passes."""
+    """A range check (:class:`RangeError`); ``None`` (an optional key left unset) passes."""
 
     def check(value: Any) -> Any:
         if value is not None and not test(value):
-            raise ValueError(f"must be {what}, got {value}")
+            raise RangeError(what, value)
         return value
 
     return AfterValidator(check)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What a ranged key's values mean, added to its range error: a field
+    ``Annotated[NonNegativeInt, Hint("0 = the sampled cohort")]`` refuses -1 with ``must be
+    >= 0 (0 = the sampled cohort), got -1``. The range stays the shared type's; the hint
+    says what only this key means by it."""
+
+    text: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_wrap_validator_function(self._explain, handler(source))
+
+    def _explain(self, value: Any, validate: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return validate(value)
+        except ValidationError as err:
+            cause = err.errors()[0].get("ctx", {}).get("error")
+            if isinstance(cause, RangeError):
+                raise RangeError(f"{cause.what} ({self.text})", cause.value) from None
+            raise
 
 
 # The ranges of the run config's numbers, written once for every section.
@@ -91,3 +134,4 @@ PositiveFloat = Annotated[float, _range(lambda v: v > 0, "> 0")]
 NonNegativeFloat = Annotated[float, _range(lambda v: v >= 0, ">= 0")]
 Fraction = Annotated[float, _range(lambda v: 0 < v <= 1, "in (0, 1]")]
 UnitInterval = Annotated[float, _range(lambda v: 0 <= v < 1, "in [0, 1)")]
+OpenUnitInterval = Annotated[float, _range(lambda v: 0 < v < 1, "in (0, 1)")]

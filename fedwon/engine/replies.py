@@ -18,39 +18,21 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.serverapp.grid.grid import NodeInfo
-from flwr.supercore.run import Run
+
+from .proxy import GridProxy
 
 POLL_S = 0.2
 
 
-class PromptReplies(Grid):
+class PromptReplies(GridProxy):
     """``inner``, with ``send_and_receive`` pulling replies every ``poll`` seconds."""
 
     def __init__(self, inner: Grid, poll: float = POLL_S) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.poll = poll
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(self, *args: object, **kwargs: object) -> Message:
-        return self.inner.create_message(*args, **kwargs)  # type: ignore[arg-type]
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
 
     def get_nodes(self) -> Iterable[NodeInfo]:
         return self.inner.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -65,12 +65,13 @@ from fedwon.common.records import (
     UNCLIPPED_KEY,
 )
 from fedwon.privacy.accounting import Mechanism, PrivacyLedger, sample_rate
-from fedwon.privacy.clipping import NonFiniteUpdateError, check_clip_settings, clip_factors
+from fedwon.privacy.clipping import NonFiniteUpdateError, clip_factors
 from fedwon.privacy.config import DPConfig
 from fedwon.privacy.mechanisms import (
     MECHANISMS,
     ClipRule,
     GaussianMechanism,
+    GaussianSettings,
     MechanismSetting,
     RoundSum,
     UserMechanism,
@@ -85,6 +86,7 @@ from fedwon.privacy.updates import (
 )
 from fedwon.strategies.aggregation import reply_weight
 from fedwon.strategies.aggregators import AGGREGATORS
+from fedwon.strategies.nodes import NodeView
 from fedwon.strategies.participation import Participation
 
 log = logging.getLogger(__name__)
@@ -125,67 +127,34 @@ class CentralDP(TrainWrapper):
 
     Args:
         strategy: the inner strategy (sampling, messages, aggregation, evaluation).
-        noise_multiplier: z; the noise std on the sum is z * clip_norm.
-        clip_norm: C, the bound on each client's update (total over layers).
-        expected_clients: m, the cohort size sampled per round (the average divides by it).
-        sample_rate: q = m / population, for accounting.
-        delta: the delta epsilon is reported at.
-        clipping, split: see :func:`fedwon.privacy.clip_update`.
         placement: ``"server"`` clips here; ``"client"`` sends the clip settings and expects
             clipped replies (re-applying the bound, which only absorbs float rounding).
-        accountant: ``"rdp"`` or ``"prv"``.
         max_epsilon: refuse rounds beyond this budget (0 = no cap); see
             :meth:`rounds_within_budget` to plan a run that ends within it.
-        seed: noise seed (simulation); with ``secure_rng`` the OS CSPRNG is used instead.
-        noise_cohort: M >= ``expected_clients`` for a population-scale simulation: the noise
-            on the average is that of a cohort of M (std z * C / M, the sum's noise scaled by
-            m / M); ``sample_rate`` should then be M / population. 0 = the cohort m.
-        prior: the ``(z, q, rounds)`` history of the rounds a resumed run has already run
-            (from its checkpoint); epsilon composes it with the rounds run here.
+        settings: the ``gaussian`` mechanism's, by keyword: the fields of
+            :class:`~fedwon.privacy.mechanisms.GaussianSettings` (``noise_multiplier``,
+            ``clip_norm``, ``expected_clients``, ``sample_rate``, ``delta`` and the optional
+            rest). With ``noise_cohort`` M, ``sample_rate`` should be M / population; ``prior``
+            is the history a resumed run's epsilon composes with the rounds run here.
     """
 
     def __init__(
         self,
         strategy: Strategy,
         *,
-        noise_multiplier: float,
-        clip_norm: float,
-        expected_clients: int,
-        sample_rate: float,
-        delta: float,
-        clipping: Literal["flat", "per_layer"] = "per_layer",
-        split: Literal["uniform", "dim"] = "uniform",
         placement: Literal["server", "client"] = "server",
-        accountant: Literal["rdp", "prv"] = "rdp",
         max_epsilon: float = 0.0,
-        seed: int = 0,
-        secure_rng: bool = False,
-        noise_cohort: int = 0,
-        prior: Sequence[Mechanism] = (),
+        **settings: Any,
     ) -> None:
-        check_clip_settings(clip_norm, clipping, split)
-        if expected_clients < 1:
-            raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
-        _check_wrapper_settings(placement, max_epsilon)
-        mechanism = GaussianMechanism(
-            noise_multiplier=noise_multiplier,
-            clip_norm=clip_norm,
-            expected_clients=expected_clients,
-            sample_rate=sample_rate,
-            delta=delta,
-            clipping=clipping,
-            split=split,
-            accountant=accountant,
-            seed=seed,
-            secure_rng=secure_rng,
-            noise_cohort=noise_cohort,
-            prior=prior,
-        )
+        mechanism = GaussianMechanism(GaussianSettings(**settings))
         self._attach(strategy, mechanism, placement, max_epsilon)
 
     def _attach(
         self, strategy: Strategy, mechanism: UserMechanism, placement: str, max_epsilon: float
     ) -> None:
+        """Wrap ``strategy`` around ``mechanism`` (already validated by its constructor); the
+        wrapper checks only its own settings."""
+        _check_wrapper_settings(placement, max_epsilon)
         super().__init__()
         self.strategy = strategy
         self.mechanism = mechanism
@@ -207,7 +176,6 @@ class CentralDP(TrainWrapper):
     ) -> CentralDP:
         """``mechanism`` (any :class:`~fedwon.privacy.mechanisms.UserMechanism`) around
         ``strategy``."""
-        _check_wrapper_settings(placement, max_epsilon)
         wrapper = cls.__new__(cls)
         wrapper._attach(strategy, mechanism, placement, max_epsilon)
         return wrapper
@@ -353,7 +321,7 @@ class CentralDP(TrainWrapper):
                 f"{len(allowed)} clients take part, fewer than the cohort of "
                 f"{self.expected_clients}"
             )
-        return cast(Grid, _EligibleGrid(grid, allowed))
+        return NodeView(grid, allowed)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -471,20 +439,6 @@ class CentralDP(TrainWrapper):
         (metric_key,) = contents[0].metric_records.keys()
         content = RecordDict({array_key: released, metric_key: metrics})
         return [make_message(metadata=replies[0].metadata, content=content)]
-
-
-class _EligibleGrid:
-    """A Grid whose ``get_node_ids`` lists only some of its nodes (everything else is the
-    wrapped grid's)."""
-
-    def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
-        self._grid, self._node_ids = grid, list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._node_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
 
 def _check_wrapper_settings(placement: str, max_epsilon: float) -> None:

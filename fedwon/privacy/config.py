@@ -8,18 +8,27 @@ ConfigRecord, which carries the settings to clients, has no ``None``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from fedwon.common.section import Section
+from fedwon.common.section import (
+    Hint,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveFloat,
+    Section,
+)
 from fedwon.privacy.clipping import MAX_CLIP_NORM
 from fedwon.privacy.mechanisms import MECHANISMS
 from fedwon.strategies.participation import Participation
 
 DP_PREFIX = "dp."
+
+# noise_multiplier and target_epsilon (set one of them), max_epsilon (0 = no cap)
+Unset = Annotated[NonNegativeFloat, Hint("0 = not set")]
 
 
 class DPConfig(Section):
@@ -54,31 +63,35 @@ class DPConfig(Section):
 
     enabled: bool = False
     level: Literal["user", "sample"] = "user"
-    clip_norm: float = 1.0
+    clip_norm: PositiveFloat = 1.0
     clipping: Literal["flat", "per_layer"] = "per_layer"
     split: Literal["uniform", "dim"] = "uniform"
-    noise_multiplier: float = 0.0  # 0 = calibrate from target_epsilon
-    target_epsilon: float = 0.0  # 0 = not set
-    delta: float = 1e-5
-    max_epsilon: float = 0.0  # 0 = no cap
+    noise_multiplier: Unset = 0.0  # 0 = calibrate from target_epsilon
+    target_epsilon: Unset = 0.0  # 0 = not set
+    delta: Annotated[OpenUnitInterval, Hint("e.g. 1e-5 or 1/population")] = 1e-5
+    max_epsilon: Unset = 0.0  # 0 = no cap
     accountant: Literal["rdp", "prv"] = "rdp"
-    population: int = 0  # 0 = number of simulated clients
+    population: Annotated[NonNegativeInt, Hint("0 = the number of simulated clients")] = 0
     secure_rng: bool = False
     placement: Literal["server", "client"] = "server"
-    noise_cohort_size: int = 0  # 0 = the sampled cohort
+    noise_cohort_size: Annotated[NonNegativeInt, Hint("0 = the sampled cohort")] = 0
     mechanism: str = "gaussian"  # a name in fedwon.privacy.mechanisms.MECHANISMS
-    initial_clip_norm: float = 0.1  # adaptive_clipping: C_1 (Andrew et al.'s default)
-    target_unclipped_quantile: float = 0.5  # adaptive_clipping: gamma, the share left unclipped
-    clip_learning_rate: float = 0.2  # adaptive_clipping: eta, the geometric step
-    unclipped_count_stddev: float = 0.0  # adaptive_clipping: sigma_b; 0 = noise cohort / 20
-    bands: int = 0  # bandmf: b, rounds a noise stays correlated over; 0 = the cyclic groups G
+    initial_clip_norm: PositiveFloat = 0.1  # adaptive_clipping: C_1 (Andrew et al.'s default)
+    # adaptive_clipping: gamma, the share left unclipped
+    target_unclipped_quantile: Annotated[
+        OpenUnitInterval, Hint("the share of updates left unclipped; 0.5 = the median")
+    ] = 0.5
+    # adaptive_clipping: eta, the geometric step
+    clip_learning_rate: Annotated[PositiveFloat, Hint("Andrew et al. recommend 0.2")] = 0.2
+    # adaptive_clipping: sigma_b
+    unclipped_count_stddev: Annotated[NonNegativeFloat, Hint("0 = the noise cohort / 20")] = 0.0
+    # bandmf: b, rounds a noise stays correlated over
+    bands: Annotated[NonNegativeInt, Hint("0 = as many as the cyclic groups")] = 0
     factorization: Literal["optimized", "sqrt"] = "optimized"  # bandmf: how C is chosen
 
     @field_validator("clip_norm", "initial_clip_norm")
     @classmethod
-    def _positive(cls, value: float) -> float:
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"must be a positive finite number, got {value}")
+    def _below_overflow(cls, value: float) -> float:
         if value > MAX_CLIP_NORM:
             raise ValueError(
                 f"{value:g} is beyond {MAX_CLIP_NORM:g}: a bound that large clips nothing and "
@@ -87,70 +100,11 @@ class DPConfig(Section):
             )
         return value
 
-    @field_validator("noise_multiplier", "target_epsilon", "max_epsilon")
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"must be >= 0 and finite (0 = not set), got {value}")
-        return value
-
     @field_validator("mechanism")
     @classmethod
     def _known_mechanism(cls, value: str) -> str:
         if value not in MECHANISMS:
             raise ValueError(f"unknown mechanism {value!r}; choose one of {list(MECHANISMS)}")
-        return value
-
-    @field_validator("target_unclipped_quantile")
-    @classmethod
-    def _quantile(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError(
-                f"must be in (0, 1): the share of updates left unclipped (0.5 = the median), "
-                f"got {value}"
-            )
-        return value
-
-    @field_validator("clip_learning_rate")
-    @classmethod
-    def _step(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError(f"must be > 0 (Andrew et al. recommend 0.2), got {value}")
-        return value
-
-    @field_validator("unclipped_count_stddev")
-    @classmethod
-    def _count_stddev(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"must be >= 0 (0 = the noise cohort / 20), got {value}")
-        return value
-
-    @field_validator("bands")
-    @classmethod
-    def _bands(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be >= 0 (0 = as many as the cyclic groups), got {value}")
-        return value
-
-    @field_validator("delta")
-    @classmethod
-    def _probability(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError(f"must be in (0, 1), e.g. 1e-5 or 1/population, got {value}")
-        return value
-
-    @field_validator("population")
-    @classmethod
-    def _population(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be >= 0 (0 = the number of simulated clients), got {value}")
-        return value
-
-    @field_validator("noise_cohort_size")
-    @classmethod
-    def _noise_cohort(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be >= 0 (0 = the sampled cohort), got {value}")
         return value
 
     @model_validator(mode="after")

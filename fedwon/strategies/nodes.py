@@ -15,17 +15,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from flwr.app import Message, RecordDict
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fedwon.engine.proxy import GridProxy
 
 # How long a node that missed a deadline is left out: the SuperLink's own window for declaring
 # it offline. Later, a node still (or again) listed has sent heartbeats: it is alive.
 UNRESPONSIVE_S = float(HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL)
 
 
-class NodeView(Grid):
+class NodeView(GridProxy):
     """``grid`` as an inner strategy samples it: only ``nodes`` are connected.
 
     A fixed list, not a live one, so the node count Flower's sampling reads twice (to size the
@@ -34,39 +34,11 @@ class NodeView(Grid):
     """
 
     def __init__(self, grid: Grid, nodes: Sequence[int]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.nodes = list(nodes)
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 class NodeTracker:

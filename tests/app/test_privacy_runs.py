@@ -420,7 +420,7 @@ def test_adaptive_clipping_composes_with_population_scale_noise() -> None:
         ),
         ({"dp.clip_learning_rate": 0.0}, r"dp\.clip_learning_rate: must be > 0"),
         ({"dp.unclipped_count_stddev": -1.0}, r"dp\.unclipped_count_stddev: must be >= 0"),
-        ({"dp.initial_clip_norm": 0.0}, r"dp\.initial_clip_norm: must be a positive finite"),
+        ({"dp.initial_clip_norm": 0.0}, r"dp\.initial_clip_norm: must be > 0, got 0\.0"),
         ({"dp.mechanism": "tree"}, r"unknown mechanism 'tree'; choose one of \['gaussian', "),
         (
             {"dp.noise_multiplier": 0.8},

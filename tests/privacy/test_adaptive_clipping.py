@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from privacy_fakes import StubGrid, client_delta, fedavg, model_arrays, record, reply
 
 from fedwon.privacy import CentralDP, compute_epsilon, dp_clipping_mod
-from fedwon.privacy.mechanisms import AdaptiveClipping, RoundSum
+from fedwon.privacy.mechanisms import AdaptiveClipping, GaussianSettings, RoundSum
 from fedwon.privacy.mechanisms import adaptive_clipping as adaptive_module
 from fedwon.privacy.mechanisms.adaptive_clipping import (
     composed_noise_multiplier,
@@ -50,19 +50,23 @@ def float_model() -> dict[str, np.ndarray]:
 
 
 def adaptive(**kwargs: Any) -> AdaptiveClipping:
-    settings_: dict[str, Any] = dict(
+    """Adaptive clipping from flat keywords: its own, and those of its GaussianSettings
+    (``clip_norm``: its first bound)."""
+    own = {
+        "target_unclipped_quantile": TARGET,
+        "clip_learning_rate": STEP,
+        "unclipped_count_stddev": 0.0,
+    }
+    own = {key: kwargs.pop(key, value) for key, value in own.items()}
+    shared: dict[str, Any] = dict(
         noise_multiplier=0.0,
-        initial_clip_norm=START,
+        clip_norm=START,
         expected_clients=COHORT,
         sample_rate=0.1,
         delta=1e-5,
-        target_unclipped_quantile=TARGET,
-        clip_learning_rate=STEP,
-        unclipped_count_stddev=0.0,
         clipping="flat",
     )
-    settings_.update(kwargs)
-    return AdaptiveClipping(**settings_)
+    return AdaptiveClipping(GaussianSettings(**{**shared, **kwargs}), **own)
 
 
 def norms(sent: dict[str, np.ndarray]) -> list[float]:
@@ -115,7 +119,7 @@ def test_server_side_matches_flower_bound_and_aggregate(
         "adaptive_clip_inputs_inplace",
         paper_bit(flower_adaptive.adaptive_clip_inputs_inplace),
     )
-    ours = CentralDP.around(fedavg(), adaptive(initial_clip_norm=start))
+    ours = CentralDP.around(fedavg(), adaptive(clip_norm=start))
     theirs = DifferentialPrivacyServerSideAdaptiveClipping(
         fedavg(),
         noise_multiplier=0.0,
@@ -144,7 +148,7 @@ def test_server_side_matches_flower_bound_and_aggregate(
 
 
 def test_client_side_matches_flower_bound_and_aggregate() -> None:
-    ours = CentralDP.around(fedavg(), adaptive(initial_clip_norm=0.1), placement="client")
+    ours = CentralDP.around(fedavg(), adaptive(clip_norm=0.1), placement="client")
     theirs = DifferentialPrivacyClientSideAdaptiveClipping(
         fedavg(),
         noise_multiplier=0.0,
@@ -177,7 +181,7 @@ def test_flower_as_shipped_moves_its_bound_away_from_the_quantile() -> None:
     sent = float_model()
     small = 0.1  # below three of the four update norms
     assert sum(n > small for n in norms(sent)) == 3
-    ours = CentralDP.around(fedavg(), adaptive(initial_clip_norm=small))
+    ours = CentralDP.around(fedavg(), adaptive(clip_norm=small))
     theirs = DifferentialPrivacyServerSideAdaptiveClipping(
         fedavg(), 0.0, COHORT, small, TARGET, STEP
     )
@@ -233,7 +237,7 @@ def test_the_bound_tracks_the_target_quantile_of_update_norms() -> None:
                 expected_clients=200,
                 target_unclipped_quantile=gamma,
                 unclipped_count_stddev=None if z else 0.0,
-                initial_clip_norm=0.01,
+                clip_norm=0.01,
             )
             late = []
             for server_round in range(1, 301):
@@ -260,7 +264,7 @@ def test_the_count_noise_and_update_noise_are_what_composes_to_z() -> None:
         expected_clients=m,
         noise_cohort=big_m,
         unclipped_count_stddev=count_std,
-        initial_clip_norm=2.0,
+        clip_norm=2.0,
         clip_learning_rate=1e-12,  # keep C (practically) fixed while measuring
     )
     fractions, stds = [], []

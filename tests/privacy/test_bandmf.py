@@ -9,6 +9,7 @@ import math
 import time
 import typing
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from fedwon.privacy.bandmf import (
     prefix_sum_workload,
     sensitivity,
 )
-from fedwon.privacy.mechanisms import MECHANISMS, RoundSum
+from fedwon.privacy.mechanisms import MECHANISMS, GaussianSettings, RoundSum
 from fedwon.privacy.mechanisms.bandmf import BandMF
 from fedwon.strategies import ServerSpec
 from fedwon.strategies.participation import PARTICIPATION_MODES, Participation
@@ -285,13 +286,13 @@ BANDMF: dict[str, object] = {
 
 def test_a_client_offered_sooner_than_its_separation_is_refused() -> None:
     cfg = make_config(BANDMF)
+    settings = GaussianSettings(
+        noise_multiplier=1.0, clip_norm=1.0, expected_clients=3, sample_rate=1.0, delta=1e-5
+    )
     mech = BandMF(
-        noise_multiplier=1.0,
-        clip_norm=1.0,
-        expected_clients=3,
+        settings,
         min_separation=4,
         factorization=factorize(8, 4),
-        delta=1e-5,
     )
     assert cfg.participation.groups == 4
     assert mech.eligible(1, [1, 5, 9]) == [1, 5, 9]
@@ -307,13 +308,9 @@ def test_a_client_offered_sooner_than_its_separation_is_refused() -> None:
         mech.release(rnd, RoundSum([torch.zeros(3, 4), torch.zeros(5)], 3, 3, tuple(group)))
     # a resumed run whose node ids changed (Flower's engine renumbers them) is refused
     resumed = BandMF(
-        noise_multiplier=1.0,
-        clip_norm=1.0,
-        expected_clients=3,
+        replace(settings, prior=[(1.0, 1.0, 4)]),
         min_separation=4,
         factorization=factorize(8, 4),
-        delta=1e-5,
-        prior=[(1.0, 1.0, 4)],
         state=mech.state(),
     )
     assert resumed.eligible(5, [1, 5, 9]) == [1, 5, 9]

@@ -33,7 +33,7 @@ def test_choices_match_the_modules_that_implement_them() -> None:
 
 
 def test_bad_values_get_one_line_errors_naming_the_key() -> None:
-    assert error(clip_norm=0) == "clip_norm: Value error, must be a positive finite number, got 0.0"
+    assert error(clip_norm=0) == "clip_norm: Value error, must be > 0, got 0.0"
     assert "delta: Value error, must be in (0, 1)" in error(delta=1.0)
     assert "clipping: Input should be 'flat' or 'per_layer'" in error(clipping="layer")
     assert "accountant: Input should be 'rdp' or 'prv'" in error(accountant="gdp")

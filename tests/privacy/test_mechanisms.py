@@ -26,6 +26,7 @@ from fedwon.privacy.mechanisms import (
     AdaptiveClipping,
     DPSettings,
     GaussianMechanism,
+    GaussianSettings,
     MechanismSetting,
     RoundSum,
 )
@@ -39,14 +40,14 @@ class SeparatedGaussian(GaussianMechanism):
     constrains_participation = True
     stateful = True
 
-    def __init__(self, last: Sequence[int] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, settings: GaussianSettings, last: Sequence[int] = ()) -> None:
+        super().__init__(settings)
         self.last = tuple(last)
 
     @classmethod
     def from_config(cls, dp: DPSettings, setting: MechanismSetting) -> SeparatedGaussian:
         last = (setting.state or {}).get("last", ())
-        return cls(last=last, clip_norm=dp.clip_norm, **cls.settings(dp, setting))
+        return cls(GaussianSettings.from_config(dp, setting), last=last)
 
     def eligible(self, server_round: int, node_ids: Sequence[int]) -> list[int]:
         return [n for n in node_ids if n not in self.last]

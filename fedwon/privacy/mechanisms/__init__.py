@@ -10,6 +10,7 @@ from fedwon.privacy.mechanisms.bandmf import BandMF
 from fedwon.privacy.mechanisms.base import (
     ClipRule,
     DPSettings,
+    GaussianSettings,
     MechanismSetting,
     RoundSum,
     UserMechanism,
@@ -29,6 +30,7 @@ __all__ = [
     "ClipRule",
     "DPSettings",
     "GaussianMechanism",
+    "GaussianSettings",
     "MechanismSetting",
     "RoundSum",
     "UserMechanism",

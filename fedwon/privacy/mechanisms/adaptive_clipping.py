@@ -55,13 +55,16 @@ implementation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 from fedwon.common.records import CLIP_NORM_METRIC
-from fedwon.privacy.accounting import Mechanism
 from fedwon.privacy.clipping import MAX_CLIP_NORM
-from fedwon.privacy.mechanisms.base import DPSettings, MechanismSetting, RoundSum
+from fedwon.privacy.mechanisms.base import (
+    DPSettings,
+    GaussianSettings,
+    MechanismSetting,
+    RoundSum,
+)
 from fedwon.privacy.mechanisms.gaussian import GaussianMechanism
 from fedwon.privacy.noise import noise_scale, noise_std, privatize_sum_, standard_normal_value
 
@@ -119,14 +122,15 @@ def composed_noise_multiplier(update_multiplier: float, count_stddev: float) -> 
 class AdaptiveClipping(GaussianMechanism):
     """Quantile-tracking clipping bound + the Gaussian mechanism on the sum and on the count.
 
-    Args (besides :class:`GaussianMechanism`'s, whose ``noise_multiplier`` is the z every
-    round is accounted at):
-        initial_clip_norm: C_1.
+    Args:
+        settings: as :class:`GaussianMechanism`'s, but ``noise_multiplier`` is the z every
+            round is accounted at and ``clip_norm`` the bound of the first round run here
+            (C_1, or a resumed run's current bound).
+        initial_clip_norm: C_1 (None: ``settings.clip_norm``).
         target_unclipped_quantile: gamma in (0, 1), the share of updates left unclipped.
         clip_learning_rate: eta > 0, the geometric step.
         unclipped_count_stddev: sigma_b, the count's noise std (None: M/20). 0 only without
             noise (z = 0: a test setting, as in Flower).
-        clip_norm: the current bound of a resumed run (None: ``initial_clip_norm``).
     """
 
     name = "adaptive_clipping"
@@ -141,38 +145,14 @@ class AdaptiveClipping(GaussianMechanism):
 
     def __init__(
         self,
+        settings: GaussianSettings,
         *,
-        noise_multiplier: float,
-        initial_clip_norm: float,
-        expected_clients: int,
-        sample_rate: float,
-        delta: float,
+        initial_clip_norm: float | None = None,
         target_unclipped_quantile: float = DEFAULTS["target_unclipped_quantile"],
         clip_learning_rate: float = DEFAULTS["clip_learning_rate"],
         unclipped_count_stddev: float | None = None,
-        clipping: str = "per_layer",
-        split: str = "uniform",
-        accountant: str = "rdp",
-        seed: int = 0,
-        secure_rng: bool = False,
-        noise_cohort: int = 0,
-        prior: Sequence[Mechanism] = (),
-        clip_norm: float | None = None,
     ) -> None:
-        super().__init__(
-            noise_multiplier=noise_multiplier,
-            clip_norm=initial_clip_norm if clip_norm is None else clip_norm,
-            expected_clients=expected_clients,
-            sample_rate=sample_rate,
-            delta=delta,
-            clipping=clipping,
-            split=split,
-            accountant=accountant,
-            seed=seed,
-            secure_rng=secure_rng,
-            noise_cohort=noise_cohort,
-            prior=prior,
-        )
+        super().__init__(settings)
         if not 0 < target_unclipped_quantile < 1:
             raise ValueError(
                 f"target_unclipped_quantile must be in (0, 1), got {target_unclipped_quantile}"
@@ -187,11 +167,15 @@ class AdaptiveClipping(GaussianMechanism):
         )
         if not (count_stddev >= 0 and math.isfinite(count_stddev)):
             raise ValueError(f"unclipped_count_stddev must be >= 0, got {count_stddev}")
-        self.initial_clip_norm = float(initial_clip_norm)
+        self.initial_clip_norm = float(
+            settings.clip_norm if initial_clip_norm is None else initial_clip_norm
+        )
         self.target_unclipped_quantile = float(target_unclipped_quantile)
         self.clip_learning_rate = float(clip_learning_rate)
         self.unclipped_count_stddev = float(count_stddev)
-        self.update_noise_multiplier = update_noise_multiplier(noise_multiplier, count_stddev)
+        self.update_noise_multiplier = update_noise_multiplier(
+            settings.noise_multiplier, count_stddev
+        )
         self.last_clip_norm: float | None = None  # the bound of the last round released
         self.noisy_unclipped_fraction: float | None = None  # b~ of that round
 
@@ -232,16 +216,15 @@ class AdaptiveClipping(GaussianMechanism):
     @classmethod
     def from_config(cls, dp: DPSettings, setting: MechanismSetting) -> AdaptiveClipping:
         own = cast(AdaptiveSettings, dp)
-        clip_norm = None
+        clip_norm = own.initial_clip_norm
         if setting.state is not None:
             clip_norm = float(setting.state["clip_norm"])
         return cls(
+            GaussianSettings.from_config(dp, setting, clip_norm=clip_norm),
             initial_clip_norm=own.initial_clip_norm,
             target_unclipped_quantile=own.target_unclipped_quantile,
             clip_learning_rate=own.clip_learning_rate,
             unclipped_count_stddev=own.unclipped_count_stddev or None,
-            clip_norm=clip_norm,
-            **cls.settings(dp, setting),
         )
 
     def release(self, server_round: int, total: RoundSum) -> None:

@@ -40,10 +40,10 @@ from fedwon.privacy.bandmf import (
     factorize,
     participations,
 )
-from fedwon.privacy.clipping import check_clip_settings
 from fedwon.privacy.mechanisms.base import (
     ClipRule,
     DPSettings,
+    GaussianSettings,
     MechanismSetting,
     RoundSum,
     UserMechanism,
@@ -78,15 +78,13 @@ class BandMF(UserMechanism):
     """DP-FTRL with a b-banded Toeplitz factorization of the prefix-sum workload.
 
     Args:
-        noise_multiplier: z per participation (the noise std on the sum is z * clip_norm * the
-            row norm of C^-1).
-        clip_norm, clipping, split: see :func:`fedwon.privacy.clip_update`.
-        expected_clients: m (the average divides by it).
+        settings: ``noise_multiplier`` is z per participation (the noise std on the sum is
+            z * clip_norm * the row norm of C^-1); ``sample_rate`` and ``noise_cohort`` are
+            not read (no amplification by sampling); ``prior`` is the ``(z, 1.0, rounds)``
+            history of a resumed run's rounds.
         min_separation: G, the fewest rounds between two participations of one client.
         factorization: C (its coefficients and horizon).
-        delta, accountant: epsilon is reported at delta by Opacus' RDP or PRV accountant.
-        seed, secure_rng: seeded noise per (seed, round), or the OS CSPRNG.
-        prior: the ``(z, 1.0, rounds)`` history of a resumed run's rounds.
+        kind: how C was chosen (``optimized`` or ``sqrt``), for the summary.
         state: the mechanism's state at a resumed run's checkpoint.
     """
 
@@ -99,25 +97,14 @@ class BandMF(UserMechanism):
 
     def __init__(
         self,
+        settings: GaussianSettings,
         *,
-        noise_multiplier: float,
-        clip_norm: float,
-        expected_clients: int,
         min_separation: int,
         factorization: BandedFactorization,
-        delta: float,
-        clipping: str = "per_layer",
-        split: str = "uniform",
-        accountant: str = "rdp",
-        seed: int = 0,
-        secure_rng: bool = False,
         kind: str = "optimized",
-        prior: Sequence[Mechanism] = (),
         state: dict[str, Any] | None = None,
     ) -> None:
-        check_clip_settings(clip_norm, clipping, split)
-        if expected_clients < 1:
-            raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
+        noise_multiplier = settings.noise_multiplier
         if not noise_multiplier > 0:
             raise ValueError(f"BandMF needs a noise multiplier > 0, got {noise_multiplier}")
         if factorization.bands > min_separation:
@@ -125,15 +112,17 @@ class BandMF(UserMechanism):
                 f"{factorization.bands} bands need clients >= {factorization.bands} rounds "
                 f"apart; the schedule separates them by {min_separation}"
             )
-        self.ledger = BandMFLedger(noise_multiplier, delta, min_separation, accountant, prior)
-        self.clip_norm = float(clip_norm)
-        self.clipping, self.split = clipping, split
-        self.expected_clients = int(expected_clients)
+        self.ledger = BandMFLedger(
+            noise_multiplier, settings.delta, min_separation, settings.accountant, settings.prior
+        )
+        self.clip_norm = float(settings.clip_norm)
+        self.clipping, self.split = settings.clipping, settings.split
+        self.expected_clients = int(settings.expected_clients)
         self.noise_cohort = 0
         self.min_separation = int(min_separation)
         self.factorization = factorization
         self.kind = kind
-        self.seed, self.secure_rng = seed, secure_rng
+        self.seed, self.secure_rng = settings.seed, settings.secure_rng
         done = self.ledger.start
         self.last_round: dict[int, int] = {}  # node id -> the last round it was let train in
         history: list[torch.Tensor] = []
@@ -244,19 +233,10 @@ class BandMF(UserMechanism):
                 n, resolved_bands(own.bands, participation, n), own.factorization
             )
         return cls(
-            noise_multiplier=setting.noise_multiplier,
-            clip_norm=dp.clip_norm,
-            expected_clients=setting.expected_clients,
+            GaussianSettings.from_config(dp, setting),
             min_separation=participation.min_separation,
             factorization=factorization,
-            delta=dp.delta,
-            clipping=dp.clipping,
-            split=dp.split,
-            accountant=dp.accountant,
-            seed=setting.seed,
-            secure_rng=dp.secure_rng,
             kind=own.factorization,
-            prior=setting.prior,
             state=state,
         )
 

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from fedwon.privacy.accounting import Mechanism, PrivacyLedger, calibrate_noise_after
+from fedwon.privacy.clipping import check_clip_settings
 from fedwon.strategies.participation import Participation
 
 
@@ -98,6 +99,74 @@ class MechanismSetting:
     state: Mapping[str, Any] | None = None
     num_rounds: int = 0
     participation: Participation | None = None
+
+
+@dataclass(frozen=True)
+class GaussianSettings:
+    """What every clip-and-Gaussian-noise mechanism is built from (``gaussian``,
+    ``adaptive_clipping``, ``bandmf``; :class:`~fedwon.privacy.CentralDP` by keyword): one
+    list, validated here once, whoever builds the mechanism.
+
+    Args:
+        noise_multiplier: z; the noise std on the sum is z * clip_norm (times m / M).
+        clip_norm: C, the bound on each client's update (total over layers); adaptive
+            clipping's bound for its first round here.
+        expected_clients: m, the cohort size sampled per round (the average divides by it).
+        sample_rate: q, for accounting (M / population with ``noise_cohort``; BandMF, not
+            amplified by sampling, does not read it).
+        delta: the delta epsilon is reported at.
+        clipping, split: see :func:`fedwon.privacy.clip_update`.
+        accountant: ``"rdp"`` or ``"prv"``.
+        seed: noise seed (simulation); with ``secure_rng`` the OS CSPRNG is used instead.
+        noise_cohort: M >= m for a population-scale simulation (0 = the cohort m; BandMF
+            does not read it, and its config refuses ``dp.noise_cohort_size``).
+        prior: the ``(z, q, rounds)`` history of the rounds a resumed run has already run.
+    """
+
+    noise_multiplier: float
+    clip_norm: float
+    expected_clients: int
+    sample_rate: float
+    delta: float
+    clipping: str = "per_layer"
+    split: str = "uniform"
+    accountant: str = "rdp"
+    seed: int = 0
+    secure_rng: bool = False
+    noise_cohort: int = 0
+    prior: Sequence[Mechanism] = ()
+
+    def __post_init__(self) -> None:
+        check_clip_settings(self.clip_norm, self.clipping, self.split)
+        if self.expected_clients < 1:
+            raise ValueError(f"expected_clients must be >= 1, got {self.expected_clients}")
+        if self.noise_cohort and self.noise_cohort < self.expected_clients:
+            raise ValueError(
+                f"noise_cohort={self.noise_cohort} is below "
+                f"expected_clients={self.expected_clients}: it simulates the noise of a larger "
+                "cohort (0 = the cohort itself)"
+            )
+
+    @classmethod
+    def from_config(
+        cls, dp: DPSettings, setting: MechanismSetting, clip_norm: float | None = None
+    ) -> GaussianSettings:
+        """The settings a run's ``dp`` section and ``setting`` give; ``clip_norm`` another
+        bound than ``dp.clip_norm`` (adaptive clipping's)."""
+        return cls(
+            noise_multiplier=setting.noise_multiplier,
+            clip_norm=dp.clip_norm if clip_norm is None else clip_norm,
+            expected_clients=setting.expected_clients,
+            sample_rate=setting.sample_rate,
+            delta=dp.delta,
+            clipping=dp.clipping,
+            split=dp.split,
+            accountant=dp.accountant,
+            seed=setting.seed,
+            secure_rng=dp.secure_rng,
+            noise_cohort=dp.noise_cohort_size,
+            prior=setting.prior,
+        )
 
 
 @dataclass

@@ -10,16 +10,13 @@ of round r is drawn from a generator seeded by (run seed, r).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 
-from fedwon.privacy.accounting import Mechanism, PrivacyLedger
-from fedwon.privacy.clipping import check_clip_settings
+from fedwon.privacy.accounting import PrivacyLedger
 from fedwon.privacy.mechanisms.base import (
     ClipRule,
     DPSettings,
+    GaussianSettings,
     MechanismSetting,
     RoundSum,
     UserMechanism,
@@ -28,76 +25,29 @@ from fedwon.privacy.noise import noise_std, privatize_sum_, round_generator
 
 
 class GaussianMechanism(UserMechanism):
-    """Fixed clipping + the Gaussian mechanism on the sum.
-
-    Args:
-        noise_multiplier: z; the noise std on the sum is z * clip_norm (times m / M).
-        clip_norm: C, the bound on each client's update (total over layers).
-        expected_clients: m, the cohort size sampled per round (the average divides by it).
-        sample_rate: q, for accounting (M / population with ``noise_cohort``).
-        delta: the delta epsilon is reported at.
-        clipping, split: see :func:`fedwon.privacy.clip_update`.
-        accountant: ``"rdp"`` or ``"prv"``.
-        seed: noise seed (simulation); with ``secure_rng`` the OS CSPRNG is used instead.
-        noise_cohort: M >= m for a population-scale simulation (0 = the cohort m).
-        prior: the ``(z, q, rounds)`` history of the rounds a resumed run has already run.
-    """
+    """Fixed clipping + the Gaussian mechanism on the sum, as ``settings`` describe."""
 
     name = "gaussian"
 
-    def __init__(
-        self,
-        *,
-        noise_multiplier: float,
-        clip_norm: float,
-        expected_clients: int,
-        sample_rate: float,
-        delta: float,
-        clipping: str = "per_layer",
-        split: str = "uniform",
-        accountant: str = "rdp",
-        seed: int = 0,
-        secure_rng: bool = False,
-        noise_cohort: int = 0,
-        prior: Sequence[Mechanism] = (),
-    ) -> None:
-        check_clip_settings(clip_norm, clipping, split)
-        if expected_clients < 1:
-            raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
-        if noise_cohort and noise_cohort < expected_clients:
-            raise ValueError(
-                f"noise_cohort={noise_cohort} is below expected_clients={expected_clients}: "
-                "it simulates the noise of a larger cohort (0 = the cohort itself)"
-            )
-        self.ledger = PrivacyLedger(noise_multiplier, sample_rate, delta, accountant, prior)
-        self.clip_norm = float(clip_norm)
-        self.clipping = clipping
-        self.split = split
-        self.expected_clients = int(expected_clients)
-        self.noise_cohort = int(noise_cohort)
-        self.seed = seed
-        self.secure_rng = secure_rng
-
-    @staticmethod
-    def settings(dp: DPSettings, setting: MechanismSetting) -> dict[str, Any]:
-        """The constructor arguments every Gaussian-noise mechanism takes from a run."""
-        return {
-            "noise_multiplier": setting.noise_multiplier,
-            "expected_clients": setting.expected_clients,
-            "sample_rate": setting.sample_rate,
-            "delta": dp.delta,
-            "clipping": dp.clipping,
-            "split": dp.split,
-            "accountant": dp.accountant,
-            "seed": setting.seed,
-            "secure_rng": dp.secure_rng,
-            "noise_cohort": dp.noise_cohort_size,
-            "prior": setting.prior,
-        }
+    def __init__(self, settings: GaussianSettings) -> None:
+        self.ledger = PrivacyLedger(
+            settings.noise_multiplier,
+            settings.sample_rate,
+            settings.delta,
+            settings.accountant,
+            settings.prior,
+        )
+        self.clip_norm = float(settings.clip_norm)
+        self.clipping = settings.clipping
+        self.split = settings.split
+        self.expected_clients = int(settings.expected_clients)
+        self.noise_cohort = int(settings.noise_cohort)
+        self.seed = settings.seed
+        self.secure_rng = settings.secure_rng
 
     @classmethod
     def from_config(cls, dp: DPSettings, setting: MechanismSetting) -> GaussianMechanism:
-        return cls(clip_norm=dp.clip_norm, **cls.settings(dp, setting))
+        return cls(GaussianSettings.from_config(dp, setting))
 
     def clip_rule(self, server_round: int) -> ClipRule:
         return ClipRule(self.clip_norm, self.clipping, self.split)
