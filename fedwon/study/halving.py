@@ -10,8 +10,10 @@ requests by training, tests by a formula):
    continues to the next rung — the same run directory resumed with a larger ``num_rounds``,
    which is bit-identical to having trained straight there — and so on until the last rung,
    the part's full schedule, where the best point is chosen. A failed point (diverged) scores
-   nothing and is never promoted. The last survivor is trained to the last rung too, so every
-   search ends with a score at the full schedule (the study compares FedWon's AGC arms there).
+   nothing and is never promoted; when every point alive at a rung fails, the best points set
+   aside at earlier rungs take their places there. The last survivor is trained to the last
+   rung too, so every search ends with a score at the full schedule (the study compares
+   FedWon's AGC arms there).
 2. **Widening.** If the chosen point sits on an edge of the grid along an axis, the grid grows by
    the next value of that axis's :class:`Ladder` beyond the edge (one new value, crossed with
    the grid's values of the other axes) and halving runs again over the larger grid; points
@@ -134,9 +136,16 @@ def _rank(result: SearchResult, points: list[Point], rounds: int) -> list[Point]
 
 
 def _halving(result: SearchResult) -> Generator[list[Request], Scores, Point | None]:
-    """One pass of successive halving over ``result.grid`` (scores known are not asked again)."""
-    alive = list(result.grid)
-    for i, rounds in enumerate(result.rungs):
+    """One pass of successive halving over ``result.grid`` (scores known are not asked again).
+
+    Points a rung sets aside wait in ``reserve``, best first (those set aside later first): when
+    every point still alive fails at a rung (e.g. the high learning rate that won the short
+    rungs diverges later), as many of them take their places at that rung, so the search still
+    chooses among the points that train rather than choosing nothing."""
+    alive, reserve = list(result.grid), list[Point]()
+    i = 0
+    while i < len(result.rungs):
+        rounds = result.rungs[i]
         ask = [(p, rounds) for p in alive if rounds not in result.scores.get(p, {})]
         if ask:
             answers = yield ask
@@ -144,10 +153,15 @@ def _halving(result: SearchResult) -> Generator[list[Request], Scores, Point | N
                 result.scores.setdefault(point, {})[r] = answers[(point, r)]
         ranked = _rank(result, alive, rounds)
         if not ranked:
-            return None
+            if not reserve:
+                return None
+            alive, reserve = reserve[: len(alive)], reserve[len(alive) :]
+            continue  # the same rung, for the best points set aside before
         if i == len(result.rungs) - 1:
             return ranked[0]
-        alive = ranked[: max(1, math.ceil(len(alive) / 2))]
+        keep = max(1, math.ceil(len(alive) / 2))
+        alive, reserve = ranked[:keep], ranked[keep:] + reserve
+        i += 1
     return None  # pragma: no cover - rungs are never empty
 
 

@@ -74,6 +74,32 @@ def test_ties_go_to_the_smaller_value_and_failures_are_never_promoted() -> None:
     assert every_failed.best is None and every_failed.at_bound == {}
 
 
+def test_when_every_survivor_fails_the_best_point_set_aside_takes_its_place() -> None:
+    """lr 0.1 wins the short rung and diverges at round 8 (FedWon without AGC at batch size 1
+    did): lr 0.03, set aside at rung 2, is trained on from rung 8, and the choice is made among
+    the points that train; 0.1 is never asked again."""
+    axis = Axis("lr", (0.01, 0.03, 0.1), LR)
+    score = {0.01: 0.3, 0.03: 0.5, 0.1: 0.6}
+
+    def formula(p: Point, r: int) -> float | None:
+        return None if p[0] == 0.1 and r >= 8 else score[p[0]] * r / 8
+
+    result, batches = run([axis], (2, 4, 8), formula)
+    assert batches[:4] == [
+        [((0.01,), 2), ((0.03,), 2), ((0.1,), 2)],
+        [((0.1,), 4), ((0.03,), 4)],
+        [((0.1,), 8)],  # the survivor diverges
+        [((0.03,), 8)],  # the best point set aside (at rung 4) takes its place
+    ]
+    assert result.scores[(0.1,)][8] is None and result.best == (0.03,)
+    assert all(((0.1,), r) not in b for b in batches[4:] for r in (2, 4, 8))
+
+
+def test_a_grid_where_every_point_fails_chooses_nothing() -> None:
+    result, _ = run([Axis("lr", (0.3, 1.0), LR)], (2, 4), lambda p, r: None)
+    assert result.best is None
+
+
 def test_the_grid_widens_at_an_edge_until_the_best_is_interior() -> None:
     """Best at the upper edge 0.03: the grid gains 0.1, then (best 0.1) 0.3; at 0.3 the score
     falls, so 0.1 is interior and the search stops. Scored points are never asked again."""
