@@ -5,41 +5,47 @@ FedWon's AGC ablation, as in every tuned part), label skew without feature shift
 Dirichlet α 0.1 and 0.5) and with it, cross-silo, and domain generalization last (it reuses the
 cross-silo choices). The vocabulary (methods, grids, arms) is :mod:`fedwon.study.part`.
 
-FULL keeps the paper's ``cnn`` (14.2 M parameters) everywhere and is sized from pilot runs on
-the project's 2-core machine, shared at the time with four other jobs (load average 5-10).
+FULL keeps the paper's ``cnn`` (14.2 M parameters) for cross-silo and domain generalization and
+uses the narrow ``cnn-tiny`` (the same layers, 8/8/16 conv and 64/32 fc channels) where only
+hundreds of rounds converge — cross-device and label skew; each part's title says its model.
+It is sized from pilot runs on the project's 2-core machine, shared at the time with other jobs.
 
 * **Cross-device pilots** (batch size 1, FedWon, AGC 0.32, 100 clients of 10 images, 10 per
   round). With the paper's ``cnn`` (lr 0.03): test accuracy 18% after 4 rounds, 45% after 20,
   training loss still falling, at 6-10 s a round: a round costs what its SGD steps cost, ~0.1 s
   per step at batch 1 or 2 whatever the batch (its 12.8 M-weight first linear layer dominates),
   and a first study sized to fit (64 rounds, 5 images a client) still sat near 20% validation
-  accuracy after 32 rounds, far from converged. With ``cnn-tiny`` (the same layers, 8/8/16
-  conv and 64/32 fc channels; lr 0.05): 14% after 10 rounds, 40% after 50, 67.5% after 100,
-  still climbing, at 0.3 s a round. Converged runs at batch size 1 are affordable only with
+  accuracy after 32 rounds, far from converged. With ``cnn-tiny`` (lr 0.05): 14% after 10
+  rounds, 40% after 50, 67.5% after 100, still climbing, at 0.3 s a round. Converged runs at batch size 1 are affordable only with
   the narrow model, so cross-device uses ``cnn-tiny`` (the report says so) with 10 images a
   client — 7 to train on, 3 for validation (300 validation images in all) — over 384 rounds,
   halving from 24.
+* **Label-skew pilot** (one domain, Dirichlet 0.1, FedWon, ``cnn-tiny``, lr 0.05, 5 clients of
+  50 images a round): test accuracy 20% after 32 rounds (the old schedule), 50% after 64, 64%
+  after 128, then flat at 66-68% from round 144 to 256, at 0.12 s a round; so the label-skew
+  parts run 192 rounds, halving from 12.
 * **Per-round cost** of every part (4-round pilots, one thread, CPU seconds: what a worker with
   a core to itself pays): cross-device (``cnn-tiny``, 100-round pilot) 0.3 s at batch 1 and
-  0.2 s at batch 2 (+1 s per test evaluation of all 100 clients), label skew on one domain
-  2.7 s, with feature shift 2.7 s, cross-silo 5.0 s (:data:`fedwon.study.budget.PILOT`).
+  0.2 s at batch 2 (+1 s per test evaluation of all 100 clients), label skew (``cnn-tiny``) on
+  one domain 0.15 s, with feature shift 0.3 s (twice the clients a round; not piloted),
+  cross-silo (``cnn``, 200 images a client) 5.0 s (:data:`fedwon.study.budget.PILOT`).
 
 What the schedules cost (``fedwon study --estimate --jobs 2``: runs and rounds counted from the
 plan when nothing fails, +15% of the tuning for widening grids, priced at the pilot's speed)::
 
     cross_device           384 rounds:  3096 tuning +  5760 reported rounds,  79 runs ≈ 0.91 h
     cross_device_bs2       384 rounds:  4008 tuning +  8064 reported rounds, 101 runs ≈ 0.88 h
-    label_skew_alpha01      32 rounds:   400 tuning +   576 reported rounds,  84 runs ≈ 0.87 h
-    label_skew_alpha05      32 rounds:   400 tuning +   576 reported rounds,  84 runs ≈ 0.87 h
-    label_skew              32 rounds:   400 tuning +   576 reported rounds,  84 runs ≈ 1.00 h
+    label_skew_alpha01     192 rounds:  1776 tuning +  3456 reported rounds,  90 runs ≈ 0.32 h
+    label_skew_alpha05     192 rounds:  1776 tuning +  3456 reported rounds,  90 runs ≈ 0.32 h
+    label_skew             192 rounds:  1776 tuning +  3456 reported rounds,  90 runs ≈ 0.55 h
     cross_silo              20 rounds:   410 tuning +   480 reported rounds,  94 runs ≈ 1.52 h
     domain_generalization   20 rounds:     0 tuning +   900 reported rounds,  45 runs ≈ 1.12 h
-    in all ≈ 7.2 h of one worker ≈ 3.6 h with --jobs 2 at the pilot's speed
+    in all ≈ 5.6 h of one worker ≈ 2.8 h with --jobs 2 at the pilot's speed
 
-so about 4 hours of wall time with ``make report JOBS=2`` on a quiet 2-core machine (more if the
-cores are shared, or if grids widen more than allowed for). Cross-device's 384 rounds are the
-paper's order of magnitude; the other parts' schedules are far shorter than its hundreds of
-rounds (each round holds more local steps); whether each chosen configuration converged is not
+so about 3 hours of wall time with ``make report JOBS=2`` on a quiet 2-core machine (more if the
+cores are shared, or if grids widen more than allowed for). Cross-device's 384 rounds and label
+skew's 192 are the paper's order of magnitude; cross-silo's 20 are far shorter than its
+hundreds (each round holds more local steps); whether each chosen configuration converged is not
 assumed but measured: the report's convergence column (the change of validation accuracy over
 the last 20% of rounds) says which did not.
 """
@@ -84,14 +90,24 @@ _DEVICE = {
 # Label skew without feature shift: one domain (MNIST-M, neither saturated like MNIST nor as
 # hard as SVHN), 10 clients, 5 per round, Dirichlet(α) class proportions.
 _ONE_DOMAIN = {
+    "model": "cnn-tiny",
     "domains": "mnist_m",
     "num_clients": 10,
     "clients_per_round": 5,
     "train_per_domain": 500,
     "test_per_domain": 400,
-    "num_rounds": 32,
-    "eval_every": 8,
-    "checkpoint_every": 8,
+    "num_rounds": 192,
+    "eval_every": 16,
+    "checkpoint_every": 16,
+}
+# Label skew with feature shift: the recipe's 20 clients (4 per domain), 10 per round.
+_SKEW = {
+    "model": "cnn-tiny",
+    "train_per_domain": 200,
+    "test_per_domain": 200,
+    "num_rounds": 192,
+    "eval_every": 16,
+    "checkpoint_every": 16,
 }
 _SILO_DATA = {"train_per_domain": 200, "test_per_domain": 200}
 
@@ -114,11 +130,11 @@ def _cross_device(batch_size: int, methods: tuple[str, ...], **kw: Any) -> Part:
 def _one_domain_skew(alpha: float) -> Part:
     return Part(
         name=f"label_skew_alpha{str(alpha).replace('.', '')}",
-        title=f"Label skew without feature shift: one domain, Dirichlet({alpha}), 10 clients",
+        title=f"Label skew without feature shift: one domain, Dirichlet({alpha}), `cnn-tiny`",
         recipe="label_skew.toml",
         settings={**_ONE_DOMAIN, "alpha": alpha},
         methods=LABEL_SKEW_METHODS,
-        rung0=4,
+        rung0=12,
         fedbn_averaged=True,
         **_GRID,  # type: ignore[arg-type]
     )
@@ -133,11 +149,14 @@ FULL = StudyPlan(
         _one_domain_skew(0.5),
         Part(
             name="label_skew",
-            title="Label skew with feature shift: Dirichlet(0.1) within each of five domains",
+            title=(
+                "Label skew with feature shift: Dirichlet(0.1) within each of five domains, "
+                "`cnn-tiny`"
+            ),
             recipe="label_skew.toml",
-            settings={**_SILO_DATA, "num_rounds": 32, "eval_every": 8, "checkpoint_every": 8},
+            settings=_SKEW,
             methods=LABEL_SKEW_METHODS,
-            rung0=4,
+            rung0=12,
             fedbn_averaged=True,
             **_GRID,  # type: ignore[arg-type]
         ),
