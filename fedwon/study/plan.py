@@ -16,10 +16,10 @@ It is sized from pilot runs on the project's 2-core machine, shared at the time 
   per step at batch 1 or 2 whatever the batch (its 12.8 M-weight first linear layer dominates),
   and a first study sized to fit (64 rounds, 5 images a client) still sat near 20% validation
   accuracy after 32 rounds, far from converged. With ``cnn-tiny`` (lr 0.05): 14% after 10
-  rounds, 40% after 50, 67.5% after 100, still climbing, at 0.3 s a round. Converged runs at batch size 1 are affordable only with
-  the narrow model, so cross-device uses ``cnn-tiny`` (the report says so) with 10 images a
-  client — 7 to train on, 3 for validation (300 validation images in all) — over 384 rounds,
-  halving from 24.
+  rounds, 40% after 50, 67.5% after 100, still climbing, at 0.3 s a round. Converged runs at
+  batch size 1 are affordable only with the narrow model, so cross-device uses ``cnn-tiny``
+  (the report says so) with 10 images a client — 7 to train on, 3 for validation (300
+  validation images in all) — over 384 rounds, halving from 24.
 * **Label-skew pilot** (one domain, Dirichlet 0.1, FedWon, ``cnn-tiny``, lr 0.05, 5 clients of
   50 images a round): test accuracy 20% after 32 rounds (the old schedule), 50% after 64, 64%
   after 128, then flat at 66-68% from round 144 to 256, at 0.12 s a round; so the label-skew
