@@ -407,7 +407,7 @@ def from_record(
             None,
             error or "no record",
         )
-    rows = record.rows
+    rows = [r for r in record.rows if int(r["round"]) <= rounds]  # a later rung's record too
     final = final_metrics(rows) if rows else {}
     curve = [
         (int(r["round"]), acc)

@@ -96,6 +96,9 @@ def test_a_run_is_resumed_rung_to_rung_recorded_and_then_answered_by_its_record(
     assert info["rounds"] == 2 and set(info["val"]) == {"1", "2"} and info["commit"]
     again = execute(PART, spec(), tmp_path / "cache", store, (1,))
     assert again.status == "recorded" and again.seconds == 0.0 and again.val == second.val
+    # what the rung asked for shows, not the record's last round
+    assert again.test == first.test and again.curve == first.curve
+    assert [r for r, _ in first.curve] == [1] and [r for r, _ in second.curve] == [1, 2]
 
 
 def test_a_record_without_its_checkpoint_is_trained_again_from_the_start(
