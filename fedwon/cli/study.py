@@ -78,6 +78,13 @@ def study(
             + ", ".join(p.name for p in PLANS["full"].parts),
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="where every run trains: auto (a GPU when torch sees one), cpu or cuda; "
+            "with --jobs N, N runs share the GPU"
+        ),
+    ] = "auto",
     estimate: Annotated[
         bool,
         typer.Option(
@@ -96,6 +103,14 @@ def study(
         plan = base.only(part) if part else base
     except KeyError as err:
         raise fail(ValueError(err.args[0])) from None
+    if device not in ("auto", "cpu", "cuda"):
+        raise fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise fail("--device cuda: torch sees no CUDA device on this machine (use auto or cpu)")
+    plan = plan.on_device(device)
     if estimate:
         from fedwon.study.budget import table
 

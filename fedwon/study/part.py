@@ -24,7 +24,7 @@ hyper-parameters are chosen:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,14 @@ class StudyPlan:
             if p.name == name:
                 return p
         raise KeyError(f"unknown study part {name!r}; parts: {[p.name for p in self.parts]}")
+
+    def on_device(self, device: str) -> StudyPlan:
+        """Every run of the plan on ``device`` (``auto``: a GPU when torch sees one). A machine
+        key: the runs and their records are the same ones on any device."""
+        if device == "auto":
+            return self
+        parts = tuple(replace(p, settings={**p.settings, "device": device}) for p in self.parts)
+        return StudyPlan(self.name, parts)
 
     def only(self, names: list[str]) -> StudyPlan:
         """The plan restricted to some parts (plus the parts whose choices they reuse), named

@@ -51,6 +51,34 @@ def test_a_part_brings_the_part_whose_choices_it_reuses() -> None:
     assert FULL.only([p.name for p in FULL.parts]) is FULL
 
 
+def test_a_device_puts_every_run_there_and_keeps_their_records() -> None:
+    """``--device cpu`` or ``cuda`` sets every run's device, a machine key: the run keys (and so
+    the committed records) are those of the default ``auto``."""
+    from fedwon.study.part import Candidate
+    from fedwon.study.runs import RunSpec, run_config, run_key
+
+    assert QUICK.on_device("auto") is QUICK
+    on_cpu = QUICK.on_device("cpu")
+    for before, after in zip(QUICK.parts, on_cpu.parts, strict=True):
+        assert after.settings == {**before.settings, "device": "cpu"}
+        spec = RunSpec(before.name, before.methods[0], Candidate(0.03), 1, "report")
+        assert run_config(after, spec).to_flat()["device"] == "cpu"
+        assert run_config(before, spec).to_flat()["device"] == "auto"
+        assert run_key(spec, run_config(after, spec)) == run_key(spec, run_config(before, spec))
+
+
+def test_a_device_the_machine_lacks_is_refused_in_one_line(tmp_path: Path) -> None:
+    import torch
+
+    bad = runner.invoke(cli, ["study", "--quick", "--device", "gpu", "--cache", str(tmp_path)])
+    assert bad.exit_code == 2 and "--device must be auto, cpu or cuda, got 'gpu'" in bad.output
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cuda = runner.invoke(cli, ["study", "--quick", "--device", "cuda", "--cache", str(tmp_path)])
+    assert cuda.exit_code == 2 and "--device cuda: torch sees no CUDA device" in cuda.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_quick_study_is_complete_and_rebuilds_identically_from_its_records(
     tmp_path: Path,
