@@ -94,6 +94,8 @@ PLANS: dict[str, Plan] = {
         PARSE,
         slow_extra=["--quick", "--cache", "study", "--records", "study/rec", "--out", "study/out"],
     ),
+    # on a machine without CUDA the slow run can only price it (tests/study: the refusal)
+    "fedwon study --device cuda --jobs 4": Plan(PARSE, slow_extra=["--quick", "--estimate"]),
     "fedwon report": Plan(NAME),
     "fedwon data export": Plan(NAME),  # named in the data row; tests/datasets/test_hf.py runs it
 }

@@ -105,17 +105,17 @@ def study(
         raise fail(ValueError(err.args[0])) from None
     if device not in ("auto", "cpu", "cuda"):
         raise fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    plan = plan.on_device(device)
+    if estimate:  # priced at the CPU pilot's speed whatever the device
+        from fedwon.study.budget import table
+
+        console.print(table(plan, jobs), highlight=False)
+        return
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise fail("--device cuda: torch sees no CUDA device on this machine (use auto or cpu)")
-    plan = plan.on_device(device)
-    if estimate:
-        from fedwon.study.budget import table
-
-        console.print(table(plan, jobs), highlight=False)
-        return
     cache = cache or DEFAULT_CACHE[base.name]
     records = records or DEFAULT_RECORDS[base.name]
     out = out or DEFAULT_OUT[base.name]
