@@ -397,3 +397,37 @@ def test_fedbn_over_grpc_equals_the_same_run_simulated(tmp_path: Path) -> None:
             grpc_arrays[key].numpy(), simulated.arrays[key].numpy(), err_msg=key
         )
     assert_nothing_left(deployed.out, deployed.ports)
+
+
+@pytest.mark.slow
+def test_fedbn_resumed_on_restarted_supernodes_keeps_their_local_layers(tmp_path: Path) -> None:
+    """Two rounds of FedBN, every process stopped, then new SuperNodes (new workers, the same
+    node state directories) resume the run to four: the same run as four rounds straight, so
+    the clients' BN layers came back from their nodes' disks, not from the initial model."""
+    root = tmp_path / "run"
+    two = fitted(2, "strategy=fedbn", "lr=0.05", "checkpoint_every=1")
+    four = two.replace(num_rounds=4)
+    with LocalFederation(root) as federation:
+        federation.start_superlink()
+        for i in range(2):
+            federation.start_node(i, node_config(two, i, 2))
+        federation.run(APP_DIR, run_config_for(root, two), timeout=400)
+    assert [r["round"] for r in RunDir(root).metrics()] == [1, 2]
+    with LocalFederation(root) as federation:  # the same root: the same node state directories
+        federation.start_superlink()
+        for i in range(2):
+            federation.start_node(i, node_config(four, i, 2))
+        federation.run(APP_DIR, {**run_config_for(root, four), "resume": True}, timeout=400)
+        ports = federation.ports
+    deployed = RunDir(root).metrics()
+    simulated = run_simulation(four.replace(engine="fast", num_workers=0), tmp_path / "sim")
+    assert [r["round"] for r in deployed] == [1, 2, 3, 4]
+    for grpc_row, sim_row in zip(deployed, simulated.rows, strict=True):
+        grpc_row.pop("time_s"), sim_row.pop("time_s")
+        assert grpc_row == sim_row
+    grpc_arrays = load_checkpoint(root).arrays
+    for key in grpc_arrays:
+        np.testing.assert_array_equal(
+            grpc_arrays[key].numpy(), simulated.arrays[key].numpy(), err_msg=key
+        )
+    assert_nothing_left(root, ports)
