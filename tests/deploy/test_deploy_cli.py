@@ -84,19 +84,21 @@ def test_ctrl_c_or_sigterm_mid_run_stops_every_process(tmp_path: Path, sig: int)
     argv = [sys.executable, "-m", "fedwon.cli", "deploy", "local", "--out", str(out)]
     for kv in SMALL:
         argv += ["--set", kv]
+    # 30 rounds: with warm workers a tiny round takes ~1-3 s, and a run that ends before the
+    # signal arrives (a loaded machine) would test nothing; the signal ends it in round 1 or 2
     proc = subprocess.Popen(
-        [*argv, "--rounds", "3"],
+        [*argv, "--rounds", "30"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:  # wait until the ServerApp runs its first round
         lines.append(line)
-        if "round 1/3" in line:
+        if "round 1/30" in line:
             break
     else:
         pytest.fail("".join(lines))
