@@ -150,6 +150,27 @@ def _bound_lines(section: dict[str, Any]) -> list[str]:
     ]
 
 
+def _diverged_lines(diverged: list[dict[str, Any]]) -> list[str]:
+    """Reported seeds whose run diverged: results of their configuration, said beside the
+    tables (a method or arm missing from a table, or with fewer seeds, is explained here)."""
+    if not diverged:
+        return []
+    by_key: dict[str, list[str]] = {}
+    for d in diverged:
+        method, _, arm = d["method"].partition(":")
+        label = LABELS.get(method, method) + (f" ({ARM_LABELS.get(arm, arm)})" if arm else "")
+        what = f"{label} lr {d['lr']:g}" + (f", λ {d['agc_clip']:g}" if d.get("agc_clip") else "")
+        at = f" at round {d['round']}" if d.get("round") else ""
+        held = f" (held out: {d['heldout']})" if d.get("heldout") else ""
+        by_key.setdefault(what, []).append(f"seed {d['seed']}{held}{at}")
+    found = "; ".join(f"{what}: {', '.join(seeds)}" for what, seeds in by_key.items())
+    return [
+        "**Diverged** (reported seeds at the chosen values on which every client sent "
+        f"non-finite updates; a result, not retried): {found}.",
+        "",
+    ]
+
+
 def _settings_line(section: dict[str, Any]) -> str:
     s = section.get("settings", {})
     schedule = section.get("schedule", {})
@@ -306,6 +327,7 @@ def _part_lines(name: str, section: dict[str, Any], methods: dict[str, Any]) -> 
     if ablation:
         out += ["FedWon's AGC ablation (each arm tuned and reported on its own):", ""]
         out += [*_table([(ARM_LABELS.get(a, a), e) for a, e in ablation.items() if e]), ""]
+    out += _diverged_lines(section.get("diverged", []))
     if heldout:
         seen = {m: e.get("seen_domains_mean") for m, e in methods.items()}
         if any(v is not None for v in seen.values()):

@@ -14,6 +14,7 @@ averaged over the reported runs); a method with ``|val_change|`` above :data:`CO
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -208,19 +209,46 @@ def part_json(part: PartResult) -> dict[str, Any]:
         "convergence_from": p.convergence_from,
     }
     out["settings"] = _settings(part)
+    diverged = diverged_reported(part)
+    if diverged:
+        out["diverged"] = diverged
     if p.heldout:
         out["note"] = FEDBN_UNSEEN_NOTE
     return out
 
 
+def _diverged_round(error: str) -> int | None:
+    """The round named by a divergence's error (``round 255 train: ...``)."""
+    found = re.search(r"\bround (\d+)\b", error)
+    return int(found.group(1)) if found else None
+
+
+def diverged_reported(part: PartResult) -> list[dict[str, Any]]:
+    """Reported runs that diverged (every client sent non-finite updates): a result of the
+    chosen configuration on that seed, shown beside its table and never retried — unlike a
+    failure, which :func:`missing_runs` lists."""
+    return [
+        {
+            "method": key,
+            "seed": r.spec.seed,
+            **({"heldout": r.spec.heldout} if r.spec.heldout else {}),
+            **r.spec.candidate.as_dict(),
+            "round": _diverged_round(r.error),
+        }
+        for key, runs in part.reported.items()
+        for r in runs
+        if r.diverged
+    ]
+
+
 def missing_runs(results: StudyResults) -> list[dict[str, Any]]:
-    """Every planned run without a result: each failed run, with its error (a grid point that
-    diverged is a result, shown in its tuning table, not a missing run), and each method whose
-    reported seeds never ran because no grid point finished."""
+    """Every planned run without a result: each failed run, with its error (a run that
+    diverged is a result, shown in its tuning table or beside its part's tables, not a missing
+    run), and each method whose reported seeds never ran because no grid point finished."""
     missing: list[dict[str, Any]] = []
     for name, part in results.parts.items():
         failed = [r for r in part.tuning_runs if not r.ok and not r.diverged]
-        failed += [r for runs in part.reported.values() for r in runs if not r.ok]
+        failed += [r for runs in part.reported.values() for r in runs if not (r.ok or r.diverged)]
         for r in failed:
             missing.append(
                 {

@@ -122,6 +122,30 @@ def test_write_report_files_and_byte_identical_rebuild(
         assert first.read_bytes() == second.read_bytes(), first.name
 
 
+def test_a_reported_seed_that_diverged_is_a_result_beside_its_table(
+    mini_results: StudyResults,
+) -> None:
+    """FedWon without AGC at batch size 2 diverged on every reported seed: that is evidence
+    about the configuration, said beside the part's tables, not a missing run to retry."""
+    results = copy.deepcopy(mini_results)
+    error = "RoundFailedError: round 173 train: 0 of 2 clients returned usable results (...)"
+    silo = results.parts["cross_silo"].reported["fedbn"]
+    silo[1] = dataclasses.replace(
+        silo[1], status="failed", test={}, curve=[], error=error, diverged=True
+    )
+    data = results_json(results)
+    assert data["missing_runs"] == []
+    assert data["cross_silo"]["diverged"] == [
+        {"method": "fedbn", "seed": 2, **silo[1].spec.candidate.as_dict(), "round": 173}
+    ]
+    fedbn = data["methods"]["fedbn"]
+    assert (fedbn["seeds"], fedbn["planned_seeds"], fedbn["failed_runs"]) == (1, 2, 1)
+    text = results_markdown(data)
+    assert "## Missing runs" not in text
+    assert "**Diverged** (reported seeds at the chosen values" in text
+    assert f"FedBN lr {fedbn['lr']:g}: seed 2 at round 173." in text
+
+
 def test_failed_runs_are_listed_and_shorten_the_seed_count(mini_results: StudyResults) -> None:
     results = copy.deepcopy(mini_results)
     error = "checkpoint file /c/checkpoint/arrays.npz cannot be read (BadZipFile: not a zip)"
