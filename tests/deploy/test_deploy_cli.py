@@ -93,6 +93,9 @@ def test_ctrl_c_or_sigterm_mid_run_stops_every_process(tmp_path: Path, sig: int)
         text=True,
         start_new_session=True,
         env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"},
+        # a terminal's Ctrl-C: SIGINT at its default even where this test runs in a background
+        # job, whose shell made SIGINT ignored for it and so for its children (CI ran 30 rounds)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     lines = []
