@@ -85,6 +85,14 @@ def study(
             "with --jobs N, N runs share the GPU"
         ),
     ] = "auto",
+    records_only: Annotated[
+        bool,
+        typer.Option(
+            "--records-only",
+            help="train nothing: every run must be answered by its record (an error names "
+            "the first that is not); checks that a report is its records' alone",
+        ),
+    ] = False,
     estimate: Annotated[
         bool,
         typer.Option(
@@ -133,6 +141,7 @@ def study(
             records=records,
             command=command,
             jobs=jobs,
+            train=not records_only,
             on_run=lambda done, total, record: console.print(
                 progress_line(done, total, record), highlight=False
             ),

@@ -36,7 +36,15 @@ from fedwon.run.directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Row, R
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MACHINE_KEYS", "STUDY_FILE", "Record", "RecordStore", "comparable", "key_values"]
+__all__ = [
+    "MACHINE_KEYS",
+    "STUDY_FILE",
+    "MissingRecord",
+    "Record",
+    "RecordStore",
+    "comparable",
+    "key_values",
+]
 
 STUDY_FILE = "study.json"
 RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
@@ -97,14 +105,34 @@ class Record:
         return bool(self.failed and self.failed["rounds"] <= rounds)
 
 
-class RecordStore:
-    """The records under ``root`` (``docs/study`` for the full study)."""
+class MissingRecord(FileNotFoundError):
+    """A run the study needs has no record that answers it, and the store may not train."""
 
-    def __init__(self, root: str | Path) -> None:
+
+class RecordStore:
+    """The records under ``root`` (``docs/study`` for the full study); ``train=False``: the
+    records must answer every run (``fedwon study --records-only``), so a report rebuilt from
+    them is checked to be theirs alone instead of quietly training what is missing."""
+
+    def __init__(self, root: str | Path, *, train: bool = True) -> None:
         self.root = Path(root)
+        self.train = train
 
     def __repr__(self) -> str:
-        return f"RecordStore({str(self.root)!r})"
+        return f"RecordStore({str(self.root)!r}, train={self.train})"
+
+    def missing(self, key: str, rounds: int, record: Record | None) -> MissingRecord:
+        """The one-line error for ``key``'s run at ``rounds`` that no record answers."""
+        if record is None:
+            why = "there is no record"
+        elif record.rounds < rounds:
+            why = f"its record reaches round {record.rounds}"
+        else:
+            why = "its record lacks that round's evaluation"
+        return MissingRecord(
+            f"--records-only: run {key} is needed at round {rounds}, but {why} under "
+            f"{self.root}; run the study without --records-only to train it"
+        )
 
     def path(self, key: str) -> Path:
         return self.root / key

@@ -215,17 +215,19 @@ def run_study(
     command: str,
     jobs: int = 1,
     on_run: OnRun | None = None,
+    train: bool = True,
 ) -> StudyResults:
     """Search, then run the reported seeds of every part of ``plan`` (module docstring).
 
     Runs live in ``cache`` (locked for the whole study, so a second study on the same cache is
     refused at once; a part's checkpoints are deleted once the part is done) and leave their
-    records in ``records``.
+    records in ``records``. ``train=False``: every run must be answered by its record
+    (:class:`~fedwon.study.records.MissingRecord` names the first that is not).
     """
     cache = Path(cache)
-    with lock_dir(cache, "study cache"), _workers(jobs) as pool:
+    with lock_dir(cache, "study cache"), _workers(jobs if train else 1) as pool:
         total = sum(planned_runs(p) for p in plan.parts)
-        study = _Study(cache, RecordStore(records), pool, on_run, total)
+        study = _Study(cache, RecordStore(records, train=train), pool, on_run, total)
         parts: dict[str, PartResult] = {}
         for part in plan.parts:
             parts[part.name] = result = PartResult(part)

@@ -302,6 +302,8 @@ def _reach(
         record = None
     if record is not None and record.answers(rounds, extras):
         return "recorded", ""
+    if not store.train:
+        raise store.missing(key, rounds, record)
     path = cache / key
     if not _has_checkpoint(path):  # nothing to resume or evaluate: start again
         shutil.rmtree(path, ignore_errors=True)

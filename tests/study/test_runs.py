@@ -13,7 +13,7 @@ import pytest
 from fedwon.run.directory import RunDir
 from fedwon.simulation import run_simulation
 from fedwon.study.part import Candidate, Part
-from fedwon.study.records import RecordStore, key_values
+from fedwon.study.records import MissingRecord, RecordStore, key_values
 from fedwon.study.runs import (
     RunSpec,
     drop_checkpoint,
@@ -114,6 +114,29 @@ def test_a_record_without_its_checkpoint_is_trained_again_from_the_start(
     assert "recorded up to round 1" in caplog.text and "from the start to round 2" in caplog.text
     straight = execute(PART, spec(), tmp_path / "s", RecordStore(tmp_path / "r2"), (2,))
     assert later.test == straight.test
+
+
+def test_records_only_answers_from_records_and_names_a_run_they_do_not_answer(
+    tmp_path: Path,
+) -> None:
+    """``--records-only``: what the records hold is read back; a rung beyond them, or a run
+    without one, is an error naming the run and why, and nothing trains or is written."""
+    store = RecordStore(tmp_path / "records")
+    first = execute(PART, spec(), tmp_path / "elsewhere", store, (1,))
+    only = RecordStore(tmp_path / "records", train=False)
+    again = execute(PART, spec(), tmp_path / "fresh", only, (1,))
+    assert again.status == "recorded" and again.test == first.test
+    with pytest.raises(
+        MissingRecord,
+        match=rf"run {first.key} is needed at round 2, but its "
+        "record reaches round 1 under .*records; run the study without",
+    ):
+        execute(PART, spec(), tmp_path / "fresh", only, (1, 2))
+    with pytest.raises(MissingRecord, match="is needed at round 1, but there is no record"):
+        execute(PART, spec(lr=0.2), tmp_path / "fresh", only, (1,))
+    assert not (tmp_path / "fresh").exists()
+    kept = store.load(first.key)
+    assert kept is not None and kept.rounds == 1  # the record untouched
 
 
 def test_a_run_whose_checkpoint_was_dropped_is_trained_again_when_its_record_is_gone(

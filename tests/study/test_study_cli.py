@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_make_report_targets_call_the_study_command() -> None:
     )
     assert re.search(r"^report-quick: setup\n\t.* study --quick\n", makefile, re.M)
     result = runner.invoke(cli, ["study", "--help"])
-    for option in ("--quick", "--part", "--records", "--estimate"):
+    for option in ("--quick", "--part", "--records", "--records-only", "--estimate"):
         assert option in result.output
     bad = runner.invoke(cli, ["study", "--part", "cross_sile"])
     assert bad.exit_code == 2
@@ -115,7 +116,8 @@ def test_quick_study_is_complete_and_rebuilds_identically_from_its_records(
     )
 
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    second = runner.invoke(cli, [*args, "--cache", str(tmp_path / "fresh")])  # records only
+    fresh = ["--cache", str(tmp_path / "fresh"), "--records-only"]  # a fresh clone's checkout
+    second = runner.invoke(cli, [*args, *fresh])
     assert second.exit_code == 0, second.output
     lines = [line for line in second.output.splitlines() if line.startswith("[")]
     assert lines and all(": recorded" in line for line in lines)
@@ -123,6 +125,14 @@ def test_quick_study_is_complete_and_rebuilds_identically_from_its_records(
         second.output
     )
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    gone = next(p for p in sorted((records / "cross_silo").iterdir()) if "seed1" in p.name)
+    shutil.rmtree(gone)
+    third = runner.invoke(cli, [*args, *fresh, "--out", str(tmp_path / "third")])
+    assert third.exit_code == 2, third.output
+    error = [line for line in third.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"run cross_silo/{gone.name} is needed at round" in error[0]
+    assert "but there is no record" in error[0] and not gone.exists()
 
 
 def test_a_second_study_on_the_same_cache_is_refused_not_recorded_as_failures(
