@@ -13,7 +13,13 @@ from typing import Any
 from fedwon.study.part import METHODS
 from fedwon.study.runs import RunRecord
 
-__all__ = ["mean_curve", "plot_curves", "plot_heldout"]
+__all__ = ["mean_curve", "plain", "plot_curves", "plot_heldout"]
+
+
+def plain(title: str) -> str:
+    """A part's markdown title as a plot shows it: code spans (`` `cnn-tiny` ``) without their
+    backticks, which matplotlib would draw as they are."""
+    return title.replace("`", "")
 
 
 def mean_curve(records: list[RunRecord]) -> tuple[list[int], list[float]]:
@@ -44,7 +50,7 @@ def plot_curves(runs: dict[str, list[RunRecord]], title: str, path: Path) -> Non
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (avg over domains)")
     ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -70,7 +76,7 @@ def plot_heldout(section: dict[str, Any], title: str, path: Path) -> None:
     ax.set_xticklabels(domains)
     ax.set_ylabel("test accuracy on the held-out domain")
     ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -170,3 +170,11 @@ def test_failed_runs_are_listed_and_shorten_the_seed_count(mini_results: StudyRe
     assert f"- cross_silo FedBN lr={fedbn['lr']:g} seed 2 (report): failed: `{error}`" in text
     assert "- domain_generalization FedBN lr=" in text and "held-out svhn (report)" in text
     assert "| **1 of 2** |" in text  # the table's seed count says it too
+
+
+def test_plot_titles_drop_the_markdown_code_spans_of_part_titles() -> None:
+    from fedwon.study.plan import FULL
+    from fedwon.study.plots import plain
+
+    title = FULL.part("cross_device").title
+    assert "`cnn-tiny`" in title and plain(title).endswith("10 per round, cnn-tiny")
