@@ -128,6 +128,13 @@ def run_lean_streamed(rounds: int) -> Run:
     return _timed(lambda st: w.lean_fedavg(rounds, round_times=st, streamed=True))
 
 
+def run_lean_client_calls(rounds: int) -> Run:
+    """The lean streamed loop making the tutorial ClientApp's calls on the model."""
+    return _timed(
+        lambda st: w.lean_fedavg(rounds, round_times=st, streamed=True, client_calls=True)
+    )
+
+
 def run_bare(rounds: int) -> Run:
     """The bare loop with state-dict clones."""
     return _timed(lambda st: w.bare_fedavg(rounds, round_times=st))
@@ -175,6 +182,13 @@ def in_process_systems() -> list[System]:
             "lean-stream",
             "bare PyTorch loop, lean, fedwon's cohorts and streamed mean (its limit)",
             run_lean_streamed,
+            limit="lean-stream",
+        ),
+        System(
+            "lean-calls",
+            "bare PyTorch loop, lean, streamed, the tutorial ClientApp's calls "
+            "(`load_state_dict`, `state_dict()` snapshots, copy-on-write): its floor",
+            run_lean_client_calls,
             limit="lean-stream",
         ),
         System("bare", "bare PyTorch loop, state-dict clones", run_bare),
@@ -302,7 +316,8 @@ def summarise(systems: list[System]) -> list[Row]:
             ]
             r["overhead_spread"] = (min(paired), max(paired))
     if not pfl_workload.available():
-        rows.insert(3, {"bench": "speed", "key": "pfl", "missing": True})
+        after_bare = next(i for i, r in enumerate(rows) if r["key"] == "bare") + 1
+        rows.insert(after_bare, {"bench": "speed", "key": "pfl", "missing": True})
     return rows
 
 
@@ -483,7 +498,12 @@ def speed_note(rows: list[Row]) -> str:
         "own. Lean loops: parameters copied in place into one reused model, each client "
         "added to a running weighted sum: with Flower's `FedAvg` cohorts and arithmetic, or "
         "with `RoundRules`' cohorts and streamed mean; each one's weights are bitwise those of "
-        "the rows measured against it. pfl: `FederatedAveraging` on `SimulatedBackend`, "
+        "the rows measured against it. The lean loop making the tutorial ClientApp's calls "
+        "(`load_state_dict` of copy-on-write clones of the global tensors, copy-on-write "
+        "snapshots of `state_dict()` folded into the sum) is the floor under any engine "
+        "running that ClientApp: what the streamed row costs above it is the engine's, "
+        "Flower's messages and records', and the exact NaN/Inf check of each reply. pfl: "
+        "`FederatedAveraging` on `SimulatedBackend`, "
         "uniform user weights, the same users per round as Flower's `FedAvg`. ms/round: "
         f"median of each run's rounds after {WARMUP_ROUNDS} warm-up rounds, then the median "
         "over runs (in-process systems interleaved in table order, run after run); overhead "

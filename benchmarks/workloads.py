@@ -174,6 +174,7 @@ def lean_fedavg(
     seed: int = SEED,
     round_times: list[Stamp] | None = None,
     streamed: bool = False,
+    client_calls: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The leanest FedAvg loop: the limit any engine is measured against.
 
@@ -188,12 +189,20 @@ def lean_fedavg(
     (what ``fedwon run`` builds): :func:`fedwon_cohort`, ``sum(n_i * x_i)`` then one
     division by ``sum(n_i)`` (``fedwon.strategies.streaming``), so the result is bitwise
     equal to that strategy's.
+
+    ``client_calls``: what the tutorial ClientApp does to the model, and nothing of an engine or
+    of Flower: ``load_state_dict`` of copy-on-write clones of the global tensors in place of the
+    copy, and the sum folded from copy-on-write snapshots of ``state_dict()`` (dropped before
+    the next client writes the model, so never copied) -- the floor any engine running that
+    ClientApp stands on, with the same arithmetic.
     Appends a timestamp after every round to ``round_times`` (first entry: the start).
     """
     global_model = make_model(seed)
     global_params = [p.detach() for p in global_model.parameters()]
+    global_state = {k: v.detach() for k, v in global_model.state_dict().items()}
     local = Net()
     local_params = [p.detach() for p in local.parameters()]
+    assert len(global_state) == len(local_params)  # Net has no buffers: the state is its params
     scratch = [torch.empty_like(p) for p in local_params]
     rng = random.Random(seed)
     if round_times is not None:
@@ -207,15 +216,24 @@ def lean_fedavg(
         total = sum(len(y) for _, y in data)
         sums: list[torch.Tensor] = []
         for x, y in data:
-            for dst, src in zip(local_params, global_params, strict=True):
-                dst.copy_(src)
+            if client_calls:
+                local.load_state_dict({k: torch._lazy_clone(v) for k, v in global_state.items()})
+            else:
+                for dst, src in zip(local_params, global_params, strict=True):
+                    dst.copy_(src)
             train_local(local, x, y)
             weight = float(len(y)) if streamed else len(y) / total
+            reply = (
+                [torch._lazy_clone(v) for v in local.state_dict().values()]
+                if client_calls
+                else local_params
+            )
             if not sums:
-                sums = [p * weight for p in local_params]
+                sums = [p * weight for p in reply]
             else:
-                for acc, p, tmp in zip(sums, local_params, scratch, strict=True):
+                for acc, p, tmp in zip(sums, reply, scratch, strict=True):
                     acc += torch.mul(p, weight, out=tmp)
+            del reply
         for dst, src in zip(global_params, sums, strict=True):
             dst.copy_(src / total if streamed else src)
         if round_times is not None:

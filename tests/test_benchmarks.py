@@ -52,6 +52,8 @@ def test_cross_device_rows_run_and_fedwons_weights_equal_their_lean_loops() -> N
     rows = {r["key"]: r for r in cross_device_bench.summarise(systems) if not r.get("missing")}
     assert rows["fast"]["equal_to_lean"] and rows["fast-stream"]["equal_to_lean"]
     assert rows["fast-stream"]["limit"] == "lean-stream" and "overhead_spread" in rows["fast"]
+    # the tutorial ClientApp's calls alone (the floor under the engine): the same weights
+    assert rows["lean-calls"]["equal_to_lean"] and rows["lean-calls"]["limit"] == "lean-stream"
     table = cross_device_bench.speed_markdown(list(rows.values()))
     assert "`RoundRules(FedAvg)`: streamed" in table
     steps = overhead_breakdown.measure(num_rounds=overhead_breakdown.WARMUP_ROUNDS + 2, repeats=1)
