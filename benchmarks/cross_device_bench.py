@@ -416,7 +416,7 @@ def _equal_cell(r: Row) -> str:
     if r["key"] == "pfl":
         return "n/a (uniform weights)"
     eq = r["equal_to_lean"]
-    if eq is None or r["key"].startswith("lean"):
+    if eq is None or r["key"] == r["limit"]:  # a limit is not compared with itself
         return ""
     return "yes" if eq else "no"
 
